@@ -1,0 +1,36 @@
+"""The custom resources' models (spec + status); the CRD YAML is generated from them."""
+
+from .base import ApiModel, Condition, ObjectMeta
+from .enums import (
+    AttentionKind,
+    ConditionType,
+    DataSource,
+    EventType,
+    FailureAction,
+    Phase,
+    RankState,
+    Reason,
+    Runtime,
+    SequenceKind,
+    StragglerAction,
+    SyntheticTask,
+)
+from .presets import PRESETS, ModelPreset
+from .trainingjob import (
+    GROUP,
+    VERSION,
+    CheckpointRef,
+    RankStatus,
+    TrainingJob,
+    TrainingJobSpec,
+    TrainingJobStatus,
+)
+from .validation import InvalidManifest, Problem, load_documents, parse, validate
+
+__all__ = [
+    "ApiModel", "Condition", "ObjectMeta", "AttentionKind", "ConditionType", "DataSource",
+    "EventType", "FailureAction", "Phase", "RankState", "Reason", "Runtime", "SequenceKind",
+    "StragglerAction", "SyntheticTask", "PRESETS", "ModelPreset", "GROUP", "VERSION",
+    "CheckpointRef", "RankStatus", "TrainingJob", "TrainingJobSpec", "TrainingJobStatus",
+    "InvalidManifest", "Problem", "load_documents", "parse", "validate",
+]

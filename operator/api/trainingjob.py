@@ -1,0 +1,291 @@
+"""The ``TrainingJob`` custom resource: spec and status, the single source of its CRD schema.
+
+Field docstrings become the CRD's ``description``s (``kubectl explain tj.spec.data``).
+Cross-field rules (min <= max, degrees that divide the world) live in ``validation.py``,
+so both ``shardwright validate`` and the admission webhook apply the same checks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BeforeValidator, Field, WithJsonSchema
+
+from .base import ApiModel, Condition, ObjectMeta
+from .enums import (
+    AttentionKind,
+    DataSource,
+    FailureAction,
+    Phase,
+    RankState,
+    Runtime,
+    SequenceKind,
+    StragglerAction,
+    SyntheticTask,
+)
+from .presets import PRESETS, ModelPreset
+from shardwright.workers.config import ModelConfig
+
+GROUP = "shardwright.io"
+VERSION = "v1alpha1"
+
+#: A Kubernetes resource quantity: users write ``cpu: 2`` as often as ``memory: 8Gi``.
+Quantity = Annotated[
+    str,
+    BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+DnsLabel = Annotated[
+    str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+]
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+class ModelSpec(ApiModel):
+    """A decoder-only transformer: a preset, optionally with some dimensions overridden."""
+
+    preset: ModelPreset = Field(default=ModelPreset.TINY, description="Named size to start from.")
+    vocab_size: int | None = Field(default=None, ge=2, description="Vocabulary size.")
+    dim: int | None = Field(default=None, ge=8, description="Hidden (model) dimension.")
+    layers: int | None = Field(default=None, ge=1, le=256, description="Number of blocks.")
+    heads: int | None = Field(default=None, ge=1, description="Query heads per layer.")
+    kv_heads: int | None = Field(
+        default=None, ge=1, description="Key/value heads (GQA); must divide heads."
+    )
+    ffn_dim: int | None = Field(default=None, ge=8, description="SwiGLU hidden dimension.")
+    attention: AttentionKind = Field(
+        default=AttentionKind.SOFTMAX, description="Token mixer of every layer."
+    )
+    layer_pattern: list[AttentionKind] | None = Field(
+        default=None,
+        min_length=1,
+        description="Hybrid models: mixers repeated cyclically over the layers, e.g. "
+        "[gated-delta, gated-delta, gated-delta, softmax]. Overrides `attention`.",
+    )
+
+    def resolve(self) -> ModelConfig:
+        """The preset's dimensions with this spec's overrides, one mixer named per layer."""
+        dims = dict(PRESETS[self.preset])
+        dims.update({k: v for k in dims if (v := getattr(self, k)) is not None})
+        pattern = self.layer_pattern or [self.attention]
+        kinds = tuple(str(pattern[i % len(pattern)]) for i in range(dims["layers"]))
+        return ModelConfig(**dims, layer_kinds=kinds)
+
+
+class DataSpec(ApiModel):
+    """Where samples come from; sample i of the stream is the same at every world size."""
+
+    source: DataSource = Field(default=DataSource.SYNTHETIC, description="synthetic or file.")
+    task: SyntheticTask = Field(
+        default=SyntheticTask.MARKOV_COPY, description="Synthetic task (source: synthetic)."
+    )
+    path: str | None = Field(
+        default=None, description="Tokenized file of uint16/uint32 tokens (source: file)."
+    )
+    seq_len: int = Field(default=128, ge=4, le=1 << 20, description="Tokens per sample.")
+    global_batch: int = Field(default=16, ge=1, description="Samples per optimizer step.")
+    micro_batch: int = Field(
+        default=8, ge=1, description="Most samples one rank runs per forward pass."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the synthetic stream.")
+
+
+class TrainingSpec(ApiModel):
+    """The optimisation: AdamW with linear warmup and cosine decay."""
+
+    steps: int = Field(ge=1, description="Optimizer steps to train for.")
+    lr: float = Field(default=3e-3, gt=0, le=10, description="Peak learning rate.")
+    warmup_steps: int = Field(default=10, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float | None = Field(
+        default=1.0, gt=0, description="Clip the global gradient norm to this; unset: no clip."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of parameter initialisation.")
+
+
+class SequenceParallelSpec(ApiModel):
+    degree: int = Field(default=1, ge=1, description="Ranks that split one sequence.")
+    kind: SequenceKind = Field(
+        default=SequenceKind.AUTO,
+        description="Kernel for softmax layers; linear-attention layers use LASP-2. "
+        "auto: zigzag ring for causal softmax.",
+    )
+
+
+class ParallelismSpec(ApiModel):
+    """Parallel degrees. Their product is the world size; unset data is derived from it."""
+
+    auto: bool = Field(default=False, description="Let the planner choose every degree.")
+    data: int | None = Field(default=None, ge=1, description="Data-parallel degree.")
+    tensor: int = Field(default=1, ge=1, description="Tensor-parallel degree.")
+    pipeline: int = Field(default=1, ge=1, description="Pipeline-parallel degree.")
+    sequence: SequenceParallelSpec = Field(default_factory=SequenceParallelSpec)
+
+
+class ResourcesSpec(ApiModel):
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class WorkerGroupSpec(ApiModel):
+    """Identical replicas (pods), each running ``ranksPerReplica`` rank processes."""
+
+    name: DnsLabel = Field(default="worker", description="Group name, unique in the job.")
+    replicas: int = Field(ge=1, description="Pods in this group.")
+    ranks_per_replica: int = Field(default=1, ge=1, le=64, description="Ranks (GPUs) per pod.")
+    gpu_type: str | None = Field(
+        default=None, description="GPU product for placement, e.g. NVIDIA-H100-80GB-HBM3."
+    )
+    image: str | None = Field(default=None, description="Worker image; the chart's by default.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @property
+    def ranks(self) -> int:
+        return self.replicas * self.ranks_per_replica
+
+
+class ElasticSpec(ApiModel):
+    """Bounds on total replicas when capacity changes; the global batch never changes."""
+
+    min_replicas: int = Field(ge=1, description="Fewest replicas the job continues with.")
+    max_replicas: int = Field(ge=1, description="Most replicas the job grows back to.")
+
+
+class CheckpointSpec(ApiModel):
+    uri: str | None = Field(
+        default=None,
+        description="Directory (path or file:// URI) for checkpoints; the runner's "
+        "work directory when unset.",
+    )
+    interval_steps: int = Field(default=50, ge=1, description="Steps between checkpoints.")
+    async_: bool = Field(
+        default=True, alias="async", description="Write in the background after a host snapshot."
+    )
+    keep: int = Field(default=3, ge=1, description="Committed checkpoints to keep.")
+
+
+class BackoffSpec(ApiModel):
+    initial_seconds: float = Field(default=1.0, ge=0, description="Delay before restart 1.")
+    max_seconds: float = Field(default=60.0, ge=0, description="Longest delay.")
+    factor: float = Field(default=2.0, ge=1, description="Growth per restart.")
+
+    def delay(self, restarts: int) -> float:
+        """Seconds to wait before restart number ``restarts`` (1-based)."""
+        return min(self.max_seconds, self.initial_seconds * self.factor ** max(restarts - 1, 0))
+
+
+class FailureRule(ApiModel):
+    """Matches a rank failure by exit code and/or message; the first match decides."""
+
+    action: FailureAction = Field(description="Retry (counts a restart) or Fail at once.")
+    exit_codes: list[int] = Field(default_factory=list, description="Any of these codes.")
+    message: str | None = Field(default=None, description="Regex searched in the error text.")
+
+
+class FailurePolicySpec(ApiModel):
+    max_restarts: int = Field(default=3, ge=0, description="Restarts before the job fails.")
+    backoff: BackoffSpec = Field(default_factory=BackoffSpec)
+    rules: list[FailureRule] = Field(default_factory=list)
+
+
+class StragglerPolicySpec(ApiModel):
+    threshold: float = Field(
+        default=0.75, gt=0, le=1, description="Flag a rank whose relative score falls below."
+    )
+    window: int = Field(default=20, ge=3, description="Steps the median is taken over.")
+    min_steps: int = Field(default=5, ge=1, description="Steps below threshold before a flag.")
+    action: StragglerAction = Field(default=StragglerAction.REPORT)
+
+
+class TrainingJobSpec(ApiModel):
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
+    workers: list[WorkerGroupSpec] = Field(min_length=1, description="Rank groups.")
+    elastic: ElasticSpec | None = None
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec)
+    straggler_policy: StragglerPolicySpec = Field(default_factory=StragglerPolicySpec)
+    runtime: Runtime = Field(default=Runtime.TORCH, description="Launch on Kubernetes.")
+    suspend: bool = Field(default=False, description="Stop the ranks, keep the checkpoints.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the job this long after it finished."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job when it has run this long."
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the spec asks for: the sum over worker groups."""
+        return sum(group.ranks for group in self.workers)
+
+
+# ----------------------------------------------------------------------------- status
+
+
+class CheckpointRef(ApiModel):
+    """A committed checkpoint: where it is and the layout it was written with."""
+
+    step: int
+    uri: str
+    world_size: int
+    layout: str = Field(description='Parallel layout at save time, e.g. "dp=2,sp=1".')
+
+
+class RankStatus(ApiModel):
+    rank: int
+    state: RankState
+    node: str | None = None
+    step_seconds: float | None = None
+    message: str | None = None
+
+
+class TrainingJobStatus(ApiModel):
+    phase: Phase = Phase.PENDING
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    generation: int = Field(default=0, description="Run generation: one world size and plan.")
+    world_size: int = 0
+    ready_ranks: int = 0
+    plan: str | None = None
+    step: int = 0
+    loss: float | None = None
+    tokens_per_second: float | None = None
+    last_checkpoint: CheckpointRef | None = None
+    restarts: int = 0
+    start_time: str | None = None
+    generation_start_time: str | None = None
+    next_start_time: str | None = Field(default=None, description="Backoff: restart not before.")
+    completion_time: str | None = None
+    ranks: list[RankStatus] = Field(default_factory=list)
+
+
+class TrainingJob(ApiModel):
+    """A distributed training run. ``kubectl apply`` it, or ``shardwright run`` it locally."""
+
+    KIND: ClassVar[str] = "TrainingJob"
+    PLURAL: ClassVar[str] = "trainingjobs"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("tj",)
+    PRINTER_COLUMNS: ClassVar[tuple[dict, ...]] = (
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyRanks"},
+        {"name": "World", "type": "integer", "jsonPath": ".status.worldSize"},
+        {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
+        {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Generation", "type": "integer", "jsonPath": ".status.generation", "priority": 1},
+        {"name": "Loss", "type": "number", "jsonPath": ".status.loss", "priority": 1},
+        {"name": "Tokens/s", "type": "number", "jsonPath": ".status.tokensPerSecond", "priority": 1},
+        {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpoint.step", "priority": 1},
+    )
+
+    api_version: Literal["shardwright.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TrainingJob"]
+    metadata: ObjectMeta
+    spec: TrainingJobSpec
+    status: TrainingJobStatus | None = None

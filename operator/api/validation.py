@@ -1,0 +1,247 @@
+"""Turn a manifest into a ``TrainingJob`` or into problems that name the field and the fix.
+
+One function, :func:`validate`, serves ``shardwright validate``, ``shardwright run`` and the
+admission webhook, so a user sees the same message wherever bad input is caught.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from .enums import AttentionKind, DataSource, SequenceKind
+from .trainingjob import TrainingJob, TrainingJobSpec
+
+SUPPORTED = {("shardwright.io/v1alpha1", "TrainingJob"): TrainingJob}
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One reason a manifest is rejected: the field path and what is allowed there."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class InvalidManifest(ValueError):
+    """A manifest failed validation; ``problems`` says where and why."""
+
+    def __init__(self, problems: list[Problem], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        super().__init__("\n".join(f"{prefix}{p}" for p in problems))
+
+
+def load_documents(path: str | Path) -> list[dict[str, Any]]:
+    """The YAML documents in ``path`` (empty ones skipped); bad YAML is an InvalidManifest."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise InvalidManifest([Problem("file", f"cannot read: {e.strerror}")], str(path)) from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise InvalidManifest([Problem("yaml", f"{where}{problem}")], str(path)) from None
+    if not docs:
+        raise InvalidManifest([Problem("yaml", "no documents in file")], str(path))
+    return docs
+
+
+def parse(doc: Any, source: str = "") -> TrainingJob:
+    """The validated object, or ``InvalidManifest`` listing every problem found."""
+    obj, problems = validate(doc)
+    if problems:
+        raise InvalidManifest(problems, source)
+    assert obj is not None
+    return obj
+
+
+def validate(doc: Any) -> tuple[TrainingJob | None, list[Problem]]:
+    """Schema checks first, then cross-field rules on a schema-valid spec."""
+    if not isinstance(doc, dict):
+        return None, [Problem("(document)", f"must be a mapping (got {type(doc).__name__})")]
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    model = SUPPORTED.get(key)
+    if model is None:
+        allowed = ", ".join(f"{v} {k}" for v, k in SUPPORTED)
+        return None, [Problem("apiVersion/kind", f"must be one of: {allowed} (got {key[0]} {key[1]})")]
+    try:
+        obj = model.model_validate(doc)
+    except pydantic.ValidationError as e:
+        return None, [_problem(model, err) for err in e.errors()]
+    problems = list(check_spec(obj.spec))
+    return (None, problems) if problems else (obj, [])
+
+
+# ----------------------------------------------------------------------------- cross-field rules
+
+
+def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
+    """Rules that involve more than one field; each names the field to change."""
+    m = spec.model.resolve()
+    if m.dim % m.heads:
+        yield Problem("spec.model.heads", f"must divide dim ({m.dim}); got {m.heads}")
+    if m.heads % m.kv_heads:
+        yield Problem("spec.model.kvHeads", f"must divide heads ({m.heads}); got {m.kv_heads}")
+    if (m.dim // m.heads) % 2:
+        yield Problem("spec.model.heads", f"dim/heads must be even for rotary positions; got {m.dim}/{m.heads}")
+
+    names = [g.name for g in spec.workers]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            yield Problem(f"spec.workers[{i}].name", f"duplicate group name {name!r}")
+    yield from _check_parallelism(spec, m)
+
+    data = spec.data
+    if data.source is DataSource.FILE and not data.path:
+        yield Problem("spec.data.path", "required when source is file")
+    if data.source is DataSource.SYNTHETIC and data.path:
+        yield Problem("spec.data.path", "only used with source: file; remove it or set source: file")
+    if data.micro_batch > data.global_batch:
+        yield Problem("spec.data.microBatch", f"must be <= globalBatch ({data.global_batch}); got {data.micro_batch}")
+
+    if (el := spec.elastic) is not None:
+        replicas = sum(g.replicas for g in spec.workers)
+        if el.min_replicas > el.max_replicas:
+            yield Problem("spec.elastic.minReplicas", f"must be <= maxReplicas ({el.max_replicas}); got {el.min_replicas}")
+        elif not el.min_replicas <= replicas <= el.max_replicas:
+            yield Problem("spec.workers", f"{replicas} replicas in total is outside elastic bounds [{el.min_replicas}, {el.max_replicas}]")
+
+    backoff = spec.failure_policy.backoff
+    if backoff.max_seconds < backoff.initial_seconds:
+        yield Problem("spec.failurePolicy.backoff.maxSeconds", f"must be >= initialSeconds ({backoff.initial_seconds})")
+    for i, rule in enumerate(spec.failure_policy.rules):
+        path = f"spec.failurePolicy.rules[{i}]"
+        if not rule.exit_codes and rule.message is None:
+            yield Problem(path, "needs exitCodes or message to match on")
+        if rule.message is not None:
+            try:
+                re.compile(rule.message)
+            except re.error as e:
+                yield Problem(f"{path}.message", f"not a valid regular expression: {e}")
+
+
+def _check_parallelism(spec: TrainingJobSpec, m) -> Iterable[Problem]:
+    par, world = spec.parallelism, spec.world_size
+    sp = par.sequence.degree
+    for axis in ("tensor", "pipeline"):
+        if getattr(par, axis) != 1:
+            yield Problem(f"spec.parallelism.{axis}", f"{axis} parallelism is not supported by the Shardwright worker yet; allowed: 1")
+    if par.auto and (par.data is not None or sp != 1):
+        yield Problem("spec.parallelism.auto", "leave data and sequence unset when auto is true")
+    if world % sp:
+        yield Problem("spec.parallelism.sequence.degree", f"must divide the world size ({world} ranks from spec.workers); got {sp}")
+        return
+    dp = par.data if par.data is not None else world // sp
+    if dp * sp != world:
+        yield Problem("spec.parallelism.data", f"data x sequence must equal the world size ({world}); got {dp} x {sp}")
+    if spec.data.global_batch < dp:
+        yield Problem("spec.data.globalBatch", f"must be at least the data-parallel degree ({dp}) so every rank has a sample; got {spec.data.global_batch}")
+    if sp == 1:
+        return
+    kind = par.sequence.kind
+    if kind is SequenceKind.ULYSSES and (m.heads % sp or m.kv_heads % sp):
+        yield Problem("spec.parallelism.sequence.degree", f"ulysses splits heads: the degree must divide heads ({m.heads}) and kvHeads ({m.kv_heads}); got {sp}")
+    if kind is SequenceKind.LASP2 and AttentionKind.SOFTMAX in m.layer_kinds:
+        yield Problem("spec.parallelism.sequence.kind", "lasp2 is for linear-attention layers and this model has softmax layers; allowed: auto, ring, zigzag, ulysses, tokenring")
+    if spec.data.seq_len % (2 * sp):
+        yield Problem("spec.data.seqLen", f"must be a multiple of 2 x sequence degree ({2 * sp}) with sequence parallelism; got {spec.data.seq_len}")
+
+
+# ----------------------------------------------------------------------------- pydantic errors
+
+
+def _problem(model: type[pydantic.BaseModel], err: dict[str, Any]) -> Problem:
+    loc = err["loc"]
+    path = _format_loc(loc)
+    got = err.get("input")
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return Problem(path, "required field is missing")
+    if kind == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        allowed = ", ".join(sorted(f.alias or n for n, f in parent.model_fields.items())) if parent else "none"
+        return Problem(path, f"unknown field; allowed here: {allowed}")
+    if kind in ("enum", "literal_error"):
+        return Problem(path, f"must be one of: {_choices(ctx.get('expected', ''))} (got {got!r})")
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt")))
+        return Problem(path, f"must be {bounds[kind]} {limit} (got {got!r})")
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return Problem(path, f"must be an integer (got {got!r})")
+    if kind in ("float_parsing", "float_type"):
+        return Problem(path, f"must be a number (got {got!r})")
+    if kind in ("bool_parsing", "bool_type"):
+        return Problem(path, f"must be true or false (got {got!r})")
+    if kind in ("string_type",):
+        return Problem(path, f"must be a string (got {got!r})")
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return Problem(path, f"must be a mapping (got {type(got).__name__})")
+    if kind == "list_type":
+        return Problem(path, f"must be a list (got {type(got).__name__})")
+    if kind == "too_short":
+        return Problem(path, f"must have at least {ctx.get('min_length')} item(s)")
+    if kind == "string_pattern_mismatch":
+        return Problem(path, f"must be a DNS label: lowercase letters, digits and '-' (got {got!r})")
+    if kind in ("string_too_long", "string_too_short"):
+        return Problem(path, f"{err['msg'].lower()} (got {got!r})")
+    return Problem(path, err["msg"])
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(document)"
+
+
+def _choices(expected: str) -> str:
+    return ", ".join(re.findall(r"'([^']*)'", expected)) or expected
+
+
+def _model_at(model: type[pydantic.BaseModel], loc: tuple) -> type[pydantic.BaseModel] | None:
+    """The model class that owns the field at ``loc`` (for listing allowed names)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not isinstance(current, type):
+            continue
+        field = next(
+            (f for n, f in current.model_fields.items() if part in (n, f.alias)), None
+        )
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, pydantic.BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The model inside ``X | None``, ``list[X]`` or ``dict[str, X]``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _unwrap(args[0]) if len(args) == 1 else annotation
+    if origin in (list, tuple):
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin is dict:
+        return _unwrap(typing.get_args(annotation)[1])
+    return annotation
+
+
+__all__ = ["Problem", "InvalidManifest", "load_documents", "parse", "validate", "check_spec"]

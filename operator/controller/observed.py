@@ -1,0 +1,62 @@
+"""What a backend saw, as plain values: the controller's only input besides the spec."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+from shardwright.operator.api import CheckpointRef, RankState
+
+
+@dataclasses.dataclass(frozen=True)
+class RankObservation:
+    generation: int
+    rank: int
+    state: RankState
+    exit_code: int | None = None
+    message: str = ""
+    node: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (RankState.PENDING, RankState.RUNNING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Rank 0's ``/status`` of the current generation."""
+
+    generation: int
+    step: int
+    loss: float | None = None
+    tokens_per_second: float | None = None
+    #: Last step time of every rank, by rank.
+    step_seconds: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    now: datetime.datetime
+    ranks: tuple[RankObservation, ...] = ()
+    progress: Progress | None = None
+    #: Committed checkpoints, oldest first.
+    checkpoints: tuple[CheckpointRef, ...] = ()
+
+    def of_generation(self, generation: int) -> tuple[RankObservation, ...]:
+        return tuple(r for r in self.ranks if r.generation == generation)
+
+    def alive_elsewhere(self, generation: int) -> tuple[RankObservation, ...]:
+        """Live ranks of any other generation: stale, to be stopped before a new start."""
+        return tuple(r for r in self.ranks if r.generation != generation and r.alive)
+
+    @property
+    def latest_checkpoint(self) -> CheckpointRef | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)

@@ -1,0 +1,281 @@
+"""The reconcile core: (spec, plan, status, observed) -> actions and the new status.
+
+Pure: no I/O, no clock, no Kopf, no Kubernetes client, no torch. Kopf handlers and the
+local runner call it in a loop and carry out the actions. Each (re)start of the ranks is a
+*generation* with one world size, plan and rendezvous; restart counts and terminal state
+live on the job's status, so recreating children never resets them.
+
+Reconcile is an ordered list of small steps; a step that settles the outcome returns True
+and the rest are skipped. Events are emitted only on transitions, so calling reconcile
+again with the same inputs yields the same status and no new events.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+from shardwright.operator.api import (
+    ConditionType,
+    EventType,
+    FailureAction,
+    Phase,
+    RankState,
+    RankStatus,
+    Reason,
+    TrainingJobSpec,
+    TrainingJobStatus,
+)
+from shardwright.operator.planner import Plan
+
+from .actions import Action, Event, Result, StartGeneration, StopGeneration
+from .conditions import set_condition
+from .observed import Observed, RankObservation, parse_time, rfc3339
+from .render import JobRef, worker_config
+
+#: Jobs up to this many ranks list every rank in status; bigger ones only aggregate.
+RANK_DETAIL_LIMIT = 16
+
+
+def reconcile(
+    job: JobRef,
+    spec: TrainingJobSpec,
+    plan: Plan,
+    status: TrainingJobStatus | None,
+    observed: Observed,
+) -> Result:
+    return _Reconcile(job, spec, plan, status, observed).run()
+
+
+class _Reconcile:
+    def __init__(self, job, spec, plan, status, observed) -> None:
+        self.job: JobRef = job
+        self.spec: TrainingJobSpec = spec
+        self.plan: Plan = plan
+        self.status = status.model_copy(deep=True) if status else TrainingJobStatus()
+        self.seen: Observed = observed
+        self.now = rfc3339(observed.now)
+        self.actions: list[Action] = []
+        self.requeue_after: float | None = None
+
+    def run(self) -> Result:
+        for step in (
+            self.ensure_created,
+            self.ensure_terminal_quiet,
+            self.ensure_deadline,
+            self.ensure_suspended,
+            self.ensure_stale_stopped,
+            self.ensure_generation_started,
+            self.ensure_generation_outcome,
+        ):
+            if step():
+                break
+        self.record_progress()
+        self.status.observed_generation = self.job.object_generation
+        return Result(tuple(self.actions), self.status, self.requeue_after)
+
+    # ------------------------------------------------------------------ steps
+
+    def ensure_created(self) -> bool:
+        if self.status.start_time is None:
+            self.status.start_time = self.now
+            self.condition(ConditionType.CREATED, True, Reason.CREATED, "Job accepted")
+            self.event(EventType.NORMAL, Reason.CREATED, f"Accepted: {self.plan.summary}")
+        return False
+
+    def ensure_terminal_quiet(self) -> bool:
+        """Once Complete or Failed, never start anything again; stop whatever still runs."""
+        if not self.status.phase.terminal:
+            return False
+        self.stop_alive(lambda r: True, Reason.STOPPED)
+        return True
+
+    def ensure_deadline(self) -> bool:
+        limit = self.spec.active_deadline_seconds
+        if limit is None:
+            return False
+        elapsed = (self.seen.now - parse_time(self.status.start_time)).total_seconds()
+        if elapsed < limit:
+            self.requeue(limit - elapsed)
+            return False
+        self.fail(Reason.DEADLINE_EXCEEDED, f"Ran longer than activeDeadlineSeconds={limit}")
+        return True
+
+    def ensure_suspended(self) -> bool:
+        st = self.status
+        if not self.spec.suspend:
+            if st.phase is Phase.SUSPENDED:
+                self.condition(ConditionType.SUSPENDED, False, Reason.RESUMED, "Resumed")
+                self.event(EventType.NORMAL, Reason.RESUMED, "Resuming from the last checkpoint")
+            return False
+        if st.phase is not Phase.SUSPENDED:
+            st.phase = Phase.SUSPENDED
+            st.next_start_time = None
+            self.condition(ConditionType.SUSPENDED, True, Reason.SUSPENDED, "Ranks stopped; checkpoints kept")
+            self.condition(ConditionType.RUNNING, False, Reason.SUSPENDED, "Suspended")
+            self.event(EventType.NORMAL, Reason.SUSPENDED, f"Suspending at step {st.step}")
+        self.stop_alive(lambda r: True, Reason.SUSPENDED, graceful=True)
+        return True
+
+    def ensure_stale_stopped(self) -> bool:
+        """Gang semantics: ranks of an older generation are gone before a new one starts."""
+        return self.stop_alive(lambda r: r.generation != self.status.generation, Reason.STOPPED)
+
+    def ensure_generation_started(self) -> bool:
+        st = self.status
+        needs_start = st.generation == 0 or st.phase in (Phase.RESTARTING, Phase.SUSPENDED)
+        if not needs_start:
+            return False
+        if any(r.alive for r in self.seen.of_generation(st.generation)):
+            return True  # the previous generation is still shutting down
+        if st.next_start_time is not None:
+            wait = (parse_time(st.next_start_time) - self.seen.now).total_seconds()
+            if wait > 0:
+                self.requeue(wait)
+                return True
+        self.start_generation()
+        return True
+
+    def ensure_generation_outcome(self) -> bool:
+        st = self.status
+        ranks = self.seen.of_generation(st.generation)
+        failed = [r for r in ranks if r.state is RankState.FAILED]
+        if failed:
+            self.handle_failure(failed)
+        elif not ranks:
+            self.handle_failure([], lost=True)
+        elif len(ranks) == self.plan.world_size and all(r.state is RankState.SUCCEEDED for r in ranks):
+            self.complete()
+        elif len(ranks) == self.plan.world_size and all(r.state is RankState.RUNNING for r in ranks):
+            if st.phase is not Phase.RUNNING:
+                st.phase = Phase.RUNNING
+                self.condition(ConditionType.RUNNING, True, Reason.RANKS_RUNNING, f"{len(ranks)} ranks running")
+                self.condition(ConditionType.RESTARTING, False, Reason.RANKS_RUNNING, "Running")
+        return True
+
+    # ------------------------------------------------------------------ transitions
+
+    def start_generation(self) -> None:
+        st = self.status
+        resume = self.seen.latest_checkpoint
+        st.generation += 1
+        st.world_size = self.plan.world_size
+        st.plan = self.plan.summary
+        st.generation_start_time = self.now
+        st.next_start_time = None
+        if st.phase is Phase.SUSPENDED:
+            st.phase = Phase.PENDING
+        config = worker_config(self.job, self.spec, self.plan, st.generation, resume)
+        self.actions.append(StartGeneration(st.generation, self.plan, config))
+        if st.generation > 1 and resume is not None:
+            self.event(
+                EventType.NORMAL,
+                Reason.RESTARTED_FROM_CHECKPOINT,
+                f"Generation {st.generation} ({self.plan.summary}) resumes from step {resume.step}",
+            )
+        else:
+            where = f"from step {resume.step}" if resume else "from scratch"
+            self.event(EventType.NORMAL, Reason.GENERATION_STARTED, f"Generation {st.generation} ({self.plan.summary}) starts {where}")
+
+    def handle_failure(self, failed: list[RankObservation], *, lost: bool = False) -> None:
+        st = self.status
+        reason = Reason.RANKS_LOST if lost else Reason.RANK_FAILED
+        if lost:
+            message = f"Every rank of generation {st.generation} is gone"
+            action = FailureAction.RETRY
+        else:
+            first = failed[0]
+            code = f" (exit code {first.exit_code})" if first.exit_code is not None else ""
+            message = f"Rank {first.rank} failed{code}: {first.message}".rstrip(": ")
+            action = decide(self.spec, failed)
+        self.stop_alive(lambda r: r.generation == st.generation, reason)
+        self.event(EventType.WARNING, reason, message)
+        if action is FailureAction.FAIL:
+            self.fail(Reason.FAILED_BY_RULE, f"{message}; a failure rule says Fail")
+            return
+        limit = self.spec.failure_policy.max_restarts
+        if st.restarts >= limit:
+            self.fail(Reason.BACKOFF_LIMIT_EXCEEDED, f"{message}; restart budget of {limit} used up")
+            return
+        st.restarts += 1
+        st.phase = Phase.RESTARTING
+        delay = self.spec.failure_policy.backoff.delay(st.restarts)
+        st.next_start_time = rfc3339(self.seen.now + datetime.timedelta(seconds=delay))
+        self.requeue(delay)
+        self.condition(ConditionType.RUNNING, False, reason, message)
+        self.condition(
+            ConditionType.RESTARTING, True, reason,
+            f"Restart {st.restarts}/{limit} in {delay:g}s: {message}",
+        )
+
+    def complete(self) -> None:
+        st = self.status
+        st.phase = Phase.COMPLETE
+        st.completion_time = self.now
+        st.step = max(st.step, self.spec.training.steps)
+        self.condition(ConditionType.RUNNING, False, Reason.TRAINING_COMPLETE, "Finished")
+        self.condition(ConditionType.COMPLETE, True, Reason.TRAINING_COMPLETE, f"Trained {self.spec.training.steps} steps")
+        self.event(EventType.NORMAL, Reason.TRAINING_COMPLETE, f"Trained {self.spec.training.steps} steps")
+        self.stop_alive(lambda r: True, Reason.TRAINING_COMPLETE)
+
+    def fail(self, reason: Reason, message: str) -> None:
+        st = self.status
+        st.phase = Phase.FAILED
+        st.completion_time = self.now
+        st.next_start_time = None
+        self.condition(ConditionType.RUNNING, False, reason, message)
+        self.condition(ConditionType.RESTARTING, False, reason, message)
+        self.condition(ConditionType.FAILED, True, reason, message)
+        self.event(EventType.WARNING, reason, message)
+        self.stop_alive(lambda r: True, reason)
+
+    # ------------------------------------------------------------------ helpers
+
+    def stop_alive(self, which, reason: Reason, *, graceful: bool = False) -> bool:
+        """Ask the backend to stop every generation that has a live rank matching ``which``."""
+        generations = sorted({r.generation for r in self.seen.ranks if r.alive and which(r)})
+        for gen in generations:
+            if not any(isinstance(a, StopGeneration) and a.generation == gen for a in self.actions):
+                self.actions.append(StopGeneration(gen, graceful, reason))
+        return bool(generations)
+
+    def record_progress(self) -> None:
+        st = self.status
+        ranks = self.seen.of_generation(st.generation)
+        st.ready_ranks = sum(r.state is RankState.RUNNING for r in ranks)
+        if (p := self.seen.progress) is not None and p.generation == st.generation:
+            st.step, st.loss, st.tokens_per_second = p.step, p.loss, p.tokens_per_second
+        if (ckpt := self.seen.latest_checkpoint) is not None:
+            st.last_checkpoint = ckpt
+        if st.world_size <= RANK_DETAIL_LIMIT and ranks:
+            times = self.seen.progress.step_seconds if self.seen.progress else ()
+            st.ranks = [
+                RankStatus(
+                    rank=r.rank, state=r.state, node=r.node, message=r.message or None,
+                    step_seconds=times[r.rank] if r.rank < len(times) else None,
+                )
+                for r in sorted(ranks, key=lambda r: r.rank)
+            ]
+
+    def condition(self, type_: ConditionType, value: bool, reason: Reason, message: str) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, value, reason, message,
+            now=self.now, observed_generation=self.job.object_generation,
+        )
+
+    def event(self, type_: EventType, reason: Reason, message: str) -> None:
+        self.actions.append(Event(type_, reason, message))
+
+    def requeue(self, seconds: float) -> None:
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+def decide(spec: TrainingJobSpec, failed: list[RankObservation]) -> FailureAction:
+    """The first failure rule matching any failed rank decides; Retry when none matches."""
+    for rule in spec.failure_policy.rules:
+        for rank in failed:
+            codes_match = not rule.exit_codes or rank.exit_code in rule.exit_codes
+            text_match = rule.message is None or re.search(rule.message, rank.message)
+            if codes_match and text_match:
+                return rule.action
+    return FailureAction.RETRY

@@ -1,0 +1,74 @@
+"""Render the per-generation WorkerConfig from a job's spec and its plan."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from shardwright.operator.api import CheckpointRef, TrainingJobSpec
+from shardwright.operator.planner import Plan
+from shardwright.workers.config import (
+    CheckpointConfig,
+    DataConfig,
+    OptimConfig,
+    ParallelConfig,
+    WorkerConfig,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRef:
+    """Which object is reconciled, and where its checkpoints live (resolved by the caller)."""
+
+    name: str
+    namespace: str
+    checkpoint_dir: str
+    #: metadata.generation of the object, echoed into conditions' observedGeneration.
+    object_generation: int | None = None
+    telemetry_port: int = 0
+
+
+def worker_config(
+    job: JobRef,
+    spec: TrainingJobSpec,
+    plan: Plan,
+    generation: int,
+    resume_from: CheckpointRef | None,
+) -> WorkerConfig:
+    data, training = spec.data, spec.training
+    return WorkerConfig(
+        job=job.name,
+        namespace=job.namespace,
+        generation=generation,
+        model=spec.model.resolve(),
+        data=DataConfig(
+            source=str(data.source),
+            task=str(data.task),
+            path=data.path,
+            seq_len=data.seq_len,
+            global_batch=data.global_batch,
+            micro_batch=data.micro_batch,
+            seed=data.seed,
+        ),
+        optim=OptimConfig(
+            steps=training.steps,
+            lr=training.lr,
+            warmup_steps=training.warmup_steps,
+            weight_decay=training.weight_decay,
+            grad_clip=training.grad_clip,
+            seed=training.seed,
+        ),
+        parallel=ParallelConfig(
+            data=plan.dims.data,
+            sequence=plan.dims.sequence,
+            sequence_kind=str(spec.parallelism.sequence.kind),
+            data_shares=plan.data_shares,
+        ),
+        checkpoint=CheckpointConfig(
+            dir=job.checkpoint_dir,
+            interval_steps=spec.checkpoint.interval_steps,
+            keep=spec.checkpoint.keep,
+            async_save=spec.checkpoint.async_,
+            resume_from=resume_from.uri if resume_from else None,
+        ),
+        telemetry_port=job.telemetry_port,
+    )

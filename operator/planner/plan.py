@@ -1,0 +1,65 @@
+"""The Plan value: degrees, where each rank runs, and its share of the work.
+
+``plan_uniform`` is the placement when nothing is known about the hardware: ranks fill the
+worker groups in order (group, replica, local rank) and every data-parallel rank gets the
+same share. The heterogeneous search produces the same value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from shardwright.operator.api import TrainingJobSpec
+
+from .dims import ParallelDims
+
+
+@dataclasses.dataclass(frozen=True)
+class RankPlacement:
+    rank: int
+    group: str
+    replica: int
+    local_rank: int
+    node: str | None = None
+    gpu: str | None = None
+    #: Relative work share of this rank's data-parallel slot (1.0 = even).
+    share: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    dims: ParallelDims
+    ranks: tuple[RankPlacement, ...]
+    predicted_step_seconds: float | None = None
+    memory_per_gpu_bytes: int | None = None
+    explanation: str = ""
+
+    @property
+    def world_size(self) -> int:
+        return self.dims.world_size
+
+    @property
+    def data_shares(self) -> tuple[float, ...] | None:
+        """Share of each data-parallel index, or None when all are even."""
+        sp = self.dims.sequence
+        shares = tuple(self.ranks[d * sp].share for d in range(self.dims.data))
+        return None if len(set(shares)) == 1 else shares
+
+    @property
+    def summary(self) -> str:
+        return f"{self.dims.layout} over {self.world_size} ranks"
+
+
+def plan_uniform(spec: TrainingJobSpec, replicas: dict[str, int] | None = None) -> Plan:
+    """Even plan over the spec's worker groups (or ``replicas`` per group, when resized)."""
+    ranks: list[RankPlacement] = []
+    for group in spec.workers:
+        for replica in range(group.replicas if replicas is None else replicas.get(group.name, 0)):
+            for local in range(group.ranks_per_replica):
+                ranks.append(RankPlacement(len(ranks), group.name, replica, local, gpu=group.gpu_type))
+    world = len(ranks)
+    sp = spec.parallelism.sequence.degree
+    dims = ParallelDims(data=world // sp, sequence=sp)
+    if dims.world_size != world:
+        raise ValueError(f"sequence degree {sp} does not divide the world size {world}")
+    return Plan(dims=dims, ranks=tuple(ranks), explanation="uniform: ranks in group order, even shares")

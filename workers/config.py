@@ -1,0 +1,142 @@
+"""Everything a rank needs to run, rendered by the controller. pydantic only: no torch here.
+
+The operator imports this module to render configs; the rank process reads one back
+(``WorkerConfig.model_validate_json``). Per-rank facts (rank, world size, rendezvous)
+come from the torch environment contract instead: ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` (see ``RankEnv``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Environment variable that carries the JSON ``WorkerConfig`` into a rank process.
+CONFIG_ENV = "SHARDWRIGHT_WORKER_CONFIG"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Config):
+    """Resolved transformer dimensions; ``layer_kinds[i]`` is layer i's token mixer."""
+
+    vocab_size: int
+    dim: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn_dim: int
+    layer_kinds: tuple[str, ...]
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if len(self.layer_kinds) != self.layers:
+            raise ValueError("layer_kinds must name one mixer per layer")
+        return self
+
+
+class DataConfig(_Config):
+    source: str = "synthetic"
+    task: str = "markov-copy"
+    path: str | None = None
+    seq_len: int
+    global_batch: int
+    micro_batch: int
+    seed: int = 0
+
+
+class OptimConfig(_Config):
+    steps: int
+    lr: float
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    seed: int = 0
+
+
+class ParallelConfig(_Config):
+    """Degrees of this generation; ranks are laid out sequence-fastest: rank = d * sp + s."""
+
+    data: int
+    sequence: int = 1
+    sequence_kind: str = "auto"
+    #: Relative work share of each data-parallel rank (sums need not be 1); None: even.
+    data_shares: tuple[float, ...] | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.data * self.sequence
+
+    @property
+    def layout(self) -> str:
+        return f"dp={self.data},sp={self.sequence}"
+
+
+class CheckpointConfig(_Config):
+    dir: str = Field(description="Directory holding step-NNNNNNNN checkpoint folders.")
+    interval_steps: int = 50
+    keep: int = 3
+    async_save: bool = False
+    resume_from: str | None = Field(default=None, description="Committed checkpoint to load.")
+
+
+class WorkerConfig(_Config):
+    """One generation's configuration, identical on every rank."""
+
+    job: str
+    namespace: str = "default"
+    generation: int = 1
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    parallel: ParallelConfig
+    checkpoint: CheckpointConfig
+    #: Port of /metrics and /status on every rank; 0 lets each rank pick a free one.
+    telemetry_port: int = 0
+    #: torch.distributed timeout: far below torch's 30 minutes, so a dead peer is an error.
+    collective_timeout_s: float = 60.0
+    #: Intra-op threads per rank; fixed (not derived from the host) for reproducibility.
+    threads: int = 1
+    deterministic: bool = True
+
+
+class RankEnv(BaseModel):
+    """This rank's place in the world, read once from the torch environment contract."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str] | None = None) -> RankEnv:
+        env = os.environ if environ is None else environ
+        return cls(
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+            master_addr=env["MASTER_ADDR"],
+            master_port=int(env["MASTER_PORT"]),
+        )
+
+    def to_environ(self) -> dict[str, str]:
+        return {
+            "RANK": str(self.rank),
+            "WORLD_SIZE": str(self.world_size),
+            "LOCAL_RANK": str(self.local_rank),
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+        }
