@@ -7,6 +7,7 @@ admission webhook, so a user sees the same message wherever bad input is caught.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import types
 import typing
@@ -81,7 +82,11 @@ def validate(doc: Any) -> tuple[TrainingJob | None, list[Problem]]:
         allowed = ", ".join(f"{v} {k}" for v, k in SUPPORTED)
         return None, [Problem("apiVersion/kind", f"must be one of: {allowed} (got {key[0]} {key[1]})")]
     try:
-        obj = model.model_validate(doc)
+        # Strict JSON-mode validation: the types the CRD schema (and so the API server)
+        # accepts, no more. Lax mode would take `steps: "5"`, `suspend: "yes"` or
+        # `heads: true` here while `kubectl apply` rejects them; JSON mode still reads
+        # enum values from their strings.
+        obj = model.model_validate_json(json.dumps(doc, default=str), strict=True)
     except pydantic.ValidationError as e:
         return None, [_problem(model, err) for err in e.errors()]
     problems = list(check_spec(obj.spec))
@@ -96,10 +101,10 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
     m = spec.model.resolve()
     if m.dim % m.heads:
         yield Problem("spec.model.heads", f"must divide dim ({m.dim}); got {m.heads}")
+    elif (m.dim // m.heads) % 2:  # only meaningful once heads divides dim
+        yield Problem("spec.model.heads", f"dim/heads must be even for rotary positions; got {m.dim}/{m.heads}")
     if m.heads % m.kv_heads:
         yield Problem("spec.model.kvHeads", f"must divide heads ({m.heads}); got {m.kv_heads}")
-    if (m.dim // m.heads) % 2:
-        yield Problem("spec.model.heads", f"dim/heads must be even for rotary positions; got {m.dim}/{m.heads}")
 
     names = [g.name for g in spec.workers]
     for i, name in enumerate(names):
@@ -190,6 +195,8 @@ def _problem(model: type[pydantic.BaseModel], err: dict[str, Any]) -> Problem:
         return Problem(path, f"must be a number (got {got!r})")
     if kind in ("bool_parsing", "bool_type"):
         return Problem(path, f"must be true or false (got {got!r})")
+    if kind == "string_type" and len(loc) > 2 and loc[-2] in ("requests", "limits"):
+        return Problem(path, f"must be a quantity: an integer or a string such as 8Gi (got {got!r})")
     if kind in ("string_type",):
         return Problem(path, f"must be a string (got {got!r})")
     if kind in ("model_type", "dict_type", "model_attributes_type"):
