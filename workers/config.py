@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Environment variable that carries the JSON ``WorkerConfig`` into a rank process.
 CONFIG_ENV = "SHARDWRIGHT_WORKER_CONFIG"
+#: Optional per-rank telemetry port, for ranks that share one host (the local runner).
+TELEMETRY_PORT_ENV = "SHARDWRIGHT_TELEMETRY_PORT"
 
 
 class _Config(BaseModel):
@@ -103,6 +105,8 @@ class WorkerConfig(_Config):
     checkpoint: CheckpointConfig
     #: Port of /metrics and /status on every rank; 0 lets each rank pick a free one.
     telemetry_port: int = 0
+    #: File rank 0 appends one JSON line per step to (step, loss, seconds); None: no log.
+    step_log: str | None = None
     #: torch.distributed timeout: far below torch's 30 minutes, so a dead peer is an error.
     collective_timeout_s: float = 60.0
     #: Intra-op threads per rank; fixed (not derived from the host) for reproducibility.
@@ -120,6 +124,7 @@ class RankEnv(BaseModel):
     local_rank: int
     master_addr: str
     master_port: int
+    telemetry_port: int | None = None
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> RankEnv:
@@ -130,6 +135,7 @@ class RankEnv(BaseModel):
             local_rank=int(env.get("LOCAL_RANK", "0")),
             master_addr=env["MASTER_ADDR"],
             master_port=int(env["MASTER_PORT"]),
+            telemetry_port=int(env[TELEMETRY_PORT_ENV]) if TELEMETRY_PORT_ENV in env else None,
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -139,4 +145,4 @@ class RankEnv(BaseModel):
             "LOCAL_RANK": str(self.local_rank),
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.master_port),
-        }
+        } | ({TELEMETRY_PORT_ENV: str(self.telemetry_port)} if self.telemetry_port is not None else {})

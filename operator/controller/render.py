@@ -25,6 +25,8 @@ class JobRef:
     #: metadata.generation of the object, echoed into conditions' observedGeneration.
     object_generation: int | None = None
     telemetry_port: int = 0
+    #: Where rank 0 appends its per-step log; None: no log.
+    step_log: str | None = None
 
 
 def worker_config(
@@ -71,4 +73,5 @@ def worker_config(
             resume_from=resume_from.uri if resume_from else None,
         ),
         telemetry_port=job.telemetry_port,
+        step_log=job.step_log,
     )

@@ -1,0 +1,220 @@
+"""The embedded default: every rank is a Ray actor on this machine.
+
+Each actor is one process; it receives the torch environment contract (``RANK``,
+``MASTER_PORT``, ...) and runs the worker entry point *by name*, so torch is imported in
+rank processes, never in the process that runs the controller. Ray tells us when a rank
+dies (``ActorDiedError``) or raises (``RayTaskError``) within milliseconds; the ranks' own
+collectives time out after ``WorkerConfig.collective_timeout_s``, far below torch's default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import socket
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from shardwright.operator.api import CheckpointRef, RankState
+from shardwright.operator.controller import (
+    Observed,
+    Progress,
+    RankObservation,
+    StartGeneration,
+    StopGeneration,
+)
+from shardwright.workers.config import RankEnv
+from shardwright.workers.manifest import committed
+
+#: The worker entry point every rank runs: ``module:function(config_json, env, stop)``.
+ENTRY = "shardwright.workers.train:main"
+#: Seconds an HTTP probe of a rank may take before the rank counts as not answering.
+PROBE_TIMEOUT_S = 0.5
+
+
+@ray.remote(num_cpus=0, max_concurrency=2)
+class RankActor:
+    """One rank process. ``max_concurrency=2`` lets ``request_stop`` reach a running ``run``."""
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        os.environ.update(environ)
+        self.env = RankEnv.from_environ(environ)
+        self.stop_event = threading.Event()
+
+    def run(self, entry: str, config_json: str) -> dict[str, Any]:
+        import importlib
+
+        module, func = entry.split(":")
+        return getattr(importlib.import_module(module), func)(config_json, self.env, self.stop_event)
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+
+@dataclasses.dataclass
+class _Rank:
+    actor: Any
+    future: Any
+    telemetry_port: int
+    state: RankState = RankState.RUNNING
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSettings:
+    """Read once by the CLI and passed down."""
+
+    checkpoint_dir: Path
+    #: Ray cluster to join; None starts a private one for this run.
+    ray_address: str | None = None
+    #: CPUs Ray may schedule on; ranks take none, so this only bounds Ray's own tasks.
+    num_cpus: int | None = None
+
+
+class LocalRayBackend:
+    def __init__(self, settings: LocalSettings) -> None:
+        self.settings = settings
+        self.generations: dict[int, list[_Rank]] = {}
+
+    def _ensure_ray(self) -> None:
+        if not ray.is_initialized():
+            ray.init(
+                address=self.settings.ray_address,
+                num_cpus=self.settings.num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+
+    def start(self, action: StartGeneration) -> None:
+        self._ensure_ray()
+        config_json = action.config.model_dump_json()
+        master_port = free_port()
+        world = action.plan.world_size
+        ranks = []
+        for placement in action.plan.ranks:
+            env = RankEnv(
+                rank=placement.rank, world_size=world, local_rank=placement.rank,
+                master_addr="127.0.0.1", master_port=master_port, telemetry_port=free_port(),
+            )
+            actor = RankActor.remote(env.to_environ())
+            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json), env.telemetry_port))
+        self.generations[action.generation] = ranks
+
+    def stop(self, action: StopGeneration) -> None:
+        for rank in self.generations.get(action.generation, []):
+            if rank.state is RankState.RUNNING:
+                if action.graceful:
+                    rank.actor.request_stop.remote()
+                else:
+                    ray.kill(rank.actor, no_restart=True)
+
+    def observe(self, now: datetime.datetime) -> Observed:
+        observations = []
+        for generation, ranks in self.generations.items():
+            self._collect(ranks)
+            observations += [
+                RankObservation(generation, i, r.state, message=r.message, node="localhost")
+                for i, r in enumerate(ranks)
+            ]
+        return Observed(
+            now=now,
+            ranks=tuple(observations),
+            progress=self._progress(),
+            checkpoints=checkpoint_refs(self.settings.checkpoint_dir),
+        )
+
+    def _collect(self, ranks: list[_Rank]) -> None:
+        running = [r for r in ranks if r.state is RankState.RUNNING]
+        if not running:
+            return
+        done, _ = ray.wait([r.future for r in running], num_returns=len(running), timeout=0)
+        for rank in running:
+            if rank.future not in done:
+                continue
+            try:
+                ray.get(rank.future)
+                rank.state = RankState.SUCCEEDED
+            except RayTaskError as e:
+                cause = e.cause if e.cause is not None else e
+                rank.state, rank.message = RankState.FAILED, f"{type(cause).__name__}: {cause}"
+            except RayActorError as e:
+                rank.state, rank.message = RankState.FAILED, f"rank process died: {e.error_msg if hasattr(e, 'error_msg') else e}"
+
+    def _progress(self) -> Progress | None:
+        if not self.generations:
+            return None
+        generation = max(self.generations)
+        status = fetch_json(f"http://127.0.0.1:{self.generations[generation][0].telemetry_port}/status")
+        return progress_from_status(status, generation) if status else None
+
+    def scrape_metrics(self) -> str:
+        """The Prometheus text of every running rank of the newest generation, concatenated."""
+        if not self.generations:
+            return ""
+        texts = []
+        for rank in self.generations[max(self.generations)]:
+            if rank.state is RankState.RUNNING:
+                texts.append(fetch_text(f"http://127.0.0.1:{rank.telemetry_port}/metrics") or "")
+        return "".join(texts)
+
+    def close(self) -> None:
+        for ranks in self.generations.values():
+            for rank in ranks:
+                if rank.state is RankState.RUNNING:
+                    ray.kill(rank.actor, no_restart=True)
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+# ----------------------------------------------------------------------------- probes shared by backends
+
+
+def progress_from_status(status: dict[str, Any], generation: int) -> Progress | None:
+    """Rank 0's ``/status`` JSON as a controller ``Progress`` (None if another generation's)."""
+    if status.get("generation") != generation:
+        return None
+    return Progress(
+        generation=generation,
+        step=int(status.get("step") or 0),
+        loss=status.get("loss"),
+        tokens_per_second=status.get("tokensPerSecond"),
+        step_seconds=tuple(status.get("stepSeconds") or ()),
+    )
+
+
+def checkpoint_refs(root: Path) -> tuple[CheckpointRef, ...]:
+    return tuple(
+        CheckpointRef(step=m["step"], uri=m["path"], world_size=m["worldSize"], layout=m["layout"])
+        for m in committed(root)
+    )
+
+
+def fetch_text(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def fetch_json(url: str) -> dict[str, Any] | None:
+    text = fetch_text(url)
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def free_port() -> int:
+    """A TCP port free right now on loopback (the rank binds it moments later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

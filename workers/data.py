@@ -1,0 +1,112 @@
+"""Samples defined by their global index, so every world size sees the same global batches.
+
+Step ``s`` trains on samples ``[s * B, (s + 1) * B)`` where ``B`` is the global batch.
+Those are split into contiguous per-rank slices (even, or by work shares when a slow rank
+is relieved), and each slice into micro-batches. Resuming at step ``s`` therefore
+continues the stream at exactly sample ``s * B``, whatever the new world size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+
+#: Successors each token may have in the synthetic Markov chain (entropy ln 4 per token).
+BRANCHING = 4
+
+
+class MarkovCopy:
+    """First half: a walk on a fixed sparse Markov chain; second half: the first half again.
+
+    The loss falls quickly as the model learns the chain's transitions (from ln V to about
+    ln 4 on the first half) and further as it learns to copy (towards 0 on the second half).
+    """
+
+    def __init__(self, vocab_size: int, seq_len: int, seed: int) -> None:
+        if vocab_size < BRANCHING:
+            raise ValueError(f"markov-copy needs a vocabulary of at least {BRANCHING} tokens")
+        self.seq_len, self.seed = seq_len, seed
+        g = torch.Generator().manual_seed(seed)
+        self.successors = torch.stack(
+            [torch.randperm(vocab_size, generator=g)[:BRANCHING] for _ in range(vocab_size)]
+        ).tolist()
+        self.vocab_size = vocab_size
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Sample ``index``: ``seq_len + 1`` tokens (inputs and shifted targets)."""
+        rng = np.random.default_rng((self.seed, index))
+        length = self.seq_len + 1
+        half = (length + 1) // 2
+        walk = [int(rng.integers(self.vocab_size))]
+        for choice in rng.integers(BRANCHING, size=half - 1):
+            walk.append(self.successors[walk[-1]][choice])
+        return torch.tensor((walk + walk)[:length], dtype=torch.long)
+
+
+class TokenFile:
+    """Windows of ``seq_len + 1`` tokens from a flat token file (``.npy``, or raw ``.bin``)."""
+
+    def __init__(self, path: str, seq_len: int, seed: int) -> None:
+        p = Path(path)
+        self.tokens = np.load(p, mmap_mode="r") if p.suffix == ".npy" else np.memmap(p, dtype=np.uint16, mode="r")
+        self.seq_len = seq_len
+        self.windows = (len(self.tokens) - 1) // seq_len
+        if self.windows < 1:
+            raise ValueError(f"{path} holds {len(self.tokens)} tokens; seqLen {seq_len} needs more")
+        self.order = np.random.default_rng(seed).permutation(self.windows)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        start = int(self.order[index % self.windows]) * self.seq_len
+        return torch.from_numpy(np.asarray(self.tokens[start : start + self.seq_len + 1], dtype=np.int64))
+
+
+def dataset(cfg: DataConfig, vocab_size: int) -> MarkovCopy | TokenFile:
+    if cfg.source == "file":
+        return TokenFile(cfg.path or "", cfg.seq_len, cfg.seed)
+    return MarkovCopy(vocab_size, cfg.seq_len, cfg.seed)
+
+
+def partition(total: int, shares: tuple[float, ...] | None, parts: int) -> list[int]:
+    """Split ``total`` samples into ``parts`` counts proportional to ``shares`` (even if None).
+
+    Largest-remainder rounding, ties to the lower index: deterministic, sums to ``total``,
+    and every part gets at least one sample when ``total >= parts``.
+    """
+    weights = np.asarray(shares if shares else [1.0] * parts, dtype=np.float64)
+    exact = total * weights / weights.sum()
+    counts = np.maximum(np.floor(exact).astype(int), 1 if total >= parts else 0)
+    while counts.sum() > total:
+        counts[int(np.argmax(counts - exact))] -= 1
+    order = np.argsort(-(exact - counts), kind="stable")
+    for i in order[: total - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """The samples one data-parallel rank trains on in one step, as micro-batches."""
+
+    micro_batches: tuple[range, ...]
+
+    @property
+    def samples(self) -> int:
+        return sum(len(r) for r in self.micro_batches)
+
+
+def rank_slice(step: int, cfg: DataConfig, dp_rank: int, dp: int, shares: tuple[float, ...] | None) -> Slice:
+    counts = partition(cfg.global_batch, shares, dp)
+    start = step * cfg.global_batch + sum(counts[:dp_rank])
+    stop = start + counts[dp_rank]
+    return Slice(tuple(range(s, min(s + cfg.micro_batch, stop)) for s in range(start, stop, cfg.micro_batch)))
+
+
+def collate(data: MarkovCopy | TokenFile, indices: range) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` of shape ``[len(indices), seq_len]``."""
+    batch = torch.stack([data[i] for i in indices])
+    return batch[:, :-1], batch[:, 1:]

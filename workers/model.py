@@ -1,0 +1,86 @@
+"""A small decoder-only transformer with modern defaults: RMSNorm, rotary positions, SwiGLU.
+
+Each layer's token mixer is chosen by ``ModelConfig.layer_kinds`` and built by
+``workers.mixers``, which also decides how a mixer runs when the sequence is split across
+ranks. Positions are passed in explicitly: with sequence parallelism a rank holds tokens
+whose global positions are not ``0..T-1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .mixers import SequenceContext, build_mixer
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding applied to ``[B, H, T, D]`` queries and keys."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [T, D/2]
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.flatten(-2)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, kind: str, rotary: Rotary, ctx: SequenceContext) -> None:
+        super().__init__()
+        self.mixer_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mixer = build_mixer(kind, cfg, rotary, ctx)
+        self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.dim, cfg.ffn_dim)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.mixer_norm(x), positions)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """``tokens [B, T] -> logits [B, T, vocab]``; ``positions [T]`` are global positions."""
+
+    def __init__(self, cfg: ModelConfig, ctx: SequenceContext | None = None) -> None:
+        super().__init__()
+        ctx = ctx or SequenceContext()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        rotary = Rotary(cfg.head_dim, cfg.rope_theta)
+        self.blocks = nn.ModuleList(Block(cfg, kind, rotary, ctx) for kind in cfg.layer_kinds)
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(_init)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, positions)
+        return self.head(self.norm(x))
+
+
+def _init(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,112 @@
+"""Per-rank Prometheus metrics and a JSON ``/status``, served on one port.
+
+``/metrics``  Prometheus text format, names ``shardwright_rank_<measure>_<unit>``;
+``/status``   JSON: step, loss, throughput, per-rank step times (rank 0 knows all of them),
+              last committed checkpoint, state (``running``, ``complete``, ``stopped``);
+``/healthz``  200 while the server lives.
+
+The train loop calls ``Telemetry.record_step`` once per step; serving runs on a daemon
+thread and never blocks training.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Telemetry:
+    def __init__(self, *, job: str, namespace: str, rank: int, world_size: int, generation: int, layout: str, total_steps: int) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"name": job, "namespace": namespace, "rank": str(rank)}
+        names = list(labels)
+
+        def make(cls, name, doc, **kw):
+            return cls(name, doc, names, registry=self.registry, **kw).labels(**labels)
+
+        self.step_seconds = make(Histogram, "shardwright_rank_step_seconds", "Wall time of one optimizer step.", buckets=STEP_BUCKETS)
+        self.steps = make(Counter, "shardwright_rank_steps_total", "Optimizer steps completed by this rank process.")
+        self.tokens = make(Counter, "shardwright_rank_tokens_total", "Tokens this rank trained on.")
+        self.loss = make(Gauge, "shardwright_rank_loss_nats", "Global mean training loss of the last step.")
+        self.throughput = make(Gauge, "shardwright_rank_tokens_per_second", "Global tokens per second over the last steps.")
+        self.step = make(Gauge, "shardwright_rank_step", "Optimizer step this rank has completed.")
+        self.checkpoint_step = make(Gauge, "shardwright_rank_checkpoint_step", "Step of the last committed checkpoint.")
+        info = Gauge("shardwright_rank_info", "Generation and layout of this rank.", [*names, "generation", "layout"], registry=self.registry)
+        info.labels(**labels, generation=str(generation), layout=layout).set(1)
+
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {
+            "job": job, "namespace": namespace, "rank": rank, "worldSize": world_size,
+            "generation": generation, "layout": layout, "totalSteps": total_steps,
+            "state": "starting", "step": 0, "loss": None, "tokensPerSecond": None,
+            "stepSeconds": [], "lastCheckpoint": None, "time": time.time(),
+        }
+        self._server: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------ recording
+
+    def record_step(self, *, step: int, loss: float, seconds: float, tokens: int, tokens_per_second: float, step_seconds: list[float]) -> None:
+        self.step_seconds.observe(seconds)
+        self.steps.inc()
+        self.tokens.inc(tokens)
+        self.loss.set(loss)
+        self.throughput.set(tokens_per_second)
+        self.step.set(step)
+        self.update(state="running", step=step, loss=loss, tokensPerSecond=tokens_per_second, stepSeconds=step_seconds)
+
+    def record_checkpoint(self, manifest: dict[str, Any]) -> None:
+        self.checkpoint_step.set(manifest["step"])
+        self.update(lastCheckpoint={k: manifest[k] for k in ("step", "path", "worldSize", "layout")})
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self._status.update(fields, time=time.time())
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._status)
+
+    # ------------------------------------------------------------------ serving
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Start serving on ``port`` (0: any free port); returns the bound port."""
+        telemetry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path == "/metrics":
+                    body, ctype = generate_latest(telemetry.registry), CONTENT_TYPE_LATEST
+                elif self.path == "/status":
+                    body, ctype = json.dumps(telemetry.status()).encode(), "application/json"
+                elif self.path == "/healthz":
+                    body, ctype = b"ok", "text/plain"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="telemetry", daemon=True).start()
+        return self._server.server_address[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
