@@ -29,7 +29,7 @@ from shardwright.operator.api import (
 from shardwright.operator.planner import Plan
 
 from .actions import Action, Event, Result, StartGeneration, StopGeneration
-from .conditions import set_condition
+from .conditions import is_true, set_condition
 from .observed import Observed, RankObservation, parse_time, rfc3339
 from .render import JobRef, worker_config
 
@@ -104,7 +104,9 @@ class _Reconcile:
     def ensure_suspended(self) -> bool:
         st = self.status
         if not self.spec.suspend:
-            if st.phase is Phase.SUSPENDED:
+            # The Suspended condition marks the first pass after resume: the ranks may take
+            # several passes to stop, and the event must be emitted once.
+            if st.phase is Phase.SUSPENDED and is_true(st.conditions, ConditionType.SUSPENDED):
                 self.condition(ConditionType.SUSPENDED, False, Reason.RESUMED, "Resumed")
                 self.event(EventType.NORMAL, Reason.RESUMED, "Resuming from the last checkpoint")
             return False
@@ -143,7 +145,10 @@ class _Reconcile:
         if failed:
             self.handle_failure(failed)
         elif not ranks:
-            self.handle_failure([], lost=True)
+            # A generation just started may not be visible yet (a lagging cache): only
+            # ranks that were running and vanished count as lost.
+            if st.phase is Phase.RUNNING:
+                self.handle_failure([], lost=True)
         elif len(ranks) == self.plan.world_size and all(r.state is RankState.SUCCEEDED for r in ranks):
             self.complete()
         elif len(ranks) == self.plan.world_size and all(r.state is RankState.RUNNING for r in ranks):
@@ -163,8 +168,9 @@ class _Reconcile:
         st.plan = self.plan.summary
         st.generation_start_time = self.now
         st.next_start_time = None
-        if st.phase is Phase.SUSPENDED:
-            st.phase = Phase.PENDING
+        # Pending until every rank of the new generation runs; staying Restarting or
+        # Suspended would make the next reconcile start yet another generation.
+        st.phase = Phase.PENDING
         config = worker_config(self.job, self.spec, self.plan, st.generation, resume)
         self.actions.append(StartGeneration(st.generation, self.plan, config))
         if st.generation > 1 and resume is not None:
