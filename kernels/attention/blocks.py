@@ -1,0 +1,165 @@
+"""Per-device attention on one (query block, key/value block) pair, forward and backward.
+
+Every sequence-parallel kernel reduces to calls of :func:`block_forward` (returns the
+block's output and its log-sum-exp) and :func:`block_backward` (takes the *final* global
+output and LSE of those query rows, so that each block's gradient is exact). Both pick
+torch's own fused kernel by device in one place, :func:`_ops_for`:
+
+- CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward;
+- CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its backward;
+- CUDA, fp32: ``aten._scaled_dot_product_efficient_attention`` and its backward.
+
+Nothing here re-implements attention. Grouped-query attention (more query heads than
+key/value heads) expands K/V to the query heads for the call and sums the gradient of each
+group back onto its K/V head, so communication always moves the smaller K/V.
+
+Shapes follow ``scaled_dot_product_attention``: ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk,
+D]`` with ``Hq % Hkv == 0``; ``lse [B, Hq, Lq]`` in fp32. ``causal=True`` is only used on
+square blocks (a shard against itself), where top-left and bottom-right alignment agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+
+__all__ = ["block_forward", "block_backward", "check_inputs"]
+
+aten = torch.ops.aten
+
+
+def check_inputs(
+    name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None
+) -> float:
+    """Validate the local shards passed to a public kernel; return the softmax scale."""
+    for label, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: {label} must be [batch, heads, local_seq, head_dim], "
+                             f"got shape {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"{name}: k and v must have the same shape, got {tuple(k.shape)} "
+                         f"and {tuple(v.shape)}")
+    b, hq, n, d = q.shape
+    if (k.shape[0], k.shape[2], k.shape[3]) != (b, n, d):
+        raise ValueError(f"{name}: k/v must match q in batch, local_seq and head_dim, got "
+                         f"q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if hq % k.shape[1]:
+        raise ValueError(f"{name}: q heads ({hq}) must be a multiple of k/v heads "
+                         f"({k.shape[1]})")
+    if len({q.dtype, k.dtype, v.dtype}) != 1 or len({q.device, k.device, v.device}) != 1:
+        raise ValueError(f"{name}: q, k, v must share dtype and device")
+    return 1.0 / math.sqrt(d) if scale is None else float(scale)
+
+
+class _Ops(NamedTuple):
+    forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    backward: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _cpu_forward(q, k, v, causal, scale):
+    return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+
+
+def _cpu_backward(dout, q, k, v, out, lse, causal, scale):
+    return aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        dout, q, k, v, out, lse, 0.0, causal, scale=scale
+    )
+
+
+def _flash_forward(q, k, v, causal, scale):
+    out, lse, *_ = aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, scale=scale)
+    return out, lse
+
+
+def _flash_backward(dout, q, k, v, out, lse, causal, scale):
+    # Dense (not varlen) inputs: no cumulative lengths; dropout 0 never reads the seed.
+    seed = offset = torch.empty((), dtype=torch.long, device=q.device)
+    return aten._scaled_dot_product_flash_attention_backward(
+        dout, q, k, v, out, lse, None, None, q.shape[2], k.shape[2], 0.0, causal,
+        seed, offset, scale=scale,
+    )
+
+
+def _efficient_forward(q, k, v, causal, scale):
+    out, lse, *_ = aten._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, causal, scale=scale
+    )
+    return out, lse[..., : q.shape[2]]  # the kernel pads the LSE rows to a multiple of 32
+
+
+def _efficient_backward(dout, q, k, v, out, lse, causal, scale):
+    padded = -(-q.shape[2] // 32) * 32
+    lse = torch.nn.functional.pad(lse, (0, padded - q.shape[2])).contiguous()
+    seed = offset = torch.empty((), dtype=torch.long, device=q.device)
+    dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
+        dout, q, k, v, None, out, lse, seed, offset, 0.0, (True, True, True, False), causal,
+        scale=scale,
+    )
+    return dq, dk, dv
+
+
+def _ops_for(q: torch.Tensor) -> _Ops:
+    """The fused SDPA kernel pair torch provides for ``q``'s device and dtype."""
+    if q.device.type == "cpu":
+        return _Ops(_cpu_forward, _cpu_backward)
+    if q.device.type == "cuda":
+        if q.dtype in (torch.float16, torch.bfloat16):
+            return _Ops(_flash_forward, _flash_backward)
+        return _Ops(_efficient_forward, _efficient_backward)
+    raise NotImplementedError(f"no block attention kernel for device {q.device.type!r}")
+
+
+def _expand_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    groups = heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def _reduce_heads(grad: torch.Tensor, heads: int) -> torch.Tensor:
+    b, hq, n, d = grad.shape
+    return grad if hq == heads else grad.view(b, heads, hq // heads, n, d).sum(2)
+
+
+def block_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attend ``q [B, Hq, Lq, D]`` to ``k, v [B, Hkv, Lk, D]``.
+
+    Returns ``(out [B, Hq, Lq, D]`` in q's dtype, ``lse [B, Hq, Lq]`` fp32).
+
+    Example:
+        >>> q = torch.randn(1, 4, 8, 16); kv = torch.randn(1, 2, 8, 16)
+        >>> out, lse = block_forward(q, kv, kv, causal=True, scale=0.25)
+        >>> out.shape, lse.shape
+        (torch.Size([1, 4, 8, 16]), torch.Size([1, 4, 8]))
+    """
+    heads = q.shape[1]
+    k, v = _expand_heads(k, heads), _expand_heads(v, heads)
+    out, lse = _ops_for(q).forward(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale)
+    return out, lse.float()
+
+
+def block_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of one block given the final global ``out`` and ``lse`` of its query rows.
+
+    ``dout`` and ``out`` are ``[B, Hq, Lq, D]`` (``out`` is cast to q's dtype), ``lse`` is
+    ``[B, Hq, Lq]``. Returns ``(dq [B, Hq, Lq, D], dk, dv [B, Hkv, Lk, D])`` in q's dtype.
+    """
+    heads, kv_heads = q.shape[1], k.shape[1]
+    k, v = _expand_heads(k, heads), _expand_heads(v, heads)
+    dq, dk, dv = _ops_for(q).backward(
+        dout.to(q.dtype).contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
+        out.to(q.dtype).contiguous(), lse.float().contiguous(), causal, scale,
+    )
+    return dq, _reduce_heads(dk, kv_heads), _reduce_heads(dv, kv_heads)

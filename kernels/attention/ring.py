@@ -1,0 +1,150 @@
+"""Ring attention: queries stay, key/value shards travel around the ring of ranks.
+
+Forward, on each of ``P`` steps a rank posts the transfer of the K/V shard it holds to the
+next rank (and receives the previous rank's) *before* attending its queries to that shard,
+then merges the partial result by LSE (:mod:`.merge`) and waits. Backward runs the same
+ring: K/V travel again, and the gradient of each K/V shard travels with it in fp32,
+collecting every rank's contribution until it arrives home. Each block's backward uses the
+final global ``out`` and ``lse``, so gradients are exact; nothing goes through autograd.
+
+Per-rank bytes sent (equal to bytes received), ``n = N/P`` local positions, ``e`` the
+element size, ``B`` batch, ``Hkv`` key/value heads, ``D`` head dim:
+
+- forward: ``2 (P-1) n D Hkv B e`` (K and V, ``P-1`` hops);
+- backward: ``2 (P-1) n D Hkv B (e + 4)`` (K and V again, and their fp32 gradients).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .. import comm
+from . import schedule
+from .blocks import block_backward, block_forward, check_inputs
+from .layout import check_layout
+from .merge import merge
+from .p2p import send_recv
+
+__all__ = ["ring_attention"]
+
+
+def ring_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    group: dist.ProcessGroup | None = None,
+    causal: bool = False,
+    layout: str = "zigzag",
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Softmax attention over a sequence sharded across ``group`` with a K/V ring.
+
+    Args:
+        q: ``[B, Hq, n, D]``, this rank's query shard in ``layout`` (see
+            :func:`shard_sequence`).
+        k, v: ``[B, Hkv, n, D]`` with ``Hq % Hkv == 0`` (grouped-query attention).
+        group: process group; ``None`` is the default group. One rank (or no initialised
+            group) gives plain ``scaled_dot_product_attention``.
+        causal: causal mask over *global* positions.
+        layout: ``"zigzag"`` (balanced causal work; ``n`` must be even) or
+            ``"contiguous"``.
+        scale: softmax scale, default ``1/sqrt(D)``.
+
+    Returns:
+        ``[B, Hq, n, D]``: this rank's shard of the output, same layout.
+
+    Example:
+        >>> q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+        >>> out = ring_attention(q, k, v, causal=True)  # one process: plain SDPA
+        >>> torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(
+        ...     q, k, v, is_causal=True), atol=1e-5)
+        True
+    """
+    scale = check_inputs("ring_attention", q, k, v, scale)
+    if q.shape[2] % check_layout(layout):
+        raise ValueError(f"ring_attention: zigzag shards hold two equal chunks, so the local "
+                         f"sequence length must be even, got {q.shape[2]}")
+    return _RingAttention.apply(q, k, v, group, causal, layout, scale)
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, group, causal, layout, scale):
+        out, lse = _forward(q, k, v, group, causal, layout, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (group, causal, layout, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        grads = _backward(dout, *ctx.saved_tensors, *ctx.args)
+        return *grads, None, None, None, None
+
+
+def _neighbours(group) -> tuple[int, int, int, int]:
+    size, me = comm.world_size(group), comm.rank(group)
+    return size, me, (me + 1) % size, (me - 1) % size
+
+
+def _forward(q, k, v, group, causal, layout, scale):
+    size, me, nxt, prv = _neighbours(group)
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+    kv = [k, v]
+    for step in range(size):
+        if step < size - 1:
+            ops, next_kv = send_recv(kv, nxt, kv, prv)
+            pending = comm.exchange(ops, group)
+        blk = schedule.block(layout, causal, me, (me - step) % size, q.shape[2])
+        if blk is not None:
+            part = block_forward(q[:, :, blk.q], kv[0][:, :, blk.kv], kv[1][:, :, blk.kv],
+                                 causal=blk.causal, scale=scale)
+            out[:, :, blk.q], lse[:, :, blk.q] = merge(out[:, :, blk.q], lse[:, :, blk.q], *part)
+        if step < size - 1:
+            pending.wait()
+            kv = next_kv
+    return out.to(q.dtype), lse
+
+
+def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
+    """dq stays here; each K/V shard's (dk, dv) rides the ring one step behind it.
+
+    The gradient of shard ``s`` is started by rank ``s+1`` (rank ``s`` keeps its own part)
+    and arrives back at ``s`` after ``P-1`` hops, each overlapping the next step's compute.
+    """
+    size, me, nxt, prv = _neighbours(group)
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    own_dkv = None
+    kv, arriving_dkv, dkv_pending = [k, v], None, None
+    for step in range(size):
+        if step < size - 1:
+            ops, next_kv = send_recv(kv, nxt, kv, prv)
+            kv_pending = comm.exchange(ops, group)
+        dkv = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in kv]
+        blk = schedule.block(layout, causal, me, (me - step) % size, q.shape[2])
+        if blk is not None:
+            rows = (slice(None), slice(None), blk.q)
+            gq, gk, gv = block_backward(
+                dout[rows], q[rows], kv[0][:, :, blk.kv], kv[1][:, :, blk.kv], out[rows],
+                lse[rows], causal=blk.causal, scale=scale,
+            )
+            dq[rows] += gq
+            dkv[0][:, :, blk.kv] += gk
+            dkv[1][:, :, blk.kv] += gv
+        if step == 0:
+            own_dkv = dkv
+        else:
+            if dkv_pending is not None:
+                dkv_pending.wait()
+                dkv = [mine + theirs for mine, theirs in zip(dkv, arriving_dkv)]
+            ops, arriving_dkv = send_recv(dkv, nxt, dkv, prv)
+            dkv_pending = comm.exchange(ops, group)
+        if step < size - 1:
+            kv_pending.wait()
+            kv = next_kv
+    if dkv_pending is not None:
+        dkv_pending.wait()
+        own_dkv = [mine + theirs for mine, theirs in zip(own_dkv, arriving_dkv)]
+    return dq.to(q.dtype), own_dkv[0].to(k.dtype), own_dkv[1].to(v.dtype)

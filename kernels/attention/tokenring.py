@@ -1,0 +1,154 @@
+"""TokenRing attention: queries travel the ring one way, partial results go home directly.
+
+K/V stay on their rank. On step ``i`` rank ``r`` holds the query shard of rank ``r-i``,
+attends it to its own K/V and, during the *next* step's compute, sends the partial
+``(out, lse)`` straight back to rank ``r-i`` over the full mesh, while the queries move on
+to ``r+1``. Both directions of the links carry data and every transfer is posted before
+the compute it overlaps. The owner merges partials by LSE (:mod:`.merge`).
+
+The backward has the same shape (:func:`_token_ring` runs both): ``(q, dout, out, lse)``
+travel, each rank adds the block's ``dk, dv`` to its own K/V gradient and sends the
+partial ``dq`` home. Blocks that causal masking empties (:func:`.schedule.block`) are
+neither computed nor sent. Contiguous layout.
+
+Per-rank bytes sent, ``n = N/P``, ``e`` the element size, ``Hq`` query heads, and ``m``
+the number of non-empty partials this rank computes for other ranks (``P-1``; causal:
+``P-1-r`` on rank ``r``):
+
+- forward: ``(P-1) B Hq n D e`` (queries) ``+ m B Hq n (D e + 4)`` (partial out, fp32 lse);
+- backward: ``(P-1) B Hq n (3 D e + 4)`` (q, dout, out, lse) ``+ m B Hq n D e`` (dq).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from .. import comm
+from . import schedule
+from .blocks import block_backward, block_forward, check_inputs
+from .merge import merge
+from .p2p import send_recv
+
+__all__ = ["tokenring_attention"]
+
+Tensors = list[torch.Tensor]
+
+
+def tokenring_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    group: dist.ProcessGroup | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Softmax attention over a sequence sharded contiguously, moving queries not K/V.
+
+    Args:
+        q: ``[B, Hq, n, D]``, this rank's contiguous query shard
+            (``shard_sequence(x, layout="contiguous")``).
+        k, v: ``[B, Hkv, n, D]`` with ``Hq % Hkv == 0``.
+        group: process group; ``None`` is the default group.
+        causal: causal mask over global positions.
+        scale: softmax scale, default ``1/sqrt(D)``.
+
+    Returns:
+        ``[B, Hq, n, D]``: this rank's shard of the output.
+
+    Example:
+        >>> q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
+        >>> tokenring_attention(q, k, v).shape  # one process: plain SDPA
+        torch.Size([1, 2, 8, 4])
+    """
+    scale = check_inputs("tokenring_attention", q, k, v, scale)
+    return _TokenRingAttention.apply(q, k, v, group, causal, scale)
+
+
+class _TokenRingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, group, causal, scale):
+        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+
+        def visit(blk, travelling):
+            return list(block_forward(travelling[0], k, v, causal=blk.causal, scale=scale))
+
+        def collect(partial):
+            out[:], lse[:] = merge(out, lse, *partial)
+
+        _token_ring([q], visit, [q, lse], collect, group, causal)  # partial out is q-shaped
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (group, causal, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        group, causal, scale = ctx.args
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dkv = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (k, v)]
+
+        def visit(blk, travelling):
+            tq, tdout, tout, tlse = travelling
+            gq, gk, gv = block_backward(tdout, tq, k, v, tout, tlse,
+                                        causal=blk.causal, scale=scale)
+            dkv[0].add_(gk)
+            dkv[1].add_(gv)
+            return [gq]
+
+        def collect(partial):
+            dq.add_(partial[0])
+
+        _token_ring([q, dout.contiguous(), out, lse], visit, [q], collect, group, causal)
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
+
+
+def _token_ring(
+    travelling: Tensors,
+    visit: Callable[[schedule.Block, Tensors], Tensors],
+    partial_like: Tensors,
+    collect: Callable[[Tensors], None],
+    group,
+    causal: bool,
+) -> None:
+    """Send ``travelling`` (this rank's tensors) past every rank; ``visit`` computes a
+    partial result from each visitor and the local K/V; each partial is returned to its
+    owner, which passes it to ``collect``. ``partial_like`` gives the partials' shapes.
+
+    Step ``i`` posts: the visitor onward (``r -> r+1``), the partial computed at step
+    ``i-1`` home to ``r-i+1``, and the receipt of this rank's partial from ``r+i-1``; then
+    computes the partial of step ``i``; then waits.
+    """
+    size, me = comm.world_size(group), comm.rank(group)
+    n = travelling[0].shape[2]
+    outgoing: Tensors | None = None
+    for step in range(size + 1):  # step ``size`` only returns the last partial
+        ops, arriving, incoming = [], None, None
+        if step < size - 1:
+            ops, arriving = send_recv(travelling, (me + 1) % size, travelling, (me - 1) % size)
+        if step >= 2:
+            home, helper = (me - step + 1) % size, (me + step - 1) % size
+            sends = outgoing or []
+            expected = schedule.block("contiguous", causal, me, helper, n) is not None
+            more, incoming = send_recv(sends, home, partial_like if expected else [], helper)
+            ops += more
+        pending = comm.exchange(ops, group)
+        outgoing = None
+        if step < size:
+            owner = (me - step) % size
+            blk = schedule.block("contiguous", causal, owner, me, n)
+            partial = visit(blk, travelling) if blk is not None else None
+            if step == 0:
+                collect(partial)
+            else:
+                outgoing = partial
+        pending.wait()
+        if incoming:
+            collect(incoming)
+        if arriving is not None:
+            travelling = arriving
