@@ -65,6 +65,8 @@ class _Rank:
     telemetry_port: int
     state: RankState = RankState.RUNNING
     message: str = ""
+    #: What the rank's entry point returned (its final /status), once it succeeded.
+    result: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +142,7 @@ class LocalRayBackend:
             if rank.future not in done:
                 continue
             try:
-                ray.get(rank.future)
+                rank.result = ray.get(rank.future)
                 rank.state = RankState.SUCCEEDED
             except RayTaskError as e:
                 cause = e.cause if e.cause is not None else e
@@ -152,7 +154,8 @@ class LocalRayBackend:
         if not self.generations:
             return None
         generation = max(self.generations)
-        status = fetch_json(f"http://127.0.0.1:{self.generations[generation][0].telemetry_port}/status")
+        rank0 = self.generations[generation][0]
+        status = rank0.result or fetch_json(f"http://127.0.0.1:{rank0.telemetry_port}/status")
         return progress_from_status(status, generation) if status else None
 
     def scrape_metrics(self) -> str:

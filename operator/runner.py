@@ -1,0 +1,133 @@
+"""``shardwright run``: the controller loop over the local Ray backend.
+
+The same pure ``reconcile`` the Kubernetes handlers call decides what happens; this loop
+observes the ranks, applies the actions, writes the status beside the checkpoints and
+shows progress. Ctrl-C suspends the job (the ranks write a checkpoint and exit), so the
+next ``shardwright run`` of the same file resumes; a second Ctrl-C stops at once.
+
+Files under the work directory (``.shardwright/<namespace>/<name>`` by default):
+``status.json`` (the object's status), ``events.jsonl``, ``steps.jsonl`` (rank 0's loss
+per step), ``metrics.prom`` (last scrape of every rank), ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import signal
+import time
+from pathlib import Path
+
+from shardwright.operator.api import Phase, TrainingJob, TrainingJobStatus
+from shardwright.operator.backends.local import LocalRayBackend, LocalSettings
+from shardwright.operator.console import Console
+from shardwright.operator.controller import Event, JobRef, StartGeneration, StopGeneration, reconcile
+from shardwright.operator.planner import plan_uniform
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    workdir: Path
+    #: Seconds between reconcile ticks.
+    poll_seconds: float = 0.5
+    #: Seconds between scrapes of every rank's /metrics into metrics.prom.
+    scrape_seconds: float = 2.0
+    ray_address: str | None = None
+    progress_bar: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    status: TrainingJobStatus
+    wall_seconds: float
+    interrupted: bool
+
+    @property
+    def exit_code(self) -> int:
+        if self.status.phase is Phase.COMPLETE:
+            return 0
+        return 130 if self.interrupted else 1
+
+
+def checkpoint_dir(job: TrainingJob, workdir: Path) -> Path:
+    uri = job.spec.checkpoint.uri
+    if uri is None:
+        return workdir / "checkpoints"
+    return Path(uri.removeprefix("file://"))
+
+
+def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:
+    workdir = settings.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = checkpoint_dir(job, workdir)
+    ref = JobRef(
+        name=job.metadata.name, namespace=job.metadata.namespace, checkpoint_dir=str(ckpt_dir),
+        object_generation=job.metadata.generation, step_log=str(workdir / "steps.jsonl"),
+    )
+    plan = plan_uniform(job.spec)
+    backend = LocalRayBackend(LocalSettings(checkpoint_dir=ckpt_dir, ray_address=settings.ray_address))
+    console = Console(job, workdir, total_steps=job.spec.training.steps, progress_bar=settings.progress_bar)
+    interrupts = _Interrupts()
+    spec, status = job.spec, None
+    began = time.monotonic()
+    last_scrape = 0.0
+    try:
+        with interrupts:
+            while True:
+                if interrupts.count and not spec.suspend:
+                    spec = spec.model_copy(update={"suspend": True})
+                    console.note("Interrupted: the ranks write a checkpoint and stop (Ctrl-C again to stop now)")
+                if interrupts.count > 1:
+                    break
+                observed = backend.observe(datetime.datetime.now(datetime.timezone.utc))
+                result = reconcile(ref, spec, plan, status, observed)
+                for action in result.actions:
+                    if isinstance(action, StartGeneration):
+                        backend.start(action)
+                    elif isinstance(action, StopGeneration):
+                        backend.stop(action)
+                    elif isinstance(action, Event):
+                        console.event(action)
+                if result.status != status:
+                    status = result.status
+                    _write_json(workdir / "status.json", status.to_wire())
+                console.progress(status)
+                if time.monotonic() - last_scrape > settings.scrape_seconds:
+                    if metrics := backend.scrape_metrics():
+                        (workdir / "metrics.prom").write_text(metrics)
+                    last_scrape = time.monotonic()
+                settled = status.phase.terminal or status.phase is Phase.SUSPENDED
+                if settled and not any(r.alive for r in observed.ranks) and not result.of_type(StopGeneration):
+                    break
+                time.sleep(settings.poll_seconds if result.requeue_after is None else min(settings.poll_seconds, result.requeue_after))
+    finally:
+        backend.close()
+        console.close()
+    outcome = RunOutcome(status, time.monotonic() - began, interrupted=interrupts.count > 0)
+    console.summary(outcome.status, outcome.wall_seconds, ckpt_dir)
+    return outcome
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+
+
+class _Interrupts:
+    """Counts Ctrl-C presses instead of raising, while the loop runs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous = None
+
+    def __enter__(self) -> _Interrupts:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
