@@ -23,7 +23,7 @@ from .. import comm
 from . import schedule
 from .blocks import block_backward, block_forward, check_inputs
 from .layout import check_layout
-from .merge import merge
+from .merge import merge_
 from .p2p import send_recv
 
 __all__ = ["ring_attention"]
@@ -101,7 +101,7 @@ def _forward(q, k, v, group, causal, layout, scale):
         if blk is not None:
             part = block_forward(q[:, :, blk.q], kv[0][:, :, blk.kv], kv[1][:, :, blk.kv],
                                  causal=blk.causal, scale=scale)
-            out[:, :, blk.q], lse[:, :, blk.q] = merge(out[:, :, blk.q], lse[:, :, blk.q], *part)
+            merge_(out[:, :, blk.q], lse[:, :, blk.q], *part)
         if step < size - 1:
             pending.wait()
             kv = next_kv
@@ -116,29 +116,32 @@ def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
     """
     size, me, nxt, prv = _neighbours(group)
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    own_dkv = None
+    own_dkv = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (k, v)]
     kv, arriving_dkv, dkv_pending = [k, v], None, None
     for step in range(size):
         if step < size - 1:
             ops, next_kv = send_recv(kv, nxt, kv, prv)
             kv_pending = comm.exchange(ops, group)
-        dkv = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in kv]
         blk = schedule.block(layout, causal, me, (me - step) % size, q.shape[2])
+        grads = None
         if blk is not None:
             rows = (slice(None), slice(None), blk.q)
-            gq, gk, gv = block_backward(
+            gq, *grads = block_backward(
                 dout[rows], q[rows], kv[0][:, :, blk.kv], kv[1][:, :, blk.kv], out[rows],
                 lse[rows], causal=blk.causal, scale=scale,
             )
             dq[rows] += gq
-            dkv[0][:, :, blk.kv] += gk
-            dkv[1][:, :, blk.kv] += gv
         if step == 0:
-            own_dkv = dkv
-        else:
-            if dkv_pending is not None:
-                dkv_pending.wait()
-                dkv = [mine + theirs for mine, theirs in zip(dkv, arriving_dkv)]
+            dkv = own_dkv
+        elif dkv_pending is None:  # step 1 starts the travelling gradient of shard me-1
+            dkv = [torch.zeros_like(t) for t in own_dkv]
+        else:  # accumulate into the buffer that just arrived: no extra copies
+            dkv_pending.wait()
+            dkv = arriving_dkv
+        if grads is not None:
+            for acc, grad in zip(dkv, grads):
+                acc[:, :, blk.kv] += grad
+        if step > 0:
             ops, arriving_dkv = send_recv(dkv, nxt, dkv, prv)
             dkv_pending = comm.exchange(ops, group)
         if step < size - 1:
@@ -146,5 +149,6 @@ def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
             kv = next_kv
     if dkv_pending is not None:
         dkv_pending.wait()
-        own_dkv = [mine + theirs for mine, theirs in zip(own_dkv, arriving_dkv)]
+        for mine, theirs in zip(own_dkv, arriving_dkv):
+            mine += theirs
     return dq.to(q.dtype), own_dkv[0].to(k.dtype), own_dkv[1].to(v.dtype)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from .. import comm
 from . import schedule
 from .blocks import block_backward, block_forward, check_inputs
-from .merge import merge
+from .merge import merge_
 from .p2p import send_recv
 
 __all__ = ["tokenring_attention"]
@@ -78,7 +78,7 @@ class _TokenRingAttention(torch.autograd.Function):
             return list(block_forward(travelling[0], k, v, causal=blk.causal, scale=scale))
 
         def collect(partial):
-            out[:], lse[:] = merge(out, lse, *partial)
+            merge_(out, lse, *partial)
 
         _token_ring([q], visit, [q, lse], collect, group, causal)  # partial out is q-shaped
         out = out.to(q.dtype)
