@@ -9,8 +9,11 @@ Per chunk of C tokens with incoming state S (RESEARCH.md §2, decay per key chan
 5. O = (q ⊙ exp(G)) S + tril(Aqk) V_new,  Aqk[r, i] = sum_c q_rc k_ic exp(G_rc - G_ic)
 6. S <- Diag(exp(G_C)) S + (k ⊙ exp(G_C - G))^T V_new
 
+``g`` is ``[..., K]`` (a decay per key channel, KDA) or ``[..., 1]`` (the same decay on
+every channel, GDN: broadcasting does the rest, and the decay factor of steps 2 and 5 is
+one ``[C, C]`` matrix instead of ``[C, C, K]``).
 Steps 1-3 and 5's matrices do not depend on S and run for all chunks at once; only
-steps 4-6 walk the chunks in order. Scalar decay (GDN) is the case of equal channels.
+steps 4-6 walk the chunks in order.
 
 Decay factors exp(G_r - G_i) are never split into exp(G_r) exp(-G_i) across a whole chunk
 (exp(-G_i) overflows float32 once a channel decays by e^-88 inside the chunk). Within
@@ -53,40 +56,86 @@ def chunk_delta(
         x = F.pad(x.to(dtype).transpose(1, 2), (0, 0, 0, N * C - T))
         return x.unflatten(2, (N, C))
 
-    q, k, k_erase, v_write, g = map(to_chunks, (q, k, k_erase, v_write, g))
-    q = q * scale
+    chunks = [to_chunks(x) for x in (q * scale, k, k_erase, v_write, g)]
+    S0 = q.new_zeros(B, H, K, V, dtype=dtype) if initial_state is None else initial_state.to(dtype)
+    o, S = _ChunkedDelta.apply(*chunks, S0)
+    o = o.flatten(2, 3)[:, :, :T].transpose(1, 2).to(out_dtype)
+    return o, (S if output_final_state else None)
+
+
+class _ChunkedDelta(torch.autograd.Function):
+    """Chunk-recomputing backward: the forward keeps only its inputs and the N + 1 chunk
+    boundary states ``[B, H, K, V]``; the backward walks the chunks in reverse, rebuilds one
+    chunk's graph from its saved incoming state and differentiates it (exact, since it is
+    the same computation), so backward memory is one chunk's graph, not the sequence's.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, k_erase, v_write, g, S0):  # [B, H, N, C, D] each, S0 [B, H, K, V]
+        parts = _intra_chunk(q, k, k_erase, v_write, g)
+        states, outputs = [S0], []
+        for n in range(q.shape[2]):
+            o_n, S = _across_chunk([p[:, :, n] for p in parts], states[-1])
+            outputs.append(o_n)
+            states.append(S)
+        ctx.save_for_backward(q, k, k_erase, v_write, g, torch.stack(states, 2))
+        return torch.stack(outputs, 2), states[-1]
+
+    @staticmethod
+    def backward(ctx, d_o, d_S):
+        *inputs, states = ctx.saved_tensors
+        grads = [torch.zeros_like(x) for x in inputs]
+        d_S = torch.zeros_like(states[:, :, 0]) if d_S is None else d_S
+        for n in reversed(range(states.shape[2] - 1)):
+            with torch.enable_grad():
+                xs = [x[:, :, n].detach().requires_grad_() for x in inputs]
+                S = states[:, :, n].detach().requires_grad_()
+                o_n, S_next = _across_chunk(_intra_chunk(*xs), S)
+                *dxs, d_S = torch.autograd.grad((o_n, S_next), [*xs, S], (d_o[:, :, n], d_S))
+            for grad, dx in zip(grads, dxs):
+                grad[:, :, n] = dx
+        return (*grads, d_S)
+
+
+def _intra_chunk(q, k, k_erase, v_write, g) -> tuple[torch.Tensor, ...]:
+    """Steps 1-3 and the state-independent factors of 5-6, for chunks ``[..., C, D]``."""
+    V, K = v_write.shape[-1], k.shape[-1]
     G = g.cumsum(-2)
     A = decayed_gram(k_erase, k, G, strict=True)
-    eye = torch.eye(C, dtype=dtype, device=q.device)
+    eye = torch.eye(G.shape[-2], dtype=G.dtype, device=G.device)
     UW = torch.linalg.solve_triangular(
         eye + A, torch.cat([v_write, k_erase * G.exp()], -1), upper=False, unitriangular=True
     )
     U, W = UW.split([V, K], -1)
-    Aqk = decayed_gram(q, k, G, strict=False)
-    q_decayed = q * G.exp()
     G_last = G[..., -1:, :]
-    k_to_end = k * (G_last - G).exp()
-    state_decay = G_last.transpose(-1, -2).exp()  # [B, H, N, K, 1]
+    return (
+        U, W, decayed_gram(q, k, G, strict=False), q * G.exp(), k * (G_last - G).exp(),
+        G_last.transpose(-1, -2).exp(),
+    )
 
-    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dtype)
-    outputs = []
-    for n in range(N):
-        v_new = U[:, :, n] - W[:, :, n] @ S
-        outputs.append(q_decayed[:, :, n] @ S + Aqk[:, :, n] @ v_new)
-        S = state_decay[:, :, n] * S + k_to_end[:, :, n].transpose(-1, -2) @ v_new
-    o = torch.stack(outputs, 2).flatten(2, 3)[:, :, :T].transpose(1, 2).to(out_dtype)
-    return o, (S if output_final_state else None)
+
+def _across_chunk(parts, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 4-6 for one chunk: its output ``[..., C, V]`` and the state leaving it."""
+    U, W, Aqk, q_decayed, k_to_end, state_decay = parts
+    v_new = U - W @ S
+    o = q_decayed @ S + Aqk @ v_new
+    return o, state_decay * S + k_to_end.transpose(-1, -2) @ v_new
 
 
 def decayed_gram(left: torch.Tensor, right: torch.Tensor, G: torch.Tensor, *, strict: bool) -> torch.Tensor:
     """``M[..., r, i] = sum_c left[r, c] right[i, c] exp(G[r, c] - G[i, c])`` for ``i < r``
-    (``i <= r`` unless ``strict``), zero above; inputs ``[..., C, K]``, result ``[..., C, C]``.
+    (``i <= r`` unless ``strict``), zero above; ``left, right: [..., C, K]``, ``G: [..., C, K]``
+    or ``[..., C, 1]`` (one decay for every channel); result ``[..., C, C]``.
     """
     C = G.shape[-2]
+    ninf = float("-inf")
+    if G.shape[-1] == 1:  # one decay for all channels (GDN): a [C, C] factor suffices
+        keep = torch.ones(C, C, dtype=torch.bool, device=G.device).tril(-1 if strict else 0)
+        decay = (G - G.transpose(-1, -2)).masked_fill(~keep, ninf).exp()
+        return (left @ right.transpose(-1, -2)) * decay
     s = min(C, SUB_BLOCK)
     nb = C // s
     L, R, Gb = (x.unflatten(-2, (nb, s)) for x in (left, right, G))  # [..., nb, s, K]
-    ninf = float("-inf")
     # Diagonal sub-blocks, pairwise: diff[..., r, i, c] = G_r - G_i, masked before exp so
     # that neither overflow nor its gradient (0 * inf) can appear.
     keep = torch.ones(s, s, dtype=torch.bool, device=G.device).tril(-1 if strict else 0)

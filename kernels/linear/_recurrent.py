@@ -31,7 +31,8 @@ def recurrent_delta(
     initial_state: torch.Tensor | None,
     output_final_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run the recurrence above; ``q, k, k_erase, g: [B, T, H, K]``, ``v_write: [B, T, H, V]``.
+    """Run the recurrence above; ``q, k, k_erase: [B, T, H, K]``, ``v_write: [B, T, H, V]``,
+    ``g: [B, T, H, K]`` or ``[B, T, H, 1]`` (one decay for every channel).
 
     Computes in float32 (float64 for float64 inputs); ``o`` comes back in ``q``'s dtype,
     the final state ``[B, H, K, V]`` in the compute dtype.

@@ -1,6 +1,7 @@
 """Map each variant's arguments onto the one recurrence of :mod:`._recurrent`.
 
-The core needs ``(q, k, ê, v̂, g)`` with per-channel ``g: [B, T, H, K]``; these helpers
+The core needs ``(q, k, ê, v̂, g)`` with ``g: [B, T, H, K]`` per channel, or
+``[B, T, H, 1]`` for one decay on all channels; these helpers
 check a variant's arguments and build those five tensors, so the recurrent, chunked and
 sequence-parallel entry points of a variant share one definition.
 """
@@ -16,19 +17,25 @@ Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 
 def kda_terms(q, k, v, g, beta, initial_state, scale, chunk_size=None) -> tuple[Terms, float]:
     """KDA: ``ê = beta k``, ``v̂ = beta v``; ``g, beta: [B, T, H, K], [B, T, H]``."""
-    B, T, H, K, V = check_qkv(q, k, v)
+    B, T, H, K, _ = check_qkv(q, k, v)
     check_shape("g", g, (B, T, H, K), "[B, T, H, K]")
-    check_shape("beta", beta, (B, T, H), "[B, T, H]")
-    _check_common(initial_state, chunk_size, B, H, K, V)
-    b, k, v = _up(q, beta.unsqueeze(-1), k, v)
-    return (q, k, b * k, b * v, g), resolve_scale(scale, K)
+    return _beta_terms(q, k, v, g, beta, initial_state, scale, chunk_size)
 
 
 def gdn_terms(q, k, v, g, beta, initial_state, scale, chunk_size=None) -> tuple[Terms, float]:
-    """GDN: KDA with the scalar decay ``g: [B, T, H]`` on every key channel."""
-    B, T, H, K, _ = check_qkv(q, k, v)
+    """GDN: KDA with the scalar decay ``g: [B, T, H]`` on every key channel (passed to the
+    cores as ``[B, T, H, 1]``, which they broadcast over the channels)."""
+    B, T, H, _, _ = check_qkv(q, k, v)
     check_shape("g", g, (B, T, H), "[B, T, H]")
-    return kda_terms(q, k, v, g.unsqueeze(-1).expand(B, T, H, K), beta, initial_state, scale, chunk_size)
+    return _beta_terms(q, k, v, g.unsqueeze(-1), beta, initial_state, scale, chunk_size)
+
+
+def _beta_terms(q, k, v, g, beta, initial_state, scale, chunk_size) -> tuple[Terms, float]:
+    B, T, H, K = q.shape
+    check_shape("beta", beta, (B, T, H), "[B, T, H]")
+    _check_common(initial_state, chunk_size, B, H, K, v.shape[-1])
+    b, k, v = _up(q, beta.unsqueeze(-1), k, v)
+    return (q, k, b * k, b * v, g), resolve_scale(scale, K)
 
 
 def gdn2_terms(q, k, v, g, erase, write, initial_state, scale, chunk_size=None) -> tuple[Terms, float]:
