@@ -90,8 +90,7 @@ def _neighbours(group) -> tuple[int, int, int, int]:
 
 def _forward(q, k, v, group, causal, layout, scale):
     size, me, nxt, prv = _neighbours(group)
-    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
+    out = lse = None
     kv = [k, v]
     for step in range(size):
         if step < size - 1:
@@ -101,7 +100,10 @@ def _forward(q, k, v, group, causal, layout, scale):
         if blk is not None:
             part = block_forward(q[:, :, blk.q], kv[0][:, :, blk.kv], kv[1][:, :, blk.kv],
                                  causal=blk.causal, scale=scale)
-            merge_(out[:, :, blk.q], lse[:, :, blk.q], *part)
+            if out is None:  # step 0, the own (always whole) block: it is the accumulator
+                out, lse = part[0].float(), part[1]
+            else:
+                merge_(out[:, :, blk.q], lse[:, :, blk.q], *part)
         if step < size - 1:
             pending.wait()
             kv = next_kv
@@ -115,8 +117,7 @@ def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
     and arrives back at ``s`` after ``P-1`` hops, each overlapping the next step's compute.
     """
     size, me, nxt, prv = _neighbours(group)
-    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    own_dkv = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (k, v)]
+    dq = own_dkv = None
     kv, arriving_dkv, dkv_pending = [k, v], None, None
     for step in range(size):
         if step < size - 1:
@@ -130,18 +131,18 @@ def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
                 dout[rows], q[rows], kv[0][:, :, blk.kv], kv[1][:, :, blk.kv], out[rows],
                 lse[rows], causal=blk.causal, scale=scale,
             )
-            dq[rows] += gq
-        if step == 0:
-            dkv = own_dkv
-        elif dkv_pending is None:  # step 1 starts the travelling gradient of shard me-1
-            dkv = [torch.zeros_like(t) for t in own_dkv]
-        else:  # accumulate into the buffer that just arrived: no extra copies
-            dkv_pending.wait()
-            dkv = arriving_dkv
-        if grads is not None:
-            for acc, grad in zip(dkv, grads):
-                acc[:, :, blk.kv] += grad
-        if step > 0:
+        if step == 0:  # the own (always whole) block: its gradients are the accumulators
+            dq, own_dkv = gq.float(), [g.float() for g in grads]
+        else:
+            if dkv_pending is None:  # step 1 starts the travelling gradient of shard me-1
+                dkv = [torch.zeros_like(t) for t in own_dkv]
+            else:  # accumulate into the buffer that just arrived: no extra copies
+                dkv_pending.wait()
+                dkv = arriving_dkv
+            if grads is not None:
+                dq[rows] += gq
+                for acc, grad in zip(dkv, grads):
+                    acc[:, :, blk.kv] += grad
             ops, arriving_dkv = send_recv(dkv, nxt, dkv, prv)
             dkv_pending = comm.exchange(ops, group)
         if step < size - 1:
