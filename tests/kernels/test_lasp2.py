@@ -34,12 +34,15 @@ def _lasp2_rank(variant: str, T: int, with_state: bool, chunk_size: int) -> dict
             **{f"d{n}": g for n, g in zip(names + ["h0"], grads)}}
 
 
-def _gathered_bytes(T: int) -> tuple[int, int]:
+def _traffic(T: int) -> tuple[int, int, int, int]:
+    """Bytes sent and collective calls of one forward, then of its backward."""
     full = make_inputs("kda", T, batch=1)
-    args = [_shard(full[n].detach()) for n in ("q", "k", "v", "g_k", "beta")]
-    with comm.traffic() as t:
-        VARIANTS["kda"].lasp2(*args)
-    return t.sent, t.calls["all_gather"]
+    args = [_shard(full[n].detach()).requires_grad_() for n in ("q", "k", "v", "g_k", "beta")]
+    with comm.traffic() as fwd:
+        o, _ = VARIANTS["kda"].lasp2(*args)
+    with comm.traffic() as bwd:
+        o.sum().backward()
+    return fwd.sent, fwd.calls["all_gather"], bwd.sent, bwd.calls["all_reduce"]
 
 
 def _merge(per_rank: list[dict], with_state: bool) -> dict:
@@ -66,6 +69,8 @@ def test_lasp2_matches_single_process(dist_pool, P, variant, T, with_state):
 
 def test_gathered_bytes_do_not_depend_on_sequence_length(dist_pool):
     P, H, K, V = 3, 2, 16, 24
-    short, long = dist_pool(P).run(_gathered_bytes, 48), dist_pool(P).run(_gathered_bytes, 480)
-    per_rank = (P - 1) * 1 * H * K * (K + V) * 4  # one all-gather of [E | M], fp32
-    assert short == long == [(per_rank, 1)] * P
+    short, long = dist_pool(P).run(_traffic, 48), dist_pool(P).run(_traffic, 480)
+    state = 1 * H * K * (K + V) * 4  # [E | M] of one rank, fp32
+    forward = (P - 1) * state  # one all-gather
+    backward = 2 * (P - 1) * state  # one ring all-reduce of the [P, ...] state gradients
+    assert short == long == [(forward, 1, backward, 1)] * P

@@ -41,7 +41,7 @@ def recurrent_gdn2(
         g: ``[B, T, H, K]`` log decay per key channel (<= 0).
         erase: ``[B, T, H, K]`` erase gate ``b`` (key side).
         write: ``[B, T, H, V]`` write gate ``w`` (value side).
-        scale, initial_state, output_final_state: as in ``recurrent_kda``.
+        scale, initial_state, output_final_state: as in ``recurrent_gated_delta_rule``.
 
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state [B, H, K, V] or None)``.

@@ -27,9 +27,7 @@ def recurrent_kda(
         q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``.
         g: ``[B, T, H, K]`` log decay per key channel (<= 0).
         beta: ``[B, T, H]`` delta-rule step.
-        scale: query scale, ``K ** -0.5`` when None.
-        initial_state: ``[B, H, K, V]`` or None (zeros).
-        output_final_state: return the final state ``[B, H, K, V]`` (float32) too.
+        scale, initial_state, output_final_state: as in ``recurrent_gated_delta_rule``.
 
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state or None)``.
