@@ -19,6 +19,27 @@ CONFIG_ENV = "SHARDWRIGHT_WORKER_CONFIG"
 TELEMETRY_PORT_ENV = "SHARDWRIGHT_TELEMETRY_PORT"
 
 
+#: Token mixers that are linear-attention recurrences (everything but ``softmax``).
+LINEAR_KINDS = ("gated-delta", "kda", "kla", "gdn2")
+
+
+def softmax_kernel(requested: str, layer_kinds: tuple[str, ...]) -> str:
+    """The sequence-parallel kernel softmax layers use: ring, zigzag, ulysses or tokenring.
+
+    ``auto`` (and ``lasp2``, which names the linear layers' scheme) picks the zigzag ring,
+    balanced for causal attention, unless the model has linear-attention layers: LASP-2
+    scans contiguous shards in rank order, so every layer must see the contiguous layout.
+    """
+    if requested not in ("auto", "lasp2"):
+        return requested
+    return "ring" if any(k in LINEAR_KINDS for k in layer_kinds) else "zigzag"
+
+
+def sequence_layout(kernel: str) -> str:
+    """How a sequence is dealt to ranks: the zigzag ring wants chunks r and 2P-1-r."""
+    return "zigzag" if kernel == "zigzag" else "contiguous"
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

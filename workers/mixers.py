@@ -14,7 +14,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from shardwright.kernels import attention as sp_attention
+
+from .config import ModelConfig, sequence_layout
+from .linear_attention import LinearAttention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +31,13 @@ class SequenceContext:
 
     @property
     def layout(self) -> str:
-        """How tokens are dealt to ranks: zigzag ring wants chunks r and 2P-1-r."""
-        return "zigzag" if self.kind == "zigzag" else "contiguous"
+        return sequence_layout(self.kind)
+
+    def shard(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's tokens of a full-sequence tensor, in the kernels' layout."""
+        if self.degree == 1:
+            return x
+        return sp_attention.shard_sequence(x, group=self.group, layout=self.layout, dim=dim)
 
 
 class SoftmaxAttention(nn.Module):
@@ -57,10 +65,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: SequenceConte
     """Causal attention of ``[B, H, T, D]`` tensors, sharded along T when ``ctx`` says so."""
     if ctx.degree == 1:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
-    raise ValueError(f"sequence-parallel softmax attention ({ctx.kind}) is not available yet")
+    if ctx.kind in ("ring", "zigzag"):
+        return sp_attention.ring_attention(q, k, v, group=ctx.group, causal=True, layout=ctx.layout)
+    if ctx.kind == "ulysses":
+        return sp_attention.ulysses_attention(q, k, v, group=ctx.group, causal=True)
+    if ctx.kind == "tokenring":
+        return sp_attention.tokenring_attention(q, k, v, group=ctx.group, causal=True)
+    raise ValueError(f"unknown sequence-parallel softmax kernel {ctx.kind!r}")
 
 
 def build_mixer(kind: str, cfg: ModelConfig, rotary: nn.Module, ctx: SequenceContext) -> nn.Module:
     if kind == "softmax":
         return SoftmaxAttention(cfg, rotary, ctx)
-    raise ValueError(f"unknown token mixer {kind!r}")
+    return LinearAttention(cfg, kind, ctx)

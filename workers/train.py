@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import data as data_mod
 from .checkpoint import Checkpointer
-from .config import RankEnv, WorkerConfig
+from .config import RankEnv, WorkerConfig, softmax_kernel
 from .mixers import SequenceContext
 from .model import Transformer
 from .telemetry import Telemetry
@@ -75,7 +75,8 @@ class Trainer:
         if par.world_size != env.world_size:
             raise ValueError(f"plan has {par.world_size} ranks but WORLD_SIZE is {env.world_size}")
         self.dp_rank, self.sp_rank = divmod(env.rank, par.sequence)
-        self.ctx = SequenceContext(group=self._sequence_group(), degree=par.sequence, kind=_softmax_kind(par.sequence_kind))
+        kind = softmax_kernel(par.sequence_kind, cfg.model.layer_kinds)
+        self.ctx = SequenceContext(group=self._sequence_group(), degree=par.sequence, kind=kind)
 
         torch.manual_seed(cfg.optim.seed)
         self.model = Transformer(cfg.model, self.ctx)
@@ -148,7 +149,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64)
         for i, indices in enumerate(part.micro_batches):
             inputs, targets = data_mod.collate(self.data, indices)
-            positions = torch.arange(cfg.data.seq_len)
+            inputs, targets = self.ctx.shard(inputs, dim=1), self.ctx.shard(targets, dim=1)
+            positions = self.ctx.shard(torch.arange(cfg.data.seq_len), dim=0)
             last = i == len(part.micro_batches) - 1
             with contextlib.nullcontext() if last else self.ddp.no_sync():
                 logits = self.ddp(inputs, positions)
@@ -176,11 +178,7 @@ class Trainer:
         """Rank 0 appends one JSON line per step to the step log, when one is configured."""
         if self.env.rank != 0 or not self.cfg.step_log:
             return
-        line = {"step": self.step, "loss": loss, "seconds": seconds, "tokensPerSecond": rate, "generation": self.cfg.generation}
+        line = {"step": self.step, "loss": loss, "seconds": seconds, "tokensPerSecond": rate, "generation": self.cfg.generation, "time": time.time()}
         with Path(self.cfg.step_log).open("a") as f:
             f.write(json.dumps(line) + "\n")
 
-
-def _softmax_kind(kind: str) -> str:
-    """``auto`` and ``lasp2`` leave the softmax layers to the balanced zigzag ring."""
-    return "zigzag" if kind in ("auto", "lasp2") else kind

@@ -20,6 +20,7 @@ import yaml
 
 from .enums import AttentionKind, DataSource, SequenceKind
 from .trainingjob import TrainingJob, TrainingJobSpec
+from shardwright.workers.config import LINEAR_KINDS, sequence_layout, softmax_kernel
 
 SUPPORTED = {("shardwright.io/v1alpha1", "TrainingJob"): TrainingJob}
 
@@ -164,8 +165,14 @@ def _check_parallelism(spec: TrainingJobSpec, m) -> Iterable[Problem]:
         yield Problem("spec.parallelism.sequence.degree", f"ulysses splits heads: the degree must divide heads ({m.heads}) and kvHeads ({m.kv_heads}); got {sp}")
     if kind is SequenceKind.LASP2 and AttentionKind.SOFTMAX in m.layer_kinds:
         yield Problem("spec.parallelism.sequence.kind", "lasp2 is for linear-attention layers and this model has softmax layers; allowed: auto, ring, zigzag, ulysses, tokenring")
-    if spec.data.seq_len % (2 * sp):
-        yield Problem("spec.data.seqLen", f"must be a multiple of 2 x sequence degree ({2 * sp}) with sequence parallelism; got {spec.data.seq_len}")
+    has_linear = any(k in LINEAR_KINDS for k in m.layer_kinds)
+    if kind is SequenceKind.ZIGZAG and has_linear:
+        yield Problem("spec.parallelism.sequence.kind", "zigzag deals each rank two distant chunks, which LASP-2 cannot scan; with linear-attention layers use auto, ring, ulysses or tokenring")
+        return
+    layout = sequence_layout(softmax_kernel(str(kind), m.layer_kinds))
+    multiple = 2 * sp if layout == "zigzag" else sp
+    if spec.data.seq_len % multiple:
+        yield Problem("spec.data.seqLen", f"must be a multiple of {multiple} for the {layout} layout over {sp} sequence ranks; got {spec.data.seq_len}")
 
 
 # ----------------------------------------------------------------------------- pydantic errors

@@ -80,7 +80,11 @@ CASES = [
     Bad("tensor-parallel", {"spec.parallelism.tensor": 2}, "spec.parallelism.tensor", "not supported"),
     Bad("pipeline-parallel", {"spec.parallelism.pipeline": 2}, "spec.parallelism.pipeline", "not supported"),
     Bad("lasp2-with-softmax", {"spec.parallelism.sequence": {"degree": 2, "kind": "lasp2"}}, "spec.parallelism.sequence.kind", "lasp2 is for linear-attention layers"),
-    Bad("seq-len-vs-degree", {"spec.data.seqLen": 66, "spec.parallelism.sequence.degree": 2}, "spec.data.seqLen", "multiple of 2 x sequence degree (4)"),
+    Bad("seq-len-vs-degree", {"spec.data.seqLen": 66, "spec.parallelism.sequence.degree": 2}, "spec.data.seqLen", "must be a multiple of 4 for the zigzag layout over 2 sequence ranks"),
+    Bad("seq-len-vs-contiguous-degree", {"spec.workers[0].replicas": 3, "spec.data.seqLen": 64, "spec.data.globalBatch": 3, "spec.data.microBatch": 3, "spec.parallelism.sequence": {"degree": 3, "kind": "ring"}},
+        "spec.data.seqLen", "must be a multiple of 3 for the contiguous layout over 3 sequence ranks"),
+    Bad("zigzag-with-linear-layers", {"spec.model.attention": "gated-delta", "spec.parallelism.sequence": {"degree": 2, "kind": "zigzag"}},
+        "spec.parallelism.sequence.kind", "LASP-2 cannot scan"),
     # batches and data
     Bad("global-batch-below-dp", {"spec.data.globalBatch": 1, "spec.data.microBatch": 1}, "spec.data.globalBatch", "at least the data-parallel degree (2)"),
     Bad("micro-over-global", {"spec.data.microBatch": 32}, "spec.data.microBatch", "must be <= globalBatch (16); got 32"),
