@@ -16,9 +16,10 @@ Steps 1-3 and 5's matrices do not depend on S and run for all chunks at once; on
 steps 4-6 walk the chunks in order.
 
 Decay factors exp(G_r - G_i) are never split into exp(G_r) exp(-G_i) across a whole chunk
-(exp(-G_i) overflows float32 once a channel decays by e^-88 inside the chunk). Within
-sub-blocks of ``SUB_BLOCK`` tokens they are formed pairwise; between sub-blocks they are
-split at the boundary, exp(G_r - G_ref) exp(G_ref - G_i) with both factors <= 1.
+(exp(-G_i) overflows float32 once a channel decays by e^-88 inside the chunk). Between
+sub-blocks of ``SUB_BLOCK`` tokens they are split at the boundary, exp(G_r - G_ref)
+exp(G_ref - G_i) with both factors <= 1; within a sub-block they are split at its first
+token while that stays below e^``SPLIT_LIMIT``, and formed pairwise otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import SUB_BLOCK, compute_dtype
+
+#: Largest |G_r - G_0| inside a sub-block for which exp(G_r - G_i) is formed as
+#: exp(G_r - G_0) exp(G_0 - G_i) (a matmul); e^40 leaves float32 a margin of e^48 for the
+#: operands. Beyond it (decay below e^-40 within 16 tokens) the factor is formed pairwise.
+SPLIT_LIMIT = 40.0
 
 
 def chunk_delta(
@@ -136,11 +142,17 @@ def decayed_gram(left: torch.Tensor, right: torch.Tensor, G: torch.Tensor, *, st
     s = min(C, SUB_BLOCK)
     nb = C // s
     L, R, Gb = (x.unflatten(-2, (nb, s)) for x in (left, right, G))  # [..., nb, s, K]
-    # Diagonal sub-blocks, pairwise: diff[..., r, i, c] = G_r - G_i, masked before exp so
-    # that neither overflow nor its gradient (0 * inf) can appear.
     keep = torch.ones(s, s, dtype=torch.bool, device=G.device).tril(-1 if strict else 0)
-    diff = (Gb.unsqueeze(-2) - Gb.unsqueeze(-3)).masked_fill(~keep[..., None], ninf)
-    blocks = torch.einsum("...ric,...ic->...ri", L.unsqueeze(-2) * diff.exp(), R)  # [..., nb, s, s]
+    G_first = Gb[..., :1, :]
+    if (Gb - G_first).abs().amax() <= SPLIT_LIMIT:
+        # Diagonal sub-blocks split at their first token: exp(G_0 - G_i) <= e^SPLIT_LIMIT.
+        L_s, R_s = L * (Gb - G_first).exp(), R * (G_first - Gb).exp()
+        blocks = (L_s @ R_s.transpose(-1, -2)).masked_fill(~keep, 0.0)  # [..., nb, s, s]
+    else:
+        # Decay too strong to split: pairwise, diff[..., r, i, c] = G_r - G_i, masked before
+        # exp so that neither overflow nor its gradient (0 * inf) can appear.
+        diff = (Gb.unsqueeze(-2) - Gb.unsqueeze(-3)).masked_fill(~keep[..., None], ninf)
+        blocks = torch.einsum("...ric,...ic->...ri", L.unsqueeze(-2) * diff.exp(), R)
     if nb == 1:
         return blocks.squeeze(-3)
     # Blocks below the diagonal (row block P > column block Q), split at Q's last token.

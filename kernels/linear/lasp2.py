@@ -86,6 +86,7 @@ lasp2_gdn2.__doc__ = f"""Sequence-parallel ``chunk_gdn2`` (LASP-2).
 
 
 def _lasp2(terms, scale, initial_state, output_final_state, chunk_size, group):
+    """Steps 1-3 of the module docstring for core terms ``(q, k, ê, v̂, g)`` of this shard."""
     q, k, k_erase, v_write, g = terms
     out_dtype, dtype = q.dtype, compute_dtype(q)
     B, _, H, K = q.shape
