@@ -1,6 +1,14 @@
 """Parallel plans and rank placement: pure functions of a spec and an inventory."""
 
+from .catalog import DEFAULT_CATALOG, Catalog, GpuType, UnknownGpu
 from .dims import ParallelDims
+from .inventory import Inventory, InventorySettings, NicClass, Node, inventory_from_nodelist, local_inventory
+from .layout import Infeasible
 from .plan import Plan, RankPlacement, plan_uniform
+from .search import Alternative, SearchResult, SearchSettings, Settings, plan_job, search
 
-__all__ = ["ParallelDims", "Plan", "RankPlacement", "plan_uniform"]
+__all__ = [
+    "Alternative", "Catalog", "DEFAULT_CATALOG", "GpuType", "Infeasible", "Inventory", "InventorySettings",
+    "NicClass", "Node", "ParallelDims", "Plan", "RankPlacement", "SearchResult", "SearchSettings", "Settings",
+    "UnknownGpu", "inventory_from_nodelist", "local_inventory", "plan_job", "plan_uniform", "search",
+]

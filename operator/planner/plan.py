@@ -33,6 +33,16 @@ class Plan:
     predicted_step_seconds: float | None = None
     memory_per_gpu_bytes: int | None = None
     explanation: str = ""
+    #: Samples per forward pass on every rank (None: the spec's microBatch).
+    micro_batch: int | None = None
+    #: Activations recomputed in the backward pass instead of stored.
+    recompute: bool = False
+    #: Layers of each pipeline stage (empty: one stage holds them all).
+    stage_layers: tuple[int, ...] = ()
+    #: Samples of each data-parallel index per step (empty: even).
+    samples: tuple[int, ...] = ()
+    #: Node order the ranks follow (see ``layout.ORDERS``); empty for the uniform plan.
+    order: str = ""
 
     @property
     def world_size(self) -> int:
@@ -41,9 +51,14 @@ class Plan:
     @property
     def data_shares(self) -> tuple[float, ...] | None:
         """Share of each data-parallel index, or None when all are even."""
-        sp = self.dims.sequence
-        shares = tuple(self.ranks[d * sp].share for d in range(self.dims.data))
+        shares = tuple(self.ranks[self.dims.rank(data=d)].share for d in range(self.dims.data))
         return None if len(set(shares)) == 1 else shares
+
+    @property
+    def groups(self) -> dict[str, list[list[int]]]:
+        """Ranks that communicate along each axis (gradients are averaged over data x sequence)."""
+        d = self.dims
+        return {"tensor": d.groups("tensor"), "sequence": d.groups("sequence"), "pipeline": d.groups("pipeline"), "data": d.groups("data")}
 
     @property
     def summary(self) -> str:

@@ -1,0 +1,288 @@
+"""Closed-form step time and memory of one candidate plan.
+
+A step is a 1F1B pipeline per data-parallel index d, then the gradient all-reduce, then
+the optimizer. For each d, with m_d micro-batches and per-micro-batch stage times t_p
+(compute at the slowest GPU of the stage's tensor x sequence group, plus that group's
+collectives)::
+
+    T_d  = sum_p t_p + 2 * sum_p c_p + (m_d - 1) * max(max_p t_p, NIC time per micro-batch)
+    step = max_d T_d + max_ring allreduce + optimizer
+
+where c_p is the point-to-point send between stages p and p+1, and a ring all-reduce of
+B bytes over n ranks takes 2 (n-1)/n * B / bandwidth (the ring's slowest hop, divided by
+the flows sharing that node's NIC). Memory per GPU follows Korthikanti et al.: bf16
+weights and gradients, fp32 Adam state sharded over the gradient group, 34 * S*b*h bytes
+of activations per layer and micro-batch (2 * S*b*h with recomputation), held for up to
+``pipeline - p`` micro-batches on stage p.
+
+The stage split and the data-parallel shares are chosen here, where their cost is known:
+layers go one at a time to the stage whose time grows least (within its memory), and
+micro-batches to the data index that finishes earliest (Zorse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+
+from .dims import ParallelDims
+from .layout import Slot
+from .network import Link, NetworkSettings, link
+from .workload import BF16, Workload
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class CostSettings:
+    """Memory-model constants; each is a byte count or a ratio."""
+
+    #: Fraction of a GPU's memory a plan may fill (allocator fragmentation, NCCL buffers).
+    usable_memory_fraction: float = 0.92
+    #: Fixed bytes per GPU for the CUDA context, kernels and communicator buffers.
+    overhead_bytes: int = 2 * GIB
+    #: fp32 master weights + Adam moments, bytes per parameter.
+    optimizer_bytes_per_param: int = 12
+    #: Shard the optimizer state over the gradient group (ZeRO-1 / FSDP's default).
+    shard_optimizer: bool = True
+    #: Activation bytes per token per hidden unit per layer without / with recomputation.
+    activation_factor: float = 34.0
+    recompute_activation_factor: float = 2.0
+
+
+@dataclasses.dataclass
+class Topology:
+    """Per-(dims, rank order) facts the step time needs, computed once per arrangement."""
+
+    dims: ParallelDims
+    slots: list[Slot]
+    #: [p][d] slowest member's sustained FLOP/s in the (p, d) tensor x sequence group.
+    rate: list[list[float]]
+    #: [p][d] slowest link inside that group (tensor and sequence collectives).
+    inner: list[list[Link]]
+    #: [p][d] seconds per byte of one boundary send p -> p+1, NIC sharing included.
+    p2p: list[list[float]]
+    #: [p][d] seconds per byte of chunk the busier NIC of boundary p -> p+1 needs per
+    #: micro-batch: every flow through it sends one chunk each way per micro-batch.
+    nic_load: list[list[float]]
+    #: [p] (seconds per byte, latency, members) of stage p's slowest gradient ring.
+    rings: list[tuple[float, float, int]]
+    #: [p] (memory bytes, GPU name) of the stage's smallest GPU.
+    memory: list[tuple[int, str]]
+    #: [p] slowest HBM bandwidth, bytes/s.
+    hbm: list[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    dims: ParallelDims
+    micro_batch: int
+    recompute: bool
+    step_seconds: float
+    memory_per_gpu_bytes: int
+    stage_layers: tuple[int, ...]
+    #: Samples per data-parallel index, summing to the global batch.
+    samples: tuple[int, ...]
+    #: When infeasible: (bytes needed, bytes available, GPU name) of the tightest stage.
+    shortfall: tuple[int, int, str] | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return self.shortfall is None
+
+
+def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings) -> Topology:
+    dp, pp, sp, tp = dims.data, dims.pipeline, dims.sequence, dims.tensor
+    node = [s.node for s in slots]
+    rank = dims.rank
+    inner_size = sp * tp
+
+    rate = [[0.0] * dp for _ in range(pp)]
+    inner = [[Link(math.inf, 0.0, False)] * dp for _ in range(pp)]
+    for p in range(pp):
+        for d in range(dp):
+            first = rank(pipeline=p, data=d)
+            members = [node[first + i] for i in range(inner_size)]
+            rate[p][d] = min(n.gpu.tflops for n in members) * 1e12
+            if inner_size > 1:
+                inner[p][d] = min((link(a, b, net) for a, b in zip(members, members[1:] + members[:1])), key=lambda l: l.bandwidth)
+
+    # Point-to-point: every (s, t) rank of stage p sends to the same (s, t) of stage p+1.
+    egress: dict[str, int] = {}
+    for p in range(pp - 1):
+        for d in range(dp):
+            for i in range(inner_size):
+                a, b = node[rank(pipeline=p, data=d) + i], node[rank(pipeline=p + 1, data=d) + i]
+                if a.name != b.name:
+                    egress[a.name] = egress.get(a.name, 0) + 1  # forward activations
+                    egress[b.name] = egress.get(b.name, 0) + 1  # backward gradients
+    p2p = [[0.0] * dp for _ in range(pp)]
+    nic_load = [[0.0] * dp for _ in range(pp)]
+    for p in range(pp - 1):
+        for d in range(dp):
+            worst = 0.0
+            for i in range(inner_size):
+                a, b = node[rank(pipeline=p, data=d) + i], node[rank(pipeline=p + 1, data=d) + i]
+                l = link(a, b, net)
+                flows = max(egress.get(a.name, 1), egress.get(b.name, 1)) if l.crosses_nodes else 1
+                worst = max(worst, flows / l.bandwidth)
+                if l.crosses_nodes:
+                    nic_load[p][d] = max(nic_load[p][d], max(egress[a.name], egress[b.name]) / l.bandwidth)
+            p2p[p][d] = worst
+
+    # Gradient rings: ranks equal in (p, t), in rank order; NIC shared by concurrent rings.
+    ring_members = [[rank(pipeline=p, data=d, sequence=s, tensor=t) for d in range(dp) for s in range(sp)] for p in range(pp) for t in range(tp)]
+    out_flows: dict[str, int] = {}
+    for members in ring_members:
+        for x, y in zip(members, members[1:] + members[:1]):
+            if node[x].name != node[y].name:
+                out_flows[node[x].name] = out_flows.get(node[x].name, 0) + 1
+    rings: list[tuple[float, float, int]] = [(0.0, 0.0, dp * sp)] * pp
+    for members in ring_members:
+        p = dims.coords(members[0])["pipeline"]
+        per_byte, latency = 0.0, 0.0
+        for x, y in zip(members, members[1:] + members[:1]):
+            l = link(node[x], node[y], net)
+            flows = max(out_flows.get(node[x].name, 1), out_flows.get(node[y].name, 1)) if l.crosses_nodes else 1
+            per_byte, latency = max(per_byte, flows / l.bandwidth), max(latency, l.latency)
+        if per_byte > rings[p][0]:
+            rings[p] = (per_byte, latency, len(members))
+
+    memory, hbm = [], []
+    for p in range(pp):
+        stage = node[rank(pipeline=p):rank(pipeline=p + 1)] if p + 1 < pp else node[rank(pipeline=p):]
+        smallest = min(stage, key=lambda n: n.gpu_memory_bytes)
+        memory.append((smallest.gpu_memory_bytes, smallest.gpu.name))
+        hbm.append(min(n.gpu.hbm_gbps for n in stage) * 1e9)
+    return Topology(dims, slots, rate, inner, p2p, nic_load, rings, memory, hbm)
+
+
+def allreduce_seconds(nbytes: float, members: int, per_byte: float, latency: float) -> float:
+    if members == 1:
+        return 0.0
+    return 2 * (members - 1) / members * nbytes * per_byte + 2 * (members - 1) * latency
+
+
+def layer_seconds(w: Workload, topo: Topology, p: int, d: int, micro_batch: int, recompute: bool) -> float:
+    """One layer of one micro-batch on group (p, d): compute plus tensor and sequence traffic."""
+    dims = topo.dims
+    gpus = dims.tensor * dims.sequence
+    seconds = w.layer_flops(micro_batch, recompute) / gpus / topo.rate[p][d]
+    l = topo.inner[p][d]
+    if dims.tensor > 1:
+        chunk = w.activation_bytes(micro_batch) / dims.sequence
+        seconds += w.tensor_allreduces(recompute) * allreduce_seconds(chunk, dims.tensor, 1 / l.bandwidth, l.latency)
+    if dims.sequence > 1:
+        seconds += w.sequence_bytes_per_layer(micro_batch, dims.sequence) / dims.tensor / l.bandwidth + 3 * (dims.sequence - 1) * l.latency
+    return seconds
+
+
+def memory_bytes(w: Workload, dims: ParallelDims, s: CostSettings, p: int, layers: int, micro_batch: int, recompute: bool, in_flight: int) -> int:
+    """Peak bytes on a GPU of stage p holding ``layers`` layers."""
+    first, last = p == 0, p == dims.pipeline - 1
+    params = w.stage_params(layers, first, last) / dims.tensor
+    shard = dims.data * dims.sequence if s.shard_optimizer else 1
+    static = params * (2 * BF16 + s.optimizer_bytes_per_param / shard)
+    per_layer = micro_batch * w.seq_len * w.dim / (dims.tensor * dims.sequence)
+    factor = s.recompute_activation_factor if recompute else s.activation_factor
+    activations = in_flight * layers * factor * per_layer
+    if recompute:
+        activations += s.activation_factor * per_layer  # the one layer being recomputed
+    logits = 2 * 4 * micro_batch * w.seq_len * w.vocab / (dims.tensor * dims.sequence) if last else 0
+    return int(static + activations + logits + s.overhead_bytes)
+
+
+def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: CostSettings = CostSettings()) -> Estimate:
+    dims = topo.dims
+    dp, pp = dims.data, dims.pipeline
+    micro_batches = math.ceil(w.global_batch / micro_batch)
+    per_layer = [[layer_seconds(w, topo, p, d, micro_batch, recompute) for d in range(dp)] for p in range(pp)]
+    head = [w.head_flops(micro_batch) / (dims.tensor * dims.sequence) / topo.rate[pp - 1][d] for d in range(dp)]
+
+    # Stage split: memory caps first (Pipette), then greedy on the harmonic-mean layer time.
+    in_flight = [min(pp - p, max(1, math.ceil(micro_batches / dp))) for p in range(pp)]
+    caps, shortfall = [], None
+    for p in range(pp):
+        budget = topo.memory[p][0] * s.usable_memory_fraction
+        base = memory_bytes(w, dims, s, p, 0, micro_batch, recompute, in_flight[p])
+        slope = memory_bytes(w, dims, s, p, 1, micro_batch, recompute, in_flight[p]) - base
+        caps.append(int((budget - base) // slope) if budget > base else 0)
+    if sum(caps) < w.layers or min(caps) < 1:
+        # Report the stage that overflows most under an even split.
+        even = [w.layers // pp + (p < w.layers % pp) for p in range(pp)]
+        need = [(memory_bytes(w, dims, s, p, even[p], micro_batch, recompute, in_flight[p]), p) for p in range(pp)]
+        worst = max(need, key=lambda item: item[0] / topo.memory[item[1]][0])
+        shortfall = (worst[0], topo.memory[worst[1]][0], topo.memory[worst[1]][1])
+        return Estimate(dims, micro_batch, recompute, math.inf, worst[0], tuple(even), (), shortfall)
+    mean = [dp / sum(1 / t for t in per_layer[p]) for p in range(pp)]
+    extra = [0.0] * pp
+    extra[pp - 1] = dp / sum(1 / h for h in head)
+    layers = [1] * pp
+    heap = [((2 * mean[p] + extra[p]), p) for p in range(pp) if caps[p] > 1]
+    heapq.heapify(heap)
+    for _ in range(w.layers - pp):
+        _, p = heapq.heappop(heap)
+        layers[p] += 1
+        if layers[p] < caps[p]:
+            heapq.heappush(heap, ((layers[p] + 1) * mean[p] + extra[p], p))
+
+    # Per data index: fill (first micro-batch through all stages) and steady interval.
+    fill, interval = [], []
+    activation = w.activation_bytes(micro_batch) / (dims.tensor * dims.sequence)
+    for d in range(dp):
+        stage = [layers[p] * per_layer[p][d] + (head[d] if p == pp - 1 else 0.0) for p in range(pp)]
+        sends = [activation * topo.p2p[p][d] for p in range(pp - 1)]
+        nic = max((activation * topo.nic_load[p][d] for p in range(pp)), default=0.0)
+        fill.append(sum(stage) + 2 * sum(sends))
+        interval.append(max(max(stage), nic))
+    counts = _shares(micro_batches, fill, interval)
+    if counts is None:
+        return Estimate(dims, micro_batch, recompute, math.inf, 0, tuple(layers), ())
+    pipeline = max(f + (m - 1) * i for f, i, m in zip(fill, interval, counts))
+
+    grads = [w.stage_params(layers[p], p == 0, p == pp - 1) / dims.tensor * BF16 for p in range(pp)]
+    sync = max(allreduce_seconds(grads[p], *_ring(topo.rings[p])) for p in range(pp))
+    shard = dp * dims.sequence if s.shard_optimizer else 1
+    optimizer = max((grads[p] / BF16) * (s.optimizer_bytes_per_param / shard + 2 * BF16) * 2 / topo.hbm[p] for p in range(pp))
+    peak = max(memory_bytes(w, dims, s, p, layers[p], micro_batch, recompute, in_flight[p]) for p in range(pp))
+    samples = _samples(counts, micro_batch, w.global_batch)
+    return Estimate(dims, micro_batch, recompute, pipeline + sync + optimizer, peak, tuple(layers), samples)
+
+
+def _ring(ring: tuple[float, float, int]) -> tuple[int, float, float]:
+    per_byte, latency, members = ring
+    return members, per_byte, latency
+
+
+def _shares(total: int, fill: list[float], interval: list[float]) -> list[int] | None:
+    """Micro-batches per data index minimising the latest finish; at least one each."""
+    n = len(fill)
+    if total < n:
+        return None
+    weight = [1 / i for i in interval]
+    scale = total / sum(weight)
+    counts = [max(1, int(scale * w)) for w in weight]
+    finish = lambda d, m: fill[d] + (m - 1) * interval[d]  # noqa: E731
+    while sum(counts) > total:  # why: the floor of 1 can overshoot
+        d = max((d for d in range(n) if counts[d] > 1), key=lambda d: finish(d, counts[d]))
+        counts[d] -= 1
+    heap = [(finish(d, counts[d] + 1), d) for d in range(n)]
+    heapq.heapify(heap)
+    for _ in range(total - sum(counts)):
+        _, d = heapq.heappop(heap)
+        counts[d] += 1
+        heapq.heappush(heap, (finish(d, counts[d] + 1), d))
+    return counts
+
+
+def _samples(counts: list[int], micro_batch: int, global_batch: int) -> tuple[int, ...]:
+    """Samples per data index: whole micro-batches, the excess taken from the largest."""
+    samples = [c * micro_batch for c in counts]
+    excess = sum(samples) - global_batch
+    while excess > 0:
+        d = max(range(len(samples)), key=lambda i: (samples[i], -i))
+        take = min(excess, samples[d] - 1)
+        samples[d] -= take
+        excess -= take
+    return tuple(samples)

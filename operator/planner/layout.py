@@ -1,0 +1,110 @@
+"""Which GPU each rank gets: pods onto nodes, then ranks onto the pods' GPUs.
+
+Pods first: a worker group's replica is one pod, so its ``ranksPerReplica`` GPUs sit on
+one node that matches the group's ``gpuType`` and ``nodeSelector``. Then ranks: the node
+order (one of :data:`ORDERS`) decides which GPUs are neighbours in the mesh. Tensor x
+sequence groups are cut from whole nodes first, so they never cross a node when they fit
+inside one; only left-over GPUs are combined across nodes. Because the pipeline axis is
+the slowest-varying (see ``ParallelDims``), each stage is a contiguous run of that order:
+sorting by speed gives stages of one GPU type (Zorse's uneven stages), sorting by fabric
+keeps data-parallel rings inside a rack (Holmes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from shardwright.operator.api import TrainingJobSpec
+
+from .dims import ParallelDims
+from .inventory import Inventory, NicClass, Node
+
+
+class Infeasible(ValueError):
+    """No plan fits; the message names the limit (memory, GPU count, GPU type)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One GPU a rank can run on: the node and the pod (group, replica, local rank)."""
+
+    node: Node
+    group: str
+    replica: int
+    local_rank: int
+
+
+def _speed(n: Node):
+    return (-n.gpu.tflops, n.nic is not NicClass.RDMA, -n.nic_gbps, n.zone, n.block, n.name)
+
+
+def _fabric(n: Node):
+    return (n.zone, n.block, n.nic is not NicClass.RDMA, -n.gpu.tflops, n.name)
+
+
+def _nic(n: Node):
+    return (n.nic is not NicClass.RDMA, -n.nic_gbps, -n.gpu.tflops, n.zone, n.block, n.name)
+
+
+def _slow_first(n: Node):
+    return (n.gpu.tflops, n.nic is not NicClass.RDMA, -n.nic_gbps, n.zone, n.block, n.name)
+
+
+def _name(n: Node):
+    return (n.name,)
+
+
+#: Node orders the search tries; ``name`` is the naive baseline's.
+ORDERS: dict[str, Callable[[Node], tuple]] = {
+    "speed": _speed,
+    "fabric": _fabric,
+    "nic": _nic,
+    "slow-first": _slow_first,
+    "name": _name,
+}
+
+
+def place_pods(spec: TrainingJobSpec, inventory: Inventory, order: str = "speed") -> list[Slot]:
+    """Every rank's pod slot, pods packed onto the preferred nodes first (first fit)."""
+    free = {n.name: n.gpus for n in inventory.nodes}
+    slots: list[Slot] = []
+    for group in spec.workers:
+        r = group.ranks_per_replica
+        eligible = [n for n in sorted(inventory.nodes, key=ORDERS[order]) if _eligible(n, group)]
+        for replica in range(group.replicas):
+            node = next((n for n in eligible if free[n.name] >= r), None)
+            if node is None:
+                have = sum(free[n.name] // r for n in eligible)
+                what = f" of type {group.gpu_type}" if group.gpu_type else ""
+                raise Infeasible(
+                    f"worker group {group.name!r} needs {group.replicas} pods of {r} GPUs{what} on one node each; "
+                    f"the nodes have room for {have + replica} (total GPUs{what}: {sum(n.gpus for n in eligible)})"
+                )
+            free[node.name] -= r
+            slots += [Slot(node, group.name, replica, i) for i in range(r)]
+    return slots
+
+
+def _eligible(node: Node, group) -> bool:
+    if group.gpu_type and group.gpu_type.lower() not in (node.gpu.name.lower(), node.product.lower()):
+        return False
+    return node.matches(group.node_selector)
+
+
+def arrange(slots: list[Slot], dims: ParallelDims, order: str) -> list[Slot]:
+    """Slot of each rank (index = rank): inner groups cut from whole nodes first."""
+    inner = dims.tensor * dims.sequence
+    by_node: dict[str, list[Slot]] = {}
+    for slot in slots:
+        by_node.setdefault(slot.node.name, []).append(slot)
+    nodes = sorted((group[0].node for group in by_node.values()), key=ORDERS[order])
+    chunks: list[list[Slot]] = []
+    leftover: list[Slot] = []
+    for node in nodes:
+        mine = by_node[node.name]
+        whole = len(mine) // inner * inner
+        chunks += [mine[i:i + inner] for i in range(0, whole, inner)]
+        leftover += mine[whole:]  # why: only these may form a group that crosses nodes
+    chunks += [leftover[i:i + inner] for i in range(0, len(leftover), inner)]
+    return [slot for chunk in chunks for slot in chunk]
