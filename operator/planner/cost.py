@@ -63,6 +63,9 @@ class Topology:
     inner: list[list[Link]]
     #: [p][d] seconds per byte of one boundary send p -> p+1, NIC sharing included.
     p2p: list[list[float]]
+    #: [p][d] seconds per byte of chunk for the group's own sends over p -> p+1 (its
+    #: members queue behind each other on their node's NIC; nobody else counted).
+    p2p_own: list[list[float]]
     #: [p][d] seconds per byte of chunk the busier NIC of boundary p -> p+1 needs per
     #: micro-batch: every flow through it sends one chunk each way per micro-batch.
     nic_load: list[list[float]]
@@ -118,18 +121,22 @@ def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings) -> Top
                     egress[a.name] = egress.get(a.name, 0) + 1  # forward activations
                     egress[b.name] = egress.get(b.name, 0) + 1  # backward gradients
     p2p = [[0.0] * dp for _ in range(pp)]
+    p2p_own = [[0.0] * dp for _ in range(pp)]
     nic_load = [[0.0] * dp for _ in range(pp)]
     for p in range(pp - 1):
         for d in range(dp):
             worst = 0.0
+            own: dict[str, float] = {}
             for i in range(inner_size):
                 a, b = node[rank(pipeline=p, data=d) + i], node[rank(pipeline=p + 1, data=d) + i]
                 l = link(a, b, net)
                 flows = max(egress.get(a.name, 1), egress.get(b.name, 1)) if l.crosses_nodes else 1
                 worst = max(worst, flows / l.bandwidth)
+                own[a.name] = own.get(a.name, 0.0) + 1 / l.bandwidth
                 if l.crosses_nodes:
                     nic_load[p][d] = max(nic_load[p][d], max(egress[a.name], egress[b.name]) / l.bandwidth)
             p2p[p][d] = worst
+            p2p_own[p][d] = max(own.values())
 
     # Gradient rings: ranks equal in (p, t), in rank order; NIC shared by concurrent rings.
     ring_members = [[rank(pipeline=p, data=d, sequence=s, tensor=t) for d in range(dp) for s in range(sp)] for p in range(pp) for t in range(tp)]
@@ -155,7 +162,7 @@ def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings) -> Top
         smallest = min(stage, key=lambda n: n.gpu_memory_bytes)
         memory.append((smallest.gpu_memory_bytes, smallest.gpu.name))
         hbm.append(min(n.gpu.hbm_gbps for n in stage) * 1e9)
-    return Topology(dims, slots, rate, inner, p2p, nic_load, rings, memory, hbm)
+    return Topology(dims, slots, rate, inner, p2p, p2p_own, nic_load, rings, memory, hbm)
 
 
 def allreduce_seconds(nbytes: float, members: int, per_byte: float, latency: float) -> float:
@@ -193,7 +200,9 @@ def memory_bytes(w: Workload, dims: ParallelDims, s: CostSettings, p: int, layer
     return int(static + activations + logits + s.overhead_bytes)
 
 
-def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: CostSettings = CostSettings()) -> Estimate:
+def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: CostSettings = CostSettings(), *, balance: bool = True) -> Estimate:
+    """Step time and memory of one candidate; ``balance=False`` splits layers and samples
+    evenly, as a planner that assumes identical GPUs would (the naive baseline)."""
     dims = topo.dims
     dp, pp = dims.data, dims.pipeline
     micro_batches = math.ceil(w.global_batch / micro_batch)
@@ -215,6 +224,51 @@ def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: 
         worst = max(need, key=lambda item: item[0] / topo.memory[item[1]][0])
         shortfall = (worst[0], topo.memory[worst[1]][0], topo.memory[worst[1]][1])
         return Estimate(dims, micro_batch, recompute, math.inf, worst[0], tuple(even), (), shortfall)
+    if not balance:
+        layers = [w.layers // pp + (p < w.layers % pp) for p in range(pp)]
+        if any(n > cap for n, cap in zip(layers, caps)):
+            need = max(memory_bytes(w, dims, s, p, layers[p], micro_batch, recompute, in_flight[p]) for p in range(pp))
+            return Estimate(dims, micro_batch, recompute, math.inf, need, tuple(layers), (), (need, topo.memory[0][0], topo.memory[0][1]))
+    else:
+        layers = _split_layers(w, pp, caps, per_layer, head, dp)
+
+    # Per data index: fill (first micro-batch through all stages) and steady interval.
+    fill, interval, drain = [], [], []
+    backward = 3 / 4 if recompute else 2 / 3
+    activation = w.activation_bytes(micro_batch) / (dims.tensor * dims.sequence)
+    for d in range(dp):
+        stage = [layers[p] * per_layer[p][d] + (head[d] if p == pp - 1 else 0.0) for p in range(pp)]
+        sends = [activation * topo.p2p[p][d] for p in range(pp - 1)] + [0.0]
+        nic = max((activation * topo.nic_load[p][d] for p in range(pp)), default=0.0)
+        fill.append(sum(stage) + 2 * sum(sends))
+        # 1F1B: stage p's backward of micro-batch j waits for the round trip through p+1,
+        # so the boundary's own sends sit partly inside the cycle (one send: measured
+        # against the simulator, between the fully hidden and the fully exposed case).
+        trips = [max(stage[p], stage[p + 1]) + activation * topo.p2p_own[p][d] for p in range(pp - 1)]
+        interval.append(max(max(stage), nic, *trips))
+        # Stage p's last backward ends before those of stages 0..p-1 (and their sends).
+        drain.append([sum(backward * stage[q] + sends[q] for q in range(p)) for p in range(pp)])
+    counts = balanced_counts(micro_batches, fill, interval) if balance else _even(micro_batches, dp)
+    if counts is None:
+        return Estimate(dims, micro_batch, recompute, math.inf, 0, tuple(layers), ())
+    finish = [f + (m - 1) * i for f, i, m in zip(fill, interval, counts)]
+
+    # Each stage's gradient ring starts when its last backward is done; then the optimizer.
+    grads = [w.stage_params(layers[p], p == 0, p == pp - 1) / dims.tensor * BF16 for p in range(pp)]
+    shard = dp * dims.sequence if s.shard_optimizer else 1
+    step = 0.0
+    for p in range(pp):
+        ready = max(finish[d] - drain[d][p] for d in range(dp))
+        sync = allreduce_seconds(grads[p], *_ring(topo.rings[p]))
+        optimizer = (grads[p] / BF16) * (s.optimizer_bytes_per_param / shard + 2 * BF16) * 2 / topo.hbm[p]
+        step = max(step, ready + sync + optimizer)
+    peak = max(memory_bytes(w, dims, s, p, layers[p], micro_batch, recompute, in_flight[p]) for p in range(pp))
+    samples = _samples(counts, micro_batch, w.global_batch)
+    return Estimate(dims, micro_batch, recompute, step, peak, tuple(layers), samples)
+
+
+def _split_layers(w: Workload, pp: int, caps: list[int], per_layer: list[list[float]], head: list[float], dp: int) -> list[int]:
+    """Layers one at a time to the stage whose (harmonic-mean) time grows least, within caps."""
     mean = [dp / sum(1 / t for t in per_layer[p]) for p in range(pp)]
     extra = [0.0] * pp
     extra[pp - 1] = dp / sum(1 / h for h in head)
@@ -226,28 +280,11 @@ def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: 
         layers[p] += 1
         if layers[p] < caps[p]:
             heapq.heappush(heap, ((layers[p] + 1) * mean[p] + extra[p], p))
+    return layers
 
-    # Per data index: fill (first micro-batch through all stages) and steady interval.
-    fill, interval = [], []
-    activation = w.activation_bytes(micro_batch) / (dims.tensor * dims.sequence)
-    for d in range(dp):
-        stage = [layers[p] * per_layer[p][d] + (head[d] if p == pp - 1 else 0.0) for p in range(pp)]
-        sends = [activation * topo.p2p[p][d] for p in range(pp - 1)]
-        nic = max((activation * topo.nic_load[p][d] for p in range(pp)), default=0.0)
-        fill.append(sum(stage) + 2 * sum(sends))
-        interval.append(max(max(stage), nic))
-    counts = _shares(micro_batches, fill, interval)
-    if counts is None:
-        return Estimate(dims, micro_batch, recompute, math.inf, 0, tuple(layers), ())
-    pipeline = max(f + (m - 1) * i for f, i, m in zip(fill, interval, counts))
 
-    grads = [w.stage_params(layers[p], p == 0, p == pp - 1) / dims.tensor * BF16 for p in range(pp)]
-    sync = max(allreduce_seconds(grads[p], *_ring(topo.rings[p])) for p in range(pp))
-    shard = dp * dims.sequence if s.shard_optimizer else 1
-    optimizer = max((grads[p] / BF16) * (s.optimizer_bytes_per_param / shard + 2 * BF16) * 2 / topo.hbm[p] for p in range(pp))
-    peak = max(memory_bytes(w, dims, s, p, layers[p], micro_batch, recompute, in_flight[p]) for p in range(pp))
-    samples = _samples(counts, micro_batch, w.global_batch)
-    return Estimate(dims, micro_batch, recompute, pipeline + sync + optimizer, peak, tuple(layers), samples)
+def _even(total: int, n: int) -> list[int] | None:
+    return None if total < n else [total // n + (d < total % n) for d in range(n)]
 
 
 def _ring(ring: tuple[float, float, int]) -> tuple[int, float, float]:
@@ -255,7 +292,7 @@ def _ring(ring: tuple[float, float, int]) -> tuple[int, float, float]:
     return members, per_byte, latency
 
 
-def _shares(total: int, fill: list[float], interval: list[float]) -> list[int] | None:
+def balanced_counts(total: int, fill: list[float], interval: list[float]) -> list[int] | None:
     """Micro-batches per data index minimising the latest finish; at least one each."""
     n = len(fill)
     if total < n:
