@@ -11,32 +11,27 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import socket
 import threading
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from shardwright.operator.api import CheckpointRef, RankState
+from shardwright.operator.api import RankState
+from shardwright.operator.backends.probe import checkpoint_refs, fetch_json, fetch_text, progress_from_status
 from shardwright.operator.controller import (
     Observed,
-    Progress,
     RankObservation,
     StartGeneration,
     StopGeneration,
 )
 from shardwright.workers.config import RankEnv
-from shardwright.workers.manifest import committed
 
 #: The worker entry point every rank runs: ``module:function(config_json, env, stop)``.
 ENTRY = "shardwright.workers.train:main"
-#: Seconds an HTTP probe of a rank may take before the rank counts as not answering.
-PROBE_TIMEOUT_S = 0.5
 
 
 @ray.remote(num_cpus=0, max_concurrency=2)
@@ -118,14 +113,25 @@ class LocalRayBackend:
                 else:
                     ray.kill(rank.actor, no_restart=True)
 
+    def lose_ranks(self, generation: int, count: int) -> None:
+        """End the highest ``count`` ranks of ``generation`` as if their host died."""
+        for rank in self.generations.get(generation, [])[-count:]:
+            if rank.state is RankState.RUNNING:
+                ray.kill(rank.actor, no_restart=True)
+
     def observe(self, now: datetime.datetime) -> Observed:
         observations = []
+        newest = max(self.generations, default=None)
         for generation, ranks in self.generations.items():
             self._collect(ranks)
-            observations += [
-                RankObservation(generation, i, r.state, message=r.message, node="localhost")
-                for i, r in enumerate(ranks)
-            ]
+            for i, r in enumerate(ranks):
+                # Only the current generation's live ranks are asked what they are doing.
+                live = generation == newest and r.state is RankState.RUNNING
+                report = fetch_json(f"http://127.0.0.1:{r.telemetry_port}/status") if live else None
+                observations.append(RankObservation(
+                    generation, i, r.state, message=r.message, node="localhost",
+                    activity=(report or {}).get("activity"),
+                ))
         return Observed(
             now=now,
             ranks=tuple(observations),
@@ -147,8 +153,8 @@ class LocalRayBackend:
             except RayTaskError as e:
                 cause = e.cause if e.cause is not None else e
                 rank.state, rank.message = RankState.FAILED, f"{type(cause).__name__}: {cause}"
-            except RayActorError as e:
-                rank.state, rank.message = RankState.FAILED, f"rank process died: {e.error_msg if hasattr(e, 'error_msg') else e}"
+            except RayActorError:
+                rank.state, rank.message = RankState.FAILED, "rank process died (killed, crashed or its host lost)"
 
     def _progress(self) -> Progress | None:
         if not self.generations:
@@ -175,45 +181,6 @@ class LocalRayBackend:
                     ray.kill(rank.actor, no_restart=True)
         if ray.is_initialized():
             ray.shutdown()
-
-
-# ----------------------------------------------------------------------------- probes shared by backends
-
-
-def progress_from_status(status: dict[str, Any], generation: int) -> Progress | None:
-    """Rank 0's ``/status`` JSON as a controller ``Progress`` (None if another generation's)."""
-    if status.get("generation") != generation:
-        return None
-    return Progress(
-        generation=generation,
-        step=int(status.get("step") or 0),
-        loss=status.get("loss"),
-        tokens_per_second=status.get("tokensPerSecond"),
-        step_seconds=tuple(status.get("stepSeconds") or ()),
-    )
-
-
-def checkpoint_refs(root: Path) -> tuple[CheckpointRef, ...]:
-    return tuple(
-        CheckpointRef(step=m["step"], uri=m["path"], world_size=m["worldSize"], layout=m["layout"])
-        for m in committed(root)
-    )
-
-
-def fetch_text(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
-            return response.read().decode()
-    except OSError:
-        return None
-
-
-def fetch_json(url: str) -> dict[str, Any] | None:
-    text = fetch_text(url)
-    try:
-        return json.loads(text) if text else None
-    except ValueError:
-        return None
 
 
 def free_port() -> int:

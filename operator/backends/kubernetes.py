@@ -1,0 +1,196 @@
+"""Where the controller's actions land on a cluster: pods, a headless Service, a PodGroup.
+
+One :class:`KubernetesBackend` serves one TrainingJob for one reconcile pass. It does not
+list pods itself: the handlers keep a Kopf index of every pod we manage and hand this
+backend the job's pod summaries (see ``pods.summarize``), so a pass costs no list request.
+
+Gang start: every pod of a generation is created, or none is (a failure deletes the ones
+already made and raises). Creates are idempotent: names are deterministic, and a 409 means
+the pod already exists (an earlier pass, or an operator restarted mid-start). Pods of
+older generations are deleted before a new generation's pods are created.
+
+Errors are values until the handler boundary: :class:`ApiFailure` carries whether a retry
+can help; only ``handlers.py`` turns it into Kopf's TemporaryError/PermanentError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from shardwright.operator.api import CheckpointRef, TrainingJobSpec
+from shardwright.operator.controller import Observed, StartGeneration, StopGeneration
+
+from . import pods as render
+from . import probe
+
+
+@dataclasses.dataclass(frozen=True)
+class KubernetesSettings:
+    """Read once at operator start-up (CLI flags / chart values) and passed down."""
+
+    pods: render.PodSettings = dataclasses.field(default_factory=render.PodSettings)
+    #: Seconds a generation's pods may stay Pending before the generation counts as failed
+    #: (restarted with backoff, waiting reason in the condition); None: wait forever.
+    startup_timeout_s: float | None = 600.0
+    #: Seconds a pod may sit Terminating on a NotReady node before it is force-deleted.
+    force_delete_after_s: float = 300.0
+    #: Poll rank 0's /status for step, throughput and the last committed checkpoint.
+    probe_progress: bool = True
+
+
+class ApiFailure(Exception):
+    """A Kubernetes API call failed; ``retryable``: a later attempt may succeed (5xx, 429,
+    409 on update, connection errors), otherwise the request itself is wrong (403, 422)."""
+
+    def __init__(self, what: str, status: int | None, message: str) -> None:
+        self.status = status
+        self.retryable = status is None or status >= 500 or status in (409, 429)
+        super().__init__(f"{what}: HTTP {status}: {message}" if status else f"{what}: {message}")
+
+
+def _failure(what: str, exc: Exception) -> ApiFailure:
+    if isinstance(exc, ApiException):
+        return ApiFailure(what, exc.status, (exc.reason or "").strip() or str(exc.body)[:200])
+    return ApiFailure(what, None, f"{type(exc).__name__}: {exc}")
+
+
+class KubernetesBackend:
+    """The Backend protocol for one job, over the Kubernetes API."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        settings: KubernetesSettings,
+        owner: render.Owner,
+        spec: TrainingJobSpec,
+        pods: list[dict[str, Any]],
+        *,
+        node_ready: dict[str, bool] | None = None,
+        known_checkpoint: CheckpointRef | None = None,
+        fetch_json: Callable[[str], dict[str, Any] | None] = probe.fetch_json,
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.settings = settings
+        self.owner = owner
+        self.spec = spec
+        self.pods = pods
+        self.node_ready = node_ready
+        self.known_checkpoint = known_checkpoint
+        self.fetch_json = fetch_json
+        #: Pod names this pass created or deleted: what the caller's cache does not show yet.
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+
+    # ------------------------------------------------------------------ actions
+
+    def start(self, action: StartGeneration) -> None:
+        for pod in self.pods:
+            if pod["generation"] < action.generation:
+                self._delete_pod(pod["name"], grace=0)
+        self._create("Service", lambda body: self.core.create_namespaced_service(self.owner.namespace, body),
+                     render.render_service(self.owner, self.settings.pods))
+        if (group := render.render_pod_group(self.owner, action, self.settings.pods)) is not None:
+            api_version = group["apiVersion"]
+            g, v = api_version.split("/")
+            self._create("PodGroup", lambda body: self.custom.create_namespaced_custom_object(g, v, self.owner.namespace, "podgroups", body), group)
+        groups = {g.name: g for g in self.spec.workers}
+        manifests = render.render_pods(self.owner, action, groups, self.settings.pods)
+        made: list[str] = []
+        try:
+            for manifest in manifests:
+                self._create("Pod", lambda body: self.core.create_namespaced_pod(self.owner.namespace, body), manifest)
+                made.append(manifest["metadata"]["name"])
+        except ApiFailure:
+            # Gang: a partial generation would block in its rendezvous; take it back.
+            for name in made:
+                self._delete_pod(name, grace=0, quiet=True)
+            raise
+        self.created += made
+
+    def stop(self, action: StopGeneration) -> None:
+        # Graceful: SIGTERM, the launcher asks the ranks to checkpoint and exit (grace period
+        # from the pod spec). Otherwise the generation already failed: end it now.
+        grace = None if action.graceful else 0
+        for pod in self.pods:
+            if pod["generation"] == action.generation and not pod.get("deleting"):
+                self._delete_pod(pod["name"], grace=grace)
+
+    def observe(self, now: datetime.datetime) -> Observed:
+        ranks = []
+        for pod in self.pods:
+            if pod["name"] in self.deleted:
+                continue
+            ranks += render.observe_pod(pod, now, self.settings.startup_timeout_s)
+        if self.node_ready is not None:
+            for name in render.stuck_terminating(self.pods, self.node_ready, now, self.settings.force_delete_after_s):
+                self._delete_pod(name, grace=0, quiet=True)
+        progress, checkpoint = None, self.known_checkpoint
+        if self.settings.probe_progress and (status := self._rank0_status()) is not None:
+            progress = probe.progress_from_status(status, status.get("generation", -1))
+            checkpoint = probe.checkpoint_from_status(status) or checkpoint
+        return Observed(now=now, ranks=tuple(ranks), progress=progress, checkpoints=(checkpoint,) if checkpoint else ())
+
+    def close(self) -> None:
+        """Nothing to end: the pods outlive the operator process by design."""
+
+    # ------------------------------------------------------------------ helpers
+
+    def _rank0_status(self) -> dict[str, Any] | None:
+        if not self.pods:
+            return None
+        newest = max(p["generation"] for p in self.pods)
+        rank0 = next((p for p in self.pods if p["generation"] == newest and p["rank"] == 0), None)
+        if rank0 is None or rank0["phase"] != "Running" or not rank0.get("ip"):
+            return None
+        return self.fetch_json(f"http://{rank0['ip']}:{self.settings.pods.telemetry_port}/status")
+
+    def _create(self, kind: str, call: Callable[[dict], Any], body: dict[str, Any]) -> None:
+        try:
+            call(body)
+        except ApiException as e:
+            if e.status == 409:  # already there: an earlier pass or a restarted operator made it
+                return
+            raise _failure(f"create {kind} {body['metadata']['name']}", e) from None
+        except Exception as e:  # connection errors
+            raise _failure(f"create {kind} {body['metadata']['name']}", e) from None
+
+    def _delete_pod(self, name: str, *, grace: int | None, quiet: bool = False) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, self.owner.namespace, grace_period_seconds=grace)
+            self.deleted.append(name)
+        except ApiException as e:
+            if e.status == 404:
+                self.deleted.append(name)
+                return
+            if not quiet:
+                raise _failure(f"delete Pod {name}", e) from None
+        except Exception as e:
+            if not quiet:
+                raise _failure(f"delete Pod {name}", e) from None
+
+
+def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Merge-patch ``.status`` to ``new``; keys present in ``old`` but gone from ``new`` become null."""
+    body = {"status": {**{k: None for k in old if k not in new}, **new}}
+    try:
+        client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+            "shardwright.io", "v1alpha1", namespace, "trainingjobs", name, body,
+        )
+    except Exception as e:
+        raise _failure(f"patch TrainingJob {namespace}/{name} status", e) from None
+
+
+def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
+    """ttlSecondsAfterFinished: the job and (by ownerReference) its children go."""
+    try:
+        client.CustomObjectsApi(api).delete_namespaced_custom_object("shardwright.io", "v1alpha1", namespace, "trainingjobs", name)
+    except ApiException as e:
+        if e.status != 404:
+            raise _failure(f"delete TrainingJob {namespace}/{name}", e) from None

@@ -1,0 +1,316 @@
+"""Kubernetes manifests of a generation and what a pod's status means, as pure functions.
+
+Per job: one headless Service (stable DNS for the rendezvous). Per generation: one pod per
+replica of every worker group, each running ``ranksPerReplica`` rank processes through
+``python -m shardwright.workers.launch``; optionally a PodGroup so a gang scheduler
+(Volcano, scheduler-plugins) places all pods or none. Names are deterministic
+(``<job>-g<generation>-<group>-<replica>``), so a second create of the same pod is a 409,
+never a duplicate.
+
+Reading back: :func:`summarize` keeps the few pod fields the controller needs (the operator
+indexes thousands of pods), :func:`observe_pod` turns one summary into the ranks it runs,
+and :func:`stuck_terminating` picks pods to force-delete off NotReady nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+from shardwright.operator.api import RankState
+from shardwright.operator.controller import RankObservation, StartGeneration, parse_time
+from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV
+
+LABEL_JOB = "shardwright.io/job"
+LABEL_GENERATION = "shardwright.io/generation"
+LABEL_GROUP = "shardwright.io/group"
+LABEL_REPLICA = "shardwright.io/replica"
+LABEL_RANK = "shardwright.io/rank"
+MANAGED_BY = "shardwright"
+#: Pod env: ranks in this pod; the launcher starts one process per local rank.
+LOCAL_WORLD_SIZE_ENV = "LOCAL_WORLD_SIZE"
+#: Kueue reads this label on the workload; copied from the TrainingJob when present.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Container waiting reasons that will not clear on their own.
+STUCK_WAITING = frozenset({
+    "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+    "CreateContainerError", "CrashLoopBackOff",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class PodSettings:
+    """How worker pods are rendered; read once at operator start-up (chart values)."""
+
+    #: Worker image when a group names none.
+    image: str = "ghcr.io/shardwright/shardwright:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    #: torch rendezvous port on the rank-0 pod.
+    master_port: int = 29500
+    #: Telemetry port of local rank 0 in each pod; local rank i uses port + i.
+    telemetry_port: int = 9400
+    #: ``volcano`` or ``scheduler-plugins`` adds a PodGroup; None: the default scheduler.
+    gang_scheduler: str | None = None
+    #: Seconds SIGTERM has to checkpoint and exit when a generation is stopped gracefully.
+    termination_grace_seconds: int = 120
+    #: PersistentVolumeClaim mounted at ``checkpoint_mount`` in every pod; None: none.
+    checkpoint_claim: str | None = None
+    checkpoint_mount: str = "/checkpoints"
+    service_account: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The TrainingJob the children belong to (their ownerReference)."""
+
+    name: str
+    namespace: str
+    uid: str
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    api_version: str = "shardwright.io/v1alpha1"
+    kind: str = "TrainingJob"
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": self.api_version, "kind": self.kind, "name": self.name, "uid": self.uid,
+            "controller": True, "blockOwnerDeletion": True,
+        }
+
+
+def job_labels(owner: Owner) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "shardwright-worker",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/part-of": "shardwright",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_JOB: owner.name,
+    }
+
+
+def service_name(owner: Owner) -> str:
+    return owner.name
+
+
+def pod_name(owner: Owner, generation: int, group: str, replica: int) -> str:
+    return f"{owner.name}-g{generation}-{group}-{replica}"
+
+
+def pod_group_name(owner: Owner, generation: int) -> str:
+    return f"{owner.name}-g{generation}"
+
+
+def _meta(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": owner.namespace, "labels": labels, "ownerReferences": [owner.reference()]}
+
+
+def render_service(owner: Owner, settings: PodSettings) -> dict[str, Any]:
+    """Headless Service: ``<pod>.<job>.<ns>.svc`` resolves before the pods are ready."""
+    labels = job_labels(owner)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, service_name(owner), labels),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: owner.name},
+            "ports": [
+                {"name": "rendezvous", "port": settings.master_port, "protocol": "TCP"},
+                {"name": "telemetry", "port": settings.telemetry_port, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def render_pod_group(owner: Owner, action: StartGeneration, settings: PodSettings) -> dict[str, Any] | None:
+    """A PodGroup asking the gang scheduler for every pod of the generation at once."""
+    members = len({(r.group, r.replica) for r in action.plan.ranks})
+    meta = _meta(owner, pod_group_name(owner, action.generation), job_labels(owner) | {LABEL_GENERATION: str(action.generation)})
+    if settings.gang_scheduler == "volcano":
+        spec: dict[str, Any] = {"minMember": members}
+        if queue := owner.labels.get(KUEUE_QUEUE_LABEL):
+            spec["queue"] = queue
+        return {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup", "metadata": meta, "spec": spec}
+    if settings.gang_scheduler == "scheduler-plugins":
+        return {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": meta, "spec": {"minMember": members}}
+    return None
+
+
+def render_pods(owner: Owner, action: StartGeneration, spec_groups: dict[str, Any], settings: PodSettings) -> list[dict[str, Any]]:
+    """Every pod of the generation: one per (group, replica) in the plan, in rank order.
+
+    ``spec_groups`` maps a group name to its ``WorkerGroupSpec`` (image, resources, node
+    selector). Pod env: the torch contract for the pod's first rank plus
+    ``LOCAL_WORLD_SIZE``; the launcher derives each process's RANK and LOCAL_RANK.
+    """
+    plan = action.plan
+    master = f"{pod_name(owner, action.generation, plan.ranks[0].group, plan.ranks[0].replica)}.{service_name(owner)}.{owner.namespace}.svc"
+    config_json = action.config.model_dump_json()
+    firsts: dict[tuple[str, int], int] = {}
+    sizes: dict[tuple[str, int], int] = {}
+    for placement in plan.ranks:
+        key = (placement.group, placement.replica)
+        firsts.setdefault(key, placement.rank)
+        sizes[key] = sizes.get(key, 0) + 1
+    pods = []
+    for (group, replica), base in firsts.items():
+        pods.append(_render_pod(
+            owner, action, spec_groups[group], group, replica, base, sizes[(group, replica)],
+            master, config_json, settings,
+        ))
+    return pods
+
+
+def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, master, config_json, settings) -> dict[str, Any]:
+    name = pod_name(owner, action.generation, group, replica)
+    labels = job_labels(owner) | {
+        LABEL_GENERATION: str(action.generation), LABEL_GROUP: group, LABEL_REPLICA: str(replica), LABEL_RANK: str(base),
+    }
+    if queue := owner.labels.get(KUEUE_QUEUE_LABEL):
+        labels[KUEUE_QUEUE_LABEL] = queue
+    env = {
+        "RANK": str(base),
+        "WORLD_SIZE": str(action.plan.world_size),
+        "LOCAL_RANK": "0",
+        LOCAL_WORLD_SIZE_ENV: str(local_ranks),
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(settings.master_port),
+        TELEMETRY_PORT_ENV: str(settings.telemetry_port),
+        CONFIG_ENV: config_json,
+    }
+    resources = group_spec.resources.to_wire() if group_spec.resources else {}
+    container: dict[str, Any] = {
+        "name": "ranks",
+        "image": group_spec.image or settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "shardwright.workers.launch"],
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "ports": [
+            {"name": "rendezvous", "containerPort": settings.master_port},
+            {"name": "telemetry", "containerPort": settings.telemetry_port},
+        ],
+        "resources": resources,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # a failed rank ends the generation; the operator restarts it
+        "hostname": name,
+        "subdomain": service_name(owner),
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "containers": [container],
+    }
+    if group_spec.node_selector:
+        pod_spec["nodeSelector"] = dict(group_spec.node_selector)
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    if settings.checkpoint_claim:
+        pod_spec["volumes"] = [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": settings.checkpoint_claim}}]
+        container["volumeMounts"] = [{"name": "checkpoints", "mountPath": settings.checkpoint_mount}]
+    annotations = {}
+    if settings.gang_scheduler == "volcano":
+        pod_spec["schedulerName"] = "volcano"
+        annotations["scheduling.k8s.io/group-name"] = pod_group_name(owner, action.generation)
+    elif settings.gang_scheduler == "scheduler-plugins":
+        labels["scheduling.x-k8s.io/pod-group"] = pod_group_name(owner, action.generation)
+    meta = _meta(owner, name, labels)
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+# ----------------------------------------------------------------------------- reading pods back
+
+
+def summarize(pod: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a pod the controller reads: small, so an index of thousands stays cheap."""
+    meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status") or {}
+    labels = meta.get("labels") or {}
+    env = {e.get("name"): e.get("value") for c in spec.get("containers", [])[:1] for e in c.get("env", [])}
+    containers = status.get("containerStatuses") or []
+    state = (containers[0].get("state") or {}) if containers else {}
+    unschedulable = next(
+        (c.get("message") or "Unschedulable" for c in status.get("conditions") or []
+         if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"),
+        None,
+    )
+    return {
+        "name": meta.get("name"),
+        "generation": int(labels.get(LABEL_GENERATION, 0)),
+        "rank": int(labels.get(LABEL_RANK, env.get("RANK") or 0)),
+        "ranks": int(env.get(LOCAL_WORLD_SIZE_ENV) or 1),
+        "phase": status.get("phase") or "Pending",
+        "reason": status.get("reason"),
+        "message": status.get("message"),
+        "node": spec.get("nodeName"),
+        "ip": status.get("podIP"),
+        "created": meta.get("creationTimestamp"),
+        "deleting": meta.get("deletionTimestamp"),
+        "waiting": (state.get("waiting") or {}).get("reason"),
+        "waitingMessage": (state.get("waiting") or {}).get("message"),
+        "terminated": state.get("terminated"),
+        "unschedulable": unschedulable,
+    }
+
+
+def classify(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: float | None) -> tuple[RankState, int | None, str]:
+    """(state, exit code, why) of a pod summary: exit codes, OOMKilled, Evicted, node lost,
+    image pulls and scheduling. A pod still not running after ``startup_timeout_s`` counts
+    as failed, with the waiting reason, so the generation is restarted with backoff."""
+    phase, terminated = pod["phase"], pod.get("terminated") or {}
+    if phase == "Succeeded":
+        return RankState.SUCCEEDED, 0, ""
+    if phase == "Failed":
+        if pod.get("reason") == "Evicted":
+            return RankState.FAILED, None, f"Evicted: {pod.get('message') or 'the node ran short of resources'}"
+        if pod.get("reason") in ("NodeLost", "NodeShutdown", "Terminated"):
+            return RankState.FAILED, None, f"NodeLost: node {pod.get('node')} went away"
+        code = terminated.get("exitCode")
+        why = terminated.get("reason") or "Error"
+        if why == "OOMKilled":
+            return RankState.FAILED, code, "OOMKilled: raise the group's memory limit or lower microBatch"
+        return RankState.FAILED, code, f"{why}: {terminated.get('message') or pod.get('message') or 'rank process exited'}".rstrip(": ")
+    if phase == "Unknown":
+        return RankState.FAILED, None, f"NodeLost: node {pod.get('node')} stopped reporting"
+    if phase == "Running":
+        return RankState.RUNNING, None, ""
+    # Pending: scheduling or pulling; explain why, and give up after the startup timeout.
+    why = ""
+    if pod.get("unschedulable"):
+        why = f"Unschedulable: {pod['unschedulable']}"
+    elif pod.get("waiting"):
+        why = f"{pod['waiting']}: {pod.get('waitingMessage') or ''}".rstrip(": ")
+    if startup_timeout_s is not None and pod.get("created") and not pod.get("deleting"):
+        waited = (now - parse_timestamp(pod["created"])).total_seconds()
+        if waited >= startup_timeout_s:
+            return RankState.FAILED, None, f"PodsReadyTimeout: not running after {waited:.0f}s; {why or 'Pending'}"
+    return RankState.PENDING, None, why
+
+
+def observe_pod(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: float | None = None) -> list[RankObservation]:
+    """The ranks one pod runs, all in the pod's state (a pod fails or runs as a whole)."""
+    state, code, why = classify(pod, now, startup_timeout_s)
+    return [
+        RankObservation(pod["generation"], pod["rank"] + i, state, exit_code=code, message=why, node=pod.get("node"))
+        for i in range(pod["ranks"])
+    ]
+
+
+def stuck_terminating(pods: list[dict[str, Any]], node_ready: dict[str, bool], now: datetime.datetime, grace_s: float) -> list[str]:
+    """Pods being deleted for longer than ``grace_s`` on a node that is NotReady (or gone):
+    the kubelet will never confirm, so they are force-deleted (grace period 0)."""
+    out = []
+    for pod in pods:
+        if not pod.get("deleting") or node_ready.get(pod.get("node") or "", False):
+            continue
+        if (now - parse_timestamp(pod["deleting"])).total_seconds() >= grace_s:
+            out.append(pod["name"])
+    return out
+
+
+def parse_timestamp(text: str) -> datetime.datetime:
+    """A metadata timestamp: RFC 3339, with or without fractions of a second."""
+    try:
+        return parse_time(text)
+    except ValueError:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))

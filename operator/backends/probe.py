@@ -1,0 +1,69 @@
+"""Reading a rank's telemetry: rank 0's ``/status`` as controller values, committed checkpoints.
+
+Shared by the local and the Kubernetes backends. Standard library only, short timeouts: a
+rank that does not answer within ``PROBE_TIMEOUT_S`` simply reports no progress this pass.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from shardwright.operator.api import CheckpointRef
+from shardwright.operator.controller import Progress
+from shardwright.workers.manifest import committed
+
+#: Seconds an HTTP probe of a rank may take before the rank counts as not answering.
+PROBE_TIMEOUT_S = 0.5
+
+
+def progress_from_status(status: dict[str, Any], generation: int) -> Progress | None:
+    """Rank 0's ``/status`` JSON as a controller ``Progress`` (None if another generation's)."""
+    if status.get("generation") != generation:
+        return None
+    return Progress(
+        generation=generation,
+        step=int(status.get("step") or 0),
+        loss=status.get("loss"),
+        tokens_per_second=status.get("tokensPerSecond"),
+        step_seconds=tuple(status.get("stepSeconds") or ()),
+        resumed_from=status.get("resumedFrom"),
+        rejected=tuple((r["step"], r["reason"]) for r in status.get("rejectedCheckpoints") or ()),
+    )
+
+
+def checkpoint_from_status(status: dict[str, Any]) -> CheckpointRef | None:
+    """The last committed checkpoint rank 0 reports in ``/status`` (``lastCheckpoint``)."""
+    last = status.get("lastCheckpoint")
+    if not isinstance(last, dict):
+        return None
+    try:
+        return CheckpointRef(step=last["step"], uri=last["path"], world_size=last["worldSize"], layout=last["layout"])
+    except (KeyError, ValueError):
+        return None
+
+
+def checkpoint_refs(root: Path) -> tuple[CheckpointRef, ...]:
+    """Committed checkpoints under a directory this process can read, oldest first."""
+    return tuple(
+        CheckpointRef(step=m["step"], uri=m["path"], world_size=m["worldSize"], layout=m["layout"])
+        for m in committed(root)
+    )
+
+
+def fetch_text(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def fetch_json(url: str) -> dict[str, Any] | None:
+    text = fetch_text(url)
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None

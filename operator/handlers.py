@@ -1,0 +1,293 @@
+"""Kopf handlers: thin adapters from cluster events to the pure reconcile core.
+
+Each TrainingJob gets one Kopf *daemon*: a loop that observes the job's pods (from a Kopf
+index, no list requests), calls the same ``controller.reconcile`` the local runner calls,
+applies the actions through the Kubernetes backend, and writes ``.status`` once per pass,
+only when it changed. Pod and TrainingJob events wake the loop at once; otherwise it runs
+every ``resync_seconds`` (rank 0's ``/status`` is polled then) or when the core asks
+(backoff). No change-handler chains: after an operator restart the daemon simply resumes
+from the object's status and the pods it sees, so nothing is lost or duplicated.
+
+Errors become Kopf's TemporaryError/PermanentError here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import datetime
+import logging
+import os
+import time
+from typing import Any
+
+import kopf
+from kubernetes import client, config as kube_config
+
+from shardwright.operator.api import GROUP, VERSION, TrainingJobStatus, validate
+from shardwright.operator.backends import probe
+from shardwright.operator.backends import pods as render
+from shardwright.operator.backends.kubernetes import (
+    ApiFailure,
+    KubernetesBackend,
+    KubernetesSettings,
+    delete_job,
+    patch_status,
+)
+from shardwright.operator.controller import Event, JobRef, StartGeneration, StopGeneration, parse_time, reconcile
+from shardwright.operator.metrics import OperatorMetrics
+from shardwright.operator.planner import plan_uniform
+
+REGISTRY = kopf.OperatorRegistry()
+PLURAL = "trainingjobs"
+#: Kopf's finalizer, renamed into our group (ANCHORS: finalizers are shardwright.io/<purpose>).
+FINALIZER = "shardwright.io/operator"
+MANAGED = {"app.kubernetes.io/managed-by": render.MANAGED_BY}
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the handlers need, read once by ``shardwright operator``."""
+
+    kubernetes: KubernetesSettings = dataclasses.field(default_factory=KubernetesSettings)
+    #: Seconds between passes of a job when nothing happens (progress polling); events wake
+    #: a job at once, so this bounds only how stale step and tokens/s may get.
+    resync_seconds: float = 10.0
+    #: Seconds to wait after an API error the next attempt may fix (5xx, 409, 429).
+    retry_seconds: float = 1.0
+    #: Admission webhook port (None: any free port); TLS files from the chart's Secret.
+    webhook_port: int | None = 9443
+    webhook_certfile: str | None = None
+    webhook_pkeyfile: str | None = None
+    #: Plain HTTP webhook for tests; never in a cluster (the API server requires TLS).
+    webhook_insecure: bool = False
+
+
+def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, fetch_json=probe.fetch_json) -> kopf.Memo:
+    """Operator-wide state; Kopf shallow-copies it per object, so these are shared."""
+    return kopf.Memo(config=cfg, api=api, fetch_json=fetch_json, metrics=OperatorMetrics(), wakeups={})
+
+
+def api_client() -> client.ApiClient:
+    """In-cluster service account, else the kubeconfig (``KUBECONFIG``): read once at start."""
+    try:
+        kube_config.load_incluster_config()
+        configuration = client.Configuration.get_default_copy()
+    except kube_config.ConfigException:
+        configuration = client.Configuration()
+        # The path is passed explicitly: the client reads KUBECONFIG only at its import.
+        kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+    configuration.connection_pool_maxsize = 32  # one per executor thread, with room
+    return client.ApiClient(configuration)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@kopf.on.startup(registry=REGISTRY)
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg: OperatorConfig = memo.config
+    settings.persistence.finalizer = FINALIZER
+    # Kopf keeps handler progress and the last-handled spec in annotations by default (they
+    # can outgrow the 256 KiB annotation limit). This operator has no change handlers, so
+    # neither is written; should one be added, its state lives under our group.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="shardwright.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="shardwright.io", key="last-handled")
+    settings.posting.level = logging.WARNING  # our own events are explicit; only warnings from logs
+    settings.posting.reporting_component = "shardwright-operator"
+    settings.execution.max_workers = 16  # the Kubernetes client is sync: API calls run in threads
+    settings.watching.server_timeout = 300
+    settings.admission.server = kopf.WebhookServer(
+        port=cfg.webhook_port, certfile=cfg.webhook_certfile, pkeyfile=cfg.webhook_pkeyfile,
+        insecure=cfg.webhook_insecure, addr="0.0.0.0",
+    )
+    settings.admission.managed = None  # the chart owns the ValidatingWebhookConfiguration
+    if memo.api is None:
+        memo.api = api_client()
+
+
+@kopf.on.login(registry=REGISTRY)
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf uses the same credentials as our client: in-cluster, else the kubeconfig."""
+    if memo.api is None:
+        memo.api = api_client()
+    c = memo.api.configuration
+    scheme, _, token = (c.api_key.get("authorization") or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=c.host, ca_path=c.ssl_ca_cert, insecure=not c.verify_ssl,
+        scheme=scheme or None, token=token or None,
+        certificate_path=c.cert_file, private_key_path=c.key_file,
+    )
+
+
+@kopf.on.probe(id="jobs", registry=REGISTRY)
+def liveness(memo: kopf.Memo, **_: Any) -> int:
+    """Kopf's liveness endpoint reports this: the number of jobs with a running loop."""
+    return len(memo.wakeups)
+
+
+# ----------------------------------------------------------------------------- indexes and wake-ups
+
+
+@kopf.index("pods", labels=MANAGED, registry=REGISTRY)
+def pods_by_job(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict:
+    return {(namespace, labels.get(render.LABEL_JOB)): render.summarize(dict(body))}
+
+
+@kopf.index("nodes", registry=REGISTRY)
+def node_ready(name: str, status: kopf.Status, **_: Any) -> dict:
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+    return {name: ready}
+
+
+@kopf.on.event("pods", labels=MANAGED, registry=REGISTRY)
+def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    _wake(memo, (namespace, labels.get(render.LABEL_JOB)))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, registry=REGISTRY)
+def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    _wake(memo, (namespace, name))
+
+
+def _wake(memo: kopf.Memo, key: tuple[str, str]) -> None:
+    if (event := memo.wakeups.get(key)) is not None:
+        event.set()
+
+
+# ----------------------------------------------------------------------------- admission
+
+
+@kopf.on.validate(GROUP, VERSION, PLURAL, operations=["CREATE", "UPDATE"], registry=REGISTRY)
+def admit(body: kopf.Body, **_: Any) -> None:
+    """The same validation and messages as ``shardwright validate``."""
+    doc = {k: v for k, v in dict(body).items() if k != "status"}
+    _, problems = validate(doc)
+    if problems:
+        raise kopf.AdmissionError("; ".join(str(p) for p in problems), code=422)
+
+
+# ----------------------------------------------------------------------------- the job loop
+
+
+@dataclasses.dataclass
+class _Memory:
+    """What this loop knows beyond the watched object: the status it computed (used as the
+    next input even if writing it failed) and the status the server has."""
+
+    status: TrainingJobStatus | None = None
+    written: dict[str, Any] | None = None
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, registry=REGISTRY, cancellation_timeout=10)
+async def run_job(
+    body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
+    pods_by_job: kopf.Index, node_ready: kopf.Index, logger: logging.Logger, **_: Any,
+) -> None:
+    key = (namespace, name)
+    wake = memo.wakeups.setdefault(key, asyncio.Event())
+    memory = _Memory()
+    cfg: OperatorConfig = memo.config
+    try:
+        while not stopped:
+            wake.clear()
+            delay = await _one_pass(body, key, memo, memory, pods_by_job, node_ready, logger)
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=min(delay, cfg.resync_seconds))
+            except TimeoutError:
+                pass
+    finally:
+        memo.wakeups.pop(key, None)
+        if body.metadata.get("deletionTimestamp"):
+            memo.metrics.jobs.forget(namespace, name)
+
+
+async def _one_pass(body, key, memo, memory, pods_by_job, node_ready, logger) -> float:
+    """One pass; returns seconds until the next. Errors end here as Kopf error values."""
+    cfg: OperatorConfig = memo.config
+    began = time.monotonic()
+    try:
+        try:
+            pods = [dict(p) for p in pods_by_job.get(key, [])]
+            nodes = {n: all(r for r in ready) for n, ready in node_ready.items()}
+            snapshot = copy.deepcopy(dict(body))
+            events, requeue = await asyncio.to_thread(_reconcile_sync, snapshot, pods, nodes, memo, memory)
+        finally:
+            memo.metrics.reconcile_seconds.observe(time.monotonic() - began)
+        for event in events:
+            kopf.event(body, type=str(event.type), reason=str(event.reason), message=event.message)
+        return requeue if requeue is not None else cfg.resync_seconds
+    except kopf.TemporaryError as e:
+        memo.metrics.reconcile_errors.labels(reason="temporary").inc()
+        logger.info(f"Retrying in {e.delay}s: {e}")
+        return e.delay or cfg.retry_seconds
+    except kopf.PermanentError as e:
+        memo.metrics.reconcile_errors.labels(reason="permanent").inc()
+        kopf.warn(body, reason="ReconcileFailed", message=str(e))
+        return cfg.resync_seconds
+
+
+def _reconcile_sync(doc: dict[str, Any], pods: list[dict], nodes: dict[str, bool], memo: kopf.Memo, memory: _Memory):
+    """Observe, reconcile, act, write status: runs in a worker thread (blocking client)."""
+    try:
+        return _reconcile_job(doc, pods, nodes, memo, memory)
+    except ApiFailure as e:
+        if e.retryable:
+            raise kopf.TemporaryError(str(e), delay=memo.config.retry_seconds) from None
+        raise kopf.PermanentError(str(e)) from None
+
+
+def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
+    cfg: OperatorConfig = memo.config
+    meta = doc.get("metadata", {})
+    if meta.get("deletionTimestamp"):
+        return [], None  # children go with the ownerReferences; start nothing now
+    job, problems = validate(doc)
+    if job is None:
+        raise kopf.PermanentError("; ".join(str(p) for p in problems))
+    spec, now = job.spec, datetime.datetime.now(datetime.timezone.utc)
+    try:
+        plan = plan_uniform(spec)
+    except ValueError as e:
+        raise kopf.PermanentError(f"cannot plan: {e}") from None
+    server_status = job.status or TrainingJobStatus()
+    if memory.written is None:
+        memory.written = server_status.to_wire()
+    status = memory.status or server_status
+    owner = render.Owner(name=job.metadata.name, namespace=job.metadata.namespace, uid=meta.get("uid") or "", labels=job.metadata.labels)
+    ckpt_dir = (spec.checkpoint.uri or "").removeprefix("file://") or f"{cfg.kubernetes.pods.checkpoint_mount}/{owner.namespace}/{owner.name}"
+    ref = JobRef(
+        name=owner.name, namespace=owner.namespace, checkpoint_dir=ckpt_dir,
+        object_generation=job.metadata.generation, telemetry_port=cfg.kubernetes.pods.telemetry_port,
+    )
+    backend = KubernetesBackend(
+        memo.api, cfg.kubernetes, owner, spec, pods,
+        node_ready=nodes, known_checkpoint=status.last_checkpoint, fetch_json=memo.fetch_json,
+    )
+    result = reconcile(ref, spec, plan, status, backend.observe(now))
+    for action in result.actions:
+        if isinstance(action, StopGeneration):
+            backend.stop(action)
+    for action in result.actions:
+        if isinstance(action, StartGeneration):
+            backend.start(action)
+    # Everything is applied: from now on the computed status is the truth, even if the
+    # write below fails (the next pass retries the write and does not redo the actions).
+    memory.status = result.status
+    wire = result.status.to_wire()
+    if wire != memory.written:
+        patch_status(memo.api, owner.namespace, owner.name, memory.written, wire)
+        memory.written = wire
+    memo.metrics.jobs.update(owner.namespace, owner.name, result.status, str(spec.runtime))
+    requeue = result.requeue_after
+    st = result.status
+    if st.phase.terminal and spec.ttl_seconds_after_finished is not None and st.completion_time:
+        left = (parse_time(st.completion_time) - now).total_seconds() + spec.ttl_seconds_after_finished
+        if left <= 0:
+            delete_job(memo.api, owner.namespace, owner.name)
+        else:
+            requeue = left if requeue is None else min(requeue, left)
+    return [a for a in result.actions if isinstance(a, Event)], requeue
+
