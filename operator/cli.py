@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 if the files differ instead of writing")
     p.set_defaults(func=_crds)
 
+    p = sub.add_parser("plan", help="plan degrees and rank placement of a TrainingJob on a cluster's nodes")
+    p.add_argument("file", type=Path)
+    p.add_argument("--nodes", type=Path, required=True, help="NodeList YAML, as `kubectl get nodes -o yaml` prints")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.add_argument("--explain", action="store_true", help="add the planner's reasons to the table")
+    p.set_defaults(func=_plan)
+
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -110,6 +117,33 @@ def _crds(args) -> int:
         return 1 if stale else 0
     for path in crd.write_all(args.out):
         print(path)
+    return 0
+
+
+def _plan(args) -> int:
+    jobs, problems = _load([args.file])
+    if problems or len(jobs) != 1:
+        for line in problems or [f"{args.file}: expected exactly one TrainingJob, found {len(jobs)}"]:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    import json
+
+    import yaml
+
+    from shardwright.operator import planner
+    from shardwright.operator.planner import report
+
+    try:
+        inventory = planner.inventory_from_nodelist(yaml.safe_load(args.nodes.read_text()))
+        result = planner.search(jobs[0][1].spec, inventory)
+    except (OSError, yaml.YAMLError, ValueError, LookupError) as e:  # Infeasible is a ValueError
+        print(f"{args.file}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.output == "table":
+        print(report.table(result, explain=args.explain))
+    else:
+        doc = report.to_dict(result)
+        print(json.dumps(doc, indent=1) if args.output == "json" else yaml.safe_dump(doc, sort_keys=False), end="\n" if args.output == "json" else "")
     return 0
 
 

@@ -111,32 +111,34 @@ def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings) -> Top
             if inner_size > 1:
                 inner[p][d] = min((link(a, b, net) for a, b in zip(members, members[1:] + members[:1])), key=lambda l: l.bandwidth)
 
-    # Point-to-point: every (s, t) rank of stage p sends to the same (s, t) of stage p+1.
-    egress: dict[str, int] = {}
-    for p in range(pp - 1):
-        for d in range(dp):
-            for i in range(inner_size):
-                a, b = node[rank(pipeline=p, data=d) + i], node[rank(pipeline=p + 1, data=d) + i]
-                if a.name != b.name:
-                    egress[a.name] = egress.get(a.name, 0) + 1  # forward activations
-                    egress[b.name] = egress.get(b.name, 0) + 1  # backward gradients
+    # Point-to-point: every (s, t) rank of stage p sends to the same (s, t) of stage p+1
+    # (activations) and back (gradients). Each NIC direction is busy for the sum over its
+    # flows of bytes / that flow's link bandwidth, per micro-batch.
+    pairs = [(p, d, node[rank(pipeline=p, data=d) + i], node[rank(pipeline=p + 1, data=d) + i]) for p in range(pp - 1) for d in range(dp) for i in range(inner_size)]
+    busy: dict[tuple[str, str], float] = {}
+    for _, _, a, b in pairs:
+        l = link(a, b, net)
+        if l.crosses_nodes:
+            for key in (("out", a.name), ("in", b.name), ("out", b.name), ("in", a.name)):
+                busy[key] = busy.get(key, 0.0) + 1 / l.bandwidth
     p2p = [[0.0] * dp for _ in range(pp)]
     p2p_own = [[0.0] * dp for _ in range(pp)]
     nic_load = [[0.0] * dp for _ in range(pp)]
-    for p in range(pp - 1):
-        for d in range(dp):
-            worst = 0.0
-            own: dict[str, float] = {}
-            for i in range(inner_size):
-                a, b = node[rank(pipeline=p, data=d) + i], node[rank(pipeline=p + 1, data=d) + i]
-                l = link(a, b, net)
-                flows = max(egress.get(a.name, 1), egress.get(b.name, 1)) if l.crosses_nodes else 1
-                worst = max(worst, flows / l.bandwidth)
-                own[a.name] = own.get(a.name, 0.0) + 1 / l.bandwidth
-                if l.crosses_nodes:
-                    nic_load[p][d] = max(nic_load[p][d], max(egress[a.name], egress[b.name]) / l.bandwidth)
-            p2p[p][d] = worst
-            p2p_own[p][d] = max(own.values())
+    own: dict[tuple[int, int, str], float] = {}
+    for p, d, a, b in pairs:
+        l = link(a, b, net)
+        if not l.crosses_nodes:
+            p2p[p][d] = max(p2p[p][d], 1 / l.bandwidth)
+            continue
+        shared = max(busy[("out", a.name)], busy[("in", b.name)], busy[("out", b.name)], busy[("in", a.name)])
+        p2p[p][d] = max(p2p[p][d], shared)
+        nic_load[p][d] = max(nic_load[p][d], shared)
+        own[(p, d, a.name)] = own.get((p, d, a.name), 0.0) + 1 / l.bandwidth
+    for (p, d, _), seconds in own.items():
+        p2p_own[p][d] = max(p2p_own[p][d], seconds)
+    for p, d, a, b in pairs:
+        if a.name == b.name:
+            p2p_own[p][d] = max(p2p_own[p][d], p2p[p][d])
 
     # Gradient rings: ranks equal in (p, t), in rank order; NIC shared by concurrent rings.
     ring_members = [[rank(pipeline=p, data=d, sequence=s, tensor=t) for d in range(dp) for s in range(sp)] for p in range(pp) for t in range(tp)]

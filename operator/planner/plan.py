@@ -66,7 +66,15 @@ class Plan:
 
 
 def plan_uniform(spec: TrainingJobSpec, replicas: dict[str, int] | None = None) -> Plan:
-    """Even plan over the spec's worker groups (or ``replicas`` per group, when resized)."""
+    """Even plan over the spec's worker groups (or ``replicas`` per group, when resized).
+
+    With ``parallelism.auto`` the planner decides instead, on the embedded default's
+    inventory: one node whose CPU ranks stand in for GPUs (``search.plan_job``).
+    """
+    if spec.parallelism.auto:
+        from .search import plan_job  # why: search builds on this module
+
+        return plan_job(spec, replicas=replicas)
     ranks: list[RankPlacement] = []
     for group in spec.workers:
         for replica in range(group.replicas if replicas is None else replicas.get(group.name, 0)):

@@ -90,7 +90,8 @@ def plan_job(spec: TrainingJobSpec, inventory: Inventory | None = None, replicas
         workers = [g.model_copy(update={"replicas": replicas.get(g.name, 0)}) for g in spec.workers]
         spec = spec.model_copy(update={"workers": [g for g in workers if g.replicas]})
     if inventory is None:
-        return search(spec, local_inventory(spec.world_size), Settings(search=RUNNABLE)).plan
+        runnable = dataclasses.replace(RUNNABLE, micro_batches=(spec.data.micro_batch,))
+        return search(spec, local_inventory(spec.world_size), Settings(search=runnable)).plan
     return search(spec, inventory).plan
 
 

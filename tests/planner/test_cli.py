@@ -1,0 +1,61 @@
+"""`shardwright plan`: output shape, exit code of an infeasible job; `parallelism: auto` runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from shardwright.operator.cli import main
+
+from .clusters import JOB, node, nodelist
+
+from tests.runner.test_local_run import REPO, shardwright_run, status
+
+EXAMPLE = REPO / "examples" / "plan-llama-8b.yaml"
+NODES = REPO / "examples" / "nodes" / "mixed.yaml"
+
+
+def test_json_output_has_the_documented_keys(capsys):
+    assert main(["plan", str(EXAMPLE), "--nodes", str(NODES), "-o", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"degrees", "groups", "ranks", "predictedStepSeconds", "memoryPerGpuBytes", "alternatives"} <= set(out)
+    assert set(out["degrees"]) == {"data", "tensor", "pipeline", "sequence"}
+    assert set(out["groups"]) == {"tensor", "sequence", "pipeline", "data"}
+    assert len(out["ranks"]) == 48 and {"rank", "node", "gpu", "share"} <= set(out["ranks"][0])
+    d = out["degrees"]
+    assert d["data"] * d["tensor"] * d["pipeline"] * d["sequence"] == 48
+    assert all(isinstance(g, list) and all(isinstance(r, int) for r in g) for g in out["groups"]["data"])
+
+
+def test_table_and_yaml_outputs(capsys):
+    assert main(["plan", str(EXAMPLE), "--nodes", str(NODES), "--explain"]) == 0
+    text = capsys.readouterr().out
+    assert "predicted step" in text and "alternatives:" in text and "h100-0" in text
+    assert main(["plan", str(EXAMPLE), "--nodes", str(NODES), "-o", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["degrees"]
+
+
+def test_infeasible_job_exits_2_naming_the_limit(tmp_path, capsys):
+    job = yaml.safe_load(yaml.safe_dump(JOB))
+    job["spec"]["workers"][0]["replicas"] = 4
+    job["spec"]["parallelism"] = {"data": 4}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump(nodelist(node("l0", "L40S", gpus=4))))
+    assert main(["plan", str(tmp_path / "job.yaml"), "--nodes", str(tmp_path / "nodes.yaml")]) == 2
+    assert "GiB per GPU at tensor=1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_auto_parallelism_runs_on_the_embedded_default(tmp_path):
+    doc = yaml.safe_load((REPO / "examples" / "tiny-train.yaml").read_text())
+    doc["spec"]["parallelism"] = {"auto": True}
+    doc["spec"]["training"]["steps"] = 6
+    doc["spec"]["checkpoint"]["intervalSteps"] = 3
+    manifest = tmp_path / "auto.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    run = shardwright_run(manifest, tmp_path / "work")
+    assert run.returncode == 0, run.stdout
+    st = status(tmp_path / "work")
+    assert st["phase"] == "Complete" and st["plan"].startswith("dp=2,sp=1")
