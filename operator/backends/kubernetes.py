@@ -94,18 +94,18 @@ class KubernetesBackend:
         for pod in self.pods:
             if pod["generation"] < action.generation:
                 self._delete_pod(pod["name"], grace=0)
-        self._create("Service", lambda body: self.core.create_namespaced_service(self.owner.namespace, body),
+        self._create("Service", lambda body: self.core.create_namespaced_service(self.owner.namespace, body, _preload_content=False),
                      render.render_service(self.owner, self.settings.pods))
         if (group := render.render_pod_group(self.owner, action, self.settings.pods)) is not None:
             api_version = group["apiVersion"]
             g, v = api_version.split("/")
-            self._create("PodGroup", lambda body: self.custom.create_namespaced_custom_object(g, v, self.owner.namespace, "podgroups", body), group)
+            self._create("PodGroup", lambda body: self.custom.create_namespaced_custom_object(g, v, self.owner.namespace, "podgroups", body, _preload_content=False), group)
         groups = {g.name: g for g in self.spec.workers}
         manifests = render.render_pods(self.owner, action, groups, self.settings.pods)
         made: list[str] = []
         try:
             for manifest in manifests:
-                self._create("Pod", lambda body: self.core.create_namespaced_pod(self.owner.namespace, body), manifest)
+                self._create("Pod", lambda body: self.core.create_namespaced_pod(self.owner.namespace, body, _preload_content=False), manifest)
                 made.append(manifest["metadata"]["name"])
         except ApiFailure:
             # Gang: a partial generation would block in its rendezvous; take it back.
@@ -152,6 +152,8 @@ class KubernetesBackend:
         return self.fetch_json(f"http://{rank0['ip']}:{self.settings.pods.telemetry_port}/status")
 
     def _create(self, kind: str, call: Callable[[dict], Any], body: dict[str, Any]) -> None:
+        # Responses are not read back (``_preload_content=False`` everywhere): nothing uses
+        # them, and parsing thousands of pods into client models costs the operator's CPU.
         try:
             call(body)
         except ApiException as e:
@@ -163,7 +165,7 @@ class KubernetesBackend:
 
     def _delete_pod(self, name: str, *, grace: int | None, quiet: bool = False) -> None:
         try:
-            self.core.delete_namespaced_pod(name, self.owner.namespace, grace_period_seconds=grace)
+            self.core.delete_namespaced_pod(name, self.owner.namespace, grace_period_seconds=grace, _preload_content=False)
             self.deleted.append(name)
         except ApiException as e:
             if e.status == 404:
@@ -181,7 +183,7 @@ def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str
     body = {"status": {**{k: None for k in old if k not in new}, **new}}
     try:
         client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-            "shardwright.io", "v1alpha1", namespace, "trainingjobs", name, body,
+            "shardwright.io", "v1alpha1", namespace, "trainingjobs", name, body, _preload_content=False,
         )
     except Exception as e:
         raise _failure(f"patch TrainingJob {namespace}/{name} status", e) from None
@@ -190,7 +192,7 @@ def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
     """ttlSecondsAfterFinished: the job and (by ownerReference) its children go."""
     try:
-        client.CustomObjectsApi(api).delete_namespaced_custom_object("shardwright.io", "v1alpha1", namespace, "trainingjobs", name)
+        client.CustomObjectsApi(api).delete_namespaced_custom_object("shardwright.io", "v1alpha1", namespace, "trainingjobs", name, _preload_content=False)
     except ApiException as e:
         if e.status != 404:
             raise _failure(f"delete TrainingJob {namespace}/{name}", e) from None

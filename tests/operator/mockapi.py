@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tiny_job(name: str = "tiny", **spec: Any) -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "examples" / "tiny-train.yaml").read_text())
-    doc["metadata"] = {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1}
+    # KMock assigns neither uid nor resourceVersion; Kopf's finalizer patch tests the latter.
+    doc["metadata"] = {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1, "resourceVersion": "1"}
     doc["spec"].update(spec)
     return doc
 
@@ -158,10 +159,11 @@ async def set_pod_phase(kmock, name: str, phase: str, *, exit_code: int | None =
     status: dict[str, Any] = {"phase": phase}
     if ip:
         status["podIP"] = ip
+    container = {"name": "ranks", "image": "shardwright", "imageID": "", "ready": phase == "Running", "restartCount": 0}
     if exit_code is not None:
-        status["containerStatuses"] = [{"name": "ranks", "state": {"terminated": {"exitCode": exit_code, "reason": reason or "Error"}}}]
+        status["containerStatuses"] = [container | {"state": {"terminated": {"exitCode": exit_code, "reason": reason or "Error"}}}]
     elif waiting:
-        status["containerStatuses"] = [{"name": "ranks", "state": {"waiting": {"reason": waiting, "message": "back-off pulling image"}}}]
+        status["containerStatuses"] = [container | {"state": {"waiting": {"reason": waiting, "message": "back-off pulling image"}}}]
     await api(kmock, "PATCH", obj_path(PODS, name) + "/status", {"status": status})
 
 
@@ -180,3 +182,13 @@ async def run_all(kmock, generation: int, *, step: int | None = None, telemetry:
 
 def job_status(kmock, name: str = "tiny") -> dict[str, Any]:
     return (kmock.objects[TJ, NS, name].raw.get("status") or {})
+
+
+def posted_events(kmock, reason: str) -> list[str]:
+    """Messages of the events the operator posted with ``reason``. KMock ignores
+    ``generateName``, so every event after the first is a 409: read the requests instead."""
+    out = []
+    for r in list(kmock):
+        if r.method == "POST" and r.url.path.endswith("/events") and isinstance(r.data, dict) and r.data.get("reason") == reason:
+            out.append(r.data.get("message", ""))
+    return out
