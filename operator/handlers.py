@@ -277,11 +277,18 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
     # write below fails (the next pass retries the write and does not redo the actions).
     memory.status = result.status
     wire = result.status.to_wire()
-    if wire != memory.written:
-        patch_status(memo.api, owner.namespace, owner.name, memory.written, wire)
-        memory.written = wire
-    memo.metrics.jobs.update(owner.namespace, owner.name, result.status, str(spec.runtime))
     requeue = result.requeue_after
+    if wire != memory.written:
+        try:
+            patch_status(memo.api, owner.namespace, owner.name, memory.written, wire)
+            memory.written = wire
+        except ApiFailure as e:
+            if not e.retryable:
+                raise
+            # The events of this pass still go out; the next pass writes the status again.
+            log.info(f"Status of {owner.namespace}/{owner.name} not written, retrying: {e}")
+            requeue = cfg.retry_seconds
+    memo.metrics.jobs.update(owner.namespace, owner.name, result.status, str(spec.runtime))
     st = result.status
     if st.phase.terminal and spec.ttl_seconds_after_finished is not None and st.completion_time:
         left = (parse_time(st.completion_time) - now).total_seconds() + spec.ttl_seconds_after_finished
