@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="delete the work directory first instead of resuming")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument("--ranks", type=int, help="ranks this machine offers the job (default: what the spec asks)")
+    p.add_argument("--inject", action="append", default=[], metavar="FAULT",
+                   help="inject a fault, e.g. kill:rank=1:step=30, hang:rank=0:step=50, slow:rank=1:factor=1.5, "
+                        "corrupt-checkpoint:step=40, shrink:ranks=1:step=60, grow:step=90 (repeatable)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("validate", help="check manifests; exit 2 naming every bad field")
@@ -94,6 +98,13 @@ def _run(args) -> int:
         print(f"{args.file}: expected exactly one TrainingJob, found {len(jobs)}", file=sys.stderr)
         return EXIT_INVALID
     job = jobs[0][1]
+    from shardwright.workers.faults import parse_fault
+
+    try:
+        faults = tuple(parse_fault(text) for text in args.inject)
+    except ValueError as e:
+        print(f"--inject: {e}", file=sys.stderr)
+        return EXIT_INVALID
 
     import os
 
@@ -103,7 +114,10 @@ def _run(args) -> int:
     workdir = args.workdir or Path(".shardwright") / job.metadata.namespace / job.metadata.name
     if args.fresh and workdir.exists():
         shutil.rmtree(workdir)
-    settings = runner.RunSettings(workdir=workdir, ray_address=args.ray_address, progress_bar=not args.no_progress)
+    settings = runner.RunSettings(
+        workdir=workdir, ray_address=args.ray_address, progress_bar=not args.no_progress,
+        ranks=args.ranks, faults=faults,
+    )
     return runner.run(job, settings).exit_code
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,7 +33,8 @@ class Console:
         self._write(text)
 
     def event(self, event: Event) -> None:
-        self.events.write(json.dumps({"type": event.type, "reason": event.reason, "message": event.message}) + "\n")
+        record = {"time": time.time(), "type": event.type, "reason": event.reason, "message": event.message}
+        self.events.write(json.dumps(record) + "\n")
         self.events.flush()
         self._write(f"{event.type:<7} {event.reason}: {event.message}")
 

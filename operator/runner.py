@@ -7,7 +7,9 @@ next ``shardwright run`` of the same file resumes; a second Ctrl-C stops at once
 
 Files under the work directory (``.shardwright/<namespace>/<name>`` by default):
 ``status.json`` (the object's status), ``events.jsonl``, ``steps.jsonl`` (rank 0's loss
-per step), ``metrics.prom`` (last scrape of every rank), ``checkpoints/``.
+per step), ``metrics.prom`` (last scrape of every rank), ``checkpoints/``, and
+``capacity``: write a number of ranks there while the job runs to change its rank budget
+(the local stand-in for nodes coming and going; an elastic job resizes to fit).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from shardwright.operator.api import Phase, TrainingJob, TrainingJobStatus
 from shardwright.operator.backends.local import LocalRayBackend, LocalSettings
 from shardwright.operator.console import Console
 from shardwright.operator.controller import Event, JobRef, StartGeneration, StopGeneration, reconcile
-from shardwright.operator.planner import plan_uniform
+from shardwright.operator.planner import plan_for_capacity
+from shardwright.workers.faults import CAPACITY_KINDS, Fault
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,10 @@ class RunSettings:
     scrape_seconds: float = 2.0
     ray_address: str | None = None
     progress_bar: bool = True
+    #: Ranks this machine offers the job (the local "capacity"); None: what the spec asks.
+    ranks: int | None = None
+    #: Injected faults (``--inject``): rank faults go to the ranks, shrink/grow act here.
+    faults: tuple[Fault, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +71,9 @@ def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:
     ref = JobRef(
         name=job.metadata.name, namespace=job.metadata.namespace, checkpoint_dir=str(ckpt_dir),
         object_generation=job.metadata.generation, step_log=str(workdir / "steps.jsonl"),
+        faults=tuple(f for f in settings.faults if f.kind not in CAPACITY_KINDS),
     )
-    plan = plan_uniform(job.spec)
+    capacity = _Capacity(settings.ranks, workdir / "capacity", [f for f in settings.faults if f.kind in CAPACITY_KINDS])
     backend = LocalRayBackend(LocalSettings(checkpoint_dir=ckpt_dir, ray_address=settings.ray_address))
     console = Console(job, workdir, total_steps=job.spec.training.steps, progress_bar=settings.progress_bar)
     interrupts = _Interrupts()
@@ -80,8 +88,9 @@ def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:
                     console.note("Interrupted: the ranks write a checkpoint and stop (Ctrl-C again to stop now)")
                 if interrupts.count > 1:
                     break
+                ranks = capacity.update(status, backend, console)  # before observing: a lost host shows now
                 observed = backend.observe(datetime.datetime.now(datetime.timezone.utc))
-                result = reconcile(ref, spec, plan, status, observed)
+                result = reconcile(ref, spec, plan_for_capacity(spec, ranks), status, observed)
                 for action in result.actions:
                     if isinstance(action, StartGeneration):
                         backend.start(action)
@@ -107,6 +116,31 @@ def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:
     outcome = RunOutcome(status, time.monotonic() - began, interrupted=interrupts.count > 0)
     console.summary(outcome.status, outcome.wall_seconds, ckpt_dir)
     return outcome
+
+
+class _Capacity:
+    """The rank budget: a setting, a file the user may edit, and shrink/grow injections."""
+
+    def __init__(self, ranks: int | None, path: Path, faults: list[Fault]) -> None:
+        self.ranks, self.path, self.pending = ranks, path, sorted(faults, key=lambda f: f.step)
+
+    def update(self, status: TrainingJobStatus | None, backend: LocalRayBackend, console: Console) -> int | None:
+        if self.path.exists():
+            try:
+                self.ranks = int(self.path.read_text().strip())
+            except ValueError:
+                console.note(f"{self.path}: not a number of ranks; ignored")
+            self.path.unlink()
+        while status is not None and self.pending and status.step >= self.pending[0].step:
+            fault = self.pending.pop(0)
+            if fault.kind == "shrink":
+                self.ranks = max(status.world_size - fault.ranks, 0)
+                backend.lose_ranks(status.generation, fault.ranks)
+                console.note(f"Injected: {fault.ranks} rank host(s) lost for good at step {status.step}")
+            else:
+                self.ranks = None
+                console.note(f"Injected: capacity back at step {status.step}")
+        return self.ranks
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -13,6 +13,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .faults import Fault
+
 #: Environment variable that carries the JSON ``WorkerConfig`` into a rank process.
 CONFIG_ENV = "SHARDWRIGHT_WORKER_CONFIG"
 #: Optional per-rank telemetry port, for ranks that share one host (the local runner).
@@ -133,6 +135,8 @@ class WorkerConfig(_Config):
     #: Intra-op threads per rank; fixed (not derived from the host) for reproducibility.
     threads: int = 1
     deterministic: bool = True
+    #: Faults to inject (``shardwright run --inject``); empty in production.
+    faults: tuple[Fault, ...] = ()
 
 
 class RankEnv(BaseModel):

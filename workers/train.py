@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import json
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import data as data_mod
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, damage
 from .config import RankEnv, WorkerConfig, softmax_kernel
+from .faults import KILL_EXIT_CODE
 from .mixers import SequenceContext
 from .model import Transformer
 from .telemetry import Telemetry
@@ -93,11 +95,12 @@ class Trainer:
         )
         self.telemetry.serve(env.telemetry_port if env.telemetry_port is not None else cfg.telemetry_port)
         self.step = 0
+        resumed, rejected = None, []
         if cfg.checkpoint.resume_from:
-            manifest = self.checkpointer.load(cfg.checkpoint.resume_from, self.model, self.optimizer)
-            self.step = manifest["step"]
+            manifest, rejected = self.checkpointer.load(cfg.checkpoint.resume_from, self.model, self.optimizer)
+            self.step = resumed = manifest["step"]
             self.telemetry.record_checkpoint(manifest)
-        self.telemetry.update(state="running", step=self.step, resumedFrom=cfg.checkpoint.resume_from)
+        self.telemetry.update(state="running", step=self.step, resumedFrom=resumed, rejectedCheckpoints=rejected)
 
     def _sequence_group(self) -> dist.ProcessGroup | None:
         par = self.cfg.parallel
@@ -117,8 +120,10 @@ class Trainer:
         stopped = False
         while self.step < total and not stopped:
             began = time.monotonic()
+            self.telemetry.update(activity="computing")
             loss_sum = self.train_step()
             self.step += 1
+            self.inject_rank_faults(time.monotonic() - began)
             seconds = time.monotonic() - began
             loss, stopped, step_seconds = self.exchange_step_facts(loss_sum, seconds)
             ends = (ends + [time.monotonic()])[-THROUGHPUT_WINDOW - 1 :]
@@ -129,10 +134,11 @@ class Trainer:
             )
             self.log_step(loss, seconds, rate)
             if stopped or self.checkpointer.due(self.step, total):
-                manifest = self.checkpointer.save(
-                    self.step, self.model, self.optimizer, data_position=self.step * self.cfg.data.global_batch
-                )
-                self.telemetry.record_checkpoint(manifest)
+                self.checkpointer.save(self.step, self.model, self.optimizer, data_position=self.step * self.cfg.data.global_batch)
+                self.inject_rank_faults(0.0, during="checkpoint")
+            self.record_commits()
+        self.checkpointer.wait()
+        self.record_commits()
         state = "stopped" if stopped and self.step < total else "complete"
         self.telemetry.update(state=state)
         return {**self.telemetry.status(), "state": state}
@@ -163,6 +169,29 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
 
+    def inject_rank_faults(self, compute_seconds: float, during: str | None = None) -> None:
+        """Carry out the faults this config injects at this step (see workers/faults.py)."""
+        where = {"rank": self.env.rank, "step": self.step, "generation": self.cfg.generation}
+        for fault in self.cfg.faults:
+            if fault.during != during:
+                continue
+            if fault.kind == "slow" and fault.active(**where):
+                time.sleep((fault.factor - 1.0) * compute_seconds)
+            elif fault.kind == "kill" and fault.fires(**where):
+                os._exit(KILL_EXIT_CODE)
+            elif fault.kind == "hang" and fault.fires(**where):
+                self.telemetry.update(activity="hung")
+                while True:
+                    time.sleep(3600)
+
+    def record_commits(self) -> None:
+        """Publish checkpoints committed since the last step; damage one if a fault says so."""
+        for manifest in self.checkpointer.take_committed():
+            self.telemetry.record_checkpoint(manifest)
+            for fault in self.cfg.faults:
+                if fault.kind == "corrupt-checkpoint" and fault.fires(rank=0, step=manifest["step"], generation=self.cfg.generation):
+                    damage(manifest)
+
     def exchange_step_facts(self, loss_sum: torch.Tensor, seconds: float) -> tuple[float, bool, list[float]]:
         """One small all-reduce per step: global loss, any rank asked to stop, every rank's time."""
         world = self.env.world_size
@@ -170,6 +199,7 @@ class Trainer:
         facts[0] = loss_sum
         facts[1] = float(self.stop.is_set())
         facts[2 + self.env.rank] = seconds
+        self.telemetry.update(activity="syncing")
         dist.all_reduce(facts)
         loss = facts[0].item() / (self.cfg.data.global_batch * self.cfg.data.seq_len)
         return loss, bool(facts[1] > 0), facts[2:].tolist()

@@ -49,6 +49,11 @@ class Reason(StrEnum):
     STOPPED = "Stopped"
     TRAINING_COMPLETE = "TrainingComplete"
     RANKS_LOST = "RanksLost"
+    NO_PROGRESS = "ProgressDeadlineExceeded"
+    CHECKPOINT_REJECTED = "CheckpointRejected"
+    RESIZING = "Resizing"
+    RESHARDED = "Resharded"
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
 
 
 class EventType(StrEnum):

@@ -187,6 +187,12 @@ class FailureRule(ApiModel):
 
 class FailurePolicySpec(ApiModel):
     max_restarts: int = Field(default=3, ge=0, description="Restarts before the job fails.")
+    progress_deadline_seconds: int = Field(
+        default=600, ge=1,
+        description="A generation that completes no step for this long is hung: it is ended "
+        "and restarted (far below the 30-minute collective timeout). Counts from the moment "
+        "its ranks first report, so start-up time is not included.",
+    )
     backoff: BackoffSpec = Field(default_factory=BackoffSpec)
     rules: list[FailureRule] = Field(default_factory=list)
 
@@ -258,7 +264,12 @@ class TrainingJobStatus(ApiModel):
     tokens_per_second: float | None = None
     last_checkpoint: CheckpointRef | None = None
     restarts: int = 0
+    steps_lost: int = Field(default=0, description="Steps trained again after failures, in total.")
+    rejected_checkpoints: list[int] = Field(
+        default_factory=list, description="Steps of damaged checkpoints the loader skipped."
+    )
     start_time: str | None = None
+    last_progress_time: str | None = Field(default=None, description="When the step last advanced.")
     generation_start_time: str | None = None
     next_start_time: str | None = Field(default=None, description="Backoff: restart not before.")
     completion_time: str | None = None

@@ -32,6 +32,8 @@ from shardwright.workers.config import RankEnv
 
 #: The worker entry point every rank runs: ``module:function(config_json, env, stop)``.
 ENTRY = "shardwright.workers.train:main"
+#: Seconds ``lose_ranks`` waits for Ray to confirm the killed ranks are gone.
+LOSS_TIMEOUT_S = 10.0
 
 
 @ray.remote(num_cpus=0, max_concurrency=2)
@@ -114,10 +116,12 @@ class LocalRayBackend:
                     ray.kill(rank.actor, no_restart=True)
 
     def lose_ranks(self, generation: int, count: int) -> None:
-        """End the highest ``count`` ranks of ``generation`` as if their host died."""
-        for rank in self.generations.get(generation, [])[-count:]:
-            if rank.state is RankState.RUNNING:
-                ray.kill(rank.actor, no_restart=True)
+        """End the highest ``count`` ranks of ``generation`` as if their host died; returns
+        once Ray reports them dead, so the next observation sees the loss."""
+        lost = [r for r in self.generations.get(generation, [])[-count:] if r.state is RankState.RUNNING]
+        for rank in lost:
+            ray.kill(rank.actor, no_restart=True)
+        ray.wait([r.future for r in lost], num_returns=len(lost), timeout=LOSS_TIMEOUT_S)
 
     def observe(self, now: datetime.datetime) -> Observed:
         observations = []

@@ -16,6 +16,8 @@ class RankObservation:
     exit_code: int | None = None
     message: str = ""
     node: str | None = None
+    #: What the rank reported last: ``computing``, ``syncing`` (in a collective), ``hung``.
+    activity: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -32,6 +34,10 @@ class Progress:
     tokens_per_second: float | None = None
     #: Last step time of every rank, by rank.
     step_seconds: tuple[float, ...] = ()
+    #: Step of the checkpoint this generation loaded, if any.
+    resumed_from: int | None = None
+    #: Damaged checkpoints the loader skipped: (step, what is wrong).
+    rejected: tuple[tuple[int, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

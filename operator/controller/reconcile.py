@@ -40,10 +40,12 @@ RANK_DETAIL_LIMIT = 16
 def reconcile(
     job: JobRef,
     spec: TrainingJobSpec,
-    plan: Plan,
+    plan: Plan | None,
     status: TrainingJobStatus | None,
     observed: Observed,
 ) -> Result:
+    """One reconcile pass. ``plan`` is the plan for the capacity available now (the caller
+    plans); None when not even the elastic minimum fits, and nothing can start."""
     return _Reconcile(job, spec, plan, status, observed).run()
 
 
@@ -59,18 +61,20 @@ class _Reconcile:
         self.requeue_after: float | None = None
 
     def run(self) -> Result:
+        self.observe_progress()
         for step in (
             self.ensure_created,
             self.ensure_terminal_quiet,
             self.ensure_deadline,
             self.ensure_suspended,
             self.ensure_stale_stopped,
+            self.ensure_resized,
             self.ensure_generation_started,
             self.ensure_generation_outcome,
         ):
             if step():
                 break
-        self.record_progress()
+        self.summarize_ranks()
         self.status.observed_generation = self.job.object_generation
         return Result(tuple(self.actions), self.status, self.requeue_after)
 
@@ -80,7 +84,8 @@ class _Reconcile:
         if self.status.start_time is None:
             self.status.start_time = self.now
             self.condition(ConditionType.CREATED, True, Reason.CREATED, "Job accepted")
-            self.event(EventType.NORMAL, Reason.CREATED, f"Accepted: {self.plan.summary}")
+            planned = self.plan.summary if self.plan else "waiting for capacity"
+            self.event(EventType.NORMAL, Reason.CREATED, f"Accepted: {planned}")
         return False
 
     def ensure_terminal_quiet(self) -> bool:
@@ -123,6 +128,24 @@ class _Reconcile:
         """Gang semantics: ranks of an older generation are gone before a new one starts."""
         return self.stop_alive(lambda r: r.generation != self.status.generation, Reason.STOPPED)
 
+    def ensure_resized(self) -> bool:
+        """Capacity changed under a running generation: checkpoint, stop, restart resized.
+
+        A generation that lost a rank fails on its own; this handles the planned case (the
+        rank budget or the ready nodes changed) without spending the restart budget.
+        """
+        st = self.status
+        if st.phase is not Phase.RUNNING or self.plan is None or self.plan.world_size == st.world_size:
+            return False
+        if not all(r.alive for r in self.seen.of_generation(st.generation)):
+            return False  # a rank is gone: that is a failure, handled with the outcome
+        st.phase = Phase.RESTARTING
+        message = f"World size {st.world_size} -> {self.plan.world_size} at the next step boundary"
+        self.condition(ConditionType.RESTARTING, True, Reason.RESIZING, message)
+        self.event(EventType.NORMAL, Reason.RESIZING, message)
+        self.stop_alive(lambda r: r.generation == st.generation, Reason.RESIZING, graceful=True)
+        return True
+
     def ensure_generation_started(self) -> bool:
         st = self.status
         needs_start = st.generation == 0 or st.phase in (Phase.RESTARTING, Phase.SUSPENDED)
@@ -135,6 +158,9 @@ class _Reconcile:
             if wait > 0:
                 self.requeue(wait)
                 return True
+        if self.plan is None:
+            self.wait_for_capacity()
+            return True
         self.start_generation()
         return True
 
@@ -143,15 +169,22 @@ class _Reconcile:
         ranks = self.seen.of_generation(st.generation)
         failed = [r for r in ranks if r.state is RankState.FAILED]
         if failed:
-            self.handle_failure(failed)
+            first = failed[0]
+            code = f" (exit code {first.exit_code})" if first.exit_code is not None else ""
+            message = f"Rank {first.rank} failed{code}: {first.message}".rstrip(": ")
+            self.restart_or_fail(Reason.RANK_FAILED, message, decide(self.spec, failed))
         elif not ranks:
             # A generation just started may not be visible yet (a lagging cache): only
             # ranks that were running and vanished count as lost.
             if st.phase is Phase.RUNNING:
-                self.handle_failure([], lost=True)
-        elif len(ranks) == self.plan.world_size and all(r.state is RankState.SUCCEEDED for r in ranks):
+                self.restart_or_fail(Reason.RANKS_LOST, f"Every rank of generation {st.generation} is gone")
+        elif len(ranks) == st.world_size and all(r.state is RankState.SUCCEEDED for r in ranks):
             self.complete()
-        elif len(ranks) == self.plan.world_size and all(r.state is RankState.RUNNING for r in ranks):
+        elif (stalled := self.stalled_seconds()) is not None:
+            computing = [r.rank for r in ranks if r.activity == "hung" or r.activity == "computing"]
+            who = f"; ranks not waiting in a collective: {computing}" if computing else ""
+            self.restart_or_fail(Reason.NO_PROGRESS, f"No step completed for {stalled:.0f}s (step {st.step}){who}")
+        elif len(ranks) == st.world_size and all(r.state is RankState.RUNNING for r in ranks):
             if st.phase is not Phase.RUNNING:
                 st.phase = Phase.RUNNING
                 self.condition(ConditionType.RUNNING, True, Reason.RANKS_RUNNING, f"{len(ranks)} ranks running")
@@ -162,17 +195,25 @@ class _Reconcile:
 
     def start_generation(self) -> None:
         st = self.status
-        resume = self.seen.latest_checkpoint
+        usable = [c for c in self.seen.checkpoints if c.step not in st.rejected_checkpoints]
+        resume = usable[-1] if usable else None
         st.generation += 1
         st.world_size = self.plan.world_size
         st.plan = self.plan.summary
         st.generation_start_time = self.now
+        st.last_progress_time = None  # set when the new ranks first report
         st.next_start_time = None
         # Pending until every rank of the new generation runs; staying Restarting or
         # Suspended would make the next reconcile start yet another generation.
         st.phase = Phase.PENDING
         config = worker_config(self.job, self.spec, self.plan, st.generation, resume)
         self.actions.append(StartGeneration(st.generation, self.plan, config))
+        if resume is not None and resume.world_size != self.plan.world_size:
+            self.event(
+                EventType.NORMAL, Reason.RESHARDED,
+                f"Checkpoint of step {resume.step} written at world size {resume.world_size} ({resume.layout}) "
+                f"loads at {self.plan.world_size} ({self.plan.dims.layout})",
+            )
         if st.generation > 1 and resume is not None:
             self.event(
                 EventType.NORMAL,
@@ -183,17 +224,20 @@ class _Reconcile:
             where = f"from step {resume.step}" if resume else "from scratch"
             self.event(EventType.NORMAL, Reason.GENERATION_STARTED, f"Generation {st.generation} ({self.plan.summary}) starts {where}")
 
-    def handle_failure(self, failed: list[RankObservation], *, lost: bool = False) -> None:
+    def wait_for_capacity(self) -> None:
+        message = f"Not enough ranks available for {self.spec.world_size} (or the elastic minimum)"
+        if not any(c.reason == Reason.INSUFFICIENT_CAPACITY for c in self.status.conditions):
+            self.event(EventType.WARNING, Reason.INSUFFICIENT_CAPACITY, message)
+        self.condition(ConditionType.RUNNING, False, Reason.INSUFFICIENT_CAPACITY, message)
+
+    def restart_or_fail(self, reason: Reason, message: str, action: FailureAction = FailureAction.RETRY) -> None:
+        """End the current generation; restart it from the last checkpoint or fail the job."""
         st = self.status
-        reason = Reason.RANKS_LOST if lost else Reason.RANK_FAILED
-        if lost:
-            message = f"Every rank of generation {st.generation} is gone"
-            action = FailureAction.RETRY
-        else:
-            first = failed[0]
-            code = f" (exit code {first.exit_code})" if first.exit_code is not None else ""
-            message = f"Rank {first.rank} failed{code}: {first.message}".rstrip(": ")
-            action = decide(self.spec, failed)
+        latest = self.seen.latest_checkpoint
+        lost = max(st.step - (latest.step if latest else 0), 0)
+        st.steps_lost += lost
+        # The step comes from the last poll of rank 0, so this is a lower bound.
+        message = f"{message}; at least {lost} steps since the last checkpoint are lost"
         self.stop_alive(lambda r: r.generation == st.generation, reason)
         self.event(EventType.WARNING, reason, message)
         if action is FailureAction.FAIL:
@@ -245,14 +289,41 @@ class _Reconcile:
                 self.actions.append(StopGeneration(gen, graceful, reason))
         return bool(generations)
 
-    def record_progress(self) -> None:
+    def stalled_seconds(self) -> float | None:
+        """Seconds since the step last advanced, when past the progress deadline."""
+        since = self.status.last_progress_time
+        if since is None:
+            return None
+        stalled = (self.seen.now - parse_time(since)).total_seconds()
+        limit = self.spec.failure_policy.progress_deadline_seconds
+        if stalled <= limit:
+            self.requeue(limit - stalled)
+            return None
+        return stalled
+
+    def observe_progress(self) -> None:
+        """Fold rank 0's report into status: step, loss, throughput, damaged checkpoints."""
+        st = self.status
+        if (ckpt := self.seen.latest_checkpoint) is not None:
+            st.last_checkpoint = ckpt
+        p = self.seen.progress
+        if p is None or p.generation != st.generation:
+            return
+        if p.step != st.step or st.last_progress_time is None:
+            st.last_progress_time = self.now
+        st.step, st.loss, st.tokens_per_second = p.step, p.loss, p.tokens_per_second
+        for step, why in p.rejected:
+            if step not in st.rejected_checkpoints:
+                st.rejected_checkpoints.append(step)
+                self.event(
+                    EventType.WARNING, Reason.CHECKPOINT_REJECTED,
+                    f"Checkpoint of step {step} is damaged ({why}); generation {p.generation} resumed from step {p.resumed_from} instead",
+                )
+
+    def summarize_ranks(self) -> None:
         st = self.status
         ranks = self.seen.of_generation(st.generation)
         st.ready_ranks = sum(r.state is RankState.RUNNING for r in ranks)
-        if (p := self.seen.progress) is not None and p.generation == st.generation:
-            st.step, st.loss, st.tokens_per_second = p.step, p.loss, p.tokens_per_second
-        if (ckpt := self.seen.latest_checkpoint) is not None:
-            st.last_checkpoint = ckpt
         if st.world_size <= RANK_DETAIL_LIMIT and ranks:
             times = self.seen.progress.step_seconds if self.seen.progress else ()
             st.ranks = [

@@ -6,6 +6,7 @@ import dataclasses
 
 from shardwright.operator.api import CheckpointRef, TrainingJobSpec
 from shardwright.operator.planner import Plan
+from shardwright.workers.faults import Fault
 from shardwright.workers.config import (
     CheckpointConfig,
     DataConfig,
@@ -27,6 +28,8 @@ class JobRef:
     telemetry_port: int = 0
     #: Where rank 0 appends its per-step log; None: no log.
     step_log: str | None = None
+    #: Faults injected into the ranks (``shardwright run --inject``); empty in production.
+    faults: tuple[Fault, ...] = ()
 
 
 def worker_config(
@@ -74,4 +77,5 @@ def worker_config(
         ),
         telemetry_port=job.telemetry_port,
         step_log=job.step_log,
+        faults=job.faults,
     )

@@ -35,11 +35,11 @@ RESIZE_TOLERANCE = 5e-3
 RUN_TIMEOUT_S = 300
 
 
-def shardwright_run(manifest: Path, workdir: Path, *, interrupt_after: int | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI; with ``interrupt_after``, press Ctrl-C (SIGINT to its process group)
-    once the step log has that many lines, as a terminal would."""
+def shardwright_run(manifest: Path, workdir: Path, *args: str, interrupt_after: int | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI (extra ``args`` appended); with ``interrupt_after``, press Ctrl-C (SIGINT
+    to its process group) once the step log has that many lines, as a terminal would."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    cmd = [*SHARDWRIGHT, "run", str(manifest), "--workdir", str(workdir), "--no-progress"]
+    cmd = [*SHARDWRIGHT, "run", str(manifest), "--workdir", str(workdir), "--no-progress", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     if interrupt_after is not None:
         deadline = time.monotonic() + RUN_TIMEOUT_S

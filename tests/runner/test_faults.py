@@ -1,0 +1,137 @@
+"""Faults on the embedded default: real Ray actors, real gloo, real DCP checkpoints.
+
+A killed, hung or resized job completes; after a restart at the same world size its loss
+curve is bit-identical to an uninterrupted run; a damaged newest checkpoint is skipped
+and status says so; a kill during a checkpoint write never damages a committed one; an
+exhausted restart budget fails the job for good.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shardwright.workers.checkpoint import verify
+from shardwright.workers.manifest import committed
+
+from .test_local_run import EXAMPLE, RESIZE_TOLERANCE, curve, shardwright_run, status
+
+pytestmark = pytest.mark.slow
+
+STEPS = 40
+#: Seconds without a step after which a generation counts as hung (the job's policy).
+DEADLINE_S = 8
+
+
+def fault_job(tmp_path: Path, *, replicas: int = 2, max_restarts: int = 2, elastic: bool = False, steps: int = STEPS) -> Path:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["workers"][0]["replicas"] = replicas
+    doc["spec"]["training"]["steps"] = steps
+    doc["spec"]["checkpoint"] = {"intervalSteps": 10, "keep": 3}
+    doc["spec"]["failurePolicy"] = {
+        "maxRestarts": max_restarts, "progressDeadlineSeconds": DEADLINE_S, "backoff": {"initialSeconds": 0.5},
+    }
+    if elastic:
+        doc["spec"]["elastic"] = {"minReplicas": 2, "maxReplicas": replicas}
+    path = tmp_path / f"job-{replicas}-{max_restarts}-{elastic}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def events(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines()]
+
+
+def reasons(workdir: Path) -> list[str]:
+    return [e["reason"] for e in events(workdir)]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> dict[int, float]:
+    tmp = tmp_path_factory.mktemp("baseline")
+    run = shardwright_run(fault_job(tmp), tmp / "wd")
+    assert run.returncode == 0, run.stdout
+    return curve(tmp / "wd")
+
+
+def test_killed_rank_restarts_from_checkpoint_bit_identical(baseline, tmp_path):
+    wd = tmp_path / "wd"
+    run = shardwright_run(fault_job(tmp_path), wd, "--inject", "kill:rank=1:step=25")
+    assert run.returncode == 0, run.stdout
+    st = status(wd)
+    assert st["phase"] == "Complete" and st["restarts"] == 1 and st["generation"] == 2
+    assert "RankFailed" in reasons(wd) and "RestartedFromCheckpoint" in reasons(wd)
+    assert any("resumes from step 20" in e["message"] for e in events(wd))
+    assert curve(wd) == baseline
+
+
+def test_hung_rank_is_detected_within_the_deadline(baseline, tmp_path):
+    wd = tmp_path / "wd"
+    run = shardwright_run(fault_job(tmp_path), wd, "--inject", "hang:rank=0:step=25")
+    assert run.returncode == 0, run.stdout
+    hung = next(e for e in events(wd) if e["reason"] == "ProgressDeadlineExceeded")
+    last_step = max(line["time"] for line in map(json.loads, (wd / "steps.jsonl").read_text().splitlines()) if line["generation"] == 1)
+    detection = hung["time"] - last_step
+    assert DEADLINE_S <= detection < DEADLINE_S + 5, detection
+    assert status(wd)["phase"] == "Complete"
+    assert curve(wd) == baseline
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(baseline, tmp_path):
+    wd = tmp_path / "wd"
+    run = shardwright_run(fault_job(tmp_path), wd, "--inject", "corrupt-checkpoint:step=30", "--inject", "kill:rank=1:step=33")
+    assert run.returncode == 0, run.stdout
+    st = status(wd)
+    assert st["phase"] == "Complete" and st["rejectedCheckpoints"] == [30]
+    rejected = next(e for e in events(wd) if e["reason"] == "CheckpointRejected")
+    assert "step 30 is damaged" in rejected["message"] and "resumed from step 20" in rejected["message"]
+    assert (wd / "checkpoints" / "step-00000030.corrupt").is_dir()
+    assert curve(wd) == baseline
+
+
+def test_kill_during_checkpoint_write_damages_no_committed_checkpoint(baseline, tmp_path):
+    wd = tmp_path / "wd"
+    run = shardwright_run(fault_job(tmp_path), wd, "--inject", "kill:rank=1:step=20:during=checkpoint")
+    assert run.returncode == 0, run.stdout
+    assert any("resumes from step 10" in e["message"] for e in events(wd))  # 20 never committed
+    for manifest in committed(wd / "checkpoints"):
+        assert verify(manifest) is None, manifest["step"]
+    assert curve(wd) == baseline
+
+
+def test_exhausted_restart_budget_fails_for_good(tmp_path):
+    wd = tmp_path / "wd"
+    run = shardwright_run(fault_job(tmp_path, max_restarts=1), wd, "--inject", "kill:rank=1:step=15", "--inject", "kill:rank=0:step=25:gen=2")
+    assert run.returncode == 1, run.stdout
+    st = status(wd)
+    assert st["phase"] == "Failed" and st["restarts"] == 1 and st["generation"] == 2
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded" and "restart budget of 1 used up" in failed["message"]
+    assert reasons(wd).count("RestartedFromCheckpoint") == 1
+
+
+def test_shrink_then_grow_keeps_global_batch_and_trajectory(tmp_path):
+    steps = 60
+    job = fault_job(tmp_path, replicas=4, elastic=True, steps=steps)
+    full = shardwright_run(job, tmp_path / "full")
+    assert full.returncode == 0, full.stdout
+    wd = tmp_path / "wd"
+    run = shardwright_run(job, wd, "--inject", "shrink:ranks=2:step=15", "--inject", "grow:step=30")
+    assert run.returncode == 0, run.stdout
+    # Losing two hosts fails the generation; it restarts at 2 ranks, then grows back to 4.
+    assert status(wd)["restarts"] == 1 and "RankFailed" in reasons(wd)
+    resharded = [e["message"] for e in events(wd) if e["reason"] == "Resharded"]
+    assert len(resharded) == 2
+    assert "world size 4" in resharded[0] and "loads at 2" in resharded[0]
+    assert "world size 2" in resharded[1] and "loads at 4" in resharded[1]
+    generations = {line["generation"] for line in map(json.loads, (wd / "steps.jsonl").read_text().splitlines())}
+    assert generations == {1, 2, 3}  # every generation trained
+    assert committed(wd / "checkpoints")[-1]["worldSize"] == 4
+    assert committed(wd / "checkpoints")[-1]["dataPosition"] == steps * 16
+    reference, resized = curve(tmp_path / "full"), curve(wd)
+    assert sorted(resized) == list(range(1, steps + 1))
+    worst = max(abs(reference[s] - resized[s]) for s in resized)
+    assert worst < RESIZE_TOLERANCE, worst
