@@ -1,0 +1,104 @@
+"""Recovery transitions of the reconcile core: hangs, lost steps, damaged checkpoints,
+resizing on capacity change, and waiting when capacity is short."""
+
+from __future__ import annotations
+
+from shardwright.operator.api import Phase, RankState
+from shardwright.operator.controller import Progress, RankObservation, StartGeneration, StopGeneration
+from shardwright.operator.planner import plan_for_capacity
+
+from shardwright.operator.api import CheckpointRef
+
+from .driver import Driver, checkpoint, ranks, reasons, running, spec
+
+DEADLINE = 30
+
+
+def hang_driver() -> Driver:
+    d = Driver(spec(**{"failurePolicy.progressDeadlineSeconds": DEADLINE}))
+    d.start()
+    d.tick(2, running(1), Progress(generation=1, step=5))
+    return d
+
+
+def test_no_progress_within_the_deadline_restarts_the_generation():
+    d = hang_driver()
+    quiet = d.tick(2 + DEADLINE, running(1), Progress(generation=1, step=5))
+    assert not quiet.of_type(StopGeneration) and quiet.requeue_after is not None
+    hung = d.tick(2 + DEADLINE + 1, ranks(1, RankState.RUNNING, RankState.RUNNING, activity="computing"), Progress(generation=1, step=5), (checkpoint(4),))
+    assert "ProgressDeadlineExceeded" in reasons(hung)
+    assert hung.of_type(StopGeneration)[0].generation == 1
+    assert hung.status.phase is Phase.RESTARTING and hung.status.restarts == 1
+    assert hung.status.steps_lost == 1  # step 5, checkpoint at 4
+
+
+def test_progress_resets_the_deadline_and_start_up_is_not_counted():
+    d = Driver(spec(**{"failurePolicy.progressDeadlineSeconds": DEADLINE}))
+    d.start()
+    # No report yet from the new ranks: however long start-up takes, it is not a hang.
+    assert not d.tick(10 * DEADLINE, running(1)).of_type(StopGeneration)
+    d.tick(10 * DEADLINE + 1, running(1), Progress(generation=1, step=1))
+    later = d.tick(11 * DEADLINE, running(1), Progress(generation=1, step=2))
+    assert later.status.phase is Phase.RUNNING and not later.of_type(StopGeneration)
+
+
+def test_restart_resumes_from_newest_undamaged_checkpoint_and_reports_the_damaged_one():
+    d = hang_driver()
+    d.tick(3, (running(1)[0], RankObservation(1, 1, RankState.FAILED, message="boom")), None, (checkpoint(2), checkpoint(4)))
+    start = d.tick(10, (), None, (checkpoint(2), checkpoint(4))).of_type(StartGeneration)[0]
+    assert start.config.checkpoint.resume_from.endswith("step-00000004")
+    reported = d.tick(11, running(2), Progress(generation=2, step=2, resumed_from=2, rejected=((4, "shard fails its CRC-32"),)), (checkpoint(2),))
+    assert "CheckpointRejected" in reasons(reported)
+    assert reported.status.rejected_checkpoints == [4]
+    again = d.tick(12, running(2), Progress(generation=2, step=3, resumed_from=2, rejected=((4, "x"),)), (checkpoint(2),))
+    assert "CheckpointRejected" not in reasons(again)  # told once
+
+
+def test_capacity_change_resizes_gracefully_without_spending_the_budget():
+    d = Driver(spec(**{"workers": [{"name": "worker", "replicas": 4}], "elastic": {"minReplicas": 2, "maxReplicas": 4}}))
+    d.start()
+    d.tick(1, running(1, world=4))
+    d.plan = plan_for_capacity(d.spec, 2)
+    resize = d.tick(2, running(1, world=4), Progress(generation=1, step=7), (checkpoint(5),))
+    assert "Resizing" in reasons(resize)
+    assert resize.of_type(StopGeneration)[0].graceful
+    # The ranks checkpoint at step 8 and exit; the next generation starts at 2 ranks.
+    done = tuple(RankObservation(1, i, RankState.SUCCEEDED) for i in range(4))
+    at_four = CheckpointRef(step=8, uri="/ckpt/tiny-train/step-00000008", world_size=4, layout="dp=4,sp=1")
+    restart = d.tick(3, done, None, (checkpoint(5), at_four))
+    (start,) = restart.of_type(StartGeneration)
+    assert start.plan.world_size == 2 and start.config.checkpoint.resume_from.endswith("step-00000008")
+    assert "Resharded" in reasons(restart)
+    assert restart.status.restarts == 0 and restart.status.phase is Phase.PENDING
+
+
+def test_a_failed_rank_is_a_failure_even_when_capacity_shrank_at_once():
+    d = Driver(spec(**{"workers": [{"name": "worker", "replicas": 4}], "elastic": {"minReplicas": 2, "maxReplicas": 4}}))
+    d.start()
+    d.tick(1, running(1, world=4))
+    d.plan = plan_for_capacity(d.spec, 2)
+    lost = running(1, world=4)[:2] + tuple(RankObservation(1, i, RankState.FAILED, message="host lost") for i in (2, 3))
+    result = d.tick(2, lost, None, (checkpoint(5),))
+    assert "RankFailed" in reasons(result) and "Resizing" not in reasons(result)
+    assert result.status.restarts == 1
+
+
+def test_too_little_capacity_waits_and_says_why_once():
+    d = Driver(spec(**{"workers": [{"name": "worker", "replicas": 4}], "elastic": {"minReplicas": 3, "maxReplicas": 4}}))
+    d.plan = plan_for_capacity(d.spec, 2)
+    assert d.plan is None
+    first = d.tick()
+    assert not first.of_type(StartGeneration) and "InsufficientCapacity" in reasons(first)
+    second = d.tick(5)
+    assert "InsufficientCapacity" not in reasons(second) and not second.of_type(StartGeneration)
+    d.plan = plan_for_capacity(d.spec, 3)
+    assert d.tick(6).of_type(StartGeneration)[0].plan.world_size == 3
+
+
+def test_elastic_replicas_shrink_to_what_fits():
+    s = spec(**{"workers": [{"name": "worker", "replicas": 4}], "elastic": {"minReplicas": 2, "maxReplicas": 4}})
+    assert plan_for_capacity(s, None).world_size == 4
+    assert plan_for_capacity(s, 3).world_size == 3
+    assert plan_for_capacity(s, 1) is None
+    rigid = spec(**{"workers": [{"name": "worker", "replicas": 4}]})
+    assert plan_for_capacity(rigid, 3) is None and plan_for_capacity(rigid, 8).world_size == 4
