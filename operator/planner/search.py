@@ -173,7 +173,10 @@ def _estimates(w: Workload, topo: cost.Topology, settings: Settings):
         if mb > 1 and mb > per_rank:
             break  # why: a larger micro-batch than any rank's samples only adds padding
         for rc in settings.search.recompute:
-            yield cost.estimate(w, topo, mb, rc, settings.cost)
+            est = cost.estimate(w, topo, mb, rc, settings.cost)
+            yield est
+            if est.feasible and not rc:
+                break  # why: recomputation only adds FLOPs; it is worth trying only when memory is short
 
 
 def _rank_key(est: cost.Estimate, order: str) -> tuple:
