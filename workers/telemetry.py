@@ -48,6 +48,7 @@ class Telemetry:
         self.throughput = make(Gauge, "shardwright_rank_tokens_per_second", "Global tokens per second over the last steps.")
         self.step = make(Gauge, "shardwright_rank_step", "Optimizer step this rank has completed.")
         self.checkpoint_step = make(Gauge, "shardwright_rank_checkpoint_step", "Step of the last committed checkpoint.")
+        self.checkpoint_stall = make(Histogram, "shardwright_rank_checkpoint_stall_seconds", "Training time a checkpoint takes from the step loop (the host snapshot when asynchronous).", buckets=STEP_BUCKETS)
         info = Gauge("shardwright_rank_info", "Generation and layout of this rank.", [*names, "generation", "layout"], registry=self.registry)
         info.labels(**labels, generation=str(generation), layout=layout).set(1)
 
@@ -62,8 +63,10 @@ class Telemetry:
 
     # ------------------------------------------------------------------ recording
 
-    def record_step(self, *, step: int, loss: float, seconds: float, tokens: int, tokens_per_second: float, step_seconds: list[float]) -> None:
+    def record_step(self, *, step: int, loss: float, seconds: float, tokens: int, tokens_per_second: float, step_seconds: list[float], checkpoint_stall: float | None = None) -> None:
         self.step_seconds.observe(seconds)
+        if checkpoint_stall is not None:
+            self.checkpoint_stall.observe(checkpoint_stall)
         self.steps.inc()
         self.tokens.inc(tokens)
         self.loss.set(loss)

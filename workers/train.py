@@ -126,17 +126,20 @@ class Trainer:
             self.inject_rank_faults(time.monotonic() - began)
             seconds = time.monotonic() - began
             loss, stopped, step_seconds = self.exchange_step_facts(loss_sum, seconds)
+            stall = None
+            if stopped or self.checkpointer.due(self.step, total):
+                saving = time.monotonic()
+                self.checkpointer.save(self.step, self.model, self.optimizer, data_position=self.step * self.cfg.data.global_batch)
+                stall = time.monotonic() - saving
+                self.inject_rank_faults(0.0, during="checkpoint")
+            self.record_commits()
             ends = (ends + [time.monotonic()])[-THROUGHPUT_WINDOW - 1 :]
             rate = tokens_per_step * (len(ends) - 1) / max(ends[-1] - ends[0], 1e-9)
             self.telemetry.record_step(
                 step=self.step, loss=loss, seconds=seconds, tokens=tokens_per_step // self.env.world_size,
-                tokens_per_second=rate, step_seconds=step_seconds,
+                tokens_per_second=rate, step_seconds=step_seconds, checkpoint_stall=stall,
             )
-            self.log_step(loss, seconds, rate)
-            if stopped or self.checkpointer.due(self.step, total):
-                self.checkpointer.save(self.step, self.model, self.optimizer, data_position=self.step * self.cfg.data.global_batch)
-                self.inject_rank_faults(0.0, during="checkpoint")
-            self.record_commits()
+            self.log_step(loss, seconds, rate, stall)
         self.checkpointer.wait()
         self.record_commits()
         state = "stopped" if stopped and self.step < total else "complete"
@@ -204,11 +207,13 @@ class Trainer:
         loss = facts[0].item() / (self.cfg.data.global_batch * self.cfg.data.seq_len)
         return loss, bool(facts[1] > 0), facts[2:].tolist()
 
-    def log_step(self, loss: float, seconds: float, rate: float) -> None:
+    def log_step(self, loss: float, seconds: float, rate: float, stall: float | None) -> None:
         """Rank 0 appends one JSON line per step to the step log, when one is configured."""
         if self.env.rank != 0 or not self.cfg.step_log:
             return
         line = {"step": self.step, "loss": loss, "seconds": seconds, "tokensPerSecond": rate, "generation": self.cfg.generation, "time": time.time()}
+        if stall is not None:
+            line["checkpointStallSeconds"] = stall
         with Path(self.cfg.step_log).open("a") as f:
             f.write(json.dumps(line) + "\n")
 
