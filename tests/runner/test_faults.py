@@ -134,4 +134,5 @@ def test_shrink_then_grow_keeps_global_batch_and_trajectory(tmp_path):
     reference, resized = curve(tmp_path / "full"), curve(wd)
     assert sorted(resized) == list(range(1, steps + 1))
     worst = max(abs(reference[s] - resized[s]) for s in resized)
+    print(f"4->2->4 ranks: worst per-step loss difference {worst:.2e} over {steps} steps")
     assert worst < RESIZE_TOLERANCE, worst
