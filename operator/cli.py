@@ -47,6 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explain", action="store_true", help="add the planner's reasons to the table")
     p.set_defaults(func=_plan)
 
+    p = sub.add_parser("operator", help="run the Kubernetes operator (Kopf) in this process")
+    p.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable; default: the cluster)")
+    p.add_argument("--image", help="worker image for groups that name none")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--health-port", type=int, default=8081, help="Kopf liveness /healthz port (0: off)")
+    p.add_argument("--webhook-port", type=int, default=9443)
+    p.add_argument("--webhook-cert-dir", type=Path, default=Path("/certs"), help="tls.crt and tls.key of the webhook")
+    p.add_argument("--lease-namespace", help="namespace of the leader Lease (default: no leader election)")
+    p.add_argument("--gang-scheduler", choices=["volcano", "scheduler-plugins"], help="create a PodGroup per generation")
+    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds pods may stay Pending")
+    p.set_defaults(func=_operator)
+
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -158,6 +170,39 @@ def _plan(args) -> int:
     else:
         doc = report.to_dict(result)
         print(json.dumps(doc, indent=1) if args.output == "json" else yaml.safe_dump(doc, sort_keys=False), end="\n" if args.output == "json" else "")
+    return 0
+
+
+def _operator(args) -> int:
+    import asyncio
+    import dataclasses
+    import logging
+
+    from shardwright.operator import handlers, lease
+    from shardwright.operator.backends.kubernetes import KubernetesSettings
+    from shardwright.operator.backends.pods import PodSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pods = PodSettings(gang_scheduler=args.gang_scheduler)
+    if args.image:
+        pods = dataclasses.replace(pods, image=args.image)
+    cfg = handlers.OperatorConfig(
+        kubernetes=KubernetesSettings(pods=pods, startup_timeout_s=args.startup_timeout),
+        webhook_port=args.webhook_port,
+        webhook_certfile=str(args.webhook_cert_dir / "tls.crt"),
+        webhook_pkeyfile=str(args.webhook_cert_dir / "tls.key"),
+    )
+    leader = None
+    if args.lease_namespace:
+        import os
+
+        identity = os.environ.get("POD_NAME") or os.uname().nodename
+        leader = lease.LeaderLease(handlers.api_client(), lease.LeaseSettings(namespace=args.lease_namespace, identity=identity))
+    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    asyncio.run(handlers.serve(
+        cfg, namespaces=args.namespace, liveness_endpoint=liveness,
+        metrics_port=args.metrics_port or None, lease=leader,
+    ))
     return 0
 
 

@@ -298,3 +298,36 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
             requeue = left if requeue is None else min(requeue, left)
     return [a for a in result.actions if isinstance(a, Event)], requeue
 
+
+
+# ----------------------------------------------------------------------------- running
+
+
+async def serve(
+    cfg: OperatorConfig,
+    *,
+    namespaces: list[str],
+    liveness_endpoint: str | None,
+    metrics_port: int | None,
+    lease: Any | None,
+) -> None:
+    """``shardwright operator``: lead (Lease), then run Kopf until stopped or the lease is lost.
+
+    ``namespaces`` empty: the whole cluster. Kopf peering is off (``standalone``): the
+    Lease decides who runs, and only the leader serves the webhook and the metrics.
+    """
+    memo = make_memo(cfg)
+    if lease is not None:
+        await lease.acquire()
+    stop = asyncio.Event()
+    holder = asyncio.create_task(lease.hold(stop)) if lease is not None else None
+    if metrics_port is not None:
+        memo.metrics.serve(metrics_port)
+    try:
+        await kopf.operator(
+            registry=REGISTRY, memo=memo, standalone=True, stop_flag=stop,
+            clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=liveness_endpoint,
+        )
+    finally:
+        if holder is not None:
+            holder.cancel()

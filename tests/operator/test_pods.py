@@ -1,0 +1,97 @@
+"""Pure pieces of the Kubernetes backend: rendering, pod classification, force-delete, launch env."""
+
+from __future__ import annotations
+
+import datetime
+
+import yaml
+
+from shardwright.operator.api import RankState, validate
+from shardwright.operator.backends import pods as render
+from shardwright.operator.controller import JobRef, StartGeneration, worker_config
+from shardwright.operator.planner import plan_uniform
+from shardwright.workers.launch import child_environ, worst
+
+from .mockapi import ROOT
+
+NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.timezone.utc)
+
+
+def start_action(**workers):
+    doc = yaml.safe_load((ROOT / "examples" / "tiny-train.yaml").read_text())
+    doc["spec"]["workers"] = [{"name": "a", "replicas": 2, "ranksPerReplica": 2, **workers}]
+    job, problems = validate(doc)
+    assert not problems, problems
+    plan = plan_uniform(job.spec)
+    config = worker_config(JobRef("tiny", "default", "/c"), job.spec, plan, 3, None)
+    return job, StartGeneration(3, plan, config)
+
+
+def test_pods_carry_each_replicas_first_rank_and_gang_metadata():
+    job, action = start_action()
+    owner = render.Owner("tiny", "default", "u1", labels={render.KUEUE_QUEUE_LABEL: "team-a"})
+    settings = render.PodSettings(gang_scheduler="volcano")
+    pods = render.render_pods(owner, action, {g.name: g for g in job.spec.workers}, settings)
+    assert [p["metadata"]["name"] for p in pods] == ["tiny-g3-a-0", "tiny-g3-a-1"]
+    env = {e["name"]: e["value"] for e in pods[1]["spec"]["containers"][0]["env"]}
+    assert env["RANK"] == "2" and env["LOCAL_WORLD_SIZE"] == "2" and env["WORLD_SIZE"] == "4"
+    assert pods[1]["metadata"]["labels"][render.KUEUE_QUEUE_LABEL] == "team-a"
+    assert pods[0]["spec"]["schedulerName"] == "volcano"
+    group = render.render_pod_group(owner, action, settings)
+    assert group["spec"] == {"minMember": 2, "queue": "team-a"}
+    assert render.render_pod_group(owner, action, render.PodSettings()) is None
+
+
+def pod(**status):
+    base = {"name": "p", "generation": 1, "rank": 2, "ranks": 2, "phase": "Pending", "created": "2026-11-22T11:55:00Z"}
+    return base | status
+
+
+def test_classification_names_the_reason():
+    cases = [
+        (pod(phase="Failed", terminated={"exitCode": 137, "reason": "OOMKilled"}), RankState.FAILED, "OOMKilled"),
+        (pod(phase="Failed", reason="Evicted", message="low on memory"), RankState.FAILED, "Evicted"),
+        (pod(phase="Unknown", node="n1"), RankState.FAILED, "NodeLost"),
+        (pod(phase="Pending", waiting="ImagePullBackOff"), RankState.PENDING, "ImagePullBackOff"),
+        (pod(phase="Pending", unschedulable="0/3 nodes have enough nvidia.com/gpu"), RankState.PENDING, "Unschedulable"),
+        (pod(phase="Succeeded"), RankState.SUCCEEDED, ""),
+    ]
+    for summary, state, why in cases:
+        got, _code, message = render.classify(summary, NOW, startup_timeout_s=None)
+        assert got is state and why in message, (summary, got, message)
+    state, _, message = render.classify(pod(waiting="ErrImagePull"), NOW, startup_timeout_s=60)
+    assert state is RankState.FAILED and "PodsReadyTimeout" in message and "ErrImagePull" in message
+    ranks = render.observe_pod(pod(phase="Running"), NOW)
+    assert [r.rank for r in ranks] == [2, 3]
+
+
+def test_only_pods_terminating_on_a_not_ready_node_past_the_grace_are_forced():
+    terminating = [
+        pod(name="old-on-dead", node="dead", deleting="2026-11-22T11:50:00Z"),
+        pod(name="new-on-dead", node="dead", deleting="2026-11-22T11:59:50Z"),
+        pod(name="old-on-live", node="live", deleting="2026-11-22T11:50:00Z"),
+        pod(name="running", node="dead"),
+    ]
+    assert render.stuck_terminating(terminating, {"dead": False, "live": True}, NOW, grace_s=60) == ["old-on-dead"]
+
+
+def test_summary_of_a_real_pod_shape():
+    _, action = start_action()
+    owner = render.Owner("tiny", "default", "u1")
+    manifest = render.render_pods(owner, action, {"a": validate_group()}, render.PodSettings())[1]
+    manifest["status"] = {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}
+    summary = render.summarize(manifest)
+    assert summary["generation"] == 3 and summary["rank"] == 2 and summary["ranks"] == 2
+    assert summary["terminated"]["exitCode"] == 1
+
+
+def validate_group():
+    job, _ = start_action()
+    return job.spec.workers[0]
+
+
+def test_launch_env_and_exit_code():
+    env = {"RANK": "4", "WORLD_SIZE": "8", "SHARDWRIGHT_TELEMETRY_PORT": "9400"}
+    child = child_environ(env, 1)
+    assert child["RANK"] == "5" and child["LOCAL_RANK"] == "1" and child["SHARDWRIGHT_TELEMETRY_PORT"] == "9401"
+    assert worst([0, 0]) == 0 and worst([0, 137]) == 137 and worst([0, -9]) == 137
