@@ -1,0 +1,159 @@
+"""The chart rendered by real Helm (helm-python-sdk): valid Kubernetes objects, CRDs equal to
+crds/, examples valid against the CRD, and a dashboard that queries only exported metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (pip install -e .[test])")
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "shardwright"
+K8S_VERSION = "1.32.0"
+#: Kinds kubernetes-validate has no schema for (CRD-defined): checked by shape below instead.
+CUSTOM_KINDS = {"ServiceMonitor"}
+
+NON_DEFAULT = {
+    "crds": {"install": False},
+    "watchNamespaces": ["team-a", "team-b"],
+    "leaderElection": {"enabled": False},
+    "gangScheduler": "volcano",
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "webhook": {"certSecret": "my-cert", "caBundle": "Q0E=", "failurePolicy": "Ignore"},
+    "dashboards": {"enabled": False},
+    "image": {"tag": "0.1.1"},
+}
+
+
+def render(values: dict) -> list[dict]:
+    chart = helm.Chart.load(str(CHART))
+    chart.validate_schema(values)
+    out = chart.render(values, name="sw", namespace="shardwright-system")
+    return [doc for text in out.values() for doc in yaml.safe_load_all(text) if doc]
+
+
+@pytest.fixture(scope="module")
+def default_objects() -> list[dict]:
+    return render({})
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+@pytest.mark.parametrize("values", [{}, NON_DEFAULT], ids=["default", "non-default"])
+def test_rendered_manifests_pass_kubernetes_validate_strictly(values):
+    objects = render(values)
+    assert objects
+    for obj in objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            assert obj["spec"]["endpoints"][0]["port"] == "metrics"
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_chart_crds_equal_the_generated_crds(default_objects):
+    rendered = {c["metadata"]["name"]: c for c in by_kind(default_objects, "CustomResourceDefinition")}
+    generated = {}
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        generated[doc["metadata"]["name"]] = doc
+    assert rendered.keys() == generated.keys()
+    for name, crd in rendered.items():
+        annotations = crd["metadata"].pop("annotations")
+        assert annotations == {"helm.sh/resource-policy": "keep"}
+        assert crd == generated[name], f"helm/shardwright/crd-files/{name}.yaml drifted from crds/: copy it again"
+
+
+def test_default_operator_is_locked_down(default_objects):
+    deployment = by_kind(default_objects, "Deployment")[0]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["limits"] and container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "--lease-namespace=shardwright-system" in container["args"]
+    rules = by_kind(default_objects, "ClusterRole")[0]["rules"]
+    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
+    pods_rule = next(r for r in rules if r["resources"] == ["pods"])
+    assert set(pods_rule["verbs"]) == {"get", "list", "watch", "create", "delete"}
+    secret = by_kind(default_objects, "Secret")[0]
+    webhook = by_kind(default_objects, "ValidatingWebhookConfiguration")[0]["webhooks"][0]
+    assert secret["type"] == "kubernetes.io/tls" and webhook["clientConfig"]["caBundle"]
+    assert webhook["clientConfig"]["service"]["path"] == "/admit"  # Kopf serves the handler id
+    dashboard = by_kind(default_objects, "ConfigMap")[0]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_non_default_values_take_effect():
+    objects = render(NON_DEFAULT)
+    assert not by_kind(objects, "CustomResourceDefinition") and not by_kind(objects, "Role")
+    assert not by_kind(objects, "Secret") and not by_kind(objects, "ConfigMap")
+    args = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--gang-scheduler=volcano" in args
+    assert not any(a.startswith("--lease-namespace") for a in args)
+    assert any(r["apiGroups"] == ["scheduling.volcano.sh"] for r in by_kind(objects, "ClusterRole")[0]["rules"])
+    assert by_kind(objects, "ServiceMonitor")[0]["metadata"]["labels"]["release"] == "prom"
+
+
+def test_values_schema_rejects_a_typo():
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema({"webhook": {"failurePolicy": "fail"}})
+
+
+def test_examples_are_valid_against_the_crd_schema():
+    from tests.support.schema_check import check  # the CRD-schema checker the API tests use
+
+    crd = yaml.safe_load((CHART / "crd-files" / "trainingjobs.shardwright.io.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                assert not check(schema, doc), path
+
+
+def test_dashboard_queries_only_exported_metrics():
+    from shardwright.operator import metrics
+
+    text = (CHART / "dashboards" / "shardwright-training.json").read_text()
+    queried = set()
+    for panel in json.loads(text)["panels"]:
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\bshardwright_[a-z0-9_]+", target["expr"]))
+    exported = set(metrics.METRIC_NAMES) | rank_metric_names()
+    # A histogram exports <name>_bucket/_sum/_count series.
+    known = exported | {f"{n}_{s}" for n in exported for s in ("bucket", "sum", "count")}
+    assert queried and queried <= known, queried - known
+
+
+def rank_metric_names() -> set[str]:
+    """Names the rank processes register (workers/telemetry.py), read from its source so the
+    test does not import torch."""
+    source = (ROOT / "workers" / "telemetry.py").read_text()
+    names = set()
+    for kind, name in re.findall(r'(Counter|Gauge|Histogram)\b[^"]*"(shardwright_[a-z0-9_]+)"', source):
+        names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
+    return names
+
+
+def test_operator_metric_names_match_what_the_registry_serves():
+    from prometheus_client import generate_latest
+
+    from shardwright.operator import metrics
+    from shardwright.operator.api import TrainingJobStatus
+
+    m = metrics.OperatorMetrics()
+    m.jobs.update("ns", "job", TrainingJobStatus(step=3, tokens_per_second=1.0, loss=2.0), "torch")
+    m.reconcile_seconds.observe(0.01)
+    m.reconcile_errors.labels(reason="temporary").inc()
+    text = "\n".join(line for line in generate_latest(m.registry).decode().splitlines() if "_created" not in line)
+    served = set(re.findall(r"^(shardwright_[a-z0-9_]+?)(?:_bucket|_sum|_count)?[{ ]", text, re.M))
+    assert served == set(metrics.METRIC_NAMES) - {"shardwright_trainingjob_checkpoint_step"}
