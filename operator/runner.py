@@ -24,7 +24,7 @@ from pathlib import Path
 from shardwright.operator.api import Phase, TrainingJob, TrainingJobStatus
 from shardwright.operator.backends.local import LocalRayBackend, LocalSettings
 from shardwright.operator.console import Console
-from shardwright.operator.controller import Event, JobRef, StartGeneration, StopGeneration, reconcile
+from shardwright.operator.controller import Event, JobRef, ReplaceRank, SetShares, StartGeneration, StopGeneration, reconcile
 from shardwright.operator.planner import plan_for_capacity
 from shardwright.workers.faults import CAPACITY_KINDS, Fault
 
@@ -96,6 +96,10 @@ def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:
                         backend.start(action)
                     elif isinstance(action, StopGeneration):
                         backend.stop(action)
+                    elif isinstance(action, SetShares):
+                        backend.set_shares(action)
+                    elif isinstance(action, ReplaceRank):
+                        capacity.replace(spec, action, status, console)
                     elif isinstance(action, Event):
                         console.event(action)
                 if result.status != status:
@@ -141,6 +145,18 @@ class _Capacity:
                 self.ranks = None
                 console.note(f"Injected: capacity back at step {status.step}")
         return self.ranks
+
+
+    def replace(self, spec, action: ReplaceRank, status: TrainingJobStatus | None, console: Console) -> None:
+        """Locally a replaced rank's host is taken out of the budget when the job can run
+        smaller (elastic); otherwise the next generation's fresh processes stand in for a
+        replacement host, as a new node would on Kubernetes."""
+        world = status.world_size if status else spec.world_size
+        if spec.elastic is not None and plan_for_capacity(spec, world - 1) is not None:
+            self.ranks = world - 1
+            console.note(f"Rank {action.rank} dropped from the rank budget: {self.ranks} ranks from now on")
+        else:
+            console.note(f"Rank {action.rank} is replaced by a fresh rank process (the job is not elastic)")
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -135,6 +135,9 @@ class WorkerConfig(_Config):
     #: Intra-op threads per rank; fixed (not derived from the host) for reproducibility.
     threads: int = 1
     deterministic: bool = True
+    #: Steps of every rank's section times rank 0 keeps in ``/status`` for the straggler
+    #: detector (at least its window plus minSteps, and a poll interval's worth of steps).
+    timing_history: int = 64
     #: Faults to inject (``shardwright run --inject``); empty in production.
     faults: tuple[Fault, ...] = ()
 

@@ -3,7 +3,10 @@
 ``/metrics``  Prometheus text format, names ``shardwright_rank_<measure>_<unit>``;
 ``/status``   JSON: step, loss, throughput, per-rank step times (rank 0 knows all of them),
               last committed checkpoint, state (``running``, ``complete``, ``stopped``);
-``/healthz``  200 while the server lives.
+``/healthz``  200 while the server lives;
+``POST /control``  JSON ``{"dataShares": [...]}``: new work shares for the data-parallel
+              ranks (rank 0 passes them to every rank in the next step-facts all-reduce;
+              ``/status`` shows ``dataShares`` and ``sharesSinceStep`` once they apply).
 
 The train loop calls ``Telemetry.record_step`` once per step; serving runs on a daemon
 thread and never blocks training.
@@ -49,6 +52,12 @@ class Telemetry:
         self.step = make(Gauge, "shardwright_rank_step", "Optimizer step this rank has completed.")
         self.checkpoint_step = make(Gauge, "shardwright_rank_checkpoint_step", "Step of the last committed checkpoint.")
         self.checkpoint_stall = make(Histogram, "shardwright_rank_checkpoint_stall_seconds", "Training time a checkpoint takes from the step loop (the host snapshot when asynchronous).", buckets=STEP_BUCKETS)
+        self.sections = Histogram(
+            "shardwright_rank_section_seconds", "Seconds of one step this rank spent in a section: data, forward, backward, optimizer, wait (blocked on peers).",
+            [*names, "section"], registry=self.registry, buckets=STEP_BUCKETS,
+        )
+        self._labels = labels
+        self.score = make(Gauge, "shardwright_rank_straggler_score", "This rank's relative speed: fastest rank's median per-sample compute / this rank's (1 = fastest; the operator flags below its threshold).")
         info = Gauge("shardwright_rank_info", "Generation and layout of this rank.", [*names, "generation", "layout"], registry=self.registry)
         info.labels(**labels, generation=str(generation), layout=layout).set(1)
 
@@ -58,8 +67,10 @@ class Telemetry:
             "generation": generation, "layout": layout, "totalSteps": total_steps,
             "state": "starting", "step": 0, "loss": None, "tokensPerSecond": None,
             "stepSeconds": [], "lastCheckpoint": None, "time": time.time(),
+            "dataShares": None, "sharesSinceStep": None, "sections": [], "stepTimings": [],
         }
         self._server: ThreadingHTTPServer | None = None
+        self._shares: list[float] | None = None
 
     # ------------------------------------------------------------------ recording
 
@@ -73,6 +84,21 @@ class Telemetry:
         self.throughput.set(tokens_per_second)
         self.step.set(step)
         self.update(state="running", step=step, loss=loss, tokensPerSecond=tokens_per_second, stepSeconds=step_seconds)
+
+    def record_sections(self, sections: dict[str, float], score: float) -> None:
+        for name, seconds in sections.items():
+            self.sections.labels(**self._labels, section=name).observe(seconds)
+        self.score.set(score)
+
+    def offer_shares(self, shares: list[float]) -> None:
+        """New work shares from the controller (``POST /control``); the latest offer wins."""
+        with self._lock:
+            self._shares = [float(x) for x in shares]
+
+    def take_shares(self) -> list[float] | None:
+        with self._lock:
+            shares, self._shares = self._shares, None
+            return shares
 
     def record_checkpoint(self, manifest: dict[str, Any]) -> None:
         self.checkpoint_step.set(manifest["step"])
@@ -108,6 +134,23 @@ class Telemetry:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path != "/control":
+                    self.send_error(404)
+                    return
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                    shares = body["dataShares"]
+                    if not (isinstance(shares, list) and shares and all(isinstance(x, int | float) and x > 0 for x in shares)):
+                        raise ValueError("dataShares must be a list of positive numbers")
+                except (ValueError, KeyError, TypeError) as e:
+                    self.send_error(400, str(e))
+                    return
+                telemetry.offer_shares(shares)
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -12,6 +12,7 @@ uninterrupted loss curve bit for bit.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import json
@@ -34,9 +35,12 @@ from .faults import KILL_EXIT_CODE
 from .mixers import SequenceContext
 from .model import Transformer
 from .telemetry import Telemetry
+from .timing import COMPUTE, SECTIONS, GradientWaitHook, SectionTimer, per_sample, relative_scores
 
 #: Steps the reported throughput is averaged over.
 THROUGHPUT_WINDOW = 10
+#: Steps the rank's own live straggler-score gauge is taken over.
+SCORE_WINDOW = 20
 
 
 def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -83,6 +87,13 @@ class Trainer:
         torch.manual_seed(cfg.optim.seed)
         self.model = Transformer(cfg.model, self.ctx)
         self.ddp = DistributedDataParallel(self.model)
+        self.timer = SectionTimer()
+        self.grad_wait = GradientWaitHook()
+        self.ddp.register_comm_hook(self.grad_wait, GradientWaitHook.hook)
+        #: Work shares in effect; the controller may change them at a step boundary.
+        self.shares = par.data_shares
+        self.facts_wait = 0.0  # the previous step's wait in the facts all-reduce
+        self.timings: collections.deque[dict[str, Any]] = collections.deque(maxlen=cfg.timing_history)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.95),
             weight_decay=cfg.optim.weight_decay, foreach=False,
@@ -101,6 +112,7 @@ class Trainer:
             self.step = resumed = manifest["step"]
             self.telemetry.record_checkpoint(manifest)
         self.telemetry.update(state="running", step=self.step, resumedFrom=resumed, rejectedCheckpoints=rejected)
+        self.telemetry.update(dataShares=list(self.shares) if self.shares else None)
 
     def _sequence_group(self) -> dist.ProcessGroup | None:
         par = self.cfg.parallel
@@ -123,9 +135,11 @@ class Trainer:
             self.telemetry.update(activity="computing")
             loss_sum = self.train_step()
             self.step += 1
-            self.inject_rank_faults(time.monotonic() - began)
+            self.inject_rank_faults(self.timer.compute)
             seconds = time.monotonic() - began
-            loss, stopped, step_seconds = self.exchange_step_facts(loss_sum, seconds)
+            samples = self.samples_per_rank()  # the shares this step ran with
+            loss, stopped, step_seconds, sections = self.exchange_step_facts(loss_sum, seconds)
+            self.record_timings(sections, samples)
             stall = None
             if stopped or self.checkpointer.due(self.step, total):
                 saving = time.monotonic()
@@ -139,7 +153,7 @@ class Trainer:
                 step=self.step, loss=loss, seconds=seconds, tokens=tokens_per_step // self.env.world_size,
                 tokens_per_second=rate, step_seconds=step_seconds, checkpoint_stall=stall,
             )
-            self.log_step(loss, seconds, rate, stall)
+            self.log_step(loss, seconds, rate, stall, self.timings[-1])
         self.checkpointer.wait()
         self.record_commits()
         state = "stopped" if stopped and self.step < total else "complete"
@@ -151,25 +165,38 @@ class Trainer:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.optim)
-        part = data_mod.rank_slice(self.step, cfg.data, self.dp_rank, cfg.parallel.data, cfg.parallel.data_shares)
+        part = data_mod.rank_slice(self.step, cfg.data, self.dp_rank, cfg.parallel.data, self.shares)
+        timer = self.timer
         # Each rank's loss is a sum over its tokens divided by the global token count, times
         # the world size that DDP's gradient averaging divides by: the exact global mean.
         scale = self.env.world_size / (cfg.data.global_batch * cfg.data.seq_len)
         loss_sum = torch.zeros((), dtype=torch.float64)
         for i, indices in enumerate(part.micro_batches):
-            inputs, targets = data_mod.collate(self.data, indices)
-            inputs, targets = self.ctx.shard(inputs, dim=1), self.ctx.shard(targets, dim=1)
-            positions = self.ctx.shard(torch.arange(cfg.data.seq_len), dim=0)
+            with timer.section("data"):
+                inputs, targets = data_mod.collate(self.data, indices)
+                inputs, targets = self.ctx.shard(inputs, dim=1), self.ctx.shard(targets, dim=1)
+                positions = self.ctx.shard(torch.arange(cfg.data.seq_len), dim=0)
             last = i == len(part.micro_batches) - 1
             with contextlib.nullcontext() if last else self.ddp.no_sync():
-                logits = self.ddp(inputs, positions)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+                with timer.section("forward"):
+                    logits = self.ddp(inputs, positions)
+                    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+                self.grad_wait.last_ready = None
+                began, cpu = time.monotonic(), time.thread_time()
                 (loss * scale).backward()
+                ended = time.monotonic()
+                # With DDP syncing (last micro-batch), backward() returns only when every
+                # rank's gradients are reduced: the part after our last bucket was ready is wait.
+                ready = self.grad_wait.last_ready if last and self.grad_wait.last_ready is not None else ended
+                timer.add("backward", ready - began)
+                timer.add("wait", ended - ready)
+                timer.busy += time.thread_time() - cpu  # waiting in gloo costs this thread no CPU
             loss_sum += loss.detach().double()
-        if cfg.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with timer.section("optimizer"):
+            if cfg.optim.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
 
     def inject_rank_faults(self, compute_seconds: float, during: str | None = None) -> None:
@@ -179,7 +206,9 @@ class Trainer:
             if fault.during != during:
                 continue
             if fault.kind == "slow" and fault.active(**where):
+                # A slow rank: every compute section takes ``factor`` times as long.
                 time.sleep((fault.factor - 1.0) * compute_seconds)
+                self.timer.stretch(fault.factor)
             elif fault.kind == "kill" and fault.fires(**where):
                 os._exit(KILL_EXIT_CODE)
             elif fault.kind == "hang" and fault.fires(**where):
@@ -195,23 +224,73 @@ class Trainer:
                 if fault.kind == "corrupt-checkpoint" and fault.fires(rank=0, step=manifest["step"], generation=self.cfg.generation):
                     damage(manifest)
 
-    def exchange_step_facts(self, loss_sum: torch.Tensor, seconds: float) -> tuple[float, bool, list[float]]:
-        """One small all-reduce per step: global loss, any rank asked to stop, every rank's time."""
-        world = self.env.world_size
-        facts = torch.zeros(2 + world, dtype=torch.float64)
+    def exchange_step_facts(self, loss_sum: torch.Tensor, seconds: float) -> tuple[float, bool, list[float], list[list[float]]]:
+        """One small all-reduce per step: global loss, any rank asked to stop, every rank's
+        step time, section times and busy time, and new work shares rank 0 received from the
+        controller.
+
+        Layout (float64): ``[loss, stop, seconds[W], (sections[S], busy)[W], shares[D], switch]``;
+        each rank fills only its own slots (shares: rank 0 only), so the sum is a gather.
+        New shares apply from the next step on every rank: all switch at the same boundary.
+        """
+        world, dp, n = self.env.world_size, self.cfg.parallel.data, len(SECTIONS)
+        n += 1  # the sections, then busy seconds
+        facts = torch.zeros(2 + world + world * n + dp + 1, dtype=torch.float64)
         facts[0] = loss_sum
         facts[1] = float(self.stop.is_set())
         facts[2 + self.env.rank] = seconds
+        self.timer.add("wait", self.facts_wait)
+        sections, busy = self.timer.take()
+        base = 2 + world + self.env.rank * n
+        facts[base : base + n] = torch.tensor([sections[name] for name in SECTIONS] + [busy], dtype=torch.float64)
+        shares = self.telemetry.take_shares() if self.env.rank == 0 else None
+        if shares is not None and len(shares) == dp and min(shares) > 0:
+            facts[-1 - dp : -1] = torch.tensor(shares, dtype=torch.float64)
+            facts[-1] = 1.0
         self.telemetry.update(activity="syncing")
+        began = time.monotonic()
         dist.all_reduce(facts)
+        self.facts_wait = time.monotonic() - began
         loss = facts[0].item() / (self.cfg.data.global_batch * self.cfg.data.seq_len)
-        return loss, bool(facts[1] > 0), facts[2:].tolist()
+        if facts[-1] > 0:
+            self.shares = tuple(facts[-1 - dp : -1].tolist())
+            self.telemetry.update(dataShares=list(self.shares), sharesSinceStep=self.step + 1)
+        every = facts[2 + world : 2 + world + world * n].view(world, n).tolist()
+        return loss, bool(facts[1] > 0), facts[2 : 2 + world].tolist(), every
 
-    def log_step(self, loss: float, seconds: float, rate: float, stall: float | None) -> None:
+    def samples_per_rank(self) -> list[int]:
+        """Samples every rank trains on per step under the shares in effect (by global rank)."""
+        par = self.cfg.parallel
+        counts = data_mod.partition(self.cfg.data.global_batch, self.shares, par.data)
+        return [counts[r // par.sequence] for r in range(par.world_size)]
+
+    def record_timings(self, sections: list[list[float]], samples: list[int]) -> None:
+        """Keep every rank's compute, busy and wait seconds of this step (rank 0 serves the
+        recent ones to the controller's straggler detector)."""
+        compute_at = [SECTIONS.index(name) for name in COMPUTE]
+        compute = [sum(row[i] for i in compute_at) for row in sections]
+        wait = [row[SECTIONS.index("wait")] for row in sections]
+        busy = [row[len(SECTIONS)] for row in sections]
+        entry = {"step": self.step, "compute": compute, "busy": busy, "wait": wait, "samples": samples}
+        self.timings.append(entry)
+        recent = [per_sample(t["busy"], t["samples"]) for t in list(self.timings)[-SCORE_WINDOW:]]
+        score = relative_scores(recent)[self.env.rank]
+        mine = dict(zip(SECTIONS, sections[self.env.rank]))
+        self.telemetry.record_sections(mine, score)
+        if self.env.rank == 0:
+            self.telemetry.update(
+                sections=[dict(zip(SECTIONS, row)) for row in sections],
+                stepTimings=list(self.timings), samples=samples,
+            )
+
+    def log_step(self, loss: float, seconds: float, rate: float, stall: float | None, timing: dict[str, Any]) -> None:
         """Rank 0 appends one JSON line per step to the step log, when one is configured."""
         if self.env.rank != 0 or not self.cfg.step_log:
             return
-        line = {"step": self.step, "loss": loss, "seconds": seconds, "tokensPerSecond": rate, "generation": self.cfg.generation, "time": time.time()}
+        line = {
+            "step": self.step, "loss": loss, "seconds": seconds, "tokensPerSecond": rate, "generation": self.cfg.generation, "time": time.time(),
+            "rankCompute": timing["compute"], "rankBusy": timing["busy"], "rankWait": timing["wait"], "samples": timing["samples"],
+        }
         if stall is not None:
             line["checkpointStallSeconds"] = stall
         with Path(self.cfg.step_log).open("a") as f:

@@ -21,6 +21,8 @@ from .trainingjob import (
     VERSION,
     CheckpointRef,
     RankStatus,
+    StragglerPolicySpec,
+    StragglerStatus,
     TrainingJob,
     TrainingJobSpec,
     TrainingJobStatus,
@@ -31,6 +33,6 @@ __all__ = [
     "ApiModel", "Condition", "ObjectMeta", "AttentionKind", "ConditionType", "DataSource",
     "EventType", "FailureAction", "Phase", "RankState", "Reason", "Runtime", "SequenceKind",
     "StragglerAction", "SyntheticTask", "PRESETS", "ModelPreset", "GROUP", "VERSION",
-    "CheckpointRef", "RankStatus", "TrainingJob", "TrainingJobSpec", "TrainingJobStatus",
+    "CheckpointRef", "RankStatus", "StragglerPolicySpec", "StragglerStatus", "TrainingJob", "TrainingJobSpec", "TrainingJobStatus",
     "InvalidManifest", "Problem", "load_documents", "parse", "validate",
 ]

@@ -30,6 +30,8 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     COMPLETE = "Complete"
     FAILED = "Failed"
+    #: Running, but slower than it should be: a straggling rank (see docs/stragglers.md).
+    DEGRADED = "Degraded"
 
 
 class Reason(StrEnum):
@@ -54,6 +56,9 @@ class Reason(StrEnum):
     RESIZING = "Resizing"
     RESHARDED = "Resharded"
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    STRAGGLER_DETECTED = "StragglerDetected"
+    STRAGGLER_MITIGATED = "StragglerMitigated"
+    STRAGGLER_CLEARED = "StragglerCleared"
 
 
 class EventType(StrEnum):

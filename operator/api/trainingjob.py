@@ -198,12 +198,29 @@ class FailurePolicySpec(ApiModel):
 
 
 class StragglerPolicySpec(ApiModel):
+    """How a rank whose own compute is slow is found and handled (docs/stragglers.md)."""
+
     threshold: float = Field(
-        default=0.75, gt=0, le=1, description="Flag a rank whose relative score falls below."
+        default=0.75, gt=0, le=1,
+        description="Flag a rank whose relative score (fastest rank's median per-sample "
+        "compute / this rank's) falls below this.",
     )
-    window: int = Field(default=20, ge=3, description="Steps the median is taken over.")
-    min_steps: int = Field(default=5, ge=1, description="Steps below threshold before a flag.")
-    action: StragglerAction = Field(default=StragglerAction.REPORT)
+    window: int = Field(
+        default=20, ge=3,
+        description="Steps the reference median is taken over; also the cool-down, in "
+        "steps, between two mitigations.",
+    )
+    min_steps: int = Field(
+        default=5, ge=1,
+        description="Consecutive steps below the threshold before a flag (and above the "
+        "clearing level before it is lifted).",
+    )
+    action: StragglerAction = Field(
+        default=StragglerAction.REPORT,
+        description="report: condition, event, metric. rebalance: also move samples away "
+        "from the slow rank. replace: rebalance first; if the rank is still slow after the "
+        "cool-down, end the generation and continue without it.",
+    )
 
 
 class TrainingJobSpec(ApiModel):
@@ -251,6 +268,19 @@ class RankStatus(ApiModel):
     message: str | None = None
 
 
+class StragglerStatus(ApiModel):
+    """A rank flagged as a straggler in the current generation."""
+
+    rank: int
+    node: str | None = None
+    score: float = Field(description="Relative speed: 1 is the fastest rank.")
+    since_step: int = Field(description="Step at which the rank was flagged.")
+    action: StragglerAction = Field(description="What was done so far: report, rebalance or replace.")
+    self_score: float | None = Field(
+        default=None, description="Speed against its own earlier steps (below 1: it slowed down during the run)."
+    )
+
+
 class TrainingJobStatus(ApiModel):
     phase: Phase = Phase.PENDING
     conditions: list[Condition] = Field(default_factory=list)
@@ -274,6 +304,13 @@ class TrainingJobStatus(ApiModel):
     next_start_time: str | None = Field(default=None, description="Backoff: restart not before.")
     completion_time: str | None = None
     ranks: list[RankStatus] = Field(default_factory=list)
+    stragglers: list[StragglerStatus] = Field(default_factory=list)
+    data_shares: list[float] | None = Field(
+        default=None, description="Work shares of the data-parallel ranks (rebalancing); unset: even."
+    )
+    straggler_mitigated_step: int | None = Field(
+        default=None, description="Step of the last straggler mitigation; the cool-down counts from it."
+    )
 
 
 class TrainingJob(ApiModel):

@@ -21,10 +21,11 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from shardwright.operator.api import RankState
-from shardwright.operator.backends.probe import checkpoint_refs, fetch_json, fetch_text, progress_from_status
+from shardwright.operator.backends.probe import checkpoint_refs, fetch_json, fetch_text, post_json, progress_from_status
 from shardwright.operator.controller import (
     Observed,
     RankObservation,
+    SetShares,
     StartGeneration,
     StopGeneration,
 )
@@ -114,6 +115,14 @@ class LocalRayBackend:
                     rank.actor.request_stop.remote()
                 else:
                     ray.kill(rank.actor, no_restart=True)
+
+    def set_shares(self, action: SetShares) -> None:
+        """Hand new work shares to rank 0 (``POST /control``); it tells the others in the next
+        step-facts all-reduce and every rank switches at the same step. Best effort: the
+        controller repeats this until rank 0's ``/status`` shows the shares in effect."""
+        ranks = self.generations.get(action.generation)
+        if ranks and ranks[0].state is RankState.RUNNING:
+            post_json(f"http://127.0.0.1:{ranks[0].telemetry_port}/control", {"dataShares": list(action.shares)})
 
     def lose_ranks(self, generation: int, count: int) -> None:
         """End the highest ``count`` ranks of ``generation`` as if their host died; returns

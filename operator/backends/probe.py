@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shardwright.operator.api import CheckpointRef
-from shardwright.operator.controller import Progress
+from shardwright.operator.controller import Progress, StepTiming
 from shardwright.workers.manifest import committed
 
 #: Seconds an HTTP probe of a rank may take before the rank counts as not answering.
@@ -31,7 +31,27 @@ def progress_from_status(status: dict[str, Any], generation: int) -> Progress | 
         step_seconds=tuple(status.get("stepSeconds") or ()),
         resumed_from=status.get("resumedFrom"),
         rejected=tuple((r["step"], r["reason"]) for r in status.get("rejectedCheckpoints") or ()),
+        timings=tuple(_timing(t) for t in status.get("stepTimings") or () if isinstance(t, dict)),
+        data_shares=tuple(status["dataShares"]) if status.get("dataShares") else None,
     )
+
+
+def _timing(entry: dict[str, Any]) -> StepTiming:
+    return StepTiming(
+        step=int(entry.get("step", 0)), compute=tuple(entry.get("compute") or ()),
+        wait=tuple(entry.get("wait") or ()), samples=tuple(entry.get("samples") or ()),
+        busy=tuple(entry.get("busy") or ()),
+    )
+
+
+def post_json(url: str, payload: dict[str, Any]) -> bool:
+    """POST ``payload`` as JSON; True when the rank accepted it (2xx)."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
+            return 200 <= response.status < 300
+    except OSError:
+        return False
 
 
 def checkpoint_from_status(status: dict[str, Any]) -> CheckpointRef | None:

@@ -1,11 +1,11 @@
 """The reconcile core: pure functions from (spec, plan, status, observed) to actions."""
 
-from .actions import Action, Event, Result, StartGeneration, StopGeneration
-from .observed import Observed, Progress, RankObservation, parse_time, rfc3339
+from .actions import Action, Event, ReplaceRank, Result, SetShares, StartGeneration, StopGeneration
+from .observed import Observed, Progress, RankObservation, StepTiming, parse_time, rfc3339
 from .reconcile import decide, reconcile
 from .render import JobRef, worker_config
 
 __all__ = [
-    "Action", "Event", "Result", "StartGeneration", "StopGeneration", "Observed", "Progress",
-    "RankObservation", "parse_time", "rfc3339", "decide", "reconcile", "JobRef", "worker_config",
+    "Action", "Event", "ReplaceRank", "Result", "SetShares", "StartGeneration", "StopGeneration", "Observed", "Progress",
+    "RankObservation", "StepTiming", "parse_time", "rfc3339", "decide", "reconcile", "JobRef", "worker_config",
 ]

@@ -33,13 +33,34 @@ class StopGeneration:
 
 
 @dataclasses.dataclass(frozen=True)
+class SetShares:
+    """Give the data-parallel ranks of ``generation`` new work shares at a step boundary
+    (rank 0's ``POST /control``; every rank switches at the same step). Idempotent: the
+    controller repeats it until rank 0 reports the shares in effect."""
+
+    generation: int
+    shares: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplaceRank:
+    """The generation ends without ``rank``: the backend keeps the next one off its host
+    (locally: one rank fewer in the budget when the job is elastic; on Kubernetes: avoid,
+    or cordon, ``node``). A graceful ``StopGeneration`` comes with it."""
+
+    generation: int
+    rank: int
+    node: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Event:
     type: EventType
     reason: Reason
     message: str
 
 
-Action = StartGeneration | StopGeneration | Event
+Action = StartGeneration | StopGeneration | SetShares | ReplaceRank | Event
 _A = TypeVar("_A")
 
 

@@ -25,6 +25,22 @@ class RankObservation:
 
 
 @dataclasses.dataclass(frozen=True)
+class StepTiming:
+    """One step's section times of every rank, by rank (rank 0 keeps the recent ones)."""
+
+    step: int
+    #: Seconds of the rank's own work: data, forward, backward, optimizer.
+    compute: tuple[float, ...]
+    #: Seconds the rank was blocked on its peers (gradient and step-facts all-reduces).
+    wait: tuple[float, ...]
+    #: Samples the rank trained on in that step (its work share).
+    samples: tuple[int, ...]
+    #: CPU (on GPU: device) seconds of the compute, blind to time the host scheduler gave
+    #: the core to others; empty when the rank does not report it.
+    busy: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Progress:
     """Rank 0's ``/status`` of the current generation."""
 
@@ -38,6 +54,10 @@ class Progress:
     resumed_from: int | None = None
     #: Damaged checkpoints the loader skipped: (step, what is wrong).
     rejected: tuple[tuple[int, str], ...] = ()
+    #: Every rank's section times over the last steps, oldest first.
+    timings: tuple[StepTiming, ...] = ()
+    #: Work shares of the data-parallel ranks in effect (None: even).
+    data_shares: tuple[float, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

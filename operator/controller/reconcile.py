@@ -28,7 +28,8 @@ from shardwright.operator.api import (
 )
 from shardwright.operator.planner import Plan
 
-from .actions import Action, Event, Result, StartGeneration, StopGeneration
+from . import stragglers
+from .actions import Action, Event, ReplaceRank, Result, SetShares, StartGeneration, StopGeneration
 from .conditions import is_true, set_condition
 from .observed import Observed, RankObservation, parse_time, rfc3339
 from .render import JobRef, worker_config
@@ -69,6 +70,7 @@ class _Reconcile:
             self.ensure_suspended,
             self.ensure_stale_stopped,
             self.ensure_resized,
+            self.ensure_stragglers_handled,
             self.ensure_generation_started,
             self.ensure_generation_outcome,
         ):
@@ -146,6 +148,43 @@ class _Reconcile:
         self.stop_alive(lambda r: r.generation == st.generation, Reason.RESIZING, graceful=True)
         return True
 
+    def ensure_stragglers_handled(self) -> bool:
+        """A rank whose own compute is slow: report it, shift work from it, or replace it
+        (``stragglerPolicy``; the decisions are in ``stragglers.review``)."""
+        st, p = self.status, self.seen.progress
+        ranks = self.seen.of_generation(st.generation)
+        if st.phase is not Phase.RUNNING or p is None or p.generation != st.generation or not all(r.alive for r in ranks):
+            return False
+        policy = self.spec.straggler_policy
+        had = [(f.rank, f.action) for f in st.stragglers]
+        got = stragglers.review(
+            policy, st.stragglers, st.data_shares, st.straggler_mitigated_step, p.timings, p.step,
+            data=self.plan.dims.data if self.plan else st.world_size, sequence=self.spec.parallelism.sequence.degree,
+            nodes={r.rank: r.node for r in ranks},
+        )
+        st.stragglers = got.flagged
+        for notice in got.notices:
+            self.event(EventType.WARNING if notice.warning else EventType.NORMAL, notice.reason, notice.message)
+        if got.shares is not None:
+            st.data_shares, st.straggler_mitigated_step = got.shares, p.step
+        if st.data_shares and (p.data_shares is None or list(p.data_shares) != st.data_shares):
+            self.actions.append(SetShares(st.generation, tuple(st.data_shares)))  # until rank 0 reports them
+        if got.replace is not None:
+            message = f"Rank {got.replace.rank} replaced: generation {st.generation} ends at the next step boundary"
+            st.phase, st.straggler_mitigated_step = Phase.RESTARTING, p.step
+            self.condition(ConditionType.DEGRADED, False, Reason.STRAGGLER_MITIGATED, message)
+            self.condition(ConditionType.RESTARTING, True, Reason.STRAGGLER_MITIGATED, message)
+            self.actions.append(ReplaceRank(st.generation, got.replace.rank, got.replace.node))
+            self.stop_alive(lambda r: r.generation == st.generation, Reason.STRAGGLER_MITIGATED, graceful=True)
+            return True
+        if [(f.rank, f.action) for f in st.stragglers] != had:
+            if st.stragglers:
+                what = ", ".join(f"rank {f.rank} (score {f.score:.2f}, {f.action})" for f in st.stragglers)
+                self.condition(ConditionType.DEGRADED, True, Reason.STRAGGLER_DETECTED, f"Stragglers: {what}")
+            else:
+                self.condition(ConditionType.DEGRADED, False, Reason.STRAGGLER_CLEARED, "No straggler")
+        return False
+
     def ensure_generation_started(self) -> bool:
         st = self.status
         needs_start = st.generation == 0 or st.phase in (Phase.RESTARTING, Phase.SUSPENDED)
@@ -206,6 +245,10 @@ class _Reconcile:
         # Pending until every rank of the new generation runs; staying Restarting or
         # Suspended would make the next reconcile start yet another generation.
         st.phase = Phase.PENDING
+        # Straggler state names ranks of the old generation; the new one is judged afresh.
+        st.stragglers, st.data_shares, st.straggler_mitigated_step = [], None, None
+        if is_true(st.conditions, ConditionType.DEGRADED):
+            self.condition(ConditionType.DEGRADED, False, Reason.STRAGGLER_CLEARED, f"Generation {st.generation} starts afresh")
         config = worker_config(self.job, self.spec, self.plan, st.generation, resume)
         self.actions.append(StartGeneration(st.generation, self.plan, config))
         if resume is not None and resume.world_size != self.plan.world_size:

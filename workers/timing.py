@@ -1,0 +1,111 @@
+"""Per-step section times of one rank, measured without synchronisation of their own.
+
+Sections (``SECTIONS``): ``data`` (building the rank's micro-batches), ``forward``,
+``backward`` (local gradient computation only), ``optimizer`` (clipping and the update),
+and ``wait``: time this rank spent blocked on its peers. Wait has two parts:
+
+- DDP's gradient all-reduce runs *inside* the last micro-batch's backward. A comm hook
+  notes when this rank's last gradient bucket was handed to the all-reduce; the rest of
+  ``backward()`` after that moment is waiting for the other ranks' buckets
+  (``GradientWaitHook``). On a balanced job it is the transfer itself (small on one host).
+- The per-step facts all-reduce (loss, stop flag, these times) is where a fast rank waits
+  for a rank that is slow *after* its gradients (its optimizer step, or an injected
+  slowdown). It is timed here and reported with the next step, since a step's times
+  travel in that very all-reduce.
+
+The clock is ``time.monotonic`` on CPU. Nothing here calls ``torch.cuda.synchronize``:
+a GPU trainer would record ``torch.cuda.Event(enable_timing=True)`` pairs instead and read
+them one step later, once the facts all-reduce has ordered the stream anyway.
+
+``relative_scores`` is the rank's own live view of the straggler score (a Prometheus
+gauge); the operator's detector (``operator/controller/stragglers.py``) applies the same
+formula with hysteresis and decides what is flagged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+
+#: Section names, in the order they are carried in the step-facts all-reduce.
+SECTIONS = ("data", "forward", "backward", "optimizer", "wait")
+#: Sections that are this rank's own work (everything but ``wait``).
+COMPUTE = SECTIONS[:4]
+
+
+class SectionTimer:
+    """Accumulates seconds per section over one step; ``take`` returns and resets them.
+
+    Besides wall time per section it keeps ``busy``: the CPU time this thread spent in the
+    compute sections. The straggler detector compares ranks by busy time, since wall time
+    on a shared host also counts the moments the scheduler gave the core to someone else
+    (on a GPU the CUDA-event time of the compute plays this role: device time).
+    """
+
+    def __init__(self) -> None:
+        self.totals = dict.fromkeys(SECTIONS, 0.0)
+        self.busy = 0.0
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        began, cpu = time.monotonic(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.totals[name] += time.monotonic() - began
+            self.busy += time.thread_time() - cpu
+
+    def add(self, name: str, seconds: float) -> None:
+        self.totals[name] += max(seconds, 0.0)
+
+    @property
+    def compute(self) -> float:
+        return sum(self.totals[name] for name in COMPUTE)
+
+    def stretch(self, factor: float) -> None:
+        """Scale the compute sections (an injected slowdown is a slower rank, every section)."""
+        for name in COMPUTE:
+            self.totals[name] *= factor
+        self.busy *= factor
+
+    def take(self) -> tuple[dict[str, float], float]:
+        """This step's wall seconds per section and busy (CPU) seconds; starts the next step."""
+        out, busy = self.totals, self.busy
+        self.totals, self.busy = dict.fromkeys(SECTIONS, 0.0), 0.0
+        return out, busy
+
+
+class GradientWaitHook:
+    """DDP comm hook: the default all-reduce, noting when the last bucket became ready.
+
+    Registered with ``ddp.register_comm_hook(hook, GradientWaitHook.hook)``; ``backward``
+    seconds after ``last_ready`` are time spent waiting for the other ranks' gradients.
+    """
+
+    def __init__(self, group=None) -> None:
+        self.group = group
+        self.last_ready: float | None = None
+
+    @staticmethod
+    def hook(state: GradientWaitHook, bucket):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        state.last_ready = time.monotonic()
+        return allreduce_hook(state.group, bucket)
+
+
+def per_sample(compute: Sequence[float], samples: Sequence[int]) -> list[float]:
+    """Compute seconds per sample of every rank (uneven shares make raw times incomparable)."""
+    return [c / max(n, 1) for c, n in zip(compute, samples)]
+
+
+def relative_scores(history: Sequence[Sequence[float]]) -> list[float]:
+    """``history[t][r]``: rank r's per-sample compute at step t. Score of rank r: the minimum
+    over ranks of their median over the history, divided by r's own median (1.0 = fastest)."""
+    if not history:
+        return []
+    medians = [statistics.median(column) for column in zip(*history)]
+    reference = min(medians)
+    return [reference / m if m > 0 else 1.0 for m in medians]
