@@ -4,13 +4,15 @@ and naive placement on seeded random mixed clusters; planning time at 1,024 GPUs
     .venv/bin/python bench/planner.py [--clusters 50] [--plot docs/benchmarks-planner.png]
 
 Job: a Llama-3.2-1B-shaped model, sequence 2048, global batch 128 (every cluster).
-- planner: ``search`` (closed form), its plan then simulated;
+- planner: ``search`` (closed form prunes, the simulator re-scores a short list), its plan simulated;
 - exhaustive (clusters <= 16 GPUs, <= 4 nodes): every distinct node order (nodes equal in
   type, GPU count, NIC and rack are interchangeable) x every degree split x micro-batch
   {1, 2, 4} x recomputation {off, on}, each scored by the *simulator*; stage split and
   shares balanced as the planner does;
-- naive: even shares and even stages, ranks in node-name order, degrees chosen by the
-  closed form under those constraints (a planner that assumes identical GPUs).
+- naive: ``search.naive`` - even shares and even stages, ranks in node-name order, degrees,
+  micro-batch {1, 2, 4, 8} and recomputation chosen by the closed form under those
+  constraints (a planner that assumes identical GPUs). The search itself simulates this
+  plan among its candidates, so speedups below 1.0 cannot occur by construction.
 Results are simulated step times (``planner/simulate.py``), not measurements on GPUs.
 """
 
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shardwright.operator.api import parse  # noqa: E402
 from shardwright.operator.planner import cost, inventory_from_nodelist, layout, search  # noqa: E402
 from shardwright.operator.planner.search import SearchSettings, degree_splits, to_plan  # noqa: E402
+from shardwright.operator.planner.search import naive as planner_naive  # noqa: E402
 from shardwright.operator.planner.network import NetworkSettings  # noqa: E402
 from shardwright.operator.planner.simulate import simulate  # noqa: E402
 from shardwright.operator.planner.workload import Workload  # noqa: E402
@@ -68,16 +71,7 @@ def job(world: int, preset: str = "llama-1b", global_batch: int = 128, seq_len: 
 
 
 def naive(spec, inv, w):
-    slots = layout.place_pods(spec, inv, "name")
-    best = None
-    for dims in degree_splits(spec, w, slots, SearchSettings()):
-        topo = cost.topology(layout.arrange(slots, dims, "name"), dims, NET)
-        for mb in (1, 2, 4):
-            for rc in (False, True):
-                e = cost.estimate(w, topo, mb, rc, balance=False)
-                if e.feasible and (best is None or e.step_seconds < best[0].step_seconds):
-                    best = (e, topo)
-    return simulate(to_plan(best[0], best[1], w, "name"), inv, w).step_seconds
+    return simulate(planner_naive(spec, inv), inv, w).step_seconds
 
 
 def exhaustive(spec, inv, w):
@@ -106,7 +100,7 @@ def exhaustive(spec, inv, w):
     return best, count
 
 
-def planning_time_1024() -> tuple[float, int]:
+def planning_time_1024() -> tuple[float, int, int]:
     rng = random.Random(1024)
     items = []
     for i in range(128):
@@ -120,7 +114,7 @@ def planning_time_1024() -> tuple[float, int]:
     spec = job(1024, preset="llama-70b", global_batch=1024, seq_len=4096)
     began = time.perf_counter()
     result = search(spec, inv)
-    return time.perf_counter() - began, result.evaluated
+    return time.perf_counter() - began, result.evaluated, result.simulated
 
 
 def main() -> None:
@@ -130,13 +124,15 @@ def main() -> None:
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
     speedups, gaps = [], []
-    print(f"{'seed':>4} {'gpus':>4} {'types':>5} {'planner s':>9} {'naive s':>8} {'speedup':>7} {'exhaustive s':>12} {'gap':>6} plan")
+    print(f"{'seed':>4} {'gpus':>4} {'types':>5} {'planner s':>9} {'naive s':>8} {'speedup':>7} {'exhaustive s':>12} {'gap':>6} {'plan t':>6} plan")
     for seed in range(args.clusters):
         small = seed < args.small
         inv = inventory_from_nodelist(random_cluster(seed, small))
         spec = job(inv.gpus)
         w = Workload.from_spec(spec)
+        began = time.perf_counter()
         plan = search(spec, inv).plan
+        took = time.perf_counter() - began
         planned = simulate(plan, inv, w).step_seconds
         base = naive(spec, inv, w)
         speedups.append(base / planned)
@@ -147,14 +143,18 @@ def main() -> None:
             row += f" {best:>12.3f} {100 * (planned / best - 1):>5.1f}%"
         else:
             row += f" {'-':>12} {'-':>6}"
-        print(row, plan.dims.layout, flush=True)
+        print(row, f"{took:>5.2f}s", plan.dims.layout, plan.order if not plan.order.startswith("nodes:") else "nodes:...", flush=True)
     print()
     q = statistics.quantiles(speedups, n=10)
     print(f"speedup over naive: median {statistics.median(speedups):.2f}x, p10 {q[0]:.2f}x, p90 {q[-1]:.2f}x, min {min(speedups):.2f}x, max {max(speedups):.2f}x (n={len(speedups)})")
     if gaps:
         print(f"gap to exhaustive: median {100 * statistics.median(gaps):.1f}%, max {100 * max(gaps):.1f}%, within 3%: {sum(g <= 0.03 for g in gaps)}/{len(gaps)}")
-    seconds, evaluated = planning_time_1024()
-    print(f"planning time at 1,024 GPUs (llama-70b, 128 nodes, 4 types): {seconds:.2f} s, {evaluated} candidates")
+    times = []
+    for _ in range(5):
+        seconds, evaluated, simulated = planning_time_1024()
+        times.append(seconds)
+    print(f"planning time at 1,024 GPUs (llama-70b, 128 nodes, 4 types): median {statistics.median(times):.2f} s, "
+          f"min {min(times):.2f} s, max {max(times):.2f} s of 5 runs; {evaluated} candidates in closed form, {simulated} simulated")
     if args.plot:
         import matplotlib
 

@@ -28,7 +28,8 @@ import math
 
 from .dims import ParallelDims
 from .layout import Slot
-from .network import Link, NetworkSettings, link
+from .network import Link, NetworkSettings
+from .network import link as _link
 from .workload import BF16, Workload
 
 GIB = 2**30
@@ -95,11 +96,20 @@ class Estimate:
         return self.shortfall is None
 
 
-def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings) -> Topology:
+def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings, links: dict | None = None) -> Topology:
+    """``links`` caches node-pair links across calls with the same ``net`` (one search)."""
     dp, pp, sp, tp = dims.data, dims.pipeline, dims.sequence, dims.tensor
     node = [s.node for s in slots]
     rank = dims.rank
     inner_size = sp * tp
+    links = {} if links is None else links
+
+    def link(a, b, net) -> Link:  # why: the same node pairs recur thousands of times at scale
+        key = (a.name, b.name)
+        found = links.get(key)
+        if found is None:
+            found = links[key] = _link(a, b, net)
+        return found
 
     rate = [[0.0] * dp for _ in range(pp)]
     inner = [[Link(math.inf, 0.0, False)] * dp for _ in range(pp)]
@@ -114,10 +124,15 @@ def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings) -> Top
     # Point-to-point: every (s, t) rank of stage p sends to the same (s, t) of stage p+1
     # (activations) and back (gradients). Each NIC direction is busy for the sum over its
     # flows of bytes / that flow's link bandwidth, per micro-batch.
-    pairs = [(p, d, node[rank(pipeline=p, data=d) + i], node[rank(pipeline=p + 1, data=d) + i]) for p in range(pp - 1) for d in range(dp) for i in range(inner_size)]
+    pairs = []
+    for p in range(pp - 1):
+        for d in range(dp):
+            a0, b0 = rank(pipeline=p, data=d), rank(pipeline=p + 1, data=d)
+            for i in range(inner_size):
+                a, b = node[a0 + i], node[b0 + i]
+                pairs.append((p, d, a, b, link(a, b, net)))
     busy: dict[tuple[str, str], float] = {}
-    for _, _, a, b in pairs:
-        l = link(a, b, net)
+    for _, _, a, b, l in pairs:
         if l.crosses_nodes:
             for key in (("out", a.name), ("in", b.name), ("out", b.name), ("in", a.name)):
                 busy[key] = busy.get(key, 0.0) + 1 / l.bandwidth
@@ -125,8 +140,7 @@ def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings) -> Top
     p2p_own = [[0.0] * dp for _ in range(pp)]
     nic_load = [[0.0] * dp for _ in range(pp)]
     own: dict[tuple[int, int, str], float] = {}
-    for p, d, a, b in pairs:
-        l = link(a, b, net)
+    for p, d, a, b, l in pairs:
         if not l.crosses_nodes:
             p2p[p][d] = max(p2p[p][d], 1 / l.bandwidth)
             continue
@@ -136,7 +150,7 @@ def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings) -> Top
         own[(p, d, a.name)] = own.get((p, d, a.name), 0.0) + 1 / l.bandwidth
     for (p, d, _), seconds in own.items():
         p2p_own[p][d] = max(p2p_own[p][d], seconds)
-    for p, d, a, b in pairs:
+    for p, d, a, b, _ in pairs:
         if a.name == b.name:
             p2p_own[p][d] = max(p2p_own[p][d], p2p[p][d])
 
@@ -208,7 +222,17 @@ def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: 
     dims = topo.dims
     dp, pp = dims.data, dims.pipeline
     micro_batches = math.ceil(w.global_batch / micro_batch)
-    per_layer = [[layer_seconds(w, topo, p, d, micro_batch, recompute) for d in range(dp)] for p in range(pp)]
+    # Groups of equal rate and inner link cost the same; at scale most groups are alike.
+    seen: dict[tuple[float, float, float], float] = {}
+    per_layer = []
+    for p in range(pp):
+        row = []
+        for d in range(dp):
+            key = (topo.rate[p][d], topo.inner[p][d].bandwidth, topo.inner[p][d].latency)
+            if key not in seen:
+                seen[key] = layer_seconds(w, topo, p, d, micro_batch, recompute)
+            row.append(seen[key])
+        per_layer.append(row)
     head = [w.head_flops(micro_batch) / (dims.tensor * dims.sequence) / topo.rate[pp - 1][d] for d in range(dp)]
 
     # Stage split: memory caps first (Pipette), then greedy on the harmonic-mean layer time.
@@ -249,8 +273,12 @@ def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: 
         trips = [max(stage[p], stage[p + 1]) + activation * topo.p2p_own[p][d] for p in range(pp - 1)]
         interval.append(max(max(stage), nic, *trips))
         # Stage p's last backward ends before those of stages 0..p-1 (and their sends).
-        drain.append([sum(backward * stage[q] + sends[q] for q in range(p)) for p in range(pp)])
-    counts = balanced_counts(micro_batches, fill, interval) if balance else _even(micro_batches, dp)
+        ahead, total = [], 0.0
+        for p in range(pp):
+            ahead.append(total)
+            total += backward * stage[p] + sends[p]
+        drain.append(ahead)
+    counts = balanced_counts(micro_batches, fill, interval) if balance else even_counts(micro_batches, dp)
     if counts is None:
         return Estimate(dims, micro_batch, recompute, math.inf, 0, tuple(layers), ())
     finish = [f + (m - 1) * i for f, i, m in zip(fill, interval, counts)]
@@ -265,7 +293,7 @@ def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: 
         optimizer = (grads[p] / BF16) * (s.optimizer_bytes_per_param / shard + 2 * BF16) * 2 / topo.hbm[p]
         step = max(step, ready + sync + optimizer)
     peak = max(memory_bytes(w, dims, s, p, layers[p], micro_batch, recompute, in_flight[p]) for p in range(pp))
-    samples = _samples(counts, micro_batch, w.global_batch)
+    samples = samples_of(counts, micro_batch, w.global_batch)
     return Estimate(dims, micro_batch, recompute, step, peak, tuple(layers), samples)
 
 
@@ -285,7 +313,7 @@ def _split_layers(w: Workload, pp: int, caps: list[int], per_layer: list[list[fl
     return layers
 
 
-def _even(total: int, n: int) -> list[int] | None:
+def even_counts(total: int, n: int) -> list[int] | None:
     return None if total < n else [total // n + (d < total % n) for d in range(n)]
 
 
@@ -315,7 +343,7 @@ def balanced_counts(total: int, fill: list[float], interval: list[float]) -> lis
     return counts
 
 
-def _samples(counts: list[int], micro_batch: int, global_batch: int) -> tuple[int, ...]:
+def samples_of(counts: list[int], micro_batch: int, global_batch: int) -> tuple[int, ...]:
     """Samples per data index: whole micro-batches, the excess taken from the largest."""
     samples = [c * micro_batch for c in counts]
     excess = sum(samples) - global_batch

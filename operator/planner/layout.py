@@ -13,6 +13,8 @@ keeps data-parallel rings inside a rack (Holmes).
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections import Counter
 from collections.abc import Callable
 
 from shardwright.operator.api import TrainingJobSpec
@@ -92,13 +94,61 @@ def _eligible(node: Node, group) -> bool:
     return node.matches(group.node_selector)
 
 
+#: Prefix of an explicit node order: ``nodes:n1,n2,...`` (see :func:`node_sequences`).
+EXPLICIT = "nodes:"
+
+
+def order_key(order: str) -> Callable[[Node], tuple]:
+    """Sort key of a named order (:data:`ORDERS`) or an explicit ``nodes:a,b,c`` one."""
+    if order.startswith(EXPLICIT):
+        position = {name: i for i, name in enumerate(order[len(EXPLICIT):].split(","))}
+        return lambda n: (position.get(n.name, len(position)), n.name)
+    return ORDERS[order]
+
+
+def node_sequences(slots: list[Slot], limit: int) -> list[str]:
+    """Every distinct order of the slots' nodes as ``nodes:...`` orders, or none if more than ``limit``.
+
+    Nodes alike in GPU type and memory, slots used, NIC and place are interchangeable (the
+    plan cannot tell them apart), so only orders of their kinds count; within a kind,
+    nodes go in name order. Small clusters have few (4 distinct nodes: 24), which lets the
+    search try them all; large ones have too many and keep to :data:`ORDERS`.
+    """
+    used = Counter(s.node.name for s in slots)
+    nodes = sorted({s.node.name: s.node for s in slots}.values(), key=lambda n: n.name)
+    kind = {n.name: (n.gpu.name, n.gpu_memory_bytes, used[n.name], n.nic, n.nic_gbps, n.zone, n.block) for n in nodes}
+    counts = Counter(kind[n.name] for n in nodes)
+    distinct = math.factorial(len(nodes))
+    for c in counts.values():
+        distinct //= math.factorial(c)
+    if distinct > limit:
+        return []
+    kinds = sorted(counts, key=lambda k: min(n.name for n in nodes if kind[n.name] == k))
+    members = {k: [n.name for n in nodes if kind[n.name] == k] for k in kinds}
+    out: list[str] = []
+
+    def extend(prefix: list, left: dict) -> None:
+        if not any(left.values()):
+            taken = {k: iter(members[k]) for k in kinds}
+            out.append(EXPLICIT + ",".join(next(taken[k]) for k in prefix))
+            return
+        for k in kinds:
+            if left[k]:
+                left[k] -= 1
+                extend(prefix + [k], left)
+                left[k] += 1
+
+    extend([], {k: counts[k] for k in kinds})
+    return out
+
+
 def arrange(slots: list[Slot], dims: ParallelDims, order: str) -> list[Slot]:
     """Slot of each rank (index = rank): inner groups cut from whole nodes first."""
     inner = dims.tensor * dims.sequence
     by_node: dict[str, list[Slot]] = {}
     for slot in slots:
         by_node.setdefault(slot.node.name, []).append(slot)
-    nodes = sorted((group[0].node for group in by_node.values()), key=ORDERS[order])
+    nodes = sorted((group[0].node for group in by_node.values()), key=order_key(order))
     chunks: list[list[Slot]] = []
     leftover: list[Slot] = []
     for node in nodes:

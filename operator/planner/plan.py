@@ -43,6 +43,8 @@ class Plan:
     samples: tuple[int, ...] = ()
     #: Node order the ranks follow (see ``layout.ORDERS``); empty for the uniform plan.
     order: str = ""
+    #: The simulator's step time for this plan (``simulate.py``), when the search ran it.
+    simulated_step_seconds: float | None = None
 
     @property
     def world_size(self) -> int:

@@ -30,6 +30,7 @@ def to_dict(result: SearchResult) -> dict[str, Any]:
             for r in plan.ranks
         ],
         "predictedStepSeconds": plan.predicted_step_seconds,
+        "simulatedStepSeconds": plan.simulated_step_seconds,
         "memoryPerGpuBytes": plan.memory_per_gpu_bytes,
         "microBatch": plan.micro_batch,
         "recompute": plan.recompute,
@@ -55,7 +56,8 @@ def table(result: SearchResult, explain: bool = False) -> str:
     lines = [
         f"plan: data={d.data} tensor={d.tensor} pipeline={d.pipeline} sequence={d.sequence}  "
         f"micro-batch={plan.micro_batch}  recompute={'on' if plan.recompute else 'off'}",
-        f"predicted step: {plan.predicted_step_seconds:.3f} s   peak memory: {plan.memory_per_gpu_bytes / GIB:.1f} GiB per GPU",
+        f"predicted step: {plan.predicted_step_seconds:.3f} s (closed form), "
+        f"{plan.simulated_step_seconds or float('nan'):.3f} s (simulated)   peak memory: {plan.memory_per_gpu_bytes / GIB:.1f} GiB per GPU",
     ]
     if d.pipeline > 1:
         lines.append("stage layers: " + " ".join(str(n) for n in plan.stage_layers))

@@ -21,6 +21,7 @@ from .inventory import Inventory, local_inventory
 from .layout import Infeasible
 from .network import NetworkSettings
 from .plan import Plan, RankPlacement, plan_uniform
+from .simulate import simulate
 from .workload import Workload
 
 
@@ -42,6 +43,15 @@ class SearchSettings:
     refine: int = 6
     #: Alternatives reported beside the plan.
     alternatives: int = 4
+    #: Every distinct node order is tried, with every split, when there are at most this
+    #: many (clusters of up to 4 distinct nodes).
+    node_orders: int = 24
+    #: Candidates re-scored by the simulator: the closed form's best this many, and the
+    #: best of this many leading splits (plus the naive plan).
+    rescore: int = 8
+    #: Simulator work allowed beyond the closed form's best candidate and the naive plan:
+    #: forward/backward ops summed over the candidates (about 7 us each).
+    rescore_ops: int = 60_000
 
 
 #: What ``shardwright run`` can execute today: the worker runs data and sequence
@@ -68,14 +78,18 @@ class Alternative:
     order: str
     predicted_step_seconds: float
     memory_per_gpu_bytes: int
+    #: The simulator's step time, when the alternative was on the short list.
+    simulated_step_seconds: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
     plan: Plan
     alternatives: tuple[Alternative, ...]
-    #: Candidates scored (degree split x micro-batch x recomputation x order).
+    #: Candidates scored in closed form (degree split x micro-batch x recomputation x order).
     evaluated: int
+    #: Candidates re-scored by the simulator (the naive plan included).
+    simulated: int = 0
 
 
 def plan_job(spec: TrainingJobSpec, inventory: Inventory | None = None, replicas: dict[str, int] | None = None) -> Plan:
@@ -96,46 +110,162 @@ def plan_job(spec: TrainingJobSpec, inventory: Inventory | None = None, replicas
 
 
 def search(spec: TrainingJobSpec, inventory: Inventory, settings: Settings = Settings()) -> SearchResult:
-    """Best plan for ``spec`` on ``inventory``; raises :class:`Infeasible` naming the limit."""
+    """Best plan for ``spec`` on ``inventory``; raises :class:`Infeasible` naming the limit.
+
+    The closed form (``cost.estimate``) scores every candidate and prunes; the simulator
+    (``simulate.simulate``) re-scores a short list - the closed form's best candidates,
+    the best of each leading split, and the naive plan (:func:`naive`) - and the plan is
+    the simulator's best of that list.
+    """
     w = Workload.from_spec(spec)
     slots = layout.place_pods(spec, inventory)
     splits = degree_splits(spec, w, slots, settings.search)
     if not splits:
         raise Infeasible(f"no tensor x sequence x pipeline x data split of {len(slots)} GPUs fits the model and batch")
+    links: dict = {}
     scored: list[tuple[tuple, cost.Estimate, str, cost.Topology]] = []
-    evaluated = 0
     best_per_split: dict[ParallelDims, tuple] = {}
     for dims in splits:
-        topo = cost.topology(layout.arrange(slots, dims, "speed"), dims, settings.network)
+        topo = cost.topology(layout.arrange(slots, dims, "speed"), dims, settings.network, links)
         for est in _estimates(w, topo, settings):
-            evaluated += 1
             entry = (_rank_key(est, "speed"), est, "speed", topo)
             scored.append(entry)
             if dims not in best_per_split or entry[0] < best_per_split[dims][0]:
                 best_per_split[dims] = entry
-    leaders = sorted(best_per_split.values(), key=lambda e: e[0])[: settings.search.refine]
+    orders = [o for o in layout.ORDERS if o not in ("speed", "name")]  # why: speed was pass one; name is naive's
+    every = layout.node_sequences(slots, settings.search.node_orders)
+    # why: on a few nodes the order changes the ranking of splits (which stages share a
+    # node), so pass one's ranking on one order is no guide: every split gets every order.
+    leaders = sorted(best_per_split.values(), key=lambda e: e[0])[: len(splits) if every else settings.search.refine]
+    orders += every
     for _, est, _, _ in leaders:
         if not est.feasible:
             continue
-        for order in layout.ORDERS:
-            if order in ("speed", "name"):
-                continue  # why: speed was pass one; name order is the naive baseline's
-            topo = cost.topology(layout.arrange(slots, est.dims, order), est.dims, settings.network)
+        for order in orders:
+            topo = cost.topology(layout.arrange(slots, est.dims, order), est.dims, settings.network, links)
             for e in _estimates(w, topo, settings):
-                evaluated += 1
                 entry = (_rank_key(e, order), e, order, topo)
                 scored.append(entry)
                 if entry[0] < best_per_split[est.dims][0]:
                     best_per_split[est.dims] = entry
-    feasible = sorted((e for e in best_per_split.values() if e[1].feasible), key=lambda e: e[0])
+    feasible = sorted((e for e in scored if e[1].feasible), key=lambda e: e[0])
     if not feasible:
         raise Infeasible(_limit_message(scored))
-    _, best, order, topo = feasible[0]
+    evaluated = len(scored)
+
+    # Short list for the simulator, in closed-form order, without duplicate arrangements.
+    per_split = sorted((e for e in best_per_split.values() if e[1].feasible), key=lambda e: e[0])
+    shortlist: list[tuple[tuple, cost.Estimate, str, cost.Topology]] = []
+    seen = set()
+    for entry in feasible[: settings.search.rescore] + per_split[: settings.search.rescore]:
+        _, e, _, topo = entry
+        key = (e.dims, e.micro_batch, e.recompute, tuple(x.node.name for x in topo.slots))
+        if key not in seen:
+            seen.add(key)
+            shortlist.append(entry)
+    shortlist.sort(key=lambda e: e[0])
+    # Simulate in closed-form order; skip a candidate whose compute alone (a lower bound
+    # on its simulated step) cannot beat the best so far, or past the simulation budget.
+    simulated: list[tuple[float, int, Plan]] = []
+    ops = 0
+    for i, (_, e, order, topo) in enumerate(shortlist):
+        if simulated and _compute_bound(e, topo, w) >= simulated[0][0]:
+            continue
+        plan = to_plan(e, topo, w, order)
+        if simulated and ops + _ops(plan) > settings.search.rescore_ops:
+            continue  # why: the closed-form best is always simulated; the rest within the budget
+        ops += _ops(plan)
+        simulated.append((simulate(plan, inventory, w, settings.network, settings.cost).step_seconds, i, plan))
+        simulated.sort(key=lambda x: (x[0], x[1]))
+    # The naive plan: built and simulated unless no even plan could beat the best so far.
+    naive_bound = _naive_bound(spec, w, layout.place_pods(spec, inventory, "name"), settings)
+    baseline = naive(spec, inventory, settings, w, links) if naive_bound < simulated[0][0] else None
+    if baseline is not None:
+        simulated.append((simulate(baseline, inventory, w, settings.network, settings.cost).step_seconds, len(shortlist), baseline))
+    seconds, _, plan = min(simulated, key=lambda x: (x[0], x[1]))
+    note = f"Simulated step {seconds:.3f} s, the best of {len(simulated)} candidates re-scored by the simulator"
+    note += " (the naive plan among them)." if baseline is not None else f" (no naive plan can be faster: its compute alone takes {naive_bound:.3f} s)."
+    plan = dataclasses.replace(plan, simulated_step_seconds=seconds, explanation=f"{plan.explanation} {note}")
+    sim = {(p.dims, p.micro_batch, p.recompute, p.order): t for t, _, p in simulated}
+    chosen = (plan.dims, plan.micro_batch, plan.recompute, plan.order)
     alternatives = tuple(
-        Alternative(e.dims, e.micro_batch, e.recompute, o, e.step_seconds, e.memory_per_gpu_bytes)
-        for _, e, o, _ in feasible[1 : 1 + settings.search.alternatives]
-    )
-    return SearchResult(to_plan(best, topo, w, order), alternatives, evaluated)
+        Alternative(e.dims, e.micro_batch, e.recompute, o, e.step_seconds, e.memory_per_gpu_bytes, sim.get((e.dims, e.micro_batch, e.recompute, o)))
+        for _, e, o, _ in per_split if (e.dims, e.micro_batch, e.recompute, o) != chosen
+    )[: settings.search.alternatives]
+    return SearchResult(plan, alternatives, evaluated, len(simulated))
+
+
+def naive(spec: TrainingJobSpec, inventory: Inventory, settings: Settings = Settings(), w: Workload | None = None, links: dict | None = None) -> Plan | None:
+    """The obvious plan: what a planner that assumes identical GPUs would pick.
+
+    Ranks in node-name order, even data-parallel shares and even stages; its degrees,
+    micro-batch and recomputation the closed form's best under those constraints. The
+    search simulates it beside its own candidates, so it never returns a plan the
+    simulator rates slower. None when no even plan fits in memory.
+    """
+    w = w or Workload.from_spec(spec)
+    slots = layout.place_pods(spec, inventory, "name")
+    best = None
+    for dims in degree_splits(spec, w, slots, settings.search):
+        topo = cost.topology(layout.arrange(slots, dims, "name"), dims, settings.network, links)
+        for e in _estimates(w, topo, settings, balance=False):
+            if e.feasible and (best is None or e.step_seconds < best[0].step_seconds):
+                best = (e, topo)
+    return None if best is None else to_plan(best[0], best[1], w, "name")
+
+
+def _compute_bound(e: cost.Estimate, topo: cost.Topology, w: Workload) -> float:
+    """Seconds the busiest (stage, data index) group computes: the simulator runs each
+    group's ops one after another, each at least its FLOPs at the group's slowest GPU."""
+    dims = e.dims
+    inner = dims.tensor * dims.sequence
+    worst = 0.0
+    for p, layers in enumerate(e.stage_layers):
+        for d, n in enumerate(e.samples):
+            flops = w.layer_flops(n, e.recompute) * layers + (w.head_flops(n) if p == dims.pipeline - 1 else 0.0)
+            worst = max(worst, flops / inner / topo.rate[p][d])
+    return worst
+
+
+def _naive_bound(spec: TrainingJobSpec, w: Workload, slots: list[layout.Slot], settings: Settings) -> float:
+    """Lower bound on the simulated step of any naive plan (name order, even stages and
+    shares; :func:`naive`), without building one: for each split and micro-batch, each
+    stage's compute for all its micro-batches, after micro-batch 0's forwards through the
+    stages before it and before the last micro-batch's backwards through them (1F1B),
+    every group at its slowest GPU; splits that do not fit in memory even with
+    recomputation are left out. Communication only adds to it."""
+    bound = float("inf")
+    for dims in degree_splits(spec, w, slots, settings.search):
+        dp, pp, inner = dims.data, dims.pipeline, dims.tensor * dims.sequence
+        ranks = layout.arrange(slots, dims, "name")
+        layers = [w.layers // pp + (p < w.layers % pp) for p in range(pp)]
+        rate = [[min(x.node.gpu.tflops for x in ranks[dims.rank(pipeline=p, data=d):dims.rank(pipeline=p, data=d) + inner]) * 1e12 * inner
+                 for d in range(dp)] for p in range(pp)]
+        memory = [min(x.node.gpu_memory_bytes for x in ranks[dims.rank(pipeline=p):dims.rank(pipeline=p) + dp * inner]) for p in range(pp)]
+        for mb in settings.search.micro_batches:
+            counts = cost.even_counts(-(-w.global_batch // mb), dp)
+            if counts is None:
+                continue
+            in_flight = [min(pp - p, max(1, -(-sum(counts) // dp))) for p in range(pp)]
+            if any(cost.memory_bytes(w, dims, settings.cost, p, layers[p], mb, True, in_flight[p]) > memory[p] * settings.cost.usable_memory_fraction
+                   for p in range(pp)):
+                continue  # why: not even recomputation fits; the naive plan cannot be this one
+            worst = 0.0
+            for d, n in enumerate(cost.samples_of(counts, mb, w.global_batch)):
+                first, last = w.layer_flops(min(mb, n), False), w.layer_flops(n - (-(-n // mb) - 1) * mb, False)
+                before = 0.0
+                for p in range(pp):
+                    work = (w.layer_flops(n, False) * layers[p] + (w.head_flops(n) if p == pp - 1 else 0.0)) / rate[p][d]
+                    worst = max(worst, before + work)
+                    before += (first / 3 + last * 2 / 3) * layers[p] / rate[p][d]
+            bound = min(bound, worst)
+    return bound
+
+
+def _ops(plan: Plan) -> int:
+    """Forward and backward ops the simulator plays for ``plan`` (its running time scales with it)."""
+    mb = plan.micro_batch or 1
+    return 2 * plan.dims.pipeline * sum(-(-n // mb) for n in plan.samples or (1,))
 
 
 def degree_splits(spec: TrainingJobSpec, w: Workload, slots: list[layout.Slot], s: SearchSettings) -> list[ParallelDims]:
@@ -167,13 +297,13 @@ def degree_splits(spec: TrainingJobSpec, w: Workload, slots: list[layout.Slot], 
     return splits
 
 
-def _estimates(w: Workload, topo: cost.Topology, settings: Settings):
+def _estimates(w: Workload, topo: cost.Topology, settings: Settings, balance: bool = True):
     per_rank = w.global_batch / topo.dims.data
     for mb in settings.search.micro_batches:
         if mb > 1 and mb > per_rank:
             break  # why: a larger micro-batch than any rank's samples only adds padding
         for rc in settings.search.recompute:
-            est = cost.estimate(w, topo, mb, rc, settings.cost)
+            est = cost.estimate(w, topo, mb, rc, settings.cost, balance=balance)
             yield est
             if est.feasible and not rc:
                 break  # why: recomputation only adds FLOPs; it is worth trying only when memory is short
@@ -218,7 +348,7 @@ def explain(plan: Plan, topo: cost.Topology) -> str:
     """A few sentences: the split, where groups sit, who gets more work and why."""
     d = plan.dims
     lines = [f"{d.layout} (tensor={d.tensor}, sequence={d.sequence}, pipeline={d.pipeline}, data={d.data}), "
-             f"micro-batch {plan.micro_batch}{', recomputation on' if plan.recompute else ''}, nodes ordered by {plan.order}."]
+             f"micro-batch {plan.micro_batch}{', recomputation on' if plan.recompute else ''}, {_order_text(plan.order)}."]
     inner = d.tensor * d.sequence
     if inner > 1:
         crossing = sum(len({topo.slots[r].node.name for r in g}) > 1 for g in d.groups("tensor") + d.groups("sequence"))
@@ -239,3 +369,11 @@ def explain(plan: Plan, topo: cost.Topology) -> str:
     if not math.isinf(plan.predicted_step_seconds or math.inf):
         lines.append(f"Predicted step {plan.predicted_step_seconds:.3f} s, peak memory {plan.memory_per_gpu_bytes / cost.GIB:.1f} GiB per GPU.")
     return " ".join(lines)
+
+
+def _order_text(order: str) -> str:
+    if order.startswith(layout.EXPLICIT):
+        return "nodes in the order " + order[len(layout.EXPLICIT):].replace(",", ", ")
+    if order == "name":
+        return "nodes in name order with even shares and stages (the naive plan)"
+    return f"nodes ordered by {order}"

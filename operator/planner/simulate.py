@@ -53,18 +53,37 @@ class _Links:
         self.free: dict[tuple, float] = {}
         self.network_bytes = 0.0
 
-    def send(self, ready: float, src: int, dst: int, nbytes: float) -> float:
-        """Arrival time of ``nbytes`` from rank ``src`` to ``dst``, queued at ``ready``."""
-        a, b = self.nodes[src], self.nodes[dst]
-        l = link(a, b, self.net)
-        keys = [("out", a.name), ("in", b.name)] if l.crosses_nodes else [("port", src)]
-        start = max([ready] + [self.free.get(k, 0.0) for k in keys])
-        end = start + l.latency + nbytes / l.bandwidth
-        for k in keys:
-            self.free[k] = end
-        if l.crosses_nodes:
-            self.network_bytes += nbytes
-        return end
+    def route(self, pairs: list[tuple[int, int]]) -> list[tuple[tuple, int, float, float, bool]]:
+        """Queue entries of a batch of sends issued together, ``pairs`` of (src, dst) ranks:
+        (queue keys, messages, latency, seconds per byte, crosses nodes) per run of
+        consecutive pairs between the same two nodes (one run per pair inside a node:
+        each GPU has its own port)."""
+        runs: list[list] = []
+        for src, dst in pairs:
+            a, b = self.nodes[src], self.nodes[dst]
+            l = link(a, b, self.net)
+            keys = (("out", a.name), ("in", b.name)) if l.crosses_nodes else (("port", src),)
+            if runs and l.crosses_nodes and runs[-1][0] == keys:
+                runs[-1][1] += 1
+            else:
+                runs.append([keys, 1, l.latency, 1 / l.bandwidth, l.crosses_nodes])
+        return [tuple(r) for r in runs]
+
+    def send_route(self, ready: float, route, nbytes: float) -> float:
+        """Arrival of the last message of a batch (see :meth:`route`), each of ``nbytes``."""
+        free = self.free
+        arrival = ready
+        for keys, count, latency, per_byte, crosses in route:
+            start = ready
+            for k in keys:
+                start = max(start, free.get(k, 0.0))
+            end = start + count * (latency + nbytes * per_byte)
+            for k in keys:
+                free[k] = end
+            if crosses:
+                self.network_bytes += count * nbytes
+            arrival = max(arrival, end)
+        return arrival
 
 
 def simulate(plan: Plan, inventory: Inventory, w: Workload, net: NetworkSettings = NetworkSettings(), s: CostSettings = CostSettings()) -> Simulation:
@@ -78,51 +97,45 @@ def simulate(plan: Plan, inventory: Inventory, w: Workload, net: NetworkSettings
     mb = plan.micro_batch or 1
     samples = plan.samples or tuple([w.global_batch // dp] * dp)
     sizes = [[min(mb, n - i) for i in range(0, n, mb)] for n in samples]
-    busy = [0.0] * dims.world_size
-    group_free = {(p, d): 0.0 for p in range(pp) for d in range(dp)}
+    group_flops = {(p, d): 0.0 for p in range(pp) for d in range(dp)}
+    group_free = dict.fromkeys(group_flops, 0.0)
 
     def members(p: int, d: int) -> list[int]:
         first = dims.rank(pipeline=p, data=d)
         return list(range(first, first + inner))
 
-    def run_op(p: int, d: int, j: int, backward: bool, ready: float) -> float:
-        """Run forward/backward of micro-batch j on group (p, d); returns its end."""
-        size = sizes[d][j]
-        full = w.layer_flops(size, plan.recompute) * layers[p]
-        fraction = (3 / 4 if plan.recompute else 2 / 3) if backward else (1 / 4 if plan.recompute else 1 / 3)
-        flops = full * fraction
-        if p == pp - 1:
-            flops += w.head_flops(size) * (2 / 3 if backward else 1 / 3)
-        start = max(ready, group_free[(p, d)])
-        compute = 0.0
-        for r in members(p, d):
-            t = flops / inner / rate[r]
-            busy[r] += t
-            compute = max(compute, t)
-        end = start + compute + _collectives(p, d, size, backward)
-        group_free[(p, d)] = end
-        return end
+    # Per group: its slowest member's rate and the slowest hops of its tensor and sequence
+    # rings (each member's time is its own; the group's op ends with the slowest).
+    slowest_rate = {key: min(rate[r] for r in members(*key)) for key in group_flops}
+    hops = {key: _group_hops(members(*key), nodes, net, sp, tp) for key in group_flops}
+    durations: dict[tuple, tuple[float, float]] = {}
+
+    def op_time(p: int, d: int, size: int, backward: bool) -> tuple[float, float]:
+        """(seconds, FLOPs) of forward/backward of one micro-batch of ``size`` on group (p, d)."""
+        key = (p, d, size, backward)
+        if key not in durations:
+            full = w.layer_flops(size, plan.recompute) * layers[p]
+            fraction = (3 / 4 if plan.recompute else 2 / 3) if backward else (1 / 4 if plan.recompute else 1 / 3)
+            flops = full * fraction
+            if p == pp - 1:
+                flops += w.head_flops(size) * (2 / 3 if backward else 1 / 3)
+            seconds = flops / inner / slowest_rate[(p, d)] + _collectives(p, d, size, backward)
+            durations[key] = (seconds, flops)
+        return durations[key]
 
     def _collectives(p: int, d: int, size: int, backward: bool) -> float:
         """Per-layer tensor all-reduces and sequence ring passes, over the group's own links."""
-        ranks = members(p, d)
+        tensor_hop, sequence_hop = hops[(p, d)]
         seconds = 0.0
         if tp > 1:
             count = w.tensor_allreduces(plan.recompute) - 2 if backward else 2
             chunk = w.activation_bytes(size) / sp / tp
-            slowest = max(_slowest_hop(ranks[i:i + tp]) for i in range(0, inner, tp))
-            seconds += layers[p] * count * 2 * (tp - 1) * (chunk * slowest[0] + slowest[1])
+            seconds += layers[p] * count * 2 * (tp - 1) * (chunk * tensor_hop[0] + tensor_hop[1])
         if sp > 1:
             share = 2 / 3 if backward else 1 / 3
-            per_byte, latency = max(_slowest_hop(ranks[t::tp]) for t in range(tp))
             nbytes = w.sequence_bytes_per_layer(size, sp) / tp * share
-            seconds += layers[p] * (nbytes * per_byte + (sp - 1) * latency * (2 if backward else 1))
+            seconds += layers[p] * (nbytes * sequence_hop[0] + (sp - 1) * sequence_hop[1] * (2 if backward else 1))
         return seconds
-
-    def _slowest_hop(ring: list[int]) -> tuple[float, float]:
-        """(seconds per byte, latency) of the ring's slowest hop; its ports are its own."""
-        hops = [link(nodes[x], nodes[y], net) for x, y in zip(ring, ring[1:] + ring[:1])]
-        return max(1 / h.bandwidth for h in hops), max(h.latency for h in hops)
 
     # 1F1B op order per stage: warm-up forwards, then alternate, then drain backwards.
     orders: dict[tuple[int, int], list[tuple[bool, int]]] = {}
@@ -140,50 +153,61 @@ def simulate(plan: Plan, inventory: Inventory, w: Workload, net: NetworkSettings
                 b += 1
             orders[(p, d)] = seq
 
+    # Boundary sends of group (p, d) to (p +- 1, d): one per (sequence, tensor) rank pair.
+    # Consecutive pairs between the same two nodes queue back to back on those NICs, so
+    # they are one queue entry of k messages (the same times as k separate ones).
+    routes = {}
+    for p in range(pp):
+        for target in (p - 1, p + 1):
+            if 0 <= target < pp:
+                for d in range(dp):
+                    routes[(p, target, d)] = links.route(list(zip(members(p, d), members(target, d))))
+
     arrived: dict[tuple, float] = {}
-    cursor = {key: 0 for key in orders}
+    cursor = dict.fromkeys(orders, 0)
     done_at: dict[tuple, float] = {}
-    events: list[tuple[float, int, str, tuple]] = []
+    events: list[tuple[float, int, tuple]] = []
     counter = itertools.count()
 
     def advance(p: int, d: int) -> None:
         """Start every op of group (p, d) whose inputs are known, in its order."""
         seq = orders[(p, d)]
-        while cursor[(p, d)] < len(seq):
-            backward, j = seq[cursor[(p, d)]]
-            need = (p, d, j, backward)
+        i = cursor[(p, d)]
+        free = group_free[(p, d)]
+        while i < len(seq):
+            backward, j = seq[i]
             has_input = (p == pp - 1) if backward else (p == 0)
-            if not has_input and need not in arrived:
-                return
-            end = run_op(p, d, j, backward, arrived.get(need, 0.0))
-            cursor[(p, d)] += 1
-            heapq.heappush(events, (end, next(counter), "done", (p, d, j, backward)))
+            ready = 0.0
+            if not has_input:
+                ready = arrived.get((p, d, j, backward))
+                if ready is None:
+                    break
+            seconds, flops = op_time(p, d, sizes[d][j], backward)
+            free = max(ready, free) + seconds
+            group_flops[(p, d)] += flops
+            i += 1
+            heapq.heappush(events, (free, next(counter), (p, d, j, backward)))
+        cursor[(p, d)] = i
+        group_free[(p, d)] = free
 
     for key in orders:
         advance(*key)
     activation = {d: [w.activation_bytes(size) / inner for size in sizes[d]] for d in range(dp)}
+    # Events are op ends, in time order, so every NIC queue is served first come first served.
     while events:
-        t, _, kind, (p, d, j, backward) = heapq.heappop(events)
-        if kind == "done":
-            done_at[(p, d)] = t
-            target = p - 1 if backward else p + 1
-            if 0 <= target < pp:
-                heapq.heappush(events, (t, next(counter), "send", (p, d, j, backward)))
-        elif kind == "send":
-            target = p - 1 if backward else p + 1
-            arrival = max(
-                links.send(t, src, dst, activation[d][j])
-                for src, dst in zip(members(p, d), members(target, d))
-            )
-            heapq.heappush(events, (arrival, next(counter), "arrive", (target, d, j, backward)))
-        else:
-            arrived[(p, d, j, backward)] = t
-            advance(p, d)
+        t, _, (p, d, j, backward) = heapq.heappop(events)
+        done_at[(p, d)] = t
+        target = p - 1 if backward else p + 1
+        if 0 <= target < pp:
+            arrived[(target, d, j, backward)] = links.send_route(t, routes[(p, target, d)], activation[d][j])
+            advance(target, d)
 
     finish = [0.0] * dims.world_size
+    busy = [0.0] * dims.world_size
     for (p, d), t in done_at.items():
         for r in members(p, d):
             finish[r] = t
+            busy[r] = group_flops[(p, d)] / inner / rate[r]
     _allreduce(plan, w, links, finish, layers)
     for r in range(dims.world_size):
         p = dims.coords(r)["pipeline"]
@@ -195,11 +219,25 @@ def simulate(plan: Plan, inventory: Inventory, w: Workload, net: NetworkSettings
     return Simulation(max(finish), tuple(busy), tuple(finish), links.network_bytes)
 
 
+def _group_hops(ranks: list[int], nodes: list[Node], net: NetworkSettings, sp: int, tp: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(seconds per byte, latency) of the slowest hop of the group's tensor rings and of its sequence rings."""
+
+    def slowest(ring: list[int]) -> tuple[float, float]:
+        hops = [link(nodes[x], nodes[y], net) for x, y in zip(ring, ring[1:] + ring[:1])]
+        return max(1 / h.bandwidth for h in hops), max(h.latency for h in hops)
+
+    inner = sp * tp
+    tensor = max(slowest(ranks[i:i + tp]) for i in range(0, inner, tp)) if tp > 1 else (0.0, 0.0)
+    sequence = max(slowest(ranks[t::tp]) for t in range(tp)) if sp > 1 else (0.0, 0.0)
+    return tensor, sequence
+
+
 def _allreduce(plan: Plan, w: Workload, links: _Links, finish: list[float], layers: tuple[int, ...]) -> None:
     """Ring all-reduce of every gradient group, step by step, rings interleaved in time."""
     dims = plan.dims
     pp = dims.pipeline
     rings = [g for g in dims.gradient_groups() if len(g) > 1]
+    routes = [links.route(list(zip(ring, ring[1:] + ring[:1]))) for ring in rings]
     events = []
     for i, ring in enumerate(rings):
         p = dims.coords(ring[0])["pipeline"]
@@ -208,7 +246,7 @@ def _allreduce(plan: Plan, w: Workload, links: _Links, finish: list[float], laye
     while events:
         t, i, step, chunk = heapq.heappop(events)
         ring = rings[i]
-        end = max(links.send(t, x, y, chunk) for x, y in zip(ring, ring[1:] + ring[:1]))
+        end = links.send_route(t, routes[i], chunk)
         if step + 1 < 2 * (len(ring) - 1):
             heapq.heappush(events, (end, i, step + 1, chunk))
         else:

@@ -11,6 +11,7 @@ scores stored).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from shardwright.operator.api import TrainingJobSpec
 
@@ -41,16 +42,16 @@ class Workload:
 
     # ------------------------------------------------------------------ parameters
 
-    @property
+    @functools.cached_property
     def kv_dim(self) -> int:
         return self.dim // self.heads * self.kv_heads
 
-    @property
+    @functools.cached_property
     def layer_params(self) -> int:
         attention = 2 * self.dim * self.dim + 2 * self.dim * self.kv_dim
         return attention + 3 * self.dim * self.ffn_dim
 
-    @property
+    @functools.cached_property
     def embedding_params(self) -> int:
         """Input embedding (first stage) and, as many again, the output head (last stage)."""
         return self.vocab * self.dim
@@ -60,7 +61,7 @@ class Workload:
 
     # ------------------------------------------------------------------ FLOPs
 
-    @property
+    @functools.cached_property
     def softmax_fraction(self) -> float:
         return self.softmax_layers / self.layers
 

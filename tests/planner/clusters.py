@@ -58,3 +58,21 @@ def job(ranks: int, preset: str = "llama-8b", auto: bool = True, global_batch: i
     doc["spec"]["parallelism"] = {"auto": auto}
     doc["spec"]["workers"] = [{"name": "worker", "replicas": ranks, **group}]
     return parse(doc).spec
+
+
+def random_mixed(seed: int) -> dict:
+    """A seeded mixed cluster of 8-32 GPUs: 2-3 GPU types, RDMA and Ethernet nodes, two racks."""
+    import random
+
+    rng = random.Random(seed)
+    types = rng.sample(sorted(PRODUCTS), rng.randint(2, 3))
+    items, total, i = [], 0, 0
+    target = rng.choice([8, 16, 24, 32])
+    while total < target:
+        gpus = min(rng.choice([2, 4, 8]), target - total) if target - total >= 2 else 2
+        rdma = rng.random() < 0.5
+        items.append(node(f"n{seed}-{i}", types[i % len(types)], gpus=gpus, nic="rdma" if rdma else "ethernet",
+                          gbps=rng.choice([400, 800]) if rdma else rng.choice([25, 100]), rack=f"r{rng.randint(0, 1)}"))
+        total += gpus
+        i += 1
+    return nodelist(*items)

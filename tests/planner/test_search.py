@@ -14,14 +14,19 @@ from shardwright.operator.planner.search import SearchSettings, degree_splits, t
 from shardwright.operator.planner.simulate import simulate
 from shardwright.operator.planner.workload import Workload
 
-from .clusters import MIXED, cluster, job, node
+from shardwright.operator.planner import inventory_from_nodelist
+from shardwright.operator.planner.search import naive
+
+from .clusters import MIXED, cluster, job, node, random_mixed
 
 #: Relative gap between the closed-form step time and the simulator's. For the plan the
-#: search picks on each test cluster (measured: at most 9 %), and the median over every
+#: search picks on each test cluster (measured: 7-12 %, closed form pessimistic: the
+#: simulator re-scoring favours plans the closed form over-rates), and the median over every
 #: degree split of the cluster (measured: 0-2 %). Single splits far from the optimum can
 #: be off much more (measured worst: 62 %, closed form pessimistic: deep pipelines of a 1B
 #: model over 100 Gb Ethernet, where it charges every send at full NIC contention while
-#: the simulator's queues interleave sends with compute); the search never picks those.
+#: the simulator's queues interleave sends with compute); that is why the search re-scores
+#: its short list with the simulator instead of trusting the closed form's ranking.
 PLAN_TOLERANCE = 0.15
 MEDIAN_TOLERANCE = 0.05
 
@@ -118,3 +123,17 @@ def test_closed_form_agrees_with_the_simulator(nodes):
     assert gaps[len(gaps) // 2][0] < MEDIAN_TOLERANCE, gaps
     plan = search(spec, inv).plan
     assert plan.predicted_step_seconds == pytest.approx(simulate(plan, inv, w).step_seconds, rel=PLAN_TOLERANCE)
+    # The chosen plan carries the simulator's time; it is the simulator's best of the short list.
+    assert plan.simulated_step_seconds == pytest.approx(simulate(plan, inv, w).step_seconds, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_is_never_slower_than_naive_placement(seed):
+    inv = inventory_from_nodelist(random_mixed(seed))
+    spec = job(inv.gpus, preset="llama-1b", global_batch=128, seq_len=2048)
+    w = Workload.from_spec(spec)
+    result = search(spec, inv)
+    baseline = naive(spec, inv)
+    assert baseline is not None and len(inv.gpu_types) >= 2
+    planned, obvious = simulate(result.plan, inv, w).step_seconds, simulate(baseline, inv, w).step_seconds
+    assert planned <= obvious * (1 + 1e-9), (seed, result.plan.dims.layout, planned, obvious)
