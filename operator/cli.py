@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
                         "corrupt-checkpoint:step=40, shrink:ranks=1:step=60, grow:step=90 (repeatable)")
     p.set_defaults(func=_run)
 
+    p = sub.add_parser("status", help="print the last known status of a job run on this machine, as kubectl shows .status")
+    p.add_argument("file", type=Path)
+    p.add_argument("--workdir", type=Path, help="the run's work directory (default .shardwright/NAMESPACE/NAME)")
+    p.add_argument("-o", "--output", choices=("json", "yaml"), default="yaml")
+    p.set_defaults(func=_status)
+
     p = sub.add_parser("validate", help="check manifests; exit 2 naming every bad field")
     p.add_argument("files", type=Path, nargs="+")
     p.set_defaults(func=_validate)
@@ -131,6 +137,31 @@ def _run(args) -> int:
         ranks=args.ranks, faults=faults,
     )
     return runner.run(job, settings).exit_code
+
+
+def _status(args) -> int:
+    """The ``status.json`` the local runner keeps in the job's work directory."""
+    jobs, problems = _load([args.file])
+    if problems or len(jobs) != 1:
+        for line in problems or [f"{args.file}: expected exactly one TrainingJob, found {len(jobs)}"]:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    import json
+
+    meta = jobs[0][1].metadata
+    path = (args.workdir or Path(".shardwright") / meta.namespace / meta.name) / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        print(f"{meta.namespace}/{meta.name}: no status at {path} ({e.__class__.__name__}); run `shardwright run {args.file}` first", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(status, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(status, sort_keys=False), end="")
+    return 0
 
 
 def _crds(args) -> int:
