@@ -43,6 +43,12 @@ def tiny_job(name: str = "tiny", **spec: Any) -> dict[str, Any]:
 @pytest.fixture()
 def cluster(kmock, tmp_path, monkeypatch):
     """KMock as a small API server, and a kubeconfig pointing at it (Kopf and our client)."""
+    monkeypatch.setenv("KUBECONFIG", str(declare(kmock, tmp_path)))
+    return kmock
+
+
+def declare(kmock, tmp_path: Path) -> Path:
+    """Declare the resources the operator uses; write a kubeconfig for KMock; return its path."""
     kmock.resources[TJ] = kmock.ResourceInfo(
         kind="TrainingJob", namespaced=True, shortnames={"tj"}, subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
@@ -64,8 +70,7 @@ def cluster(kmock, tmp_path, monkeypatch):
         "users": [{"name": "kmock", "user": {"token": "test"}}],
         "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": NS}}],
     }))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    return kmock
+    return kubeconfig
 
 
 @dataclasses.dataclass
