@@ -20,7 +20,7 @@ test-fast: $(STAMP)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest -m "not slow"
 
 crds: $(STAMP)
-	$(VENV)/bin/shardwright crds --out crds
+	$(VENV)/bin/shardwright crds
 
 clean:
 	rm -rf $(VENV) .shardwright build *.egg-info

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("crds", help="generate CustomResourceDefinitions from the API models")
-    p.add_argument("--out", type=Path, default=Path("crds"))
+    p.add_argument("--out", type=Path, action="append",
+                   help="directory to write (repeatable; default: crds/ and the chart's crd-files/)")
     p.add_argument("--check", action="store_true", help="exit 1 if the files differ instead of writing")
     p.set_defaults(func=_crds)
 
@@ -167,13 +168,15 @@ def _status(args) -> int:
 def _crds(args) -> int:
     from shardwright.operator.api import crd
 
+    outs = args.out or [Path("crds"), Path("helm/shardwright/crd-files")]
     if args.check:
-        stale = crd.drifted(args.out)
-        for name in stale:
-            print(f"{args.out / name}: differs from the API models; run `shardwright crds`", file=sys.stderr)
+        stale = [out / name for out in outs for name in crd.drifted(out)]
+        for path in stale:
+            print(f"{path}: differs from the API models; run `shardwright crds`", file=sys.stderr)
         return 1 if stale else 0
-    for path in crd.write_all(args.out):
-        print(path)
+    for out in outs:
+        for path in crd.write_all(out):
+            print(path)
     return 0
 
 

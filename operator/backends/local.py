@@ -39,18 +39,31 @@ LOSS_TIMEOUT_S = 10.0
 
 @ray.remote(num_cpus=0, max_concurrency=2)
 class RankActor:
-    """One rank process. ``max_concurrency=2`` lets ``request_stop`` reach a running ``run``."""
+    """One rank process, reusable across generations.
 
-    def __init__(self, environ: dict[str, str]) -> None:
-        os.environ.update(environ)
-        self.env = RankEnv.from_environ(environ)
+    ``max_concurrency=2`` lets ``request_stop`` reach a running ``run``. A process whose
+    run ended (success, or an exception such as a peer's broken connection) still has
+    torch imported and serves the next generation, so a restart starts no new process
+    for the ranks that survived.
+    """
+
+    def __init__(self) -> None:
         self.stop_event = threading.Event()
 
-    def run(self, entry: str, config_json: str) -> dict[str, Any]:
+    def warm(self) -> int:
+        """Import the worker entry point (torch) ahead of need; returns the process id."""
         import importlib
 
+        importlib.import_module(ENTRY.split(":")[0])
+        return os.getpid()
+
+    def run(self, entry: str, config_json: str, environ: dict[str, str]) -> dict[str, Any]:
+        import importlib
+
+        os.environ.update(environ)
+        self.stop_event = threading.Event()
         module, func = entry.split(":")
-        return getattr(importlib.import_module(module), func)(config_json, self.env, self.stop_event)
+        return getattr(importlib.import_module(module), func)(config_json, RankEnv.from_environ(environ), self.stop_event)
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -82,6 +95,8 @@ class LocalRayBackend:
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
         self.generations: dict[int, list[_Rank]] = {}
+        #: Live rank processes with no run: survivors of ended generations and a warm spare.
+        self.idle: list[Any] = []
 
     def _ensure_ray(self) -> None:
         if not ray.is_initialized():
@@ -104,9 +119,11 @@ class LocalRayBackend:
                 rank=placement.rank, world_size=world, local_rank=placement.rank,
                 master_addr="127.0.0.1", master_port=master_port, telemetry_port=free_port(),
             )
-            actor = RankActor.remote(env.to_environ())
-            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json), env.telemetry_port))
+            actor = self.idle.pop() if self.idle else _new_actor()
+            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json, env.to_environ()), env.telemetry_port))
         self.generations[action.generation] = ranks
+        if not self.idle:
+            self.idle.append(_new_actor())  # a spare for the rank a failure takes down
 
     def stop(self, action: StopGeneration) -> None:
         for rank in self.generations.get(action.generation, []):
@@ -163,9 +180,11 @@ class LocalRayBackend:
             try:
                 rank.result = ray.get(rank.future)
                 rank.state = RankState.SUCCEEDED
+                self.idle.append(rank.actor)
             except RayTaskError as e:
                 cause = e.cause if e.cause is not None else e
                 rank.state, rank.message = RankState.FAILED, f"{type(cause).__name__}: {cause}"
+                self.idle.append(rank.actor)  # the task failed, the process lives on
             except RayActorError:
                 rank.state, rank.message = RankState.FAILED, "rank process died (killed, crashed or its host lost)"
 
@@ -192,8 +211,16 @@ class LocalRayBackend:
             for rank in ranks:
                 if rank.state is RankState.RUNNING:
                     ray.kill(rank.actor, no_restart=True)
+        for actor in self.idle:
+            ray.kill(actor, no_restart=True)
         if ray.is_initialized():
             ray.shutdown()
+
+
+def _new_actor() -> Any:
+    actor = RankActor.remote()
+    actor.warm.remote()  # may overlap a first run (two threads): the import lock serialises them
+    return actor
 
 
 def free_port() -> int:

@@ -68,7 +68,7 @@ def test_chart_crds_equal_the_generated_crds(default_objects):
     for name, crd in rendered.items():
         annotations = crd["metadata"].pop("annotations")
         assert annotations == {"helm.sh/resource-policy": "keep"}
-        assert crd == generated[name], f"helm/shardwright/crd-files/{name}.yaml drifted from crds/: copy it again"
+        assert crd == generated[name], f"helm/shardwright/crd-files/{name}.yaml drifted from crds/: run `shardwright crds`"
 
 
 def test_default_operator_is_locked_down(default_objects):

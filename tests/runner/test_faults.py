@@ -74,8 +74,10 @@ def test_hung_rank_is_detected_within_the_deadline(baseline, tmp_path):
     assert run.returncode == 0, run.stdout
     hung = next(e for e in events(wd) if e["reason"] == "ProgressDeadlineExceeded")
     last_step = max(line["time"] for line in map(json.loads, (wd / "steps.jsonl").read_text().splitlines()) if line["generation"] == 1)
+    # The deadline runs from the poll that last saw the step advance, which can precede the
+    # last logged step by a poll interval (0.5 s) and a probe (0.5 s).
     detection = hung["time"] - last_step
-    assert DEADLINE_S <= detection < DEADLINE_S + 5, detection
+    assert DEADLINE_S - 1 <= detection < DEADLINE_S + 5, detection
     assert status(wd)["phase"] == "Complete"
     assert curve(wd) == baseline
 
