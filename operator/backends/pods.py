@@ -291,7 +291,10 @@ def observe_pod(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: 
     """The ranks one pod runs, all in the pod's state (a pod fails or runs as a whole)."""
     state, code, why = classify(pod, now, startup_timeout_s)
     return [
-        RankObservation(pod["generation"], pod["rank"] + i, state, exit_code=code, message=why, node=pod.get("node"))
+        RankObservation(
+            pod["generation"], pod["rank"] + i, state, exit_code=code, message=why, node=pod.get("node"),
+            reason=why.split(":", 1)[0] if why else None,
+        )
         for i in range(pod["ranks"])
     ]
 

@@ -56,7 +56,8 @@ class ReplaceRank:
 @dataclasses.dataclass(frozen=True)
 class Event:
     type: EventType
-    reason: Reason
+    #: A ``Reason``, or a platform's own CamelCase cause (OOMKilled, ImagePullBackOff, ...).
+    reason: str
     message: str
 
 

@@ -18,6 +18,9 @@ class RankObservation:
     node: str | None = None
     #: What the rank reported last: ``computing``, ``syncing`` (in a collective), ``hung``.
     activity: str | None = None
+    #: CamelCase cause as the platform names it (OOMKilled, Evicted, NodeLost,
+    #: ImagePullBackOff, Unschedulable, PodsReadyTimeout); conditions and events use it.
+    reason: str | None = None
 
     @property
     def alive(self) -> bool:

@@ -211,7 +211,7 @@ class _Reconcile:
             first = failed[0]
             code = f" (exit code {first.exit_code})" if first.exit_code is not None else ""
             message = f"Rank {first.rank} failed{code}: {first.message}".rstrip(": ")
-            self.restart_or_fail(Reason.RANK_FAILED, message, decide(self.spec, failed))
+            self.restart_or_fail(first.reason or Reason.RANK_FAILED, message, decide(self.spec, failed))
         elif not ranks:
             # A generation just started may not be visible yet (a lagging cache): only
             # ranks that were running and vanished count as lost.
@@ -228,6 +228,10 @@ class _Reconcile:
                 st.phase = Phase.RUNNING
                 self.condition(ConditionType.RUNNING, True, Reason.RANKS_RUNNING, f"{len(ranks)} ranks running")
                 self.condition(ConditionType.RESTARTING, False, Reason.RANKS_RUNNING, "Running")
+        elif waiting := [r for r in ranks if r.state is RankState.PENDING and r.reason]:
+            # Say why ranks are not up yet (image pulls, scheduling) instead of "starting".
+            first = waiting[0]
+            self.condition(ConditionType.RUNNING, False, first.reason, f"Rank {first.rank}: {first.message}")
         return True
 
     # ------------------------------------------------------------------ transitions
@@ -273,7 +277,7 @@ class _Reconcile:
             self.event(EventType.WARNING, Reason.INSUFFICIENT_CAPACITY, message)
         self.condition(ConditionType.RUNNING, False, Reason.INSUFFICIENT_CAPACITY, message)
 
-    def restart_or_fail(self, reason: Reason, message: str, action: FailureAction = FailureAction.RETRY) -> None:
+    def restart_or_fail(self, reason: str, message: str, action: FailureAction = FailureAction.RETRY) -> None:
         """End the current generation; restart it from the last checkpoint or fail the job."""
         st = self.status
         latest = self.seen.latest_checkpoint
@@ -377,13 +381,13 @@ class _Reconcile:
                 for r in sorted(ranks, key=lambda r: r.rank)
             ]
 
-    def condition(self, type_: ConditionType, value: bool, reason: Reason, message: str) -> None:
+    def condition(self, type_: ConditionType, value: bool, reason: str, message: str) -> None:
         self.status.conditions = set_condition(
             self.status.conditions, type_, value, reason, message,
             now=self.now, observed_generation=self.job.object_generation,
         )
 
-    def event(self, type_: EventType, reason: Reason, message: str) -> None:
+    def event(self, type_: EventType, reason: str, message: str) -> None:
         self.actions.append(Event(type_, reason, message))
 
     def requeue(self, seconds: float) -> None:

@@ -102,3 +102,23 @@ def test_elastic_replicas_shrink_to_what_fits():
     assert plan_for_capacity(s, 1) is None
     rigid = spec(**{"workers": [{"name": "worker", "replicas": 4}]})
     assert plan_for_capacity(rigid, 3) is None and plan_for_capacity(rigid, 8).world_size == 4
+
+
+def test_platform_failure_reason_reaches_condition_and_event():
+    d = Driver()
+    d.start()
+    oom = (running(1)[0], RankObservation(1, 1, RankState.FAILED, exit_code=137, message="OOMKilled: raise the memory limit", reason="OOMKilled"))
+    result = d.tick(2, oom)
+    assert "OOMKilled" in reasons(result)
+    restarting = next(c for c in result.status.conditions if c.type == "Restarting")
+    assert restarting.reason == "OOMKilled" and "exit code 137" in restarting.message
+
+
+def test_pending_ranks_say_why_they_are_not_up():
+    d = Driver()
+    d.tick()
+    pulling = ranks(1, RankState.PENDING, RankState.PENDING, message="ImagePullBackOff: image not found", reason="ImagePullBackOff")
+    result = d.tick(1, pulling)
+    cond = next(c for c in result.status.conditions if c.type == "Running")
+    assert cond.status == "False" and cond.reason == "ImagePullBackOff" and "image not found" in cond.message
+    assert result.status.phase is Phase.PENDING
