@@ -1,9 +1,11 @@
 """How many replicas a job runs with for the ranks available now (``spec.elastic``).
 
-Without ``elastic`` a job needs all its ranks. With it, replicas are removed from the last
-worker group first until the world fits the available ranks, divides by the sequence
-degree and still gives every data-parallel rank a sample; below ``minReplicas`` nothing
-runs. When capacity returns, the same rule gives the spec's replicas back.
+Without ``elastic`` a job needs all its ranks. With it, each group first shrinks to the pods
+its matching nodes hold (``capacity.group_limits`` on Kubernetes), then replicas are removed
+from the last worker group first until the world fits the available ranks (the local rank
+budget), divides by the sequence degree and still gives every data-parallel rank a sample;
+below ``minReplicas`` nothing runs. When capacity returns, the same rule gives the spec's
+replicas back.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ from shardwright.operator.api import TrainingJobSpec
 from .plan import Plan, plan_uniform
 
 
-def replicas_for_capacity(spec: TrainingJobSpec, ranks_available: int | None) -> dict[str, int] | None:
-    """Replicas per group for ``ranks_available`` ranks (None: unbounded); None if none fit."""
-    replicas = {g.name: g.replicas for g in spec.workers}
-    if ranks_available is None:
+def replicas_for_capacity(
+    spec: TrainingJobSpec, ranks_available: int | None, group_limits: dict[str, int] | None = None
+) -> dict[str, int] | None:
+    """Replicas per group for ``ranks_available`` ranks in all (None: unbounded) and at most
+    ``group_limits[name]`` pods in a group (absent: unbounded); None if not even the minimum fits."""
+    limits = group_limits or {}
+    replicas = {g.name: min(g.replicas, limits.get(g.name, g.replicas)) for g in spec.workers}
+    if ranks_available is None and replicas == {g.name: g.replicas for g in spec.workers}:
         return replicas
+    ranks_available = float("inf") if ranks_available is None else ranks_available
     per_replica = {g.name: g.ranks_per_replica for g in spec.workers}
     sp = spec.parallelism.sequence.degree
-    floor = spec.elastic.min_replicas if spec.elastic else sum(replicas.values())
+    floor = spec.elastic.min_replicas if spec.elastic else sum(g.replicas for g in spec.workers)
     while sum(replicas.values()) >= floor:
         world = sum(n * per_replica[name] for name, n in replicas.items())
         if world <= ranks_available and world % sp == 0 and spec.data.global_batch >= world // sp:
@@ -30,7 +37,9 @@ def replicas_for_capacity(spec: TrainingJobSpec, ranks_available: int | None) ->
     return None
 
 
-def plan_for_capacity(spec: TrainingJobSpec, ranks_available: int | None) -> Plan | None:
+def plan_for_capacity(
+    spec: TrainingJobSpec, ranks_available: int | None, group_limits: dict[str, int] | None = None
+) -> Plan | None:
     """The uniform plan at the largest feasible size, or None when the job cannot run."""
-    replicas = replicas_for_capacity(spec, ranks_available)
+    replicas = replicas_for_capacity(spec, ranks_available, group_limits)
     return None if replicas is None else plan_uniform(spec, replicas)

@@ -1,0 +1,36 @@
+"""How many pods of each worker group the cluster can hold right now.
+
+Capacity for elastic jobs on Kubernetes: ready, schedulable GPU nodes (the planner's
+``Inventory`` already leaves out cordoned and NotReady ones) that match a group's
+``nodeSelector`` and ``gpuType``, each holding ``floor(gpus / gpus per pod)`` of its pods.
+GPUs other jobs hold are the scheduler's business: a generation that does not fit stays
+Pending and the start-up timeout restarts it with backoff. A group that asks for no GPUs
+has no limit here.
+"""
+
+from __future__ import annotations
+
+from shardwright.operator.api import TrainingJobSpec
+
+from .inventory import Inventory, InventorySettings
+
+
+def gpus_per_pod(group, resource: str) -> int:
+    """GPUs one pod of ``group`` asks for: its limit (or request) of the GPU resource."""
+    value = group.resources.limits.get(resource) or group.resources.requests.get(resource)
+    return int(value) if value else 0
+
+
+def group_limits(spec: TrainingJobSpec, inventory: Inventory, settings: InventorySettings = InventorySettings()) -> dict[str, int]:
+    """Pods per worker group that fit on matching nodes; groups without GPUs are absent."""
+    limits = {}
+    for group in spec.workers:
+        need = gpus_per_pod(group, settings.gpu_resource)
+        if need == 0:
+            continue
+        fitting = [
+            n for n in inventory.nodes
+            if n.matches(group.node_selector) and group.gpu_type in (None, n.product)
+        ]
+        limits[group.name] = sum(n.gpus // need for n in fitting)
+    return limits
