@@ -215,6 +215,11 @@ class StragglerPolicySpec(ApiModel):
         description="Consecutive steps below the threshold before a flag (and above the "
         "clearing level before it is lifted).",
     )
+    min_seconds: float = Field(
+        default=1.0, ge=0,
+        description="Seconds the minSteps steps must span at least: a busy host slows one "
+        "process for bursts shorter than this, a straggler stays slow.",
+    )
     action: StragglerAction = Field(
         default=StragglerAction.REPORT,
         description="report: condition, event, metric. rebalance: also move samples away "

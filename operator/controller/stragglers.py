@@ -14,7 +14,8 @@ straggler, and uneven work shares after rebalancing do not read as slowness.
   per-sample compute at t. 1.0 is the fastest rank; ``threshold`` (0.75) means a third
   slower than the reference.
 - A rank is flagged when its score is below ``threshold`` at each of ``minSteps``
-  consecutive steps, and stays flagged until it is above the clearing level
+  consecutive steps that together last at least ``minSeconds`` (on a busy host one process
+  is slowed for bursts of a few hundred milliseconds; a straggler stays slow), and stays flagged until it is above the clearing level
   (``clear_level``: halfway between the threshold and 1) for ``minSteps`` consecutive
   steps: hysteresis, so a rank near the threshold does not flap.
 - Fail-slow (individual) score: the rank's median over the older part of the window
@@ -84,6 +85,8 @@ def assess(timings: Sequence[StepTiming], policy: StragglerPolicySpec) -> list[R
         # about any one rank: such a step neither counts towards a flag nor against it.
         disturbed = min(x[i]) * policy.threshold > reference
         scores.append(None if disturbed else [reference / v if v > 0 else 1.0 for v in x[i]])
+    # A step's wall seconds: the longest compute plus wait of any rank.
+    wall = [max(c + w for c, w in zip(t.compute, t.wait)) for t in history]
     k, first = policy.min_steps, need - 1  # judge only steps with enough history behind them
     judged = [s for s in scores[first - k + 1 :] if s is not None]
     if len(judged) < k:
@@ -92,14 +95,15 @@ def assess(timings: Sequence[StepTiming], policy: StragglerPolicySpec) -> list[R
     for r in range(world):
         # Hysteresis as a state machine over the judged steps: flagged after k in a row
         # below the threshold, unflagged after k in a row at or above the clearing level.
-        flagged, run_below, run_above, since = False, 0, 0, None
+        flagged, run_below, run_above, since, spent = False, 0, 0, None, 0.0
         for i in range(first - k + 1, len(scores)):
             if scores[i] is None:
                 continue
             s = scores[i][r]
             run_below = run_below + 1 if s < policy.threshold else 0
             run_above = run_above + 1 if s >= clear_level(policy) else 0
-            if not flagged and run_below >= k:
+            spent = spent + wall[i] if run_below else 0.0
+            if not flagged and run_below >= k and spent >= policy.min_seconds:
                 flagged, since = True, history[i].step
             elif flagged and run_above >= k:
                 flagged, since = False, None

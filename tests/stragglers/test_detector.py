@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from shardwright.operator.api import StragglerAction, StragglerPolicySpec, StragglerStatus
@@ -106,3 +108,13 @@ def test_review_clears_a_recovered_rank_once():
     before = [StragglerStatus(rank=1, node="b", score=0.6, since_step=10, action=StragglerAction.REPORT)]
     got = review(steps(40, 2), before, action="report")
     assert got.flagged == [] and [n.reason for n in got.notices] == ["StragglerCleared"]
+
+
+def test_short_steps_need_min_seconds_of_evidence_not_only_min_steps():
+    fast = [dataclasses.replace(t, compute=tuple(c / 10 for c in t.compute), wait=tuple(w / 10 for w in t.wait), busy=tuple(b / 10 for b in t.busy)) for t in steps(64, 2, slow={1: 1.5}, slow_from=30)]
+    # 0.02 s steps: a burst of 5 slow steps is 0.15 s, far below minSeconds (1 s) ...
+    burst = fast[:35] + [dataclasses.replace(t, busy=(t.busy[0], t.busy[0])) for t in fast[35:]]
+    assert flagged(burst) == {}
+    # ... a rank that stays slow is flagged once its slow steps add up to a second.
+    got = flagged(fast)
+    assert list(got) == [1] and 30 + 28 <= got[1] <= 30 + 33  # about 1 s / 0.03 s per slow step

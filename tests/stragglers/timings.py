@@ -6,8 +6,8 @@ import random
 
 from shardwright.operator.controller import StepTiming
 
-#: Busy seconds per sample of a healthy rank.
-PER_SAMPLE = 0.004
+#: Busy seconds per sample of a healthy rank (8 samples: 0.2 s steps).
+PER_SAMPLE = 0.025
 
 
 def steps(
