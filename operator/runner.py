@@ -135,7 +135,10 @@ class _Capacity:
             except ValueError:
                 console.note(f"{self.path}: not a number of ranks; ignored")
             self.path.unlink()
-        while status is not None and self.pending and status.step >= self.pending[0].step:
+        # One change at a time, each once the previous one took effect: a slow poll that
+        # sees the step jump past both a shrink and a grow must not apply them together.
+        settled = status is not None and (self.ranks is None or 0 < status.world_size <= self.ranks)
+        if settled and self.pending and status.step >= self.pending[0].step:
             fault = self.pending.pop(0)
             if fault.kind == "shrink":
                 self.ranks = max(status.world_size - fault.ranks, 0)
