@@ -157,10 +157,12 @@ class _Reconcile:
             return False
         policy = self.spec.straggler_policy
         had = [(f.rank, f.action) for f in st.stragglers]
+        # The plan for the capacity now is the running generation's while the size matches.
+        same = self.plan is not None and self.plan.world_size == st.world_size
+        sequence = self.plan.dims.sequence if same else self.spec.parallelism.sequence.degree
         got = stragglers.review(
             policy, st.stragglers, st.data_shares, st.straggler_mitigated_step, p.timings, p.step,
-            data=self.plan.dims.data if self.plan else st.world_size, sequence=self.spec.parallelism.sequence.degree,
-            nodes={r.rank: r.node for r in ranks},
+            data=st.world_size // sequence, sequence=sequence, nodes={r.rank: r.node for r in ranks},
         )
         st.stragglers = got.flagged
         for notice in got.notices:
