@@ -14,6 +14,7 @@ Errors become Kopf's TemporaryError/PermanentError here, and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import dataclasses
 import datetime
@@ -57,6 +58,10 @@ class OperatorConfig:
     resync_seconds: float = 10.0
     #: Seconds to wait after an API error the next attempt may fix (5xx, 409, 429).
     retry_seconds: float = 1.0
+    #: Threads running reconcile passes (the Kubernetes client blocks). asyncio's default
+    #: pool has min(32, cores + 4) threads, shared with every other ``to_thread`` user: 6 on
+    #: a 2-core pod, so at most 6 jobs could wait on the API server at once.
+    reconcile_threads: int = 32
     #: Admission webhook port (None: any free port); TLS files from the chart's Secret.
     webhook_port: int | None = 9443
     webhook_certfile: str | None = None
@@ -67,7 +72,8 @@ class OperatorConfig:
 
 def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, fetch_json=probe.fetch_json) -> kopf.Memo:
     """Operator-wide state; Kopf shallow-copies it per object, so these are shared."""
-    return kopf.Memo(config=cfg, api=api, fetch_json=fetch_json, metrics=OperatorMetrics(), wakeups={})
+    executor = concurrent.futures.ThreadPoolExecutor(cfg.reconcile_threads, thread_name_prefix="reconcile")
+    return kopf.Memo(config=cfg, api=api, fetch_json=fetch_json, metrics=OperatorMetrics(), wakeups={}, executor=executor)
 
 
 def api_client() -> client.ApiClient:
@@ -79,7 +85,7 @@ def api_client() -> client.ApiClient:
         configuration = client.Configuration()
         # The path is passed explicitly: the client reads KUBECONFIG only at its import.
         kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
-    configuration.connection_pool_maxsize = 32  # one per executor thread, with room
+    configuration.connection_pool_maxsize = 32  # one per reconcile thread (OperatorConfig.reconcile_threads)
     return client.ApiClient(configuration)
 
 
@@ -106,6 +112,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.admission.managed = None  # the chart owns the ValidatingWebhookConfiguration
     if memo.api is None:
         memo.api = api_client()
+
+
+@kopf.on.cleanup(registry=REGISTRY)
+def release(memo: kopf.Memo, **_: Any) -> None:
+    """The daemons are stopped by now: no pass is queued, the idle threads can go."""
+    memo.executor.shutdown(wait=False)
 
 
 @kopf.on.login(registry=REGISTRY)
@@ -213,7 +225,8 @@ async def _one_pass(body, key, memo, memory, pods_by_job, node_ready, logger) ->
             pods = [dict(p) for p in pods_by_job.get(key, [])]
             nodes = {n: all(r for r in ready) for n, ready in node_ready.items()}
             snapshot = copy.deepcopy(dict(body))
-            events, requeue = await asyncio.to_thread(_reconcile_sync, snapshot, pods, nodes, memo, memory)
+            loop = asyncio.get_running_loop()
+            events, requeue = await loop.run_in_executor(memo.executor, _reconcile_sync, snapshot, pods, nodes, memo, memory)
         finally:
             memo.metrics.reconcile_seconds.observe(time.monotonic() - began)
         for event in events:

@@ -23,6 +23,11 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+# kubernetes 37 imports its API classes lazily, on first attribute access. Done here, at
+# operator start, rather than in the first reconcile passes, where every worker thread
+# contended for the import lock: about 1-3 s before the first job got its pods.
+CoreV1Api, CustomObjectsApi = client.CoreV1Api, client.CustomObjectsApi
+
 from shardwright.operator.api import CheckpointRef, TrainingJobSpec
 from shardwright.operator.controller import Observed, StartGeneration, StopGeneration
 
@@ -75,8 +80,8 @@ class KubernetesBackend:
         known_checkpoint: CheckpointRef | None = None,
         fetch_json: Callable[[str], dict[str, Any] | None] = probe.fetch_json,
     ) -> None:
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
+        self.core = CoreV1Api(api)
+        self.custom = CustomObjectsApi(api)
         self.settings = settings
         self.owner = owner
         self.spec = spec
@@ -182,7 +187,7 @@ def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str
     """Merge-patch ``.status`` to ``new``; keys present in ``old`` but gone from ``new`` become null."""
     body = {"status": {**{k: None for k in old if k not in new}, **new}}
     try:
-        client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        CustomObjectsApi(api).patch_namespaced_custom_object_status(
             "shardwright.io", "v1alpha1", namespace, "trainingjobs", name, body, _preload_content=False,
         )
     except Exception as e:
@@ -192,7 +197,7 @@ def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
     """ttlSecondsAfterFinished: the job and (by ownerReference) its children go."""
     try:
-        client.CustomObjectsApi(api).delete_namespaced_custom_object("shardwright.io", "v1alpha1", namespace, "trainingjobs", name, _preload_content=False)
+        CustomObjectsApi(api).delete_namespaced_custom_object("shardwright.io", "v1alpha1", namespace, "trainingjobs", name, _preload_content=False)
     except ApiException as e:
         if e.status != 404:
             raise _failure(f"delete TrainingJob {namespace}/{name}", e) from None

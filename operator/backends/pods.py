@@ -7,6 +7,9 @@ replica of every worker group, each running ``ranksPerReplica`` rank processes t
 (``<job>-g<generation>-<group>-<replica>``), so a second create of the same pod is a 409,
 never a duplicate.
 
+A plan that places ranks on nodes (``RankPlacement.node``, from the heterogeneous search)
+pins each pod there with a required node affinity (:func:`node_affinity`).
+
 Reading back: :func:`summarize` keeps the few pod fields the controller needs (the operator
 indexes thousands of pods), :func:`observe_pod` turns one summary into the ranks it runs,
 and :func:`stuck_terminating` picks pods to force-delete off NotReady nodes.
@@ -20,6 +23,7 @@ from typing import Any
 
 from shardwright.operator.api import RankState
 from shardwright.operator.controller import RankObservation, StartGeneration, parse_time
+from shardwright.operator.planner import RankPlacement
 from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV
 
 LABEL_JOB = "shardwright.io/job"
@@ -32,6 +36,8 @@ MANAGED_BY = "shardwright"
 LOCAL_WORLD_SIZE_ENV = "LOCAL_WORLD_SIZE"
 #: Kueue reads this label on the workload; copied from the TrainingJob when present.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Node label the planner's ``RankPlacement.node`` names (the kubelet sets it on every node).
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 #: Container waiting reasons that will not clear on their own.
 STUCK_WAITING = frozenset({
     "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
@@ -148,22 +154,34 @@ def render_pods(owner: Owner, action: StartGeneration, spec_groups: dict[str, An
     plan = action.plan
     master = f"{pod_name(owner, action.generation, plan.ranks[0].group, plan.ranks[0].replica)}.{service_name(owner)}.{owner.namespace}.svc"
     config_json = action.config.model_dump_json()
-    firsts: dict[tuple[str, int], int] = {}
-    sizes: dict[tuple[str, int], int] = {}
+    members: dict[tuple[str, int], list[RankPlacement]] = {}
     for placement in plan.ranks:
-        key = (placement.group, placement.replica)
-        firsts.setdefault(key, placement.rank)
-        sizes[key] = sizes.get(key, 0) + 1
+        members.setdefault((placement.group, placement.replica), []).append(placement)
     pods = []
-    for (group, replica), base in firsts.items():
+    for (group, replica), placements in members.items():
         pods.append(_render_pod(
-            owner, action, spec_groups[group], group, replica, base, sizes[(group, replica)],
-            master, config_json, settings,
+            owner, action, spec_groups[group], group, replica, placements[0].rank, len(placements),
+            master, config_json, settings, node_affinity(placements),
         ))
     return pods
 
 
-def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, master, config_json, settings) -> dict[str, Any]:
+def node_affinity(placements: list[RankPlacement]) -> dict[str, Any] | None:
+    """Required node affinity pinning one pod to the node its ranks were planned on.
+
+    ``placements`` are the pod's ``RankPlacement``s. Only when every one names the same
+    node: a pod runs on one node, so disagreeing (or partly unplaced) ranks pin nothing and
+    the scheduler decides, as for the uniform plan.
+    """
+    nodes = {p.node for p in placements}
+    if len(nodes) != 1 or None in nodes:
+        return None
+    (node,) = nodes
+    term = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node]}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
+def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, master, config_json, settings, affinity) -> dict[str, Any]:
     name = pod_name(owner, action.generation, group, replica)
     labels = job_labels(owner) | {
         LABEL_GENERATION: str(action.generation), LABEL_GROUP: group, LABEL_REPLICA: str(replica), LABEL_RANK: str(base),
@@ -202,6 +220,8 @@ def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, ma
     }
     if group_spec.node_selector:
         pod_spec["nodeSelector"] = dict(group_spec.node_selector)
+    if affinity is not None:
+        pod_spec["affinity"] = affinity
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
     if settings.checkpoint_claim:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import yaml
@@ -95,3 +96,18 @@ def test_launch_env_and_exit_code():
     child = child_environ(env, 1)
     assert child["RANK"] == "5" and child["LOCAL_RANK"] == "1" and child["SHARDWRIGHT_TELEMETRY_PORT"] == "9401"
     assert worst([0, 0]) == 0 and worst([0, 137]) == 137 and worst([0, -9]) == 137
+
+
+def test_a_pod_is_pinned_to_the_node_all_its_ranks_were_planned_on():
+    job, action = start_action()  # 2 replicas x 2 ranks
+    nodes = ["n1", "n1", "n2", None]  # replica 0 agrees on n1; replica 1 is partly unplaced
+    plan = dataclasses.replace(action.plan, ranks=tuple(
+        dataclasses.replace(r, node=n) for r, n in zip(action.plan.ranks, nodes, strict=True)))
+    pinned = StartGeneration(action.generation, plan, action.config)
+    pods = render.render_pods(render.Owner("tiny", "default", "u1"), pinned, {g.name: g for g in job.spec.workers}, render.PodSettings())
+    terms = pods[0]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1"]}]}]
+    assert "affinity" not in pods[1]["spec"]
+    ranks = action.plan.ranks[:2]
+    assert render.node_affinity([dataclasses.replace(r, node=n) for r, n in zip(ranks, ["a", "b"])]) is None  # disagree
+    assert render.node_affinity(list(ranks)) is None  # the uniform plan places nothing
