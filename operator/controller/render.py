@@ -77,5 +77,7 @@ def worker_config(
         ),
         telemetry_port=job.telemetry_port,
         step_log=job.step_log,
+        # The straggler detector judges each step against the window before it.
+        timing_history=max(64, 2 * spec.straggler_policy.window + spec.straggler_policy.min_steps),
         faults=job.faults,
     )
