@@ -38,7 +38,8 @@ from shardwright.operator.backends.kubernetes import (
 )
 from shardwright.operator.controller import Event, JobRef, StartGeneration, StopGeneration, parse_time, reconcile
 from shardwright.operator.metrics import OperatorMetrics
-from shardwright.operator.planner import plan_uniform
+from shardwright.operator.planner import inventory_from_nodelist, plan_for_capacity
+from shardwright.operator.planner.capacity import group_limits
 
 REGISTRY = kopf.OperatorRegistry()
 PLURAL = "trainingjobs"
@@ -149,9 +150,22 @@ def pods_by_job(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) 
 
 
 @kopf.index("nodes", registry=REGISTRY)
-def node_ready(name: str, status: kopf.Status, **_: Any) -> dict:
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
-    return {name: ready}
+def node_index(name: str, body: kopf.Body, **_: Any) -> dict:
+    """The parts of a Node that placement reads: readiness, cordon, labels, allocatable GPUs
+    (the shape of a NodeList item, so the planner's inventory reads it as it is)."""
+    status = body.get("status") or {}
+    return {name: {
+        "metadata": {"name": name, "labels": dict(body.get("metadata", {}).get("labels") or {})},
+        "spec": {"unschedulable": bool((body.get("spec") or {}).get("unschedulable"))},
+        "status": {
+            "allocatable": dict(status.get("allocatable") or {}),
+            "conditions": [dict(c) for c in status.get("conditions") or [] if c.get("type") == "Ready"],
+        },
+    }}
+
+
+def _ready(node: dict[str, Any]) -> bool:
+    return any(c.get("status") == "True" for c in node["status"]["conditions"])
 
 
 @kopf.on.event("pods", labels=MANAGED, registry=REGISTRY)
@@ -196,7 +210,7 @@ class _Memory:
 @kopf.daemon(GROUP, VERSION, PLURAL, registry=REGISTRY, cancellation_timeout=10)
 async def run_job(
     body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-    pods_by_job: kopf.Index, node_ready: kopf.Index, logger: logging.Logger, **_: Any,
+    pods_by_job: kopf.Index, node_index: kopf.Index, logger: logging.Logger, **_: Any,
 ) -> None:
     key = (namespace, name)
     wake = memo.wakeups.setdefault(key, asyncio.Event())
@@ -205,7 +219,7 @@ async def run_job(
     try:
         while not stopped:
             wake.clear()
-            delay = await _one_pass(body, key, memo, memory, pods_by_job, node_ready, logger)
+            delay = await _one_pass(body, key, memo, memory, pods_by_job, node_index, logger)
             try:
                 await asyncio.wait_for(wake.wait(), timeout=min(delay, cfg.resync_seconds))
             except TimeoutError:
@@ -216,14 +230,14 @@ async def run_job(
             memo.metrics.jobs.forget(namespace, name)
 
 
-async def _one_pass(body, key, memo, memory, pods_by_job, node_ready, logger) -> float:
+async def _one_pass(body, key, memo, memory, pods_by_job, node_index, logger) -> float:
     """One pass; returns seconds until the next. Errors end here as Kopf error values."""
     cfg: OperatorConfig = memo.config
     began = time.monotonic()
     try:
         try:
             pods = [dict(p) for p in pods_by_job.get(key, [])]
-            nodes = {n: all(r for r in ready) for n, ready in node_ready.items()}
+            nodes = [next(iter(store)) for store in node_index.values()]
             snapshot = copy.deepcopy(dict(body))
             loop = asyncio.get_running_loop()
             events, requeue = await loop.run_in_executor(memo.executor, _reconcile_sync, snapshot, pods, nodes, memo, memory)
@@ -242,7 +256,7 @@ async def _one_pass(body, key, memo, memory, pods_by_job, node_ready, logger) ->
         return cfg.resync_seconds
 
 
-def _reconcile_sync(doc: dict[str, Any], pods: list[dict], nodes: dict[str, bool], memo: kopf.Memo, memory: _Memory):
+def _reconcile_sync(doc: dict[str, Any], pods: list[dict], nodes: list[dict], memo: kopf.Memo, memory: _Memory):
     """Observe, reconcile, act, write status: runs in a worker thread (blocking client)."""
     try:
         return _reconcile_job(doc, pods, nodes, memo, memory)
@@ -262,7 +276,9 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
         raise kopf.PermanentError("; ".join(str(p) for p in problems))
     spec, now = job.spec, datetime.datetime.now(datetime.timezone.utc)
     try:
-        plan = plan_uniform(spec)
+        # Elastic jobs fit themselves to the ready, matching GPU nodes; rigid ones ask for all.
+        limits = group_limits(spec, inventory_from_nodelist(nodes)) if spec.elastic else None
+        plan = plan_for_capacity(spec, None, limits)
     except ValueError as e:
         raise kopf.PermanentError(f"cannot plan: {e}") from None
     server_status = job.status or TrainingJobStatus()
@@ -277,7 +293,8 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
     )
     backend = KubernetesBackend(
         memo.api, cfg.kubernetes, owner, spec, pods,
-        node_ready=nodes, known_checkpoint=status.last_checkpoint, fetch_json=memo.fetch_json,
+        node_ready={n["metadata"]["name"]: _ready(n) for n in nodes},
+        known_checkpoint=status.last_checkpoint, fetch_json=memo.fetch_json,
     )
     result = reconcile(ref, spec, plan, status, backend.observe(now))
     for action in result.actions:

@@ -5,7 +5,9 @@ Capacity for elastic jobs on Kubernetes: ready, schedulable GPU nodes (the plann
 ``nodeSelector`` and ``gpuType``, each holding ``floor(gpus / gpus per pod)`` of its pods.
 GPUs other jobs hold are the scheduler's business: a generation that does not fit stays
 Pending and the start-up timeout restarts it with backoff. A group that asks for no GPUs
-has no limit here.
+has no limit here. Only elastic jobs consult this: a rigid job asks for all its pods and
+the scheduler places them (a cluster without GPU feature discovery labels has no
+inventory, and a rigid job must still run there).
 """
 
 from __future__ import annotations
