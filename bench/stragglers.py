@@ -12,7 +12,10 @@
    time with one core per rank) and as wall-clock tokens/s (this host has 2 cores, so 4
    ranks share them and the wall clock says little); regained = (slowed - rebalanced) /
    (slowed - clean); regainable: the same against the best any shares can do, since the
-   slow rank's lost capacity cannot be moved elsewhere.
+   slow rank's lost capacity cannot be moved elsewhere. Balance: per step, the best step
+   time for the speeds measured in that step over the step's critical path (1.0 when no
+   rank waits), clean steps (before the slowdown) / slowed / rebalanced; judged within each
+   step, so the host's load, which moves all ranks together, cancels out.
 3. A plot of every rank's per-step busy and wall time over the 2-rank run, with the
    slowdown, the flag and the share switch marked.
 
@@ -105,6 +108,15 @@ def critical_path(log: list[dict], first: int, last: int) -> float:
     return statistics.median(max(line["rankBusy"]) for line in log if first <= line["step"] <= last)
 
 
+def balance(log: list[dict], first: int, last: int) -> float:
+    """Median over steps of (best step time for the speeds measured in that step) / (the
+    step's critical path); 1.0 when no rank waits. The host's load cancels out within a step."""
+    def one(line):
+        speed = sum(n / b for n, b in zip(line["samples"], line["rankBusy"]))
+        return sum(line["samples"]) / speed / max(line["rankBusy"])
+    return statistics.median(one(line) for line in log if first <= line["step"] <= last)
+
+
 def wall_rate(log: list[dict], first: int, last: int) -> float:
     """Samples per second over steps ``first..last`` from the step log's wall clock."""
     span = [line for line in log if first - 1 <= line["step"] <= last]
@@ -122,12 +134,14 @@ def rebalance(tmp: Path, replicas: int, rank: int, factor: float, steps: int = 6
     s = critical_path(log, SLOW_FROM_REBALANCE + 1, switched - 1)
     r = critical_path(log, switched + 3, steps)
     best = c * replicas / (replicas - 1 + 1 / factor)
+    bc, bs, br = balance(log, 5, SLOW_FROM_REBALANCE - 1), balance(log, SLOW_FROM_REBALANCE + 1, switched - 1), balance(log, switched + 3, steps)
     wc, ws, wr = wall_rate(base, SLOW_FROM_REBALANCE + 1, steps), wall_rate(log, SLOW_FROM_REBALANCE + 1, switched - 1), wall_rate(log, switched + 3, steps)
     loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(base, log))
     row = {
         "ranks": replicas, "slowdown": f"{factor}x rank {rank}", "flagged_at": flagged, "shares_from": switched,
         "samples_after": log[-1]["samples"],
         "critical_path_ms": f"{c * 1e3:.0f} / {s * 1e3:.0f} / {r * 1e3:.0f} (best {best * 1e3:.0f})",
+        "balance": f"{bc:.2f} / {bs:.2f} / {br:.2f}", "balance_regained": f"{(br - bs) / (bc - bs):.0%}",
         "regained": f"{(s - r) / (s - c):.0%}", "of_regainable": f"{(s - r) / (s - best):.0%}",
         "wall_samples_per_s": f"{wc:.0f} / {ws:.0f} / {wr:.0f}",
         "wall_regained": f"{(wr - ws) / (wc - ws):.0%}" if wc > ws else "n/a",

@@ -98,6 +98,16 @@ def critical_path(lines: list[dict], first: int, last: int) -> float:
     return statistics.median(max(line["rankBusy"]) for line in lines if first <= line["step"] <= last)
 
 
+def balance(lines: list[dict], first: int, last: int) -> float:
+    """Median over steps of (best step time for the ranks' speeds measured in that step) /
+    (the step's critical path). 1.0: no rank waits. Judged within each step, so the host's
+    load, which moves every rank's time together, cancels out."""
+    def one(line):
+        speed = sum(n / b for n, b in zip(line["samples"], line["rankBusy"]))
+        return sum(line["samples"]) / speed / max(line["rankBusy"])
+    return statistics.median(one(line) for line in lines if first <= line["step"] <= last)
+
+
 def test_rebalance_regains_throughput_with_the_same_samples(tmp_path):
     factor, wd, steps = 1.5, tmp_path / "wd", 50
     job = straggler_job(tmp_path, steps=steps, action="rebalance")
@@ -115,16 +125,14 @@ def test_rebalance_regains_throughput_with_the_same_samples(tmp_path):
     worst = max(abs(reference[s] - got[s]) for s in reference)
     assert sorted(got) == sorted(reference) and worst < RESIZE_TOLERANCE, worst
     assert all(got[s] == reference[s] for s in range(1, switched))  # bit-identical before the switch
-    before = critical_path(lines, 5, SLOW_FROM - 1)
-    slowed = critical_path(lines, SLOW_FROM + 1, switched - 1)
-    after = critical_path(lines, switched + 3, steps)
-    # Two ranks, one 1.5x slower: at best the step takes 2 / (1 + 1/1.5) = 1.2x the clean
-    # one (the slow rank's lost capacity cannot be regained by moving work).
-    best = before * 2 / (1 + 1 / factor)
-    regained, achievable = (slowed - after) / (slowed - before), (slowed - after) / (slowed - best)
-    print(f"critical path: clean {before * 1e3:.1f} ms, slowed {slowed * 1e3:.1f} ms, rebalanced {after * 1e3:.1f} ms "
-          f"(best {best * 1e3:.1f} ms): {regained:.0%} of the cost regained, {achievable:.0%} of what is regainable")
-    assert achievable >= 0.8
+    before, slowed, after = balance(lines, 5, SLOW_FROM - 1), balance(lines, SLOW_FROM + 1, switched - 1), balance(lines, switched + 3, steps)
+    regained = (after - slowed) / (before - slowed)
+    paths = [critical_path(lines, *span) for span in ((5, SLOW_FROM - 1), (SLOW_FROM + 1, switched - 1), (switched + 3, steps))]
+    # The critical path across time moves with the host's load too; printed, not asserted.
+    # Two ranks, one 1.5x slower: at best the step takes 2 / (1 + 1/1.5) = 1.2x the clean one.
+    print(f"balance: clean {before:.2f}, slowed {slowed:.2f}, rebalanced {after:.2f}: {regained:.0%} of what is regainable; "
+          f"critical path {' / '.join(f'{p * 1e3:.0f}' for p in paths)} ms (best {paths[0] * 1.2e3:.0f})")
+    assert slowed < 0.9 and regained >= 0.8
 
 
 def test_replace_continues_without_the_slow_rank(tmp_path):
