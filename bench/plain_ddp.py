@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
+import socket
 import sys
 import time
 
@@ -62,13 +62,16 @@ def rank_main(rank: int, world: int, manifest: dict, out: str, port: int) -> Non
             log.write(json.dumps({"step": step + 1, "loss": total * world / (dcfg.global_batch * dcfg.seq_len), "time": time.time()}) + "\n")
     if log:
         log.close()
+    dist.barrier()  # tearing gloo down while a peer is still in it can hang
     dist.destroy_process_group()
 
 
 def main() -> None:
     manifest = yaml.safe_load(open(sys.argv[1]))
     world = sum(g["replicas"] * g.get("ranksPerReplica", 1) for g in manifest["spec"]["workers"])
-    port = 20000 + os.getpid() % 20000
+    with socket.socket() as sock:  # a port free now; the ranks bind it moments later
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     mp.spawn(rank_main, args=(world, manifest, sys.argv[2], port), nprocs=world, join=True)
 
 
