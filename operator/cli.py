@@ -107,16 +107,24 @@ def _validate(args) -> int:
     return EXIT_INVALID if problems else 0
 
 
+def _one_job(path: Path):
+    """The file's single valid TrainingJob; None after printing why there is not one."""
+    jobs, problems = _load([path])
+    if not problems and len(jobs) != 1:
+        problems = [f"{path}: expected exactly one TrainingJob, found {len(jobs)}"]
+    for line in problems:
+        print(line, file=sys.stderr)
+    return None if problems else jobs[0][1]
+
+
+def _workdir(args, job) -> Path:
+    """Where the local runner keeps a job's files: ``--workdir``, else .shardwright/NS/NAME."""
+    return args.workdir or Path(".shardwright") / job.metadata.namespace / job.metadata.name
+
+
 def _run(args) -> int:
-    jobs, problems = _load([args.file])
-    if problems:
-        for line in problems:
-            print(line, file=sys.stderr)
+    if (job := _one_job(args.file)) is None:
         return EXIT_INVALID
-    if len(jobs) != 1:
-        print(f"{args.file}: expected exactly one TrainingJob, found {len(jobs)}", file=sys.stderr)
-        return EXIT_INVALID
-    job = jobs[0][1]
     from shardwright.workers.faults import parse_fault
 
     try:
@@ -130,7 +138,7 @@ def _run(args) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a single-user local cluster
     from shardwright.operator import runner
 
-    workdir = args.workdir or Path(".shardwright") / job.metadata.namespace / job.metadata.name
+    workdir = _workdir(args, job)
     if args.fresh and workdir.exists():
         shutil.rmtree(workdir)
     settings = runner.RunSettings(
@@ -142,15 +150,12 @@ def _run(args) -> int:
 
 def _status(args) -> int:
     """The ``status.json`` the local runner keeps in the job's work directory."""
-    jobs, problems = _load([args.file])
-    if problems or len(jobs) != 1:
-        for line in problems or [f"{args.file}: expected exactly one TrainingJob, found {len(jobs)}"]:
-            print(line, file=sys.stderr)
+    if (job := _one_job(args.file)) is None:
         return EXIT_INVALID
     import json
 
-    meta = jobs[0][1].metadata
-    path = (args.workdir or Path(".shardwright") / meta.namespace / meta.name) / "status.json"
+    meta = job.metadata
+    path = _workdir(args, job) / "status.json"
     try:
         status = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -181,10 +186,7 @@ def _crds(args) -> int:
 
 
 def _plan(args) -> int:
-    jobs, problems = _load([args.file])
-    if problems or len(jobs) != 1:
-        for line in problems or [f"{args.file}: expected exactly one TrainingJob, found {len(jobs)}"]:
-            print(line, file=sys.stderr)
+    if (job := _one_job(args.file)) is None:
         return EXIT_INVALID
     import json
 
@@ -195,7 +197,7 @@ def _plan(args) -> int:
 
     try:
         inventory = planner.inventory_from_nodelist(yaml.safe_load(args.nodes.read_text()))
-        result = planner.search(jobs[0][1].spec, inventory)
+        result = planner.search(job.spec, inventory)
     except (OSError, yaml.YAMLError, ValueError, LookupError) as e:  # Infeasible is a ValueError
         print(f"{args.file}: {e}", file=sys.stderr)
         return EXIT_INVALID
