@@ -371,17 +371,23 @@ class _Reconcile:
 
     def summarize_ranks(self) -> None:
         st = self.status
-        ranks = self.seen.of_generation(st.generation)
-        st.ready_ranks = sum(r.state is RankState.RUNNING for r in ranks)
-        if st.world_size <= RANK_DETAIL_LIMIT and ranks:
-            times = self.seen.progress.step_seconds if self.seen.progress else ()
-            st.ranks = [
-                RankStatus(
-                    rank=r.rank, state=r.state, node=r.node, message=r.message or None,
-                    step_seconds=times[r.rank] if r.rank < len(times) else None,
-                )
-                for r in sorted(ranks, key=lambda r: r.rank)
-            ]
+        ranks = {r.rank: r for r in self.seen.of_generation(st.generation)}
+        st.ready_ranks = sum(r.state is RankState.RUNNING for r in ranks.values())
+        starting = st.phase is Phase.PENDING and st.generation > 0
+        if st.world_size > RANK_DETAIL_LIMIT or not (ranks or starting):
+            return
+        # A starting generation lists every rank: those the backend does not show yet (just
+        # started, or a cache catching up one pod at a time) are Pending too, so the status
+        # does not change, and is not written again, as each one appears.
+        times = self.seen.progress.step_seconds if self.seen.progress else ()
+        numbers = range(st.world_size) if starting else sorted(ranks)
+        st.ranks = [
+            RankStatus(
+                rank=i, state=r.state, node=r.node, message=r.message or None,
+                step_seconds=times[i] if i < len(times) else None,
+            ) if (r := ranks.get(i)) is not None else RankStatus(rank=i, state=RankState.PENDING)
+            for i in numbers
+        ]
 
     def condition(self, type_: ConditionType, value: bool, reason: str, message: str) -> None:
         self.status.conditions = set_condition(

@@ -46,6 +46,16 @@ class TestHappyPath:
         assert result.status.phase is Phase.RUNNING and result.status.ready_ranks == 2
         assert condition(result.status, "Running").status == "True"
 
+    def test_a_starting_generation_lists_every_rank_as_pending_until_seen(self):
+        """The start pass and the passes that see the ranks appear one by one produce the
+        same status, so a handler writes it once (the ranks only change when they do)."""
+        d = Driver()
+        first = d.tick().status
+        assert [(r.rank, r.state) for r in first.ranks] == [(0, RankState.PENDING), (1, RankState.PENDING)]
+        assert d.tick(1, ranks(1, RankState.PENDING)).status == first
+        assert d.tick(2, ranks(1, RankState.PENDING, RankState.PENDING)).status == first
+        assert [r.state for r in d.tick(3, ranks(1, R)).status.ranks] == [R, RankState.PENDING]
+
     def test_a_generation_not_yet_visible_is_not_lost(self):
         """Right after a start, the backend's cache may not list the ranks yet."""
         d = Driver()

@@ -107,3 +107,17 @@ async def test_delete_leaves_children_to_the_garbage_collector(cluster):
         created = len([r for r in list(cluster) if r.method == "POST" and r.url.path.endswith("/pods")])
         await asyncio.sleep(1.0)
         assert len([r for r in list(cluster) if r.method == "POST" and r.url.path.endswith("/pods")]) == created
+
+
+async def test_status_is_written_once_for_a_starting_generation(cluster):
+    """The pass that starts generation 1 writes the status with every rank Pending; the
+    passes that see the pods appear one at a time compute the same status and write nothing."""
+    async with running_operator():
+        await create_job(cluster, tiny_job())
+        await eventually(lambda: len(pods_of(cluster, 1)) == 2 and job_status(cluster).get("generation") == 1, what="generation 1")
+        await asyncio.sleep(1.5)  # three resync periods: every pod event has been seen
+        writes = [r.data["status"] for r in list(cluster) if r.method == "PATCH" and r.url.path.endswith("/trainingjobs/tiny/status")]
+        assert len(writes) == 1, writes
+        assert [(r["rank"], r["state"]) for r in writes[0]["ranks"]] == [(0, "Pending"), (1, "Pending")]
+        await run_all(cluster, 1)
+        await eventually(lambda: job_status(cluster).get("phase") == "Running", what="Running")
