@@ -235,10 +235,14 @@ def _operator(args) -> int:
         identity = os.environ.get("POD_NAME") or os.uname().nodename
         leader = lease.LeaderLease(handlers.api_client(), lease.LeaseSettings(namespace=args.lease_namespace, identity=identity))
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    asyncio.run(handlers.serve(
-        cfg, namespaces=args.namespace, liveness_endpoint=liveness,
-        metrics_port=args.metrics_port or None, lease=leader,
-    ))
+    try:
+        asyncio.run(handlers.serve(
+            cfg, namespaces=args.namespace, liveness_endpoint=liveness,
+            metrics_port=args.metrics_port or None, lease=leader,
+        ))
+    except lease.LeaseLost as e:
+        logging.getLogger("shardwright.operator").error(f"{e}; exiting for a fresh start")
+        return 1
     return 0
 
 

@@ -37,6 +37,7 @@ from shardwright.operator.backends.kubernetes import (
     patch_status,
 )
 from shardwright.operator.controller import Event, JobRef, StartGeneration, StopGeneration, parse_time, reconcile
+from shardwright.operator.lease import LeaseLost
 from shardwright.operator.metrics import OperatorMetrics
 from shardwright.operator.planner import inventory_from_nodelist, plan_for_capacity
 from shardwright.operator.planner.capacity import group_limits
@@ -345,19 +346,23 @@ async def serve(
 
     ``namespaces`` empty: the whole cluster. Kopf peering is off (``standalone``): the
     Lease decides who runs, and only the leader serves the webhook and the metrics.
+    Raises ``LeaseLost`` once Kopf has stopped because we no longer lead (the process
+    exits non-zero and Kubernetes starts a fresh candidate).
     """
     memo = make_memo(cfg)
     if lease is not None:
         await lease.acquire()
-    stop = asyncio.Event()
-    holder = asyncio.create_task(lease.hold(stop)) if lease is not None else None
+    lost = asyncio.Event()
+    holder = asyncio.create_task(lease.hold(lost)) if lease is not None else None
     if metrics_port is not None:
         memo.metrics.serve(metrics_port)
     try:
         await kopf.operator(
-            registry=REGISTRY, memo=memo, standalone=True, stop_flag=stop,
+            registry=REGISTRY, memo=memo, standalone=True, stop_flag=lost,
             clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=liveness_endpoint,
         )
     finally:
         if holder is not None:
             holder.cancel()
+    if lost.is_set():
+        raise LeaseLost(f"stopped reconciling: the leader Lease {lease.settings.namespace}/{lease.settings.name} is lost")

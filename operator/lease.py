@@ -2,9 +2,11 @@
 operators, it does not elect one).
 
 ``shardwright operator`` acquires the Lease before it starts Kopf and renews it in the
-background; when a renewal fails for longer than the lease lasts, the process stops Kopf
-and exits, and the Deployment (strategy Recreate) starts a fresh candidate. Times are
-compared from the Lease's own ``renewTime``, so candidates need only roughly synced clocks.
+background. It stops leading, stops Kopf and exits non-zero (the Deployment starts a fresh
+candidate) as soon as a renewal finds another holder, or when renewals have failed for 80%
+of the lease's duration: a candidate takes over only after the whole duration, so the old
+leader has stopped by then. Times are compared from the Lease's own ``renewTime``, so
+candidates need only roughly synced clocks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """We stopped leading: another candidate holds the Lease, or renewals kept failing."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +104,25 @@ class LeaderLease:
         log.info(f"Leading as {self.settings.identity} (Lease {self.settings.namespace}/{self.settings.name})")
 
     async def hold(self, lost: asyncio.Event) -> None:
-        """Renew until cancelled; set ``lost`` once we cannot be sure we still lead."""
+        """Renew until cancelled; set ``lost`` once we cannot be sure we still lead: at once
+        when another candidate holds the Lease (or is taking it: a 409), after 80% of the
+        duration when the API server does not answer."""
+        s = self.settings
         last_ok = _now()
         while True:
-            await asyncio.sleep(self.settings.renew_s)
-            if await asyncio.to_thread(self._attempt):
+            await asyncio.sleep(s.renew_s)
+            try:
+                ours = await asyncio.to_thread(self.try_acquire)
+            except Exception as e:  # a flaky API server: unknown this round
+                log.warning(f"Lease renewal failed: {e}")
+                ours = None
+            if ours:
                 last_ok = _now()
-            elif (_now() - last_ok).total_seconds() > self.settings.duration_s * 0.8:
-                log.error("Lost the leader Lease; stopping")
+                continue
+            failing = (_now() - last_ok).total_seconds()
+            if ours is False or failing > s.duration_s * 0.8:
+                why = "another candidate holds it" if ours is False else f"no renewal for {failing:.1f}s"
+                log.error(f"Lost the leader Lease {s.namespace}/{s.name} ({why}); stopping")
                 lost.set()
                 return
 
