@@ -23,6 +23,7 @@ micro-batches to the data index that finishes earliest (Zorse).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import math
 
@@ -52,12 +53,10 @@ class CostSettings:
     recompute_activation_factor: float = 2.0
 
 
-@dataclasses.dataclass
-class Topology:
-    """Per-(dims, rank order) facts the step time needs, computed once per arrangement."""
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """Compute rates and link costs of one arrangement; group (p, d) is stage p, data index d."""
 
-    dims: ParallelDims
-    slots: list[Slot]
     #: [p][d] slowest member's sustained FLOP/s in the (p, d) tensor x sequence group.
     rate: list[list[float]]
     #: [p][d] slowest link inside that group (tensor and sequence collectives).
@@ -72,10 +71,37 @@ class Topology:
     nic_load: list[list[float]]
     #: [p] (seconds per byte, latency, members) of stage p's slowest gradient ring.
     rings: list[tuple[float, float, int]]
+    #: [p][d] kind of group (p, d): groups of one kind (equal rate and inner link) take
+    #: the same time per layer; at scale most groups are alike.
+    kind: list[list[int]]
+    #: (p, d) of the first group of each kind.
+    kinds: list[tuple[int, int]]
+    #: [d] column of data index d: data indices alike in every stage's kind and boundary
+    #: costs run the same pipeline, so the step time computes one per column.
+    column: list[int]
+    #: First data index of each column.
+    columns: list[int]
+
+
+@dataclasses.dataclass
+class Topology:
+    """Per-(dims, rank order) facts the step time needs, computed once per arrangement:
+    each stage's memory at once, the link facts (:attr:`paths`) on first use, since a
+    candidate that does not fit in memory never needs them."""
+
+    dims: ParallelDims
+    slots: list[Slot]
     #: [p] (memory bytes, GPU name) of the stage's smallest GPU.
     memory: list[tuple[int, str]]
     #: [p] slowest HBM bandwidth, bytes/s.
     hbm: list[float]
+    net: NetworkSettings
+    #: Node-pair links, shared by the topologies of one search.
+    links: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def paths(self) -> Paths:
+        return _paths(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,87 +124,136 @@ class Estimate:
 
 def topology(slots: list[Slot], dims: ParallelDims, net: NetworkSettings, links: dict | None = None) -> Topology:
     """``links`` caches node-pair links across calls with the same ``net`` (one search)."""
-    dp, pp, sp, tp = dims.data, dims.pipeline, dims.sequence, dims.tensor
-    node = [s.node for s in slots]
-    rank = dims.rank
-    inner_size = sp * tp
-    links = {} if links is None else links
+    stage = len(slots) // dims.pipeline
+    memory, hbm = [], []
+    for p in range(dims.pipeline):
+        present = list({s.node.name: s.node for s in slots[p * stage:(p + 1) * stage]}.values())  # rank order: ties go to the first
+        smallest = min(present, key=lambda n: n.gpu_memory_bytes)
+        memory.append((smallest.gpu_memory_bytes, smallest.gpu.name))
+        hbm.append(min(n.gpu.hbm_gbps for n in present) * 1e9)
+    return Topology(dims, slots, memory, hbm, net, {} if links is None else links)
 
-    def link(a, b, net) -> Link:  # why: the same node pairs recur thousands of times at scale
-        key = (a.name, b.name)
-        found = links.get(key)
+
+def _paths(topo: Topology) -> Paths:
+    """Consecutive ranks mostly share a node, so the loops go per run of ranks on one node,
+    or per distinct node pair, rather than per rank: this runs ~70 times per search at
+    1,024 GPUs."""
+    dims, net, links = topo.dims, topo.net, topo.links
+    dp, pp, sp, tp = dims.data, dims.pipeline, dims.sequence, dims.tensor
+    k = sp * tp  # ranks per group: group g = p * dp + d holds ranks g * k .. (g + 1) * k - 1
+    ident: dict[str, int] = {}
+    nid = [ident.setdefault(s.node.name, len(ident)) for s in topo.slots]
+    nodes = list({s.node.name: s.node for s in topo.slots}.values())  # id -> node
+    run = [0] * len(nid)  # run of consecutive ranks on one node each rank belongs to
+    for r in range(1, len(nid)):
+        run[r] = run[r - 1] + (nid[r] != nid[r - 1])
+    pair: dict[tuple[int, int], Link] = {}
+
+    def link(a: int, b: int) -> Link:  # why: the same node pairs recur thousands of times at scale
+        found = pair.get((a, b))
         if found is None:
-            found = links[key] = _link(a, b, net)
+            key = (nodes[a].name, nodes[b].name)
+            found = links.get(key)
+            if found is None:
+                found = links[key] = _link(nodes[a], nodes[b], net)
+            pair[(a, b)] = found
         return found
 
-    rate = [[0.0] * dp for _ in range(pp)]
-    inner = [[Link(math.inf, 0.0, False)] * dp for _ in range(pp)]
-    for p in range(pp):
-        for d in range(dp):
-            first = rank(pipeline=p, data=d)
-            members = [node[first + i] for i in range(inner_size)]
-            rate[p][d] = min(n.gpu.tflops for n in members) * 1e12
-            if inner_size > 1:
-                inner[p][d] = min((link(a, b, net) for a, b in zip(members, members[1:] + members[:1])), key=lambda l: l.bandwidth)
+    groups = pp * dp
+    speed = [n.gpu.tflops * 1e12 for n in nodes]
+    rate = [speed[a] for a in nid] if k == 1 else [min(speed[a] for a in set(nid[g * k:(g + 1) * k])) for g in range(groups)]
+    inner = [Link(math.inf, 0.0, False)] * groups
+    for g in range(groups if k > 1 else 0):
+        first = g * k
+        if run[first] == run[first + k - 1]:
+            inner[g] = link(nid[first], nid[first])
+        else:
+            members = nid[first:first + k]
+            inner[g] = min((link(a, b) for a, b in zip(members, members[1:] + members[:1])), key=lambda l: l.bandwidth)
 
     # Point-to-point: every (s, t) rank of stage p sends to the same (s, t) of stage p+1
     # (activations) and back (gradients). Each NIC direction is busy for the sum over its
-    # flows of bytes / that flow's link bandwidth, per micro-batch.
-    pairs = []
-    for p in range(pp - 1):
-        for d in range(dp):
-            a0, b0 = rank(pipeline=p, data=d), rank(pipeline=p + 1, data=d)
-            for i in range(inner_size):
-                a, b = node[a0 + i], node[b0 + i]
-                pairs.append((p, d, a, b, link(a, b, net)))
-    busy: dict[tuple[str, str], float] = {}
-    for _, _, a, b, l in pairs:
-        if l.crosses_nodes:
-            for key in (("out", a.name), ("in", b.name), ("out", b.name), ("in", a.name)):
-                busy[key] = busy.get(key, 0.0) + 1 / l.bandwidth
-    p2p = [[0.0] * dp for _ in range(pp)]
-    p2p_own = [[0.0] * dp for _ in range(pp)]
-    nic_load = [[0.0] * dp for _ in range(pp)]
-    own: dict[tuple[int, int, str], float] = {}
-    for p, d, a, b, l in pairs:
-        if not l.crosses_nodes:
-            p2p[p][d] = max(p2p[p][d], 1 / l.bandwidth)
+    # flows of bytes / that flow's link bandwidth, per micro-batch. ``pairs`` holds runs
+    # of consecutive rank pairs between the same two nodes: (group, a, b, count).
+    pairs: list[list] = []
+    for g in range(groups - dp):
+        a0, b0 = g * k, (g + dp) * k
+        if run[a0] == run[a0 + k - 1] and run[b0] == run[b0 + k - 1]:
+            pairs.append([g, nid[a0], nid[b0], k])
             continue
-        shared = max(busy[("out", a.name)], busy[("in", b.name)], busy[("out", b.name)], busy[("in", a.name)])
-        p2p[p][d] = max(p2p[p][d], shared)
-        nic_load[p][d] = max(nic_load[p][d], shared)
-        own[(p, d, a.name)] = own.get((p, d, a.name), 0.0) + 1 / l.bandwidth
-    for (p, d, _), seconds in own.items():
-        p2p_own[p][d] = max(p2p_own[p][d], seconds)
-    for p, d, a, b, _ in pairs:
-        if a.name == b.name:
-            p2p_own[p][d] = max(p2p_own[p][d], p2p[p][d])
+        for i in range(k):
+            a, b = nid[a0 + i], nid[b0 + i]
+            if i and pairs[-1][1] == a and pairs[-1][2] == b:
+                pairs[-1][3] += 1
+            else:
+                pairs.append([g, a, b, 1])
+    out_busy, in_busy = [0.0] * len(nodes), [0.0] * len(nodes)
+    for _, a, b, count in pairs:
+        l = link(a, b)
+        if l.crosses_nodes:
+            per_byte = 1 / l.bandwidth
+            for _ in range(count):  # why: one addition per rank pair, as before runs were merged
+                out_busy[a] += per_byte
+                in_busy[b] += per_byte
+                out_busy[b] += per_byte
+                in_busy[a] += per_byte
+    p2p, p2p_own, nic_load = [0.0] * groups, [0.0] * groups, [0.0] * groups
+    own: dict[tuple[int, int], float] = {}
+    for g, a, b, count in pairs:
+        l = link(a, b)
+        if not l.crosses_nodes:
+            p2p[g] = max(p2p[g], 1 / l.bandwidth)
+            continue
+        shared = max(out_busy[a], in_busy[b], out_busy[b], in_busy[a])
+        p2p[g] = max(p2p[g], shared)
+        nic_load[g] = max(nic_load[g], shared)
+        total = own.get((g, a), 0.0)
+        for _ in range(count):
+            total += 1 / l.bandwidth
+        own[(g, a)] = total
+    for (g, _), seconds in own.items():
+        p2p_own[g] = max(p2p_own[g], seconds)
+    for g, a, b, _ in pairs:
+        if a == b:
+            p2p_own[g] = max(p2p_own[g], p2p[g])
 
     # Gradient rings: ranks equal in (p, t), in rank order; NIC shared by concurrent rings.
-    ring_members = [[rank(pipeline=p, data=d, sequence=s, tensor=t) for d in range(dp) for s in range(sp)] for p in range(pp) for t in range(tp)]
-    out_flows: dict[str, int] = {}
-    for members in ring_members:
+    stage = dp * k
+    ring_nodes = [nid[p * stage + t:(p + 1) * stage:tp] for p in range(pp) for t in range(tp)]
+    out_flows = [0] * len(nodes)
+    for members in ring_nodes:
         for x, y in zip(members, members[1:] + members[:1]):
-            if node[x].name != node[y].name:
-                out_flows[node[x].name] = out_flows.get(node[x].name, 0) + 1
+            if x != y:
+                out_flows[x] += 1
     rings: list[tuple[float, float, int]] = [(0.0, 0.0, dp * sp)] * pp
-    for members in ring_members:
-        p = dims.coords(members[0])["pipeline"]
+    for i, members in enumerate(ring_nodes):
+        p = i // tp
         per_byte, latency = 0.0, 0.0
-        for x, y in zip(members, members[1:] + members[:1]):
-            l = link(node[x], node[y], net)
-            flows = max(out_flows.get(node[x].name, 1), out_flows.get(node[y].name, 1)) if l.crosses_nodes else 1
+        for x, y in set(zip(members, members[1:] + members[:1])):  # why: max does not depend on the order
+            l = link(x, y)
+            flows = max(out_flows[x] or 1, out_flows[y] or 1) if l.crosses_nodes else 1
             per_byte, latency = max(per_byte, flows / l.bandwidth), max(latency, l.latency)
         if per_byte > rings[p][0]:
             rings[p] = (per_byte, latency, len(members))
 
-    memory, hbm = [], []
-    for p in range(pp):
-        stage = node[rank(pipeline=p):rank(pipeline=p + 1)] if p + 1 < pp else node[rank(pipeline=p):]
-        smallest = min(stage, key=lambda n: n.gpu_memory_bytes)
-        memory.append((smallest.gpu_memory_bytes, smallest.gpu.name))
-        hbm.append(min(n.gpu.hbm_gbps for n in stage) * 1e9)
-    return Topology(dims, slots, rate, inner, p2p, p2p_own, nic_load, rings, memory, hbm)
+    kind, firsts = _classes((rate[g], inner[g].bandwidth, inner[g].latency) for g in range(groups))
+    column, columns = _classes(tuple(x[p * dp + d] for x in (kind, p2p, p2p_own, nic_load) for p in range(pp)) for d in range(dp))
+    kinds = [divmod(g, dp) for g in firsts]
+    rows = lambda flat: [flat[p * dp:(p + 1) * dp] for p in range(pp)]  # noqa: E731
+    return Paths(rows(rate), rows(inner), rows(p2p), rows(p2p_own), rows(nic_load), rings, rows(kind), kinds, column, columns)
+
+
+def _classes(keys) -> tuple[list[int], list[int]]:
+    """Class of each key (classes numbered in order of first appearance) and the position
+    of each class's first key."""
+    index: dict = {}
+    of, first = [], []
+    for i, key in enumerate(keys):
+        c = index.setdefault(key, len(index))
+        if c == len(first):
+            first.append(i)
+        of.append(c)
+    return of, first
 
 
 def allreduce_seconds(nbytes: float, members: int, per_byte: float, latency: float) -> float:
@@ -191,8 +266,8 @@ def layer_seconds(w: Workload, topo: Topology, p: int, d: int, micro_batch: int,
     """One layer of one micro-batch on group (p, d): compute plus tensor and sequence traffic."""
     dims = topo.dims
     gpus = dims.tensor * dims.sequence
-    seconds = w.layer_flops(micro_batch, recompute) / gpus / topo.rate[p][d]
-    l = topo.inner[p][d]
+    seconds = w.layer_flops(micro_batch, recompute) / gpus / topo.paths.rate[p][d]
+    l = topo.paths.inner[p][d]
     if dims.tensor > 1:
         chunk = w.activation_bytes(micro_batch) / dims.sequence
         seconds += w.tensor_allreduces(recompute) * allreduce_seconds(chunk, dims.tensor, 1 / l.bandwidth, l.latency)
@@ -222,18 +297,6 @@ def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: 
     dims = topo.dims
     dp, pp = dims.data, dims.pipeline
     micro_batches = math.ceil(w.global_batch / micro_batch)
-    # Groups of equal rate and inner link cost the same; at scale most groups are alike.
-    seen: dict[tuple[float, float, float], float] = {}
-    per_layer = []
-    for p in range(pp):
-        row = []
-        for d in range(dp):
-            key = (topo.rate[p][d], topo.inner[p][d].bandwidth, topo.inner[p][d].latency)
-            if key not in seen:
-                seen[key] = layer_seconds(w, topo, p, d, micro_batch, recompute)
-            row.append(seen[key])
-        per_layer.append(row)
-    head = [w.head_flops(micro_batch) / (dims.tensor * dims.sequence) / topo.rate[pp - 1][d] for d in range(dp)]
 
     # Stage split: memory caps first (Pipette), then greedy on the harmonic-mean layer time.
     in_flight = [min(pp - p, max(1, math.ceil(micro_batches / dp))) for p in range(pp)]
@@ -255,41 +318,51 @@ def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: 
         if any(n > cap for n, cap in zip(layers, caps)):
             need = max(memory_bytes(w, dims, s, p, layers[p], micro_batch, recompute, in_flight[p]) for p in range(pp))
             return Estimate(dims, micro_batch, recompute, math.inf, need, tuple(layers), (), (need, topo.memory[0][0], topo.memory[0][1]))
-    else:
+
+    # Groups of one kind cost the same per layer (Paths.kind); at scale most groups are alike.
+    paths = topo.paths
+    per_kind = [layer_seconds(w, topo, p, d, micro_batch, recompute) for p, d in paths.kinds]
+    per_layer = [[per_kind[c] for c in row] for row in paths.kind]
+    head = [w.head_flops(micro_batch) / (dims.tensor * dims.sequence) / paths.rate[pp - 1][d] for d in range(dp)]
+    if balance:
         layers = _split_layers(w, pp, caps, per_layer, head, dp)
 
-    # Per data index: fill (first micro-batch through all stages) and steady interval.
-    fill, interval, drain = [], [], []
+    # Per column of alike data indices (Paths.column): fill (first micro-batch through all
+    # stages), steady interval, and how much earlier each stage drains.
+    fills, intervals, drains = [], [], []
     backward = 3 / 4 if recompute else 2 / 3
     activation = w.activation_bytes(micro_batch) / (dims.tensor * dims.sequence)
-    for d in range(dp):
+    for d in paths.columns:
         stage = [layers[p] * per_layer[p][d] + (head[d] if p == pp - 1 else 0.0) for p in range(pp)]
-        sends = [activation * topo.p2p[p][d] for p in range(pp - 1)] + [0.0]
-        nic = max((activation * topo.nic_load[p][d] for p in range(pp)), default=0.0)
-        fill.append(sum(stage) + 2 * sum(sends))
+        sends = [activation * paths.p2p[p][d] for p in range(pp - 1)] + [0.0]
+        nic = max((activation * paths.nic_load[p][d] for p in range(pp)), default=0.0)
+        fills.append(sum(stage) + 2 * sum(sends))
         # 1F1B: stage p's backward of micro-batch j waits for the round trip through p+1,
         # so the boundary's own sends sit partly inside the cycle (one send: measured
         # against the simulator, between the fully hidden and the fully exposed case).
-        trips = [max(stage[p], stage[p + 1]) + activation * topo.p2p_own[p][d] for p in range(pp - 1)]
-        interval.append(max(max(stage), nic, *trips))
+        trips = [max(stage[p], stage[p + 1]) + activation * paths.p2p_own[p][d] for p in range(pp - 1)]
+        intervals.append(max(max(stage), nic, *trips))
         # Stage p's last backward ends before those of stages 0..p-1 (and their sends).
         ahead, total = [], 0.0
         for p in range(pp):
             ahead.append(total)
             total += backward * stage[p] + sends[p]
-        drain.append(ahead)
+        drains.append(ahead)
+    fill, interval = [fills[c] for c in paths.column], [intervals[c] for c in paths.column]
     counts = balanced_counts(micro_batches, fill, interval) if balance else even_counts(micro_batches, dp)
     if counts is None:
         return Estimate(dims, micro_batch, recompute, math.inf, 0, tuple(layers), ())
-    finish = [f + (m - 1) * i for f, i, m in zip(fill, interval, counts)]
+    latest = [0.0] * len(paths.columns)  # latest finish in each column
+    for f, i, m, c in zip(fill, interval, counts, paths.column):
+        latest[c] = max(latest[c], f + (m - 1) * i)
 
     # Each stage's gradient ring starts when its last backward is done; then the optimizer.
     grads = [w.stage_params(layers[p], p == 0, p == pp - 1) / dims.tensor * BF16 for p in range(pp)]
     shard = dp * dims.sequence if s.shard_optimizer else 1
     step = 0.0
     for p in range(pp):
-        ready = max(finish[d] - drain[d][p] for d in range(dp))
-        sync = allreduce_seconds(grads[p], *_ring(topo.rings[p]))
+        ready = max(last - ahead[p] for last, ahead in zip(latest, drains))
+        sync = allreduce_seconds(grads[p], *_ring(paths.rings[p]))
         optimizer = (grads[p] / BF16) * (s.optimizer_bytes_per_param / shard + 2 * BF16) * 2 / topo.hbm[p]
         step = max(step, ready + sync + optimizer)
     peak = max(memory_bytes(w, dims, s, p, layers[p], micro_batch, recompute, in_flight[p]) for p in range(pp))

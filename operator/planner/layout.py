@@ -158,3 +158,17 @@ def arrange(slots: list[Slot], dims: ParallelDims, order: str) -> list[Slot]:
         leftover += mine[whole:]  # why: only these may form a group that crosses nodes
     chunks += [leftover[i:i + inner] for i in range(0, len(leftover), inner)]
     return [slot for chunk in chunks for slot in chunk]
+
+
+def arranger(slots: list[Slot]) -> Callable[[ParallelDims, str], list[Slot]]:
+    """:func:`arrange` over ``slots``, each arrangement made once: it reads of the degrees
+    only the tensor x sequence group size, which most splits of a search share."""
+    made: dict[tuple[str, int], list[Slot]] = {}
+
+    def arranged(dims: ParallelDims, order: str) -> list[Slot]:
+        key = (order, dims.tensor * dims.sequence)
+        if key not in made:
+            made[key] = arrange(slots, dims, order)
+        return made[key]
+
+    return arranged

@@ -123,10 +123,11 @@ def search(spec: TrainingJobSpec, inventory: Inventory, settings: Settings = Set
     if not splits:
         raise Infeasible(f"no tensor x sequence x pipeline x data split of {len(slots)} GPUs fits the model and batch")
     links: dict = {}
+    arranged = layout.arranger(slots)
     scored: list[tuple[tuple, cost.Estimate, str, cost.Topology]] = []
     best_per_split: dict[ParallelDims, tuple] = {}
     for dims in splits:
-        topo = cost.topology(layout.arrange(slots, dims, "speed"), dims, settings.network, links)
+        topo = cost.topology(arranged(dims, "speed"), dims, settings.network, links)
         for est in _estimates(w, topo, settings):
             entry = (_rank_key(est, "speed"), est, "speed", topo)
             scored.append(entry)
@@ -142,7 +143,7 @@ def search(spec: TrainingJobSpec, inventory: Inventory, settings: Settings = Set
         if not est.feasible:
             continue
         for order in orders:
-            topo = cost.topology(layout.arrange(slots, est.dims, order), est.dims, settings.network, links)
+            topo = cost.topology(arranged(est.dims, order), est.dims, settings.network, links)
             for e in _estimates(w, topo, settings):
                 entry = (_rank_key(e, order), e, order, topo)
                 scored.append(entry)
@@ -171,15 +172,16 @@ def search(spec: TrainingJobSpec, inventory: Inventory, settings: Settings = Set
     for i, (_, e, order, topo) in enumerate(shortlist):
         if simulated and _compute_bound(e, topo, w) >= simulated[0][0]:
             continue
-        plan = to_plan(e, topo, w, order)
-        if simulated and ops + _ops(plan) > settings.search.rescore_ops:
+        if simulated and ops + _ops(e) > settings.search.rescore_ops:
             continue  # why: the closed-form best is always simulated; the rest within the budget
-        ops += _ops(plan)
+        ops += _ops(e)
+        plan = to_plan(e, topo, w, order)
         simulated.append((simulate(plan, inventory, w, settings.network, settings.cost).step_seconds, i, plan))
         simulated.sort(key=lambda x: (x[0], x[1]))
     # The naive plan: built and simulated unless no even plan could beat the best so far.
-    naive_bound = _naive_bound(spec, w, layout.place_pods(spec, inventory, "name"), settings)
-    baseline = naive(spec, inventory, settings, w, links) if naive_bound < simulated[0][0] else None
+    named = _name_topologies(spec, inventory, w, settings, links)
+    naive_bound = _naive_bound(w, named, settings)
+    baseline = _naive(w, named, settings) if naive_bound < simulated[0][0] else None
     if baseline is not None:
         simulated.append((simulate(baseline, inventory, w, settings.network, settings.cost).step_seconds, len(shortlist), baseline))
     seconds, _, plan = min(simulated, key=lambda x: (x[0], x[1]))
@@ -204,10 +206,20 @@ def naive(spec: TrainingJobSpec, inventory: Inventory, settings: Settings = Sett
     simulator rates slower. None when no even plan fits in memory.
     """
     w = w or Workload.from_spec(spec)
+    return _naive(w, _name_topologies(spec, inventory, w, settings, links), settings)
+
+
+def _name_topologies(spec: TrainingJobSpec, inventory: Inventory, w: Workload, settings: Settings, links: dict | None) -> list[cost.Topology]:
+    """Every degree split on the naive plan's placement: pods and ranks in node-name order."""
     slots = layout.place_pods(spec, inventory, "name")
+    arranged = layout.arranger(slots)
+    return [cost.topology(arranged(dims, "name"), dims, settings.network, links) for dims in degree_splits(spec, w, slots, settings.search)]
+
+
+def _naive(w: Workload, topologies: list[cost.Topology], settings: Settings) -> Plan | None:
+    """:func:`naive` on the splits of :func:`_name_topologies`."""
     best = None
-    for dims in degree_splits(spec, w, slots, settings.search):
-        topo = cost.topology(layout.arrange(slots, dims, "name"), dims, settings.network, links)
+    for topo in topologies:
         for e in _estimates(w, topo, settings, balance=False):
             if e.feasible and (best is None or e.step_seconds < best[0].step_seconds):
                 best = (e, topo)
@@ -223,11 +235,11 @@ def _compute_bound(e: cost.Estimate, topo: cost.Topology, w: Workload) -> float:
     for p, layers in enumerate(e.stage_layers):
         for d, n in enumerate(e.samples):
             flops = w.layer_flops(n, e.recompute) * layers + (w.head_flops(n) if p == dims.pipeline - 1 else 0.0)
-            worst = max(worst, flops / inner / topo.rate[p][d])
+            worst = max(worst, flops / inner / topo.paths.rate[p][d])
     return worst
 
 
-def _naive_bound(spec: TrainingJobSpec, w: Workload, slots: list[layout.Slot], settings: Settings) -> float:
+def _naive_bound(w: Workload, topologies: list[cost.Topology], settings: Settings) -> float:
     """Lower bound on the simulated step of any naive plan (name order, even stages and
     shares; :func:`naive`), without building one: for each split and micro-batch, each
     stage's compute for all its micro-batches, after micro-batch 0's forwards through the
@@ -235,13 +247,12 @@ def _naive_bound(spec: TrainingJobSpec, w: Workload, slots: list[layout.Slot], s
     every group at its slowest GPU; splits that do not fit in memory even with
     recomputation are left out. Communication only adds to it."""
     bound = float("inf")
-    for dims in degree_splits(spec, w, slots, settings.search):
+    for topo in topologies:
+        dims = topo.dims
         dp, pp, inner = dims.data, dims.pipeline, dims.tensor * dims.sequence
-        ranks = layout.arrange(slots, dims, "name")
         layers = [w.layers // pp + (p < w.layers % pp) for p in range(pp)]
-        rate = [[min(x.node.gpu.tflops for x in ranks[dims.rank(pipeline=p, data=d):dims.rank(pipeline=p, data=d) + inner]) * 1e12 * inner
-                 for d in range(dp)] for p in range(pp)]
-        memory = [min(x.node.gpu_memory_bytes for x in ranks[dims.rank(pipeline=p):dims.rank(pipeline=p) + dp * inner]) for p in range(pp)]
+        memory = [m for m, _ in topo.memory]
+        rate = None
         for mb in settings.search.micro_batches:
             counts = cost.even_counts(-(-w.global_batch // mb), dp)
             if counts is None:
@@ -250,6 +261,7 @@ def _naive_bound(spec: TrainingJobSpec, w: Workload, slots: list[layout.Slot], s
             if any(cost.memory_bytes(w, dims, settings.cost, p, layers[p], mb, True, in_flight[p]) > memory[p] * settings.cost.usable_memory_fraction
                    for p in range(pp)):
                 continue  # why: not even recomputation fits; the naive plan cannot be this one
+            rate = rate or [[x * inner for x in row] for row in topo.paths.rate]
             worst = 0.0
             for d, n in enumerate(cost.samples_of(counts, mb, w.global_batch)):
                 first, last = w.layer_flops(min(mb, n), False), w.layer_flops(n - (-(-n // mb) - 1) * mb, False)
@@ -262,10 +274,9 @@ def _naive_bound(spec: TrainingJobSpec, w: Workload, slots: list[layout.Slot], s
     return bound
 
 
-def _ops(plan: Plan) -> int:
-    """Forward and backward ops the simulator plays for ``plan`` (its running time scales with it)."""
-    mb = plan.micro_batch or 1
-    return 2 * plan.dims.pipeline * sum(-(-n // mb) for n in plan.samples or (1,))
+def _ops(e: cost.Estimate) -> int:
+    """Forward and backward ops the simulator plays for ``e``'s plan (its running time scales with it)."""
+    return 2 * e.dims.pipeline * sum(-(-n // e.micro_batch) for n in e.samples or (1,))
 
 
 def degree_splits(spec: TrainingJobSpec, w: Workload, slots: list[layout.Slot], s: SearchSettings) -> list[ParallelDims]:
@@ -332,8 +343,9 @@ def to_plan(est: cost.Estimate, topo: cost.Topology, w: Workload, order: str) ->
     dims = est.dims
     even = w.global_batch / dims.data
     ranks = []
+    inner = dims.tensor * dims.sequence
     for rank, slot in enumerate(topo.slots):
-        d = dims.coords(rank)["data"]
+        d = rank // inner % dims.data
         share = round(est.samples[d] / even, 6)
         ranks.append(RankPlacement(rank, slot.group, slot.replica, slot.local_rank, slot.node.name, slot.node.gpu.name, share))
     plan = Plan(

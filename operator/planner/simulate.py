@@ -46,43 +46,50 @@ class Simulation:
 
 
 class _Links:
-    """FIFO queues on each node's NIC (egress and ingress) and each GPU's local port."""
+    """FIFO queues, each a slot of ``free``: every node's NIC egress and ingress, every GPU's local port."""
 
     def __init__(self, nodes: list[Node], net: NetworkSettings) -> None:
         self.nodes, self.net = nodes, net
-        self.free: dict[tuple, float] = {}
+        slot: dict[str, int] = {}
+        #: Per rank: the slot of its node's NIC egress (ingress is the next one).
+        self.nic = [slot.setdefault(n.name, 2 * len(slot)) for n in nodes]
+        self.ports = 2 * len(slot)
+        self.free = [0.0] * (self.ports + len(nodes))
         self.network_bytes = 0.0
 
-    def route(self, pairs: list[tuple[int, int]]) -> list[tuple[tuple, int, float, float, bool]]:
+    def route(self, pairs: list[tuple[int, int]]) -> list[tuple[tuple[int, int], int, float, float, bool]]:
         """Queue entries of a batch of sends issued together, ``pairs`` of (src, dst) ranks:
-        (queue keys, messages, latency, seconds per byte, crosses nodes) per run of
+        (queue slots, messages, latency, seconds per byte, crosses nodes) per run of
         consecutive pairs between the same two nodes (one run per pair inside a node:
         each GPU has its own port)."""
         runs: list[list] = []
         for src, dst in pairs:
-            a, b = self.nodes[src], self.nodes[dst]
-            l = link(a, b, self.net)
-            keys = (("out", a.name), ("in", b.name)) if l.crosses_nodes else (("port", src),)
+            l = link(self.nodes[src], self.nodes[dst], self.net)
+            keys = (self.nic[src], self.nic[dst] + 1) if l.crosses_nodes else (self.ports + src,) * 2
             if runs and l.crosses_nodes and runs[-1][0] == keys:
                 runs[-1][1] += 1
             else:
                 runs.append([keys, 1, l.latency, 1 / l.bandwidth, l.crosses_nodes])
         return [tuple(r) for r in runs]
 
-    def send_route(self, ready: float, route, nbytes: float) -> float:
-        """Arrival of the last message of a batch (see :meth:`route`), each of ``nbytes``."""
+    @staticmethod
+    def timed(route, nbytes: float) -> tuple[list[tuple[int, int, float]], float]:
+        """A route (see :meth:`route`) for messages of ``nbytes``: (slot, slot, seconds
+        the entry holds them) per entry, and the bytes that leave their node."""
+        entries = [(a, b, count * (latency + nbytes * per_byte)) for (a, b), count, latency, per_byte, _ in route]
+        return entries, sum(count * nbytes for _, count, _, _, crosses in route if crosses)
+
+    def send(self, ready: float, timed) -> float:
+        """Arrival of the last message of a batch sent at ``ready`` (see :meth:`timed`)."""
+        entries, nbytes = timed
         free = self.free
         arrival = ready
-        for keys, count, latency, per_byte, crosses in route:
-            start = ready
-            for k in keys:
-                start = max(start, free.get(k, 0.0))
-            end = start + count * (latency + nbytes * per_byte)
-            for k in keys:
-                free[k] = end
-            if crosses:
-                self.network_bytes += count * nbytes
-            arrival = max(arrival, end)
+        for a, b, seconds in entries:
+            end = max(ready, free[a], free[b]) + seconds
+            free[a] = free[b] = end
+            if end > arrival:
+                arrival = end
+        self.network_bytes += nbytes
         return arrival
 
 
@@ -90,129 +97,143 @@ def simulate(plan: Plan, inventory: Inventory, w: Workload, net: NetworkSettings
     dims = plan.dims
     dp, pp, sp, tp = dims.data, dims.pipeline, dims.sequence, dims.tensor
     inner = sp * tp
-    nodes = [inventory.node(r.node) for r in plan.ranks]
+    by_name = {n.name: n for n in inventory.nodes}
+    nodes = [by_name[r.node] for r in plan.ranks]
     rate = [n.gpu.tflops * 1e12 for n in nodes]
     links = _Links(nodes, net)
     layers = plan.stage_layers or (w.layers,)
     mb = plan.micro_batch or 1
     samples = plan.samples or tuple([w.global_batch // dp] * dp)
     sizes = [[min(mb, n - i) for i in range(0, n, mb)] for n in samples]
-    group_flops = {(p, d): 0.0 for p in range(pp) for d in range(dp)}
-    group_free = dict.fromkeys(group_flops, 0.0)
+    # Group g = p * dp + d (stage p, data index d) holds ranks g * inner .. (g + 1) * inner - 1.
+    groups = range(pp * dp)
 
-    def members(p: int, d: int) -> list[int]:
-        first = dims.rank(pipeline=p, data=d)
-        return list(range(first, first + inner))
+    def members(g: int) -> list[int]:
+        return list(range(g * inner, (g + 1) * inner))
 
     # Per group: its slowest member's rate and the slowest hops of its tensor and sequence
     # rings (each member's time is its own; the group's op ends with the slowest).
-    slowest_rate = {key: min(rate[r] for r in members(*key)) for key in group_flops}
-    hops = {key: _group_hops(members(*key), nodes, net, sp, tp) for key in group_flops}
+    slowest_rate = [min(rate[r] for r in members(g)) for g in groups]
+    hops = [_group_hops(members(g), nodes, net, sp, tp) for g in groups]
     durations: dict[tuple, tuple[float, float]] = {}
 
-    def op_time(p: int, d: int, size: int, backward: bool) -> tuple[float, float]:
-        """(seconds, FLOPs) of forward/backward of one micro-batch of ``size`` on group (p, d)."""
-        key = (p, d, size, backward)
+    def op_time(g: int, size: int, backward: bool) -> tuple[float, float]:
+        """(seconds, FLOPs) of forward/backward of one micro-batch of ``size`` on group g."""
+        key = (g, size, backward)
         if key not in durations:
+            p = g // dp
             full = w.layer_flops(size, plan.recompute) * layers[p]
             fraction = (3 / 4 if plan.recompute else 2 / 3) if backward else (1 / 4 if plan.recompute else 1 / 3)
             flops = full * fraction
             if p == pp - 1:
                 flops += w.head_flops(size) * (2 / 3 if backward else 1 / 3)
-            seconds = flops / inner / slowest_rate[(p, d)] + _collectives(p, d, size, backward)
+            seconds = flops / inner / slowest_rate[g] + _collectives(g, size, backward)
             durations[key] = (seconds, flops)
         return durations[key]
 
-    def _collectives(p: int, d: int, size: int, backward: bool) -> float:
+    def _collectives(g: int, size: int, backward: bool) -> float:
         """Per-layer tensor all-reduces and sequence ring passes, over the group's own links."""
-        tensor_hop, sequence_hop = hops[(p, d)]
+        tensor_hop, sequence_hop = hops[g]
+        stage_layers = layers[g // dp]
         seconds = 0.0
         if tp > 1:
             count = w.tensor_allreduces(plan.recompute) - 2 if backward else 2
             chunk = w.activation_bytes(size) / sp / tp
-            seconds += layers[p] * count * 2 * (tp - 1) * (chunk * tensor_hop[0] + tensor_hop[1])
+            seconds += stage_layers * count * 2 * (tp - 1) * (chunk * tensor_hop[0] + tensor_hop[1])
         if sp > 1:
             share = 2 / 3 if backward else 1 / 3
             nbytes = w.sequence_bytes_per_layer(size, sp) / tp * share
-            seconds += layers[p] * (nbytes * sequence_hop[0] + (sp - 1) * sequence_hop[1] * (2 if backward else 1))
+            seconds += stage_layers * (nbytes * sequence_hop[0] + (sp - 1) * sequence_hop[1] * (2 if backward else 1))
         return seconds
 
-    # 1F1B op order per stage: warm-up forwards, then alternate, then drain backwards.
-    orders: dict[tuple[int, int], list[tuple[bool, int]]] = {}
-    for p in range(pp):
-        for d in range(dp):
-            m = len(sizes[d])
-            warm = min(pp - p - 1, m)
-            seq = [(False, j) for j in range(warm)]
-            f, b = warm, 0
-            while b < m:
-                if f < m:
-                    seq.append((False, f))
-                    f += 1
-                seq.append((True, b))
-                b += 1
-            orders[(p, d)] = seq
+    # 1F1B op order per group: warm-up forwards, then alternate, then drain backwards;
+    # each op as (backward, micro-batch, seconds).
+    ops: list[list[tuple[bool, int, float]]] = []
+    group_flops = [0.0] * len(groups)
+    for g in groups:
+        p, d = divmod(g, dp)
+        m = len(sizes[d])
+        warm = min(pp - p - 1, m)
+        seq = [(False, j) for j in range(warm)]
+        f, b = warm, 0
+        while b < m:
+            if f < m:
+                seq.append((False, f))
+                f += 1
+            seq.append((True, b))
+            b += 1
+        timed_ops = []
+        for backward, j in seq:
+            seconds, flops = op_time(g, sizes[d][j], backward)
+            group_flops[g] += flops
+            timed_ops.append((backward, j, seconds))
+        ops.append(timed_ops)
 
-    # Boundary sends of group (p, d) to (p +- 1, d): one per (sequence, tensor) rank pair.
-    # Consecutive pairs between the same two nodes queue back to back on those NICs, so
-    # they are one queue entry of k messages (the same times as k separate ones).
-    routes = {}
-    for p in range(pp):
-        for target in (p - 1, p + 1):
-            if 0 <= target < pp:
-                for d in range(dp):
-                    routes[(p, target, d)] = links.route(list(zip(members(p, d), members(target, d))))
+    # Boundary sends of group g to its neighbour stage: one per (sequence, tensor) rank
+    # pair. Consecutive pairs between the same two nodes queue back to back on those NICs,
+    # so they are one queue entry of k messages (the same times as k separate ones).
+    sends: dict[tuple[int, bool, int], tuple] = {}
 
-    arrived: dict[tuple, float] = {}
-    cursor = dict.fromkeys(orders, 0)
-    done_at: dict[tuple, float] = {}
-    events: list[tuple[float, int, tuple]] = []
+    def boundary(g: int, backward: bool, j: int) -> tuple:
+        size = sizes[g % dp][j]
+        key = (g, backward, size)
+        if key not in sends:
+            route = links.route(list(zip(members(g), members(g - dp if backward else g + dp))))
+            sends[key] = links.timed(route, w.activation_bytes(size) / inner)
+        return sends[key]
+
+    # arrived[g][backward][j]: when micro-batch j's input (activations, or gradients for a
+    # backward) reached group g.
+    arrived = [([None] * len(sizes[g % dp]), [None] * len(sizes[g % dp])) for g in groups]
+    cursor = [0] * len(groups)
+    group_free = [0.0] * len(groups)
+    done_at = [0.0] * len(groups)
+    events: list[tuple[float, int, int, int, bool]] = []
     counter = itertools.count()
+    last_stage = (pp - 1) * dp
 
-    def advance(p: int, d: int) -> None:
-        """Start every op of group (p, d) whose inputs are known, in its order."""
-        seq = orders[(p, d)]
-        i = cursor[(p, d)]
-        free = group_free[(p, d)]
+    def advance(g: int) -> None:
+        """Start every op of group g whose inputs are known, in its order."""
+        seq = ops[g]
+        i = cursor[g]
+        free = group_free[g]
+        waiting = arrived[g]
+        first, last = g < dp, g >= last_stage
         while i < len(seq):
-            backward, j = seq[i]
-            has_input = (p == pp - 1) if backward else (p == 0)
+            backward, j, seconds = seq[i]
             ready = 0.0
-            if not has_input:
-                ready = arrived.get((p, d, j, backward))
+            if not (last if backward else first):
+                ready = waiting[backward][j]
                 if ready is None:
                     break
-            seconds, flops = op_time(p, d, sizes[d][j], backward)
             free = max(ready, free) + seconds
-            group_flops[(p, d)] += flops
             i += 1
-            heapq.heappush(events, (free, next(counter), (p, d, j, backward)))
-        cursor[(p, d)] = i
-        group_free[(p, d)] = free
+            heapq.heappush(events, (free, next(counter), g, j, backward))
+        cursor[g] = i
+        group_free[g] = free
 
-    for key in orders:
-        advance(*key)
-    activation = {d: [w.activation_bytes(size) / inner for size in sizes[d]] for d in range(dp)}
+    for g in groups:
+        advance(g)
     # Events are op ends, in time order, so every NIC queue is served first come first served.
     while events:
-        t, _, (p, d, j, backward) = heapq.heappop(events)
-        done_at[(p, d)] = t
-        target = p - 1 if backward else p + 1
-        if 0 <= target < pp:
-            arrived[(target, d, j, backward)] = links.send_route(t, routes[(p, target, d)], activation[d][j])
-            advance(target, d)
+        t, _, g, j, backward = heapq.heappop(events)
+        done_at[g] = t
+        target = g - dp if backward else g + dp
+        if 0 <= target < len(groups):
+            arrived[target][backward][j] = links.send(t, boundary(g, backward, j))
+            advance(target)
 
     finish = [0.0] * dims.world_size
     busy = [0.0] * dims.world_size
-    for (p, d), t in done_at.items():
-        for r in members(p, d):
-            finish[r] = t
-            busy[r] = group_flops[(p, d)] / inner / rate[r]
+    for g in groups:
+        for r in members(g):
+            finish[r] = done_at[g]
+            busy[r] = group_flops[g] / inner / rate[r]
     _allreduce(plan, w, links, finish, layers)
+    shard = dp * sp if s.shard_optimizer else 1
     for r in range(dims.world_size):
-        p = dims.coords(r)["pipeline"]
+        p = r // (dp * inner)
         params = w.stage_params(layers[p], p == 0, p == pp - 1) / tp
-        shard = dp * sp if s.shard_optimizer else 1
         t = params * (s.optimizer_bytes_per_param / shard + 2 * BF16) * 2 / (nodes[r].gpu.hbm_gbps * 1e9)
         busy[r] += t
         finish[r] += t
@@ -237,20 +258,19 @@ def _allreduce(plan: Plan, w: Workload, links: _Links, finish: list[float], laye
     dims = plan.dims
     pp = dims.pipeline
     rings = [g for g in dims.gradient_groups() if len(g) > 1]
-    routes = [links.route(list(zip(ring, ring[1:] + ring[:1]))) for ring in rings]
+    sends = []
     events = []
     for i, ring in enumerate(rings):
         p = dims.coords(ring[0])["pipeline"]
         chunk = w.stage_params(layers[p], p == 0, p == pp - 1) / dims.tensor * BF16 / len(ring)
-        heapq.heappush(events, (max(finish[r] for r in ring), i, 0, chunk))
+        sends.append(links.timed(links.route(list(zip(ring, ring[1:] + ring[:1]))), chunk))
+        heapq.heappush(events, (max(finish[r] for r in ring), i, 0))
     while events:
-        t, i, step, chunk = heapq.heappop(events)
+        t, i, step = heapq.heappop(events)
         ring = rings[i]
-        end = links.send_route(t, routes[i], chunk)
+        end = links.send(t, sends[i])
         if step + 1 < 2 * (len(ring) - 1):
-            heapq.heappush(events, (end, i, step + 1, chunk))
+            heapq.heappush(events, (end, i, step + 1))
         else:
             for r in ring:
                 finish[r] = end
-
-
