@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease-namespace", help="namespace of the leader Lease (default: no leader election)")
     p.add_argument("--gang-scheduler", choices=["volcano", "scheduler-plugins"], help="create a PodGroup per generation")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds pods may stay Pending")
+    p.add_argument("--cordon-nodes", action="store_true",
+                   help="cordon a replaced straggler's node when the job's stragglerPolicy.cordon asks (needs patch on nodes)")
     p.set_defaults(func=_operator)
 
     args = parser.parse_args(argv)
@@ -223,7 +225,7 @@ def _operator(args) -> int:
     if args.image:
         pods = dataclasses.replace(pods, image=args.image)
     cfg = handlers.OperatorConfig(
-        kubernetes=KubernetesSettings(pods=pods, startup_timeout_s=args.startup_timeout),
+        kubernetes=KubernetesSettings(pods=pods, startup_timeout_s=args.startup_timeout, cordon_nodes=args.cordon_nodes),
         webhook_port=args.webhook_port,
         webhook_certfile=str(args.webhook_cert_dir / "tls.crt"),
         webhook_pkeyfile=str(args.webhook_cert_dir / "tls.key"),

@@ -36,7 +36,16 @@ from shardwright.operator.backends.kubernetes import (
     delete_job,
     patch_status,
 )
-from shardwright.operator.controller import Event, JobRef, StartGeneration, StopGeneration, parse_time, reconcile
+from shardwright.operator.controller import (
+    Event,
+    JobRef,
+    ReplaceRank,
+    SetShares,
+    StartGeneration,
+    StopGeneration,
+    parse_time,
+    reconcile,
+)
 from shardwright.operator.lease import LeaseLost
 from shardwright.operator.metrics import OperatorMetrics
 from shardwright.operator.planner import inventory_from_nodelist, plan_for_capacity
@@ -72,10 +81,11 @@ class OperatorConfig:
     webhook_insecure: bool = False
 
 
-def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, fetch_json=probe.fetch_json) -> kopf.Memo:
-    """Operator-wide state; Kopf shallow-copies it per object, so these are shared."""
+def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, request_json=probe.request_json) -> kopf.Memo:
+    """Operator-wide state; Kopf shallow-copies it per object, so these are shared.
+    ``request_json``: how ranks' telemetry is asked (tests answer for the ranks)."""
     executor = concurrent.futures.ThreadPoolExecutor(cfg.reconcile_threads, thread_name_prefix="reconcile")
-    return kopf.Memo(config=cfg, api=api, fetch_json=fetch_json, metrics=OperatorMetrics(), wakeups={}, executor=executor)
+    return kopf.Memo(config=cfg, api=api, request_json=request_json, metrics=OperatorMetrics(), wakeups={}, executor=executor)
 
 
 def api_client() -> client.ApiClient:
@@ -276,16 +286,17 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
     if job is None:
         raise kopf.PermanentError("; ".join(str(p) for p in problems))
     spec, now = job.spec, datetime.datetime.now(datetime.timezone.utc)
-    try:
-        # Elastic jobs fit themselves to the ready, matching GPU nodes; rigid ones ask for all.
-        limits = group_limits(spec, inventory_from_nodelist(nodes)) if spec.elastic else None
-        plan = plan_for_capacity(spec, None, limits)
-    except ValueError as e:
-        raise kopf.PermanentError(f"cannot plan: {e}") from None
     server_status = job.status or TrainingJobStatus()
     if memory.written is None:
         memory.written = server_status.to_wire()
     status = memory.status or server_status
+    try:
+        # Elastic jobs fit themselves to the ready, matching GPU nodes they do not avoid;
+        # rigid ones ask for all their pods.
+        limits = group_limits(spec, inventory_from_nodelist(nodes), avoid=status.avoided_nodes) if spec.elastic else None
+        plan = plan_for_capacity(spec, None, limits)
+    except ValueError as e:
+        raise kopf.PermanentError(f"cannot plan: {e}") from None
     owner = render.Owner(name=job.metadata.name, namespace=job.metadata.namespace, uid=meta.get("uid") or "", labels=job.metadata.labels)
     ckpt_dir = (spec.checkpoint.uri or "").removeprefix("file://") or f"{cfg.kubernetes.pods.checkpoint_mount}/{owner.namespace}/{owner.name}"
     ref = JobRef(
@@ -295,12 +306,19 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
     backend = KubernetesBackend(
         memo.api, cfg.kubernetes, owner, spec, pods,
         node_ready={n["metadata"]["name"]: _ready(n) for n in nodes},
-        known_checkpoint=status.last_checkpoint, fetch_json=memo.fetch_json,
+        known_checkpoint=status.last_checkpoint, avoided_nodes=status.avoided_nodes, request_json=memo.request_json,
     )
     result = reconcile(ref, spec, plan, status, backend.observe(now))
+    notes: list[Event] = []
     for action in result.actions:
         if isinstance(action, StopGeneration):
             backend.stop(action)
+        elif isinstance(action, SetShares):
+            backend.set_shares(action)
+        elif isinstance(action, ReplaceRank):
+            notes += backend.replace(action)
+    # The core passes avoidedNodes through; the backend adds a replaced straggler's node.
+    result.status.avoided_nodes = backend.avoided_nodes
     for action in result.actions:
         if isinstance(action, StartGeneration):
             backend.start(action)
@@ -327,7 +345,7 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
             delete_job(memo.api, owner.namespace, owner.name)
         else:
             requeue = left if requeue is None else min(requeue, left)
-    return [a for a in result.actions if isinstance(a, Event)], requeue
+    return [a for a in result.actions if isinstance(a, Event)] + notes, requeue
 
 
 

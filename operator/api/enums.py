@@ -59,6 +59,9 @@ class Reason(StrEnum):
     STRAGGLER_DETECTED = "StragglerDetected"
     STRAGGLER_MITIGATED = "StragglerMitigated"
     STRAGGLER_CLEARED = "StragglerCleared"
+    NODE_AVOIDED = "NodeAvoided"
+    NODE_CORDONED = "NodeCordoned"
+    CORDON_FAILED = "CordonFailed"
 
 
 class EventType(StrEnum):

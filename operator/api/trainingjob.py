@@ -226,6 +226,13 @@ class StragglerPolicySpec(ApiModel):
         "from the slow rank. replace: rebalance first; if the rank is still slow after the "
         "cool-down, end the generation and continue without it.",
     )
+    cordon: bool = Field(
+        default=False,
+        description="With action replace, on Kubernetes: also cordon the replaced rank's node "
+        "(spec.unschedulable), so no other workload lands there either. The job avoids the "
+        "node whether or not it is cordoned (status.avoidedNodes). Needs an operator allowed "
+        "to cordon (chart value cordonNodes: true).",
+    )
 
 
 class TrainingJobSpec(ApiModel):
@@ -315,6 +322,12 @@ class TrainingJobStatus(ApiModel):
     )
     straggler_mitigated_step: int | None = Field(
         default=None, description="Step of the last straggler mitigation; the cool-down counts from it."
+    )
+    avoided_nodes: list[str] = Field(
+        default_factory=list,
+        description="Kubernetes: nodes where a straggler was replaced; every later generation "
+        "keeps off them (required node affinity NotIn on kubernetes.io/hostname) for the rest "
+        "of the job.",
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from .enums import AttentionKind, DataSource, SequenceKind
+from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
 from .trainingjob import TrainingJob, TrainingJobSpec
 from shardwright.workers.config import LINEAR_KINDS, sequence_layout, softmax_kernel
 
@@ -140,6 +140,9 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
                 re.compile(rule.message)
             except re.error as e:
                 yield Problem(f"{path}.message", f"not a valid regular expression: {e}")
+    stragglers = spec.straggler_policy
+    if stragglers.cordon and stragglers.action is not StragglerAction.REPLACE:
+        yield Problem("spec.stragglerPolicy.cordon", f"only used with action: replace (only a replaced rank's node is cordoned); got action: {stragglers.action}")
 
 
 def _check_parallelism(spec: TrainingJobSpec, m) -> Iterable[Problem]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes import client
@@ -28,8 +28,8 @@ from kubernetes.client.exceptions import ApiException
 # contended for the import lock: about 1-3 s before the first job got its pods.
 CoreV1Api, CustomObjectsApi = client.CoreV1Api, client.CustomObjectsApi
 
-from shardwright.operator.api import CheckpointRef, TrainingJobSpec
-from shardwright.operator.controller import Observed, StartGeneration, StopGeneration
+from shardwright.operator.api import CheckpointRef, EventType, Reason, TrainingJobSpec
+from shardwright.operator.controller import Event, Observed, ReplaceRank, SetShares, StartGeneration, StopGeneration
 
 from . import pods as render
 from . import probe
@@ -47,6 +47,9 @@ class KubernetesSettings:
     force_delete_after_s: float = 300.0
     #: Poll rank 0's /status for step, throughput and the last committed checkpoint.
     probe_progress: bool = True
+    #: May cordon the node of a replaced straggler when the job's ``stragglerPolicy.cordon``
+    #: asks (chart value ``cordonNodes``, which also grants ``patch`` on nodes).
+    cordon_nodes: bool = False
 
 
 class ApiFailure(Exception):
@@ -78,7 +81,8 @@ class KubernetesBackend:
         *,
         node_ready: dict[str, bool] | None = None,
         known_checkpoint: CheckpointRef | None = None,
-        fetch_json: Callable[[str], dict[str, Any] | None] = probe.fetch_json,
+        avoided_nodes: Sequence[str] = (),
+        request_json: Callable[..., dict[str, Any] | None] = probe.request_json,
     ) -> None:
         self.core = CoreV1Api(api)
         self.custom = CustomObjectsApi(api)
@@ -88,7 +92,9 @@ class KubernetesBackend:
         self.pods = pods
         self.node_ready = node_ready
         self.known_checkpoint = known_checkpoint
-        self.fetch_json = fetch_json
+        #: Nodes this job's pods keep off (``status.avoidedNodes``); ``replace`` adds to it.
+        self.avoided_nodes = list(avoided_nodes)
+        self.request_json = request_json
         #: Pod names this pass created or deleted: what the caller's cache does not show yet.
         self.created: list[str] = []
         self.deleted: list[str] = []
@@ -106,7 +112,7 @@ class KubernetesBackend:
             g, v = api_version.split("/")
             self._create("PodGroup", lambda body: self.custom.create_namespaced_custom_object(g, v, self.owner.namespace, "podgroups", body, _preload_content=False), group)
         groups = {g.name: g for g in self.spec.workers}
-        manifests = render.render_pods(self.owner, action, groups, self.settings.pods)
+        manifests = [render.avoid_nodes(m, self.avoided_nodes) for m in render.render_pods(self.owner, action, groups, self.settings.pods)]
         made: list[str] = []
         try:
             for manifest in manifests:
@@ -127,12 +133,46 @@ class KubernetesBackend:
             if pod["generation"] == action.generation and not pod.get("deleting"):
                 self._delete_pod(pod["name"], grace=grace)
 
+    def set_shares(self, action: SetShares) -> None:
+        """Hand new work shares to rank 0 (``POST /control`` on its pod); it tells the others
+        in the next step-facts all-reduce. Best effort: the controller repeats this until
+        rank 0's ``/status`` shows the shares in effect."""
+        if (url := self._rank0_url(action.generation, "/control")) is not None:
+            self.request_json(url, {"dataShares": list(action.shares)})
+
+    def replace(self, action: ReplaceRank) -> list[Event]:
+        """Keep every later generation off the replaced straggler's node (``avoided_nodes``,
+        which the caller persists in ``status.avoidedNodes``) and cordon it when the job's
+        policy asks and this operator may. Cordoning is best effort: a failure is a Warning
+        event, and the node is avoided all the same."""
+        node = action.node
+        if node is None:
+            return []
+        if node not in self.avoided_nodes:
+            self.avoided_nodes.append(node)
+        events = [Event(EventType.NORMAL, Reason.NODE_AVOIDED, f"Later generations keep off node {node}: rank {action.rank} was a straggler there")]
+        if not self.spec.straggler_policy.cordon:
+            return events
+        if not self.settings.cordon_nodes:
+            why = "this operator may not cordon nodes (chart value cordonNodes: false)"
+        else:
+            try:
+                self.core.patch_node(node, {"spec": {"unschedulable": True}}, _content_type="application/merge-patch+json", _preload_content=False)
+                return events + [Event(EventType.NORMAL, Reason.NODE_CORDONED, f"Node {node} cordoned: rank {action.rank} was a straggler there")]
+            except Exception as e:
+                why = str(_failure(f"patch Node {node}", e))
+        return events + [Event(EventType.WARNING, Reason.CORDON_FAILED, f"Node {node} not cordoned: {why}; the job avoids it all the same")]
+
     def observe(self, now: datetime.datetime) -> Observed:
         ranks = []
         for pod in self.pods:
             if pod["name"] in self.deleted:
                 continue
             ranks += render.observe_pod(pod, now, self.settings.startup_timeout_s)
+        if self.avoided_nodes:
+            # Avoided nodes can leave too few for the generation: say so where users look.
+            hint = f"; this job avoids nodes {', '.join(self.avoided_nodes)} (status.avoidedNodes)"
+            ranks = [dataclasses.replace(r, message=r.message + hint) if "Unschedulable" in r.message else r for r in ranks]
         if self.node_ready is not None:
             for name in render.stuck_terminating(self.pods, self.node_ready, now, self.settings.force_delete_after_s):
                 self._delete_pod(name, grace=0, quiet=True)
@@ -150,11 +190,15 @@ class KubernetesBackend:
     def _rank0_status(self) -> dict[str, Any] | None:
         if not self.pods:
             return None
-        newest = max(p["generation"] for p in self.pods)
-        rank0 = next((p for p in self.pods if p["generation"] == newest and p["rank"] == 0), None)
+        url = self._rank0_url(max(p["generation"] for p in self.pods), "/status")
+        return self.request_json(url) if url is not None else None
+
+    def _rank0_url(self, generation: int, path: str) -> str | None:
+        """``path`` on the telemetry port of rank 0's pod in ``generation``, while it runs."""
+        rank0 = next((p for p in self.pods if p["generation"] == generation and p["rank"] == 0), None)
         if rank0 is None or rank0["phase"] != "Running" or not rank0.get("ip"):
             return None
-        return self.fetch_json(f"http://{rank0['ip']}:{self.settings.pods.telemetry_port}/status")
+        return f"http://{rank0['ip']}:{self.settings.pods.telemetry_port}{path}"
 
     def _create(self, kind: str, call: Callable[[dict], Any], body: dict[str, Any]) -> None:
         # Responses are not read back (``_preload_content=False`` everywhere): nothing uses

@@ -21,7 +21,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from shardwright.operator.api import RankState
-from shardwright.operator.backends.probe import checkpoint_refs, fetch_json, fetch_text, post_json, progress_from_status
+from shardwright.operator.backends.probe import checkpoint_refs, fetch_text, progress_from_status, request_json
 from shardwright.operator.controller import (
     Observed,
     RankObservation,
@@ -139,7 +139,7 @@ class LocalRayBackend:
         controller repeats this until rank 0's ``/status`` shows the shares in effect."""
         ranks = self.generations.get(action.generation)
         if ranks and ranks[0].state is RankState.RUNNING:
-            post_json(f"http://127.0.0.1:{ranks[0].telemetry_port}/control", {"dataShares": list(action.shares)})
+            request_json(f"http://127.0.0.1:{ranks[0].telemetry_port}/control", {"dataShares": list(action.shares)})
 
     def lose_ranks(self, generation: int, count: int) -> None:
         """End the highest ``count`` ranks of ``generation`` as if their host died; returns
@@ -157,7 +157,7 @@ class LocalRayBackend:
             for i, r in enumerate(ranks):
                 # Only the current generation's live ranks are asked what they are doing.
                 live = generation == newest and r.state is RankState.RUNNING
-                report = fetch_json(f"http://127.0.0.1:{r.telemetry_port}/status") if live else None
+                report = request_json(f"http://127.0.0.1:{r.telemetry_port}/status") if live else None
                 observations.append(RankObservation(
                     generation, i, r.state, message=r.message, node="localhost",
                     activity=(report or {}).get("activity"),
@@ -193,7 +193,7 @@ class LocalRayBackend:
             return None
         generation = max(self.generations)
         rank0 = self.generations[generation][0]
-        status = rank0.result or fetch_json(f"http://127.0.0.1:{rank0.telemetry_port}/status")
+        status = rank0.result or request_json(f"http://127.0.0.1:{rank0.telemetry_port}/status")
         return progress_from_status(status, generation) if status else None
 
     def scrape_metrics(self) -> str:

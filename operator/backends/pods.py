@@ -8,7 +8,8 @@ replica of every worker group, each running ``ranksPerReplica`` rank processes t
 never a duplicate.
 
 A plan that places ranks on nodes (``RankPlacement.node``, from the heterogeneous search)
-pins each pod there with a required node affinity (:func:`node_affinity`).
+pins each pod there with a required node affinity (:func:`node_affinity`); nodes where a
+straggler was replaced are kept out of every later pod (:func:`avoid_nodes`).
 
 Reading back: :func:`summarize` keeps the few pod fields the controller needs (the operator
 indexes thousands of pods), :func:`observe_pod` turns one summary into the ranks it runs,
@@ -17,8 +18,10 @@ and :func:`stuck_terminating` picks pods to force-delete off NotReady nodes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
+from collections.abc import Collection
 from typing import Any
 
 from shardwright.operator.api import RankState
@@ -179,6 +182,22 @@ def node_affinity(placements: list[RankPlacement]) -> dict[str, Any] | None:
     (node,) = nodes
     term = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node]}]}
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
+def avoid_nodes(pod: dict[str, Any], nodes: Collection[str]) -> dict[str, Any]:
+    """``pod`` kept off ``nodes`` (where a straggler was replaced): a required ``NotIn`` on
+    ``kubernetes.io/hostname`` in every node selector term (terms are ORed, the expressions
+    of one term ANDed, so a pod pinned by :func:`node_affinity` stays pinned as well).
+    Works on any rendered pod; returns it unchanged when ``nodes`` is empty."""
+    if not nodes:
+        return pod
+    avoid = {"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(nodes)}
+    pod = copy.deepcopy(pod)
+    required = (pod["spec"].setdefault("affinity", {}).setdefault("nodeAffinity", {})
+                .setdefault("requiredDuringSchedulingIgnoredDuringExecution", {}))
+    terms = required.setdefault("nodeSelectorTerms", []) or [{}]
+    required["nodeSelectorTerms"] = [t | {"matchExpressions": [*t.get("matchExpressions", []), avoid]} for t in terms]
+    return pod
 
 
 def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, master, config_json, settings, affinity) -> dict[str, Any]:

@@ -44,16 +44,6 @@ def _timing(entry: dict[str, Any]) -> StepTiming:
     )
 
 
-def post_json(url: str, payload: dict[str, Any]) -> bool:
-    """POST ``payload`` as JSON; True when the rank accepted it (2xx)."""
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
-            return 200 <= response.status < 300
-    except OSError:
-        return False
-
-
 def checkpoint_from_status(status: dict[str, Any]) -> CheckpointRef | None:
     """The last committed checkpoint rank 0 reports in ``/status`` (``lastCheckpoint``)."""
     last = status.get("lastCheckpoint")
@@ -81,9 +71,21 @@ def fetch_text(url: str) -> str | None:
         return None
 
 
-def fetch_json(url: str) -> dict[str, Any] | None:
-    text = fetch_text(url)
+def request_json(url: str, payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """GET ``url`` (``payload`` None) or POST ``payload`` to it as JSON: a rank's ``/status``
+    and ``/control``, from every backend. The JSON object answered (``{}`` for an accepted
+    request with an empty body), or None when the rank did not answer within
+    ``PROBE_TIMEOUT_S``, refused (an HTTP error), or answered something else."""
+    data = None if payload is None else json.dumps(payload).encode()
+    headers = {} if data is None else {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
     try:
-        return json.loads(text) if text else None
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
+            body = response.read()
+    except OSError:
+        return None
+    try:
+        answer = json.loads(body) if body else {}
     except ValueError:
         return None
+    return answer if isinstance(answer, dict) else None

@@ -7,10 +7,13 @@ GPUs other jobs hold are the scheduler's business: a generation that does not fi
 Pending and the start-up timeout restarts it with backoff. A group that asks for no GPUs
 has no limit here. Only elastic jobs consult this: a rigid job asks for all its pods and
 the scheduler places them (a cluster without GPU feature discovery labels has no
-inventory, and a rigid job must still run there).
+inventory, and a rigid job must still run there). Nodes the job avoids (a straggler was
+replaced there) count for nothing, so an elastic job sizes its next generation without them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from shardwright.operator.api import TrainingJobSpec
 
@@ -23,8 +26,12 @@ def gpus_per_pod(group, resource: str) -> int:
     return int(value) if value else 0
 
 
-def group_limits(spec: TrainingJobSpec, inventory: Inventory, settings: InventorySettings = InventorySettings()) -> dict[str, int]:
-    """Pods per worker group that fit on matching nodes; groups without GPUs are absent."""
+def group_limits(
+    spec: TrainingJobSpec, inventory: Inventory, settings: InventorySettings = InventorySettings(),
+    *, avoid: Collection[str] = (),
+) -> dict[str, int]:
+    """Pods per worker group that fit on matching nodes; groups without GPUs are absent.
+    Nodes in ``avoid`` (the job's ``status.avoidedNodes``) hold none of its pods."""
     limits = {}
     for group in spec.workers:
         need = gpus_per_pod(group, settings.gpu_resource)
@@ -32,7 +39,7 @@ def group_limits(spec: TrainingJobSpec, inventory: Inventory, settings: Inventor
             continue
         fitting = [
             n for n in inventory.nodes
-            if n.matches(group.node_selector) and group.gpu_type in (None, n.product)
+            if n.name not in avoid and n.matches(group.node_selector) and group.gpu_type in (None, n.product)
         ]
         limits[group.name] = sum(n.gpus // need for n in fitting)
     return limits

@@ -94,6 +94,7 @@ CASES = [
     Bad("rule-bad-regex", {"spec.failurePolicy.rules": [{"action": "Retry", "message": "NCCL ("}]}, "spec.failurePolicy.rules[0].message", "not a valid regular expression"),
     Bad("rule-matches-nothing", {"spec.failurePolicy.rules": [{"action": "Fail"}]}, "spec.failurePolicy.rules[0]", "needs exitCodes or message"),
     Bad("backoff-max-below-initial", {"spec.failurePolicy.backoff": {"initialSeconds": 10, "maxSeconds": 5}}, "spec.failurePolicy.backoff.maxSeconds", "must be >= initialSeconds"),
+    Bad("cordon-without-replace", {"spec.stragglerPolicy": {"action": "rebalance", "cordon": True}}, "spec.stragglerPolicy.cordon", "only used with action: replace"),
     # names and identity
     Bad("duplicate-group-names", {"spec.workers": [{"replicas": 1}, {"replicas": 1}]}, "spec.workers[1].name", "duplicate group name 'worker'"),
     Bad("bad-group-name", {"spec.workers[0].name": "GPU_Workers"}, "spec.workers[0].name", "must be a DNS label", True),

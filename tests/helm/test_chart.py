@@ -24,6 +24,7 @@ NON_DEFAULT = {
     "watchNamespaces": ["team-a", "team-b"],
     "leaderElection": {"enabled": False},
     "gangScheduler": "volcano",
+    "cordonNodes": True,
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "webhook": {"certSecret": "my-cert", "caBundle": "Q0E=", "failurePolicy": "Ignore"},
     "dashboards": {"enabled": False},
@@ -84,6 +85,9 @@ def test_default_operator_is_locked_down(default_objects):
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
     pods_rule = next(r for r in rules if r["resources"] == ["pods"])
     assert set(pods_rule["verbs"]) == {"get", "list", "watch", "create", "delete"}
+    nodes_rule = next(r for r in rules if r["resources"] == ["nodes"])
+    assert set(nodes_rule["verbs"]) == {"get", "list", "watch"}  # no cordoning unless asked
+    assert "--cordon-nodes" not in container["args"]
     secret = by_kind(default_objects, "Secret")[0]
     webhook = by_kind(default_objects, "ValidatingWebhookConfiguration")[0]["webhooks"][0]
     assert secret["type"] == "kubernetes.io/tls" and webhook["clientConfig"]["caBundle"]
@@ -99,7 +103,10 @@ def test_non_default_values_take_effect():
     args = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--gang-scheduler=volcano" in args
     assert not any(a.startswith("--lease-namespace") for a in args)
-    assert any(r["apiGroups"] == ["scheduling.volcano.sh"] for r in by_kind(objects, "ClusterRole")[0]["rules"])
+    rules = by_kind(objects, "ClusterRole")[0]["rules"]
+    assert any(r["apiGroups"] == ["scheduling.volcano.sh"] for r in rules)
+    assert "--cordon-nodes" in args
+    assert set(next(r for r in rules if r["resources"] == ["nodes"])["verbs"]) == {"get", "list", "watch", "patch"}
     assert by_kind(objects, "ServiceMonitor")[0]["metadata"]["labels"]["release"] == "prom"
 
 

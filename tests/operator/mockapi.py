@@ -75,12 +75,17 @@ def declare(kmock, tmp_path: Path) -> Path:
 
 @dataclasses.dataclass
 class Telemetry:
-    """What rank 0's /status answers, per pod IP (the tests' stand-in for the ranks)."""
+    """The ranks' telemetry as the tests play it: what rank 0's ``/status`` answers, per pod
+    IP, and every POST the operator made (``/control``), as (url, payload)."""
 
     answers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    posts: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
 
-    def __call__(self, url: str) -> dict[str, Any] | None:
+    def __call__(self, url: str, payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
         ip = url.split("//")[1].split(":")[0]
+        if payload is not None:
+            self.posts.append((url, copy.deepcopy(payload)))
+            return {} if ip in self.answers else None
         return copy.deepcopy(self.answers.get(ip))
 
 
@@ -94,7 +99,7 @@ FAST = handlers.OperatorConfig(
 async def running_operator(cfg: handlers.OperatorConfig = FAST, telemetry: Telemetry | None = None):
     """``shardwright operator`` in this event loop, until the block ends."""
     stop, ready = asyncio.Event(), asyncio.Event()
-    memo = handlers.make_memo(cfg, fetch_json=telemetry or Telemetry())
+    memo = handlers.make_memo(cfg, request_json=telemetry or Telemetry())
     task = asyncio.create_task(kopf.operator(
         registry=handlers.REGISTRY, memo=memo, clusterwide=True, standalone=True,
         stop_flag=stop, ready_flag=ready,
@@ -170,6 +175,11 @@ async def set_pod_phase(kmock, name: str, phase: str, *, exit_code: int | None =
     elif waiting:
         status["containerStatuses"] = [container | {"state": {"waiting": {"reason": waiting, "message": "back-off pulling image"}}}]
     await api(kmock, "PATCH", obj_path(PODS, name) + "/status", {"status": status})
+
+
+async def bind_pod(kmock, name: str, node: str) -> None:
+    """Play the scheduler: put pod ``name`` on ``node``."""
+    await api(kmock, "PATCH", obj_path(PODS, name), {"spec": {"nodeName": node}})
 
 
 async def run_all(kmock, generation: int, *, step: int | None = None, telemetry: Telemetry | None = None) -> list[str]:

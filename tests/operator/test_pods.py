@@ -111,3 +111,33 @@ def test_a_pod_is_pinned_to_the_node_all_its_ranks_were_planned_on():
     ranks = action.plan.ranks[:2]
     assert render.node_affinity([dataclasses.replace(r, node=n) for r, n in zip(ranks, ["a", "b"])]) is None  # disagree
     assert render.node_affinity(list(ranks)) is None  # the uniform plan places nothing
+
+
+def test_avoided_nodes_are_kept_out_of_every_pod_pinned_or_not():
+    job, action = start_action()
+    plan = dataclasses.replace(action.plan, ranks=tuple(
+        dataclasses.replace(r, node=n) for r, n in zip(action.plan.ranks, ["n1", "n1", None, None], strict=True)))
+    pods = render.render_pods(render.Owner("tiny", "default", "u1"), StartGeneration(3, plan, action.config),
+                              {g.name: g for g in job.spec.workers}, render.PodSettings())
+    kept = [render.avoid_nodes(p, ["n3", "n2"]) for p in pods]
+    avoid = {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["n2", "n3"]}
+    terms = [p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] for p in kept]
+    assert terms[0] == [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1"]}, avoid]}]
+    assert terms[1] == [{"matchExpressions": [avoid]}]
+    assert "affinity" not in pods[1]["spec"]  # the input is left as it was
+    assert render.avoid_nodes(pods[1], []) is pods[1]
+
+
+def test_unschedulable_ranks_name_the_nodes_the_job_avoids():
+    from kubernetes import client
+
+    from shardwright.operator.backends.kubernetes import KubernetesBackend, KubernetesSettings
+
+    job, _ = start_action()
+    pending = [pod(unschedulable="0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector"),
+               pod(name="q", rank=0, waiting="ImagePullBackOff")]
+    backend = KubernetesBackend(client.ApiClient(), KubernetesSettings(probe_progress=False), render.Owner("tiny", "default", "u1"),
+                                job.spec, pending, avoided_nodes=["n2"])
+    messages = [r.message for r in backend.observe(NOW).ranks]
+    assert messages[0].startswith("Unschedulable: 0/3 nodes") and messages[0].endswith("this job avoids nodes n2 (status.avoidedNodes)")
+    assert "avoids" not in messages[2]  # not a scheduling problem

@@ -49,3 +49,11 @@ def test_rigid_job_waits_instead_of_running_smaller():
     job = gpu_job()
     assert plan_for_capacity(job, None, {"worker": 3}) is None
     assert plan_for_capacity(job, None, {"worker": 9}).world_size == 8
+
+
+def test_avoided_nodes_hold_none_of_the_jobs_pods():
+    job = gpu_job(elastic={"minReplicas": 2, "maxReplicas": 4})
+    inventory = inventory_from_nodelist({"items": [node("a", 4), node("b", 4)]})
+    assert group_limits(job, inventory, avoid=["b"]) == {"worker": 2}
+    assert plan_for_capacity(job, None, group_limits(job, inventory, avoid=["b"])).world_size == 4
+    assert plan_for_capacity(job, None, group_limits(job, inventory, avoid=["a", "b"])) is None  # waits for capacity

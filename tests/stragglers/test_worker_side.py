@@ -36,6 +36,23 @@ def test_control_endpoint_takes_shares_once_and_rejects_nonsense():
         t.close()
 
 
+def test_the_operators_json_helper_reads_status_and_posts_shares():
+    """``probe.request_json`` is what every backend uses on a rank's telemetry (both ways)."""
+    from shardwright.operator.backends.probe import request_json
+
+    t = Telemetry(job="j", namespace="ns", rank=0, world_size=2, generation=4, layout="dp=2,sp=1", total_steps=10)
+    port = t.serve(0, host="127.0.0.1")
+    try:
+        assert request_json(f"http://127.0.0.1:{port}/status")["generation"] == 4
+        assert request_json(f"http://127.0.0.1:{port}/control", {"dataShares": [1.5, 0.5]}) == {}  # 202, no body
+        assert t.take_shares() == [1.5, 0.5]
+        assert request_json(f"http://127.0.0.1:{port}/control", {"dataShares": []}) is None  # 400
+        assert request_json(f"http://127.0.0.1:{port}/metrics") is None  # not JSON
+    finally:
+        t.close()
+    assert request_json(f"http://127.0.0.1:{port}/status") is None  # nobody answers
+
+
 def test_section_metrics_and_score_gauge_are_exported():
     t = Telemetry(job="j", namespace="ns", rank=1, world_size=2, generation=1, layout="dp=2,sp=1", total_steps=10)
     t.record_sections(dict.fromkeys(SECTIONS, 0.01), 0.66)
