@@ -161,7 +161,7 @@ def _paths(topo: Topology) -> Paths:
 
     groups = pp * dp
     speed = [n.gpu.tflops * 1e12 for n in nodes]
-    rate = [speed[a] for a in nid] if k == 1 else [min(speed[a] for a in set(nid[g * k:(g + 1) * k])) for g in range(groups)]
+    rate = [speed[a] for a in nid[::k]]
     inner = [Link(math.inf, 0.0, False)] * groups
     for g in range(groups if k > 1 else 0):
         first = g * k
@@ -169,27 +169,27 @@ def _paths(topo: Topology) -> Paths:
             inner[g] = link(nid[first], nid[first])
         else:
             members = nid[first:first + k]
+            rate[g] = min(speed[a] for a in members)
             inner[g] = min((link(a, b) for a, b in zip(members, members[1:] + members[:1])), key=lambda l: l.bandwidth)
 
     # Point-to-point: every (s, t) rank of stage p sends to the same (s, t) of stage p+1
     # (activations) and back (gradients). Each NIC direction is busy for the sum over its
     # flows of bytes / that flow's link bandwidth, per micro-batch. ``pairs`` holds runs
-    # of consecutive rank pairs between the same two nodes: (group, a, b, count).
+    # of consecutive rank pairs between the same two nodes: (group, a, b, count, link).
     pairs: list[list] = []
     for g in range(groups - dp):
         a0, b0 = g * k, (g + dp) * k
         if run[a0] == run[a0 + k - 1] and run[b0] == run[b0 + k - 1]:
-            pairs.append([g, nid[a0], nid[b0], k])
+            pairs.append([g, nid[a0], nid[b0], k, link(nid[a0], nid[b0])])
             continue
         for i in range(k):
             a, b = nid[a0 + i], nid[b0 + i]
             if i and pairs[-1][1] == a and pairs[-1][2] == b:
                 pairs[-1][3] += 1
             else:
-                pairs.append([g, a, b, 1])
+                pairs.append([g, a, b, 1, link(a, b)])
     out_busy, in_busy = [0.0] * len(nodes), [0.0] * len(nodes)
-    for _, a, b, count in pairs:
-        l = link(a, b)
+    for _, a, b, count, l in pairs:
         if l.crosses_nodes:
             per_byte = 1 / l.bandwidth
             for _ in range(count):  # why: one addition per rank pair, as before runs were merged
@@ -199,8 +199,7 @@ def _paths(topo: Topology) -> Paths:
                 in_busy[a] += per_byte
     p2p, p2p_own, nic_load = [0.0] * groups, [0.0] * groups, [0.0] * groups
     own: dict[tuple[int, int], float] = {}
-    for g, a, b, count in pairs:
-        l = link(a, b)
+    for g, a, b, count, l in pairs:
         if not l.crosses_nodes:
             p2p[g] = max(p2p[g], 1 / l.bandwidth)
             continue
@@ -213,7 +212,7 @@ def _paths(topo: Topology) -> Paths:
         own[(g, a)] = total
     for (g, _), seconds in own.items():
         p2p_own[g] = max(p2p_own[g], seconds)
-    for g, a, b, _ in pairs:
+    for g, a, b, _, _ in pairs:
         if a == b:
             p2p_own[g] = max(p2p_own[g], p2p[g])
 
@@ -226,18 +225,22 @@ def _paths(topo: Topology) -> Paths:
             if x != y:
                 out_flows[x] += 1
     rings: list[tuple[float, float, int]] = [(0.0, 0.0, dp * sp)] * pp
+    slowest: dict[tuple[int, ...], tuple[float, float]] = {}  # rings over the same nodes (other t) cost the same
     for i, members in enumerate(ring_nodes):
-        p = i // tp
-        per_byte, latency = 0.0, 0.0
-        for x, y in set(zip(members, members[1:] + members[:1])):  # why: max does not depend on the order
-            l = link(x, y)
-            flows = max(out_flows[x] or 1, out_flows[y] or 1) if l.crosses_nodes else 1
-            per_byte, latency = max(per_byte, flows / l.bandwidth), max(latency, l.latency)
-        if per_byte > rings[p][0]:
-            rings[p] = (per_byte, latency, len(members))
+        key = tuple(members)
+        if key not in slowest:
+            per_byte, latency = 0.0, 0.0
+            for x, y in set(zip(members, members[1:] + members[:1])):  # why: max does not depend on the order
+                l = link(x, y)
+                flows = max(out_flows[x] or 1, out_flows[y] or 1) if l.crosses_nodes else 1
+                per_byte, latency = max(per_byte, flows / l.bandwidth), max(latency, l.latency)
+            slowest[key] = (per_byte, latency)
+        per_byte, latency = slowest[key]
+        if per_byte > rings[i // tp][0]:
+            rings[i // tp] = (per_byte, latency, len(members))
 
     kind, firsts = _classes((rate[g], inner[g].bandwidth, inner[g].latency) for g in range(groups))
-    column, columns = _classes(tuple(x[p * dp + d] for x in (kind, p2p, p2p_own, nic_load) for p in range(pp)) for d in range(dp))
+    column, columns = _classes(zip(*(x[p * dp:(p + 1) * dp] for x in (kind, p2p, p2p_own, nic_load) for p in range(pp))))
     kinds = [divmod(g, dp) for g in firsts]
     rows = lambda flat: [flat[p * dp:(p + 1) * dp] for p in range(pp)]  # noqa: E731
     return Paths(rows(rate), rows(inner), rows(p2p), rows(p2p_own), rows(nic_load), rings, rows(kind), kinds, column, columns)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 
 #: Mesh axes from fastest- to slowest-varying rank coordinate.
 AXES = ("tensor", "sequence", "data", "pipeline")
@@ -73,8 +75,11 @@ class ParallelDims:
         return self._groups(("sequence", "data"))
 
     def _groups(self, axes: tuple[str, ...]) -> list[list[int]]:
-        found: dict[tuple[int, ...], list[int]] = {}
-        for r in range(self.world_size):
-            c = self.coords(r)
-            found.setdefault(tuple(c[a] for a in AXES if a not in axes), []).append(r)
+        # Coordinates in rank order, slowest axis first: (pipeline, data, sequence, tensor).
+        coords = itertools.product(*(range(getattr(self, a)) for a in reversed(AXES)))
+        others = [len(AXES) - 1 - i for i, a in enumerate(AXES) if a not in axes]
+        key = operator.itemgetter(*others) if others else (lambda c: ())
+        found: dict = {}
+        for r, c in enumerate(coords):
+            found.setdefault(key(c), []).append(r)
         return list(found.values())

@@ -74,8 +74,11 @@ def place_pods(spec: TrainingJobSpec, inventory: Inventory, order: str = "speed"
     for group in spec.workers:
         r = group.ranks_per_replica
         eligible = [n for n in sorted(inventory.nodes, key=ORDERS[order]) if _eligible(n, group)]
+        full = 0  # eligible[:full] have no room for a pod (room only shrinks), so first fit starts here
         for replica in range(group.replicas):
-            node = next((n for n in eligible if free[n.name] >= r), None)
+            while full < len(eligible) and free[eligible[full].name] < r:
+                full += 1
+            node = eligible[full] if full < len(eligible) else None
             if node is None:
                 have = sum(free[n.name] // r for n in eligible)
                 what = f" of type {group.gpu_type}" if group.gpu_type else ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 
 from shardwright.operator.api import TrainingJobSpec
 
@@ -290,7 +291,7 @@ def degree_splits(spec: TrainingJobSpec, w: Workload, slots: list[layout.Slot], 
         if dims.world_size != world:
             raise Infeasible(f"degrees {dims.layout} make {dims.world_size} ranks; the workers have {world}")
         return [dims]
-    node_gpus = max(sum(1 for x in slots if x.node.name == n) for n in {x.node.name for x in slots})
+    node_gpus = max(Counter(x.node.name for x in slots).values())
     powers = [1 << i for i in range(8)]
     splits = []
     for tp in powers:

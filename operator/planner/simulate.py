@@ -29,7 +29,7 @@ import itertools
 
 from .cost import CostSettings
 from .inventory import Inventory, Node
-from .network import NetworkSettings, link
+from .network import Link, NetworkSettings, link
 from .plan import Plan
 from .workload import BF16, Workload
 
@@ -56,6 +56,7 @@ class _Links:
         self.ports = 2 * len(slot)
         self.free = [0.0] * (self.ports + len(nodes))
         self.network_bytes = 0.0
+        self.links: dict[tuple[int, int], Link] = {}
 
     def route(self, pairs: list[tuple[int, int]]) -> list[tuple[tuple[int, int], int, float, float, bool]]:
         """Queue entries of a batch of sends issued together, ``pairs`` of (src, dst) ranks:
@@ -64,13 +65,21 @@ class _Links:
         each GPU has its own port)."""
         runs: list[list] = []
         for src, dst in pairs:
-            l = link(self.nodes[src], self.nodes[dst], self.net)
+            l = self.link(src, dst)
             keys = (self.nic[src], self.nic[dst] + 1) if l.crosses_nodes else (self.ports + src,) * 2
             if runs and l.crosses_nodes and runs[-1][0] == keys:
                 runs[-1][1] += 1
             else:
                 runs.append([keys, 1, l.latency, 1 / l.bandwidth, l.crosses_nodes])
         return [tuple(r) for r in runs]
+
+    def link(self, src: int, dst: int) -> Link:
+        """The link between two ranks' GPUs (node pairs recur, so each is made once)."""
+        key = (self.nic[src], self.nic[dst])
+        found = self.links.get(key)
+        if found is None:
+            found = self.links[key] = link(self.nodes[src], self.nodes[dst], self.net)
+        return found
 
     @staticmethod
     def timed(route, nbytes: float) -> tuple[list[tuple[int, int, float]], float]:
@@ -79,14 +88,24 @@ class _Links:
         entries = [(a, b, count * (latency + nbytes * per_byte)) for (a, b), count, latency, per_byte, _ in route]
         return entries, sum(count * nbytes for _, count, _, _, crosses in route if crosses)
 
+    def across(self, timed) -> tuple[tuple, float]:
+        """``timed`` without its sends inside a node, and the longest of those."""
+        entries, nbytes = timed
+        local = [seconds for a, _, seconds in entries if a >= self.ports]
+        return ([e for e in entries if e[0] < self.ports], nbytes), max(local, default=0.0)
+
     def send(self, ready: float, timed) -> float:
         """Arrival of the last message of a batch sent at ``ready`` (see :meth:`timed`)."""
         entries, nbytes = timed
         free = self.free
         arrival = ready
         for a, b, seconds in entries:
-            end = max(ready, free[a], free[b]) + seconds
-            free[a] = free[b] = end
+            start = free[a]  # why: compares, not max(): this is the simulator's innermost loop
+            if ready > start:
+                start = ready
+            if free[b] > start:
+                start = free[b]
+            free[a] = free[b] = end = start + seconds
             if end > arrival:
                 arrival = end
         self.network_bytes += nbytes
@@ -146,88 +165,94 @@ def simulate(plan: Plan, inventory: Inventory, w: Workload, net: NetworkSettings
             seconds += stage_layers * (nbytes * sequence_hop[0] + (sp - 1) * sequence_hop[1] * (2 if backward else 1))
         return seconds
 
-    # 1F1B op order per group: warm-up forwards, then alternate, then drain backwards;
-    # each op as (backward, micro-batch, seconds).
-    ops: list[list[tuple[bool, int, float]]] = []
+    # Boundary sends of group g to its neighbour stage: one per (sequence, tensor) rank
+    # pair. Consecutive pairs between the same two nodes queue back to back on those NICs,
+    # so they are one queue entry of k messages (the same times as k separate ones).
+    def boundary(g: int, backward: bool, sizes: tuple[int, ...]) -> tuple:
+        """Queue times of group g's sends of a micro-batch of each of ``sizes`` (None: no neighbour)."""
+        target = g - dp if backward else g + dp
+        if not 0 <= target < len(groups):
+            return (None,) * len(sizes)
+        route = links.route(list(zip(members(g), members(target))))
+        return tuple(links.timed(route, w.activation_bytes(size) / inner) for size in sizes)
+
+    # Per group: its ops in 1F1B order (warm-up forwards, then alternate, then drain
+    # backwards) as (backward, micro-batch); every micro-batch is full but maybe the last,
+    # so each op's seconds and sends are looked up as [last][backward].
+    orders: dict[tuple[int, int], list[tuple[bool, int]]] = {}
+    order, last, seconds_of, sends_of = [], [], [], []
     group_flops = [0.0] * len(groups)
     for g in groups:
         p, d = divmod(g, dp)
         m = len(sizes[d])
         warm = min(pp - p - 1, m)
-        seq = [(False, j) for j in range(warm)]
-        f, b = warm, 0
-        while b < m:
-            if f < m:
-                seq.append((False, f))
-                f += 1
-            seq.append((True, b))
-            b += 1
-        timed_ops = []
-        for backward, j in seq:
-            seconds, flops = op_time(g, sizes[d][j], backward)
-            group_flops[g] += flops
-            timed_ops.append((backward, j, seconds))
-        ops.append(timed_ops)
-
-    # Boundary sends of group g to its neighbour stage: one per (sequence, tensor) rank
-    # pair. Consecutive pairs between the same two nodes queue back to back on those NICs,
-    # so they are one queue entry of k messages (the same times as k separate ones).
-    sends: dict[tuple[int, bool, int], tuple] = {}
-
-    def boundary(g: int, backward: bool, j: int) -> tuple:
-        size = sizes[g % dp][j]
-        key = (g, backward, size)
-        if key not in sends:
-            route = links.route(list(zip(members(g), members(g - dp if backward else g + dp))))
-            sends[key] = links.timed(route, w.activation_bytes(size) / inner)
-        return sends[key]
+        if (warm, m) not in orders:
+            seq = [(False, j) for j in range(warm)]
+            f, b = warm, 0
+            while b < m:
+                if f < m:
+                    seq.append((False, f))
+                    f += 1
+                seq.append((True, b))
+                b += 1
+            orders[(warm, m)] = seq
+        order.append(orders[(warm, m)])
+        last.append(m - 1)
+        full, partial = sizes[d][0], sizes[d][-1]
+        cost = {(size, b): op_time(g, size, b) for size in (full, partial) for b in (False, True)}
+        seconds_of.append(tuple(tuple(cost[(size, b)][0] for b in (False, True)) for size in (full, partial)))
+        sends_of.append(tuple(zip(*(boundary(g, b, (full, partial)) for b in (False, True)))))
+        flops = tuple(tuple(cost[(size, b)][1] for b in (False, True)) for size in (full, partial))
+        total = 0.0
+        for b, j in order[g]:
+            total += flops[j == m - 1][b]
+        group_flops[g] = total
 
     # arrived[g][backward][j]: when micro-batch j's input (activations, or gradients for a
-    # backward) reached group g.
-    arrived = [([None] * len(sizes[g % dp]), [None] * len(sizes[g % dp])) for g in groups]
+    # backward) reached group g; None where the group has it from the start.
+    arrived = [(None if g < dp else [None] * len(sizes[g % dp]), None if g >= (pp - 1) * dp else [None] * len(sizes[g % dp])) for g in groups]
     cursor = [0] * len(groups)
     group_free = [0.0] * len(groups)
-    done_at = [0.0] * len(groups)
-    events: list[tuple[float, int, int, int, bool]] = []
+    events: list[tuple] = []
     counter = itertools.count()
-    last_stage = (pp - 1) * dp
+    push = heapq.heappush
+    towards = (dp, -dp)  # the neighbour group of a forward's and a backward's sends
 
     def advance(g: int) -> None:
-        """Start every op of group g whose inputs are known, in its order."""
-        seq = ops[g]
-        i = cursor[g]
-        free = group_free[g]
-        waiting = arrived[g]
-        first, last = g < dp, g >= last_stage
+        """Start every op of group g whose input is there, in its order; queue the end of
+        each that sends, with where its sends go (the group's last op end is ``group_free[g]``)."""
+        seq, i, free, inputs, lastj, seconds, sends = order[g], cursor[g], group_free[g], arrived[g], last[g], seconds_of[g], sends_of[g]
         while i < len(seq):
-            backward, j, seconds = seq[i]
-            ready = 0.0
-            if not (last if backward else first):
-                ready = waiting[backward][j]
+            backward, j = seq[i]
+            got = inputs[backward]
+            if got is not None:
+                ready = got[j]
                 if ready is None:
                     break
-            free = max(ready, free) + seconds
+                if ready > free:
+                    free = ready
+            free += seconds[j == lastj][backward]
+            route = sends[j == lastj][backward]
+            if route is not None:
+                push(events, (free, next(counter), g + towards[backward], backward, j, route))
             i += 1
-            heapq.heappush(events, (free, next(counter), g, j, backward))
         cursor[g] = i
         group_free[g] = free
 
     for g in groups:
         advance(g)
     # Events are op ends, in time order, so every NIC queue is served first come first served.
+    pop, send = heapq.heappop, links.send
     while events:
-        t, _, g, j, backward = heapq.heappop(events)
-        done_at[g] = t
-        target = g - dp if backward else g + dp
-        if 0 <= target < len(groups):
-            arrived[target][backward][j] = links.send(t, boundary(g, backward, j))
-            advance(target)
+        t, _, target, backward, j, route = pop(events)
+        arrived[target][backward][j] = send(t, route)
+        advance(target)
 
     finish = [0.0] * dims.world_size
     busy = [0.0] * dims.world_size
     for g in groups:
         for r in members(g):
-            finish[r] = done_at[g]
+            finish[r] = group_free[g]
             busy[r] = group_flops[g] / inner / rate[r]
     _allreduce(plan, w, links, finish, layers)
     shard = dp * sp if s.shard_optimizer else 1
@@ -258,17 +283,22 @@ def _allreduce(plan: Plan, w: Workload, links: _Links, finish: list[float], laye
     dims = plan.dims
     pp = dims.pipeline
     rings = [g for g in dims.gradient_groups() if len(g) > 1]
-    sends = []
+    sends, across = [], []
     events = []
     for i, ring in enumerate(rings):
         p = dims.coords(ring[0])["pipeline"]
         chunk = w.stage_params(layers[p], p == 0, p == pp - 1) / dims.tensor * BF16 / len(ring)
         sends.append(links.timed(links.route(list(zip(ring, ring[1:] + ring[:1]))), chunk))
+        across.append(links.across(sends[-1]))
         heapq.heappush(events, (max(finish[r] for r in ring), i, 0))
     while events:
         t, i, step = heapq.heappop(events)
         ring = rings[i]
-        end = links.send(t, sends[i])
+        if step == 0:
+            end = links.send(t, sends[i])
+        else:  # why: each rank's port is its own ring's and idle since the last step, so it only adds its time
+            nic, local = across[i]
+            end = max(links.send(t, nic), t + local)
         if step + 1 < 2 * (len(ring) - 1):
             heapq.heappush(events, (end, i, step + 1))
         else:
