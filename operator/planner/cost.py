@@ -25,7 +25,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
+import itertools
 import math
+import operator
 
 from .dims import ParallelDims
 from .layout import Slot
@@ -144,9 +146,7 @@ def _paths(topo: Topology) -> Paths:
     ident: dict[str, int] = {}
     nid = [ident.setdefault(s.node.name, len(ident)) for s in topo.slots]
     nodes = list({s.node.name: s.node for s in topo.slots}.values())  # id -> node
-    run = [0] * len(nid)  # run of consecutive ranks on one node each rank belongs to
-    for r in range(1, len(nid)):
-        run[r] = run[r - 1] + (nid[r] != nid[r - 1])
+    run = list(itertools.accumulate((a != b for a, b in zip(nid, nid[1:])), initial=0))  # each rank's run of ranks on one node
     pair: dict[tuple[int, int], Link] = {}
 
     def link(a: int, b: int) -> Link:  # why: the same node pairs recur thousands of times at scale
@@ -375,9 +375,9 @@ def estimate(w: Workload, topo: Topology, micro_batch: int, recompute: bool, s: 
 
 def _split_layers(w: Workload, pp: int, caps: list[int], per_layer: list[list[float]], head: list[float], dp: int) -> list[int]:
     """Layers one at a time to the stage whose (harmonic-mean) time grows least, within caps."""
-    mean = [dp / sum(1 / t for t in per_layer[p]) for p in range(pp)]
+    mean = [dp / sum(map(operator.truediv, itertools.repeat(1), per_layer[p])) for p in range(pp)]  # sum of 1/t, without a Python loop
     extra = [0.0] * pp
-    extra[pp - 1] = dp / sum(1 / h for h in head)
+    extra[pp - 1] = dp / sum(map(operator.truediv, itertools.repeat(1), head))
     layers = [1] * pp
     heap = [((2 * mean[p] + extra[p]), p) for p in range(pp) if caps[p] > 1]
     heapq.heapify(heap)

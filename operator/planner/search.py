@@ -264,7 +264,11 @@ def _naive_bound(w: Workload, topologies: list[cost.Topology], settings: Setting
                 continue  # why: not even recomputation fits; the naive plan cannot be this one
             rate = rate or [[x * inner for x in row] for row in topo.paths.rate]
             worst = 0.0
+            alike = set()  # why: data indices of one column (same rates) with the same samples give the same bound
             for d, n in enumerate(cost.samples_of(counts, mb, w.global_batch)):
+                if (topo.paths.column[d], n) in alike:
+                    continue
+                alike.add((topo.paths.column[d], n))
                 first, last = w.layer_flops(min(mb, n), False), w.layer_flops(n - (-(-n // mb) - 1) * mb, False)
                 before = 0.0
                 for p in range(pp):
