@@ -1,7 +1,7 @@
 """Planner benchmark: simulated step time of the planner's plan against exhaustive search
 and naive placement on seeded random mixed clusters; planning time at 1,024 GPUs.
 
-    .venv/bin/python bench/planner.py [--clusters 50] [--plot docs/benchmarks-planner.png]
+    .venv/bin/python bench/planner.py [--clusters 50] [--plot docs/benchmarks-planner.png] [--timing-only]
 
 Job: a Llama-3.2-1B-shaped model, sequence 2048, global batch 128 (every cluster).
 - planner: ``search`` (closed form prunes, the simulator re-scores a short list), its plan simulated;
@@ -14,6 +14,8 @@ Job: a Llama-3.2-1B-shaped model, sequence 2048, global batch 128 (every cluster
   constraints (a planner that assumes identical GPUs). The search itself simulates this
   plan among its candidates, so speedups below 1.0 cannot occur by construction.
 Results are simulated step times (``planner/simulate.py``), not measurements on GPUs.
+Planning time at 1,024 GPUs: wall and CPU seconds of ``search`` (inventory parsed before),
+5 runs in one process; ``--timing-only`` runs just that.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def exhaustive(spec, inv, w):
     return best, count
 
 
-def planning_time_1024() -> tuple[float, int, int]:
+def planning_time_1024() -> tuple[float, float, int, int]:
     rng = random.Random(1024)
     items = []
     for i in range(128):
@@ -112,9 +114,18 @@ def planning_time_1024() -> tuple[float, int, int]:
             "status": {"allocatable": {"nvidia.com/gpu": "8"}}})
     inv = inventory_from_nodelist({"items": items})
     spec = job(1024, preset="llama-70b", global_batch=1024, seq_len=4096)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     result = search(spec, inv)
-    return time.perf_counter() - began, result.evaluated, result.simulated
+    return time.perf_counter() - began, time.process_time() - cpu, result.evaluated, result.simulated
+
+
+def report_planning_time(runs: int = 5) -> None:
+    times = [planning_time_1024() for _ in range(runs)]
+    wall, cpu = [t[0] for t in times], [t[1] for t in times]
+    _, _, evaluated, simulated = times[-1]
+    print(f"planning time at 1,024 GPUs (llama-70b, 128 nodes, 4 types): median {statistics.median(wall):.2f} s, "
+          f"min {min(wall):.2f} s, max {max(wall):.2f} s of {runs} runs (CPU median {statistics.median(cpu):.2f} s); "
+          f"{evaluated} candidates in closed form, {simulated} simulated")
 
 
 def main() -> None:
@@ -122,7 +133,11 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=50)
     ap.add_argument("--small", type=int, default=20, help="how many of them have <= 16 GPUs (exhaustive search)")
     ap.add_argument("--plot", type=Path)
+    ap.add_argument("--timing-only", action="store_true", help="only the planning time at 1,024 GPUs")
     args = ap.parse_args()
+    if args.timing_only:
+        report_planning_time()
+        return
     speedups, gaps = [], []
     print(f"{'seed':>4} {'gpus':>4} {'types':>5} {'planner s':>9} {'naive s':>8} {'speedup':>7} {'exhaustive s':>12} {'gap':>6} {'plan t':>6} plan")
     for seed in range(args.clusters):
@@ -149,12 +164,7 @@ def main() -> None:
     print(f"speedup over naive: median {statistics.median(speedups):.2f}x, p10 {q[0]:.2f}x, p90 {q[-1]:.2f}x, min {min(speedups):.2f}x, max {max(speedups):.2f}x (n={len(speedups)})")
     if gaps:
         print(f"gap to exhaustive: median {100 * statistics.median(gaps):.1f}%, max {100 * max(gaps):.1f}%, within 3%: {sum(g <= 0.03 for g in gaps)}/{len(gaps)}")
-    times = []
-    for _ in range(5):
-        seconds, evaluated, simulated = planning_time_1024()
-        times.append(seconds)
-    print(f"planning time at 1,024 GPUs (llama-70b, 128 nodes, 4 types): median {statistics.median(times):.2f} s, "
-          f"min {min(times):.2f} s, max {max(times):.2f} s of 5 runs; {evaluated} candidates in closed form, {simulated} simulated")
+    report_planning_time()
     if args.plot:
         import matplotlib
 

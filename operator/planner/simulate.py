@@ -198,7 +198,7 @@ def simulate(plan: Plan, inventory: Inventory, w: Workload, net: NetworkSettings
             orders[(warm, m)] = seq
         order.append(orders[(warm, m)])
         last.append(m - 1)
-        full, partial = sizes[d][0], sizes[d][-1]
+        full, partial = (sizes[d] or [mb])[0], (sizes[d] or [mb])[-1]  # why: a data index may get no samples
         cost = {(size, b): op_time(g, size, b) for size in (full, partial) for b in (False, True)}
         seconds_of.append(tuple(tuple(cost[(size, b)][0] for b in (False, True)) for size in (full, partial)))
         sends_of.append(tuple(zip(*(boundary(g, b, (full, partial)) for b in (False, True)))))
