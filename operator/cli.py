@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="cordon a replaced straggler's node when the job's stragglerPolicy.cordon asks (needs patch on nodes)")
     p.set_defaults(func=_operator)
 
+    p = sub.add_parser("ray-head", help="drive one runtime: ray generation from its head pod (the operator renders this command)")
+    p.add_argument("--port", type=int, default=6379, help="port of the Ray head, where the worker pods join")
+    p.add_argument("--join-timeout", type=float, default=600.0, help="seconds the worker pods have to join")
+    p.add_argument("--ray-start-arg", action="append", default=[], metavar="OPTION",
+                   help="another `ray start --head` option, e.g. --ray-start-arg=--temp-dir=/tmp/r (repeatable)")
+    p.set_defaults(func=_ray_head)
+
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -246,6 +253,18 @@ def _operator(args) -> int:
         logging.getLogger("shardwright.operator").error(f"{e}; exiting for a fresh start")
         return 1
     return 0
+
+
+def _ray_head(args) -> int:
+    """The generation comes from the pod's env (see operator/backends/raypods.py)."""
+    import logging
+    import os
+
+    from shardwright.operator.backends import rayhead
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = rayhead.HeadSettings(port=args.port, join_timeout_s=args.join_timeout, ray_start_args=tuple(args.ray_start_arg))
+    return rayhead.main(os.environ, settings)
 
 
 if __name__ == "__main__":

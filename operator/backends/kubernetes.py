@@ -7,7 +7,8 @@ backend the job's pod summaries (see ``pods.summarize``), so a pass costs no lis
 Gang start: every pod of a generation is created, or none is (a failure deletes the ones
 already made and raises). Creates are idempotent: names are deterministic, and a 409 means
 the pod already exists (an earlier pass, or an operator restarted mid-start). Pods of
-older generations are deleted before a new generation's pods are created.
+older generations are deleted before a new generation's pods are created. A ``runtime: ray``
+generation is a Ray head pod and Ray worker pods (raypods.py), read back as one.
 
 Errors are values until the handler boundary: :class:`ApiFailure` carries whether a retry
 can help; only ``handlers.py`` turns it into Kopf's TemporaryError/PermanentError.
@@ -28,11 +29,11 @@ from kubernetes.client.exceptions import ApiException
 # contended for the import lock: about 1-3 s before the first job got its pods.
 CoreV1Api, CustomObjectsApi = client.CoreV1Api, client.CustomObjectsApi
 
-from shardwright.operator.api import CheckpointRef, EventType, Reason, TrainingJobSpec
+from shardwright.operator.api import CheckpointRef, EventType, Reason, Runtime, TrainingJobSpec
 from shardwright.operator.controller import Event, Observed, ReplaceRank, SetShares, StartGeneration, StopGeneration
 
 from . import pods as render
-from . import probe
+from . import probe, raypods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +108,14 @@ class KubernetesBackend:
                 self._delete_pod(pod["name"], grace=0)
         self._create("Service", lambda body: self.core.create_namespaced_service(self.owner.namespace, body, _preload_content=False),
                      render.render_service(self.owner, self.settings.pods))
-        if (group := render.render_pod_group(self.owner, action, self.settings.pods)) is not None:
+        groups = {g.name: g for g in self.spec.workers}
+        rendering = raypods.render_pods if self.spec.runtime is Runtime.RAY else render.render_pods
+        manifests = rendering(self.owner, action, groups, self.settings.pods)
+        if (group := render.render_pod_group(self.owner, action, self.settings.pods, len(manifests))) is not None:
             api_version = group["apiVersion"]
             g, v = api_version.split("/")
             self._create("PodGroup", lambda body: self.custom.create_namespaced_custom_object(g, v, self.owner.namespace, "podgroups", body, _preload_content=False), group)
-        groups = {g.name: g for g in self.spec.workers}
-        manifests = [render.avoid_nodes(m, self.avoided_nodes) for m in render.render_pods(self.owner, action, groups, self.settings.pods)]
+        manifests = [render.avoid_nodes(m, self.avoided_nodes) for m in manifests]
         made: list[str] = []
         try:
             for manifest in manifests:
@@ -164,11 +167,8 @@ class KubernetesBackend:
         return events + [Event(EventType.WARNING, Reason.CORDON_FAILED, f"Node {node} not cordoned: {why}; the job avoids it all the same")]
 
     def observe(self, now: datetime.datetime) -> Observed:
-        ranks = []
-        for pod in self.pods:
-            if pod["name"] in self.deleted:
-                continue
-            ranks += render.observe_pod(pod, now, self.settings.startup_timeout_s)
+        live = [pod for pod in self.pods if pod["name"] not in self.deleted]
+        ranks = render.observe_pods(live, now, self.settings.startup_timeout_s)
         if self.avoided_nodes:
             # Avoided nodes can leave too few for the generation: say so where users look.
             hint = f"; this job avoids nodes {', '.join(self.avoided_nodes)} (status.avoidedNodes)"
@@ -195,7 +195,7 @@ class KubernetesBackend:
 
     def _rank0_url(self, generation: int, path: str) -> str | None:
         """``path`` on the telemetry port of rank 0's pod in ``generation``, while it runs."""
-        rank0 = next((p for p in self.pods if p["generation"] == generation and p["rank"] == 0), None)
+        rank0 = next((p for p in self.pods if p["generation"] == generation and p["rank"] == 0 and p.get("role") != render.ROLE_RAY_HEAD), None)
         if rank0 is None or rank0["phase"] != "Running" or not rank0.get("ip"):
             return None
         return f"http://{rank0['ip']}:{self.settings.pods.telemetry_port}{path}"

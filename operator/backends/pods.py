@@ -2,8 +2,9 @@
 
 Per job: one headless Service (stable DNS for the rendezvous). Per generation: one pod per
 replica of every worker group, each running ``ranksPerReplica`` rank processes through
-``python -m shardwright.workers.launch``; optionally a PodGroup so a gang scheduler
-(Volcano, scheduler-plugins) places all pods or none. Names are deterministic
+``python -m shardwright.workers.launch`` (``runtime: ray``: a Ray head pod and Ray worker
+pods instead, see raypods.py); optionally a PodGroup so a gang scheduler (Volcano,
+scheduler-plugins) places all pods or none. Names are deterministic
 (``<job>-g<generation>-<group>-<replica>``), so a second create of the same pod is a 409,
 never a duplicate.
 
@@ -12,7 +13,7 @@ pins each pod there with a required node affinity (:func:`node_affinity`); nodes
 straggler was replaced are kept out of every later pod (:func:`avoid_nodes`).
 
 Reading back: :func:`summarize` keeps the few pod fields the controller needs (the operator
-indexes thousands of pods), :func:`observe_pod` turns one summary into the ranks it runs,
+indexes thousands of pods), :func:`observe_pods` turns summaries into the ranks they run,
 and :func:`stuck_terminating` picks pods to force-delete off NotReady nodes.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from shardwright.operator.api import RankState
 from shardwright.operator.controller import RankObservation, StartGeneration, parse_time
-from shardwright.operator.planner import RankPlacement
+from shardwright.operator.planner import Plan, RankPlacement
 from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV
 
 LABEL_JOB = "shardwright.io/job"
@@ -34,6 +35,10 @@ LABEL_GENERATION = "shardwright.io/generation"
 LABEL_GROUP = "shardwright.io/group"
 LABEL_REPLICA = "shardwright.io/replica"
 LABEL_RANK = "shardwright.io/rank"
+#: ``runtime: ray`` pods only: ``ray-head`` or ``ray-worker``.
+LABEL_ROLE = "shardwright.io/role"
+ROLE_RAY_HEAD = "ray-head"
+ROLE_RAY_WORKER = "ray-worker"
 MANAGED_BY = "shardwright"
 #: Pod env: ranks in this pod; the launcher starts one process per local rank.
 LOCAL_WORLD_SIZE_ENV = "LOCAL_WORLD_SIZE"
@@ -67,6 +72,9 @@ class PodSettings:
     checkpoint_claim: str | None = None
     checkpoint_mount: str = "/checkpoints"
     service_account: str | None = None
+    #: Resources of a ``runtime: ray`` generation's head pod (Ray's GCS and the driver; no ranks).
+    ray_head_resources: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +141,8 @@ def render_service(owner: Owner, settings: PodSettings) -> dict[str, Any]:
     }
 
 
-def render_pod_group(owner: Owner, action: StartGeneration, settings: PodSettings) -> dict[str, Any] | None:
-    """A PodGroup asking the gang scheduler for every pod of the generation at once."""
-    members = len({(r.group, r.replica) for r in action.plan.ranks})
+def render_pod_group(owner: Owner, action: StartGeneration, settings: PodSettings, members: int) -> dict[str, Any] | None:
+    """A PodGroup asking the gang scheduler for all ``members`` pods of the generation at once."""
     meta = _meta(owner, pod_group_name(owner, action.generation), job_labels(owner) | {LABEL_GENERATION: str(action.generation)})
     if settings.gang_scheduler == "volcano":
         spec: dict[str, Any] = {"minMember": members}
@@ -157,16 +164,21 @@ def render_pods(owner: Owner, action: StartGeneration, spec_groups: dict[str, An
     plan = action.plan
     master = f"{pod_name(owner, action.generation, plan.ranks[0].group, plan.ranks[0].replica)}.{service_name(owner)}.{owner.namespace}.svc"
     config_json = action.config.model_dump_json()
+    return [
+        _render_pod(
+            owner, action, spec_groups[group], group, replica, placements[0].rank, len(placements),
+            master, config_json, settings, node_affinity(placements),
+        )
+        for (group, replica), placements in replicas(plan).items()
+    ]
+
+
+def replicas(plan: Plan) -> dict[tuple[str, int], list[RankPlacement]]:
+    """The pods of a generation: each (group, replica) of the plan with its ranks, in rank order."""
     members: dict[tuple[str, int], list[RankPlacement]] = {}
     for placement in plan.ranks:
         members.setdefault((placement.group, placement.replica), []).append(placement)
-    pods = []
-    for (group, replica), placements in members.items():
-        pods.append(_render_pod(
-            owner, action, spec_groups[group], group, replica, placements[0].rank, len(placements),
-            master, config_json, settings, node_affinity(placements),
-        ))
-    return pods
+    return members
 
 
 def node_affinity(placements: list[RankPlacement]) -> dict[str, Any] | None:
@@ -202,11 +214,6 @@ def avoid_nodes(pod: dict[str, Any], nodes: Collection[str]) -> dict[str, Any]:
 
 def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, master, config_json, settings, affinity) -> dict[str, Any]:
     name = pod_name(owner, action.generation, group, replica)
-    labels = job_labels(owner) | {
-        LABEL_GENERATION: str(action.generation), LABEL_GROUP: group, LABEL_REPLICA: str(replica), LABEL_RANK: str(base),
-    }
-    if queue := owner.labels.get(KUEUE_QUEUE_LABEL):
-        labels[KUEUE_QUEUE_LABEL] = queue
     env = {
         "RANK": str(base),
         "WORLD_SIZE": str(action.plan.world_size),
@@ -217,19 +224,42 @@ def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, ma
         TELEMETRY_PORT_ENV: str(settings.telemetry_port),
         CONFIG_ENV: config_json,
     }
-    resources = group_spec.resources.to_wire() if group_spec.resources else {}
-    container: dict[str, Any] = {
+    container = rank_container(group_spec, ["python", "-m", "shardwright.workers.launch"], env, settings)
+    labels = replica_labels(owner, action.generation, group, replica, base)
+    return pod_manifest(owner, action.generation, name, labels, container, settings, group_spec=group_spec, affinity=affinity)
+
+
+def replica_labels(owner: Owner, generation: int, group: str, replica: int, first_rank: int) -> dict[str, str]:
+    return job_labels(owner) | {
+        LABEL_GENERATION: str(generation), LABEL_GROUP: group, LABEL_REPLICA: str(replica), LABEL_RANK: str(first_rank),
+    }
+
+
+def rank_container(group_spec, command: list[str], env: dict[str, str], settings: PodSettings) -> dict[str, Any]:
+    """The container of a pod that hosts ranks: the group's image and resources, rank 0's
+    rendezvous port and the telemetry port."""
+    return {
         "name": "ranks",
         "image": group_spec.image or settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "shardwright.workers.launch"],
+        "command": command,
         "env": [{"name": k, "value": v} for k, v in env.items()],
         "ports": [
             {"name": "rendezvous", "containerPort": settings.master_port},
             {"name": "telemetry", "containerPort": settings.telemetry_port},
         ],
-        "resources": resources,
+        "resources": group_spec.resources.to_wire() if group_spec.resources else {},
     }
+
+
+def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str], container: dict[str, Any],
+                 settings: PodSettings, *, group_spec=None, affinity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A pod of generation ``generation`` around ``container``: DNS name ``<name>.<service>``,
+    never restarted in place, the checkpoint volume, the Kueue queue label and gang
+    scheduling; a worker group's node selector and a planned node's affinity when given."""
+    labels = dict(labels)
+    if queue := owner.labels.get(KUEUE_QUEUE_LABEL):
+        labels[KUEUE_QUEUE_LABEL] = queue
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # a failed rank ends the generation; the operator restarts it
         "hostname": name,
@@ -237,7 +267,7 @@ def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, ma
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "containers": [container],
     }
-    if group_spec.node_selector:
+    if group_spec is not None and group_spec.node_selector:
         pod_spec["nodeSelector"] = dict(group_spec.node_selector)
     if affinity is not None:
         pod_spec["affinity"] = affinity
@@ -249,9 +279,9 @@ def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, ma
     annotations = {}
     if settings.gang_scheduler == "volcano":
         pod_spec["schedulerName"] = "volcano"
-        annotations["scheduling.k8s.io/group-name"] = pod_group_name(owner, action.generation)
+        annotations["scheduling.k8s.io/group-name"] = pod_group_name(owner, generation)
     elif settings.gang_scheduler == "scheduler-plugins":
-        labels["scheduling.x-k8s.io/pod-group"] = pod_group_name(owner, action.generation)
+        labels["scheduling.x-k8s.io/pod-group"] = pod_group_name(owner, generation)
     meta = _meta(owner, name, labels)
     if annotations:
         meta["annotations"] = annotations
@@ -273,11 +303,14 @@ def summarize(pod: dict[str, Any]) -> dict[str, Any]:
          if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"),
         None,
     )
+    role = labels.get(LABEL_ROLE)
     return {
         "name": meta.get("name"),
         "generation": int(labels.get(LABEL_GENERATION, 0)),
+        "role": role,
         "rank": int(labels.get(LABEL_RANK, env.get("RANK") or 0)),
-        "ranks": int(env.get(LOCAL_WORLD_SIZE_ENV) or 1),
+        # A Ray head drives every rank of its generation.
+        "ranks": int(env.get("WORLD_SIZE" if role == ROLE_RAY_HEAD else LOCAL_WORLD_SIZE_ENV) or 1),
         "phase": status.get("phase") or "Pending",
         "reason": status.get("reason"),
         "message": status.get("message"),
@@ -324,6 +357,39 @@ def classify(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: flo
         if waited >= startup_timeout_s:
             return RankState.FAILED, None, f"PodsReadyTimeout: not running after {waited:.0f}s; {why or 'Pending'}"
     return RankState.PENDING, None, why
+
+
+def observe_pods(pods: list[dict[str, Any]], now: datetime.datetime, startup_timeout_s: float | None = None) -> list[RankObservation]:
+    """The ranks these pod summaries run: a torch pod its own (:func:`observe_pod`); the
+    pods of a ``runtime: ray`` generation together (:func:`observe_ray_generation`)."""
+    ray = {p["generation"] for p in pods if p.get("role") in (ROLE_RAY_HEAD, ROLE_RAY_WORKER)}
+    out = [r for p in pods if p["generation"] not in ray for r in observe_pod(p, now, startup_timeout_s)]
+    for generation in sorted(ray):
+        out += observe_ray_generation([p for p in pods if p["generation"] == generation], now, startup_timeout_s)
+    return out
+
+
+def observe_ray_generation(pods: list[dict[str, Any]], now: datetime.datetime, startup_timeout_s: float | None = None) -> list[RankObservation]:
+    """The ranks of one ``runtime: ray`` generation. The head's driver runs every rank, so
+    the head decides: it finished (Succeeded) or failed, and so did every rank; while it
+    starts, so do they. A worker pod's own failure (OOMKilled, evicted, node lost) names the
+    ranks it hosted, and while the head runs, a worker pod still starting or running says
+    where its ranks are. A worker pod that ended on its own (it leaves when the head goes)
+    says nothing. Without a head (deleted, or a cache that lags), the worker pods' ranks are
+    alive while the pods are, and failed once they left."""
+    head = next((p for p in pods if p.get("role") == ROLE_RAY_HEAD), None)
+    hosted = {r.rank: r for p in pods if p is not head for r in observe_pod(p, now, startup_timeout_s)}
+    if head is None:
+        gone = "the Ray head of this generation is gone"
+        return [r if r.state is not RankState.SUCCEEDED else dataclasses.replace(r, state=RankState.FAILED, message=gone, reason="RayHeadLost")
+                for r in hosted.values()]
+    out = []
+    for driven in observe_pod(head, now, startup_timeout_s):
+        own = hosted.get(driven.rank)
+        failed_here = own is not None and own.state is RankState.FAILED and driven.state is not RankState.SUCCEEDED
+        placed = own is not None and own.alive and driven.state is RankState.RUNNING
+        out.append(own if failed_here or placed else driven)
+    return out
 
 
 def observe_pod(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: float | None = None) -> list[RankObservation]:

@@ -38,9 +38,9 @@ def test_pods_carry_each_replicas_first_rank_and_gang_metadata():
     assert env["RANK"] == "2" and env["LOCAL_WORLD_SIZE"] == "2" and env["WORLD_SIZE"] == "4"
     assert pods[1]["metadata"]["labels"][render.KUEUE_QUEUE_LABEL] == "team-a"
     assert pods[0]["spec"]["schedulerName"] == "volcano"
-    group = render.render_pod_group(owner, action, settings)
+    group = render.render_pod_group(owner, action, settings, len(pods))
     assert group["spec"] == {"minMember": 2, "queue": "team-a"}
-    assert render.render_pod_group(owner, action, render.PodSettings()) is None
+    assert render.render_pod_group(owner, action, render.PodSettings(), len(pods)) is None
 
 
 def pod(**status):
