@@ -16,6 +16,9 @@ group back onto its K/V head, so communication always moves the smaller K/V.
 Shapes follow ``scaled_dot_product_attention``: ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk,
 D]`` with ``Hq % Hkv == 0``; ``lse [B, Hq, Lq]`` in fp32. ``causal=True`` is only used on
 square blocks (a shard against itself), where top-left and bottom-right alignment agree.
+The CPU kernels read row and head slices in place (they take any strides with a unit-stride
+last dim), so callers pass views and no block is copied; the CUDA ones get contiguous
+copies.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class _Ops(NamedTuple):
     backward: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
+def _contiguous(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.contiguous() for t in tensors]
+
+
 def _cpu_forward(q, k, v, causal, scale):
     return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
 
@@ -69,12 +76,14 @@ def _cpu_backward(dout, q, k, v, out, lse, causal, scale):
 
 
 def _flash_forward(q, k, v, causal, scale):
+    q, k, v = _contiguous(q, k, v)
     out, lse, *_ = aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, scale=scale)
     return out, lse
 
 
 def _flash_backward(dout, q, k, v, out, lse, causal, scale):
     # Dense (not varlen) inputs: no cumulative lengths; dropout 0 never reads the seed.
+    dout, q, k, v, out, lse = _contiguous(dout, q, k, v, out, lse)
     seed = offset = torch.empty((), dtype=torch.long, device=q.device)
     return aten._scaled_dot_product_flash_attention_backward(
         dout, q, k, v, out, lse, None, None, q.shape[2], k.shape[2], 0.0, causal,
@@ -83,6 +92,7 @@ def _flash_backward(dout, q, k, v, out, lse, causal, scale):
 
 
 def _efficient_forward(q, k, v, causal, scale):
+    q, k, v = _contiguous(q, k, v)
     out, lse, *_ = aten._scaled_dot_product_efficient_attention(
         q, k, v, None, True, 0.0, causal, scale=scale
     )
@@ -92,6 +102,7 @@ def _efficient_forward(q, k, v, causal, scale):
 def _efficient_backward(dout, q, k, v, out, lse, causal, scale):
     padded = -(-q.shape[2] // 32) * 32
     lse = torch.nn.functional.pad(lse, (0, padded - q.shape[2])).contiguous()
+    dout, q, k, v, out = _contiguous(dout, q, k, v, out)
     seed = offset = torch.empty((), dtype=torch.long, device=q.device)
     dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
         dout, q, k, v, None, out, lse, seed, offset, 0.0, (True, True, True, False), causal,
@@ -136,7 +147,7 @@ def block_forward(
     """
     heads = q.shape[1]
     k, v = _expand_heads(k, heads), _expand_heads(v, heads)
-    out, lse = _ops_for(q).forward(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale)
+    out, lse = _ops_for(q).forward(q, k, v, causal, scale)
     return out, lse.float()
 
 
@@ -159,7 +170,6 @@ def block_backward(
     heads, kv_heads = q.shape[1], k.shape[1]
     k, v = _expand_heads(k, heads), _expand_heads(v, heads)
     dq, dk, dv = _ops_for(q).backward(
-        dout.to(q.dtype).contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
-        out.to(q.dtype).contiguous(), lse.float().contiguous(), causal, scale,
+        dout.to(q.dtype), q, k, v, out.to(q.dtype), lse.float(), causal, scale
     )
     return dq, _reduce_heads(dk, kv_heads), _reduce_heads(dv, kv_heads)

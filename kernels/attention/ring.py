@@ -6,6 +6,9 @@ then merges the partial result by LSE (:mod:`.merge`) and waits. Backward runs t
 ring: K/V travel again, and the gradient of each K/V shard travels with it in fp32,
 collecting every rank's contribution until it arrives home. Each block's backward uses the
 final global ``out`` and ``lse``, so gradients are exact; nothing goes through autograd.
+The ring runs once per group of K/V heads (:mod:`.passes`, one K/V head by default), so
+the blocks in flight, their receive buffers and the travelling gradients are ``1/Hkv`` of
+what one pass over all heads would hold.
 
 Per-rank bytes sent (equal to bytes received), ``n = N/P`` local positions, ``e`` the
 element size, ``B`` batch, ``Hkv`` key/value heads, ``D`` head dim:
@@ -25,6 +28,7 @@ from .blocks import block_backward, block_forward, check_inputs
 from .layout import check_layout
 from .merge import merge_
 from .p2p import send_recv
+from .passes import by_head_groups, head_groups
 
 __all__ = ["ring_attention"]
 
@@ -38,6 +42,7 @@ def ring_attention(
     causal: bool = False,
     layout: str = "zigzag",
     scale: float | None = None,
+    kv_heads_per_pass: int = 1,
 ) -> torch.Tensor:
     """Softmax attention over a sequence sharded across ``group`` with a K/V ring.
 
@@ -51,6 +56,9 @@ def ring_attention(
         layout: ``"zigzag"`` (balanced causal work; ``n`` must be even) or
             ``"contiguous"``.
         scale: softmax scale, default ``1/sqrt(D)``.
+        kv_heads_per_pass: the ring runs once per group of this many K/V heads (and their
+            query heads), see :mod:`.passes`. 1 (default) keeps the least in flight; ``Hkv``
+            is one pass with the fewest, largest messages.
 
     Returns:
         ``[B, Hq, n, D]``: this rank's shard of the output, same layout.
@@ -66,21 +74,29 @@ def ring_attention(
     if q.shape[2] % check_layout(layout):
         raise ValueError(f"ring_attention: zigzag shards hold two equal chunks, so the local "
                          f"sequence length must be even, got {q.shape[2]}")
-    return _RingAttention.apply(q, k, v, group, causal, layout, scale)
+    groups = head_groups("ring_attention", q.shape[1], k.shape[1], kv_heads_per_pass)
+    return _RingAttention.apply(q, k, v, group, causal, layout, scale, groups)
 
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, causal, layout, scale):
-        out, lse = _forward(q, k, v, group, causal, layout, scale)
+    def forward(ctx, q, k, v, group, causal, layout, scale, groups):
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        by_head_groups(lambda *t: _forward(*t, group, causal, layout, scale),
+                       [q, k, v], [out, lse], groups)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (group, causal, layout, scale)
+        ctx.groups = groups
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        grads = _backward(dout, *ctx.saved_tensors, *ctx.args)
-        return *grads, None, None, None, None
+        q, k, v, out, lse = ctx.saved_tensors
+        grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
+        by_head_groups(lambda *t: _backward(*t, *ctx.args),
+                       [dout, q, k, v, out, lse], grads, ctx.groups)
+        return *grads, None, None, None, None, None
 
 
 def _neighbours(group) -> tuple[int, int, int, int]:
@@ -107,7 +123,7 @@ def _forward(q, k, v, group, causal, layout, scale):
         if step < size - 1:
             pending.wait()
             kv = next_kv
-    return out.to(q.dtype), lse
+    return out, lse
 
 
 def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
@@ -135,7 +151,7 @@ def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
             dq, own_dkv = gq.float(), [g.float() for g in grads]
         else:
             if dkv_pending is None:  # step 1 starts the travelling gradient of shard me-1
-                dkv = [torch.zeros_like(t) for t in own_dkv]
+                dkv = [torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in own_dkv]
             else:  # accumulate into the buffer that just arrived: no extra copies
                 dkv_pending.wait()
                 dkv = arriving_dkv
@@ -152,4 +168,4 @@ def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
         dkv_pending.wait()
         for mine, theirs in zip(own_dkv, arriving_dkv):
             mine += theirs
-    return dq.to(q.dtype), own_dkv[0].to(k.dtype), own_dkv[1].to(v.dtype)
+    return dq, *own_dkv

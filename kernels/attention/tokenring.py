@@ -9,7 +9,8 @@ the compute it overlaps. The owner merges partials by LSE (:mod:`.merge`).
 The backward has the same shape (:func:`_token_ring` runs both): ``(q, dout, out, lse)``
 travel, each rank adds the block's ``dk, dv`` to its own K/V gradient and sends the
 partial ``dq`` home. Blocks that causal masking empties (:func:`.schedule.block`) are
-neither computed nor sent. Contiguous layout.
+neither computed nor sent. Contiguous layout. Like the ring, it runs once per group of
+K/V heads (:mod:`.passes`, one K/V head and its query heads by default).
 
 Per-rank bytes sent, ``n = N/P``, ``e`` the element size, ``Hq`` query heads, and ``m``
 the number of non-empty partials this rank computes for other ranks (``P-1``; causal:
@@ -31,6 +32,7 @@ from . import schedule
 from .blocks import block_backward, block_forward, check_inputs
 from .merge import merge_
 from .p2p import send_recv
+from .passes import by_head_groups, head_groups
 
 __all__ = ["tokenring_attention"]
 
@@ -45,6 +47,7 @@ def tokenring_attention(
     group: dist.ProcessGroup | None = None,
     causal: bool = False,
     scale: float | None = None,
+    kv_heads_per_pass: int = 1,
 ) -> torch.Tensor:
     """Softmax attention over a sequence sharded contiguously, moving queries not K/V.
 
@@ -55,6 +58,9 @@ def tokenring_attention(
         group: process group; ``None`` is the default group.
         causal: causal mask over global positions.
         scale: softmax scale, default ``1/sqrt(D)``.
+        kv_heads_per_pass: the ring runs once per group of this many K/V heads (and their
+            query heads), see :mod:`.passes`. 1 (default) keeps the least in flight; ``Hkv``
+            is one pass with the fewest, largest messages.
 
     Returns:
         ``[B, Hq, n, D]``: this rank's shard of the output.
@@ -65,47 +71,61 @@ def tokenring_attention(
         torch.Size([1, 2, 8, 4])
     """
     scale = check_inputs("tokenring_attention", q, k, v, scale)
-    return _TokenRingAttention.apply(q, k, v, group, causal, scale)
+    groups = head_groups("tokenring_attention", q.shape[1], k.shape[1], kv_heads_per_pass)
+    return _TokenRingAttention.apply(q, k, v, group, causal, scale, groups)
 
 
 class _TokenRingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, causal, scale):
-        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
-
-        def visit(blk, travelling):
-            return list(block_forward(travelling[0], k, v, causal=blk.causal, scale=scale))
-
-        def collect(partial):
-            merge_(out, lse, *partial)
-
-        _token_ring([q], visit, [q, lse], collect, group, causal)  # partial out is q-shaped
-        out = out.to(q.dtype)
+    def forward(ctx, q, k, v, group, causal, scale, groups):
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        by_head_groups(lambda *t: _forward(*t, group, causal, scale), [q, k, v], [out, lse],
+                       groups)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (group, causal, scale)
+        ctx.groups = groups
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        group, causal, scale = ctx.args
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        dkv = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (k, v)]
+        grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
+        by_head_groups(lambda *t: _backward(*t, *ctx.args), [dout, q, k, v, out, lse], grads,
+                       ctx.groups)
+        return *grads, None, None, None, None
 
-        def visit(blk, travelling):
-            tq, tdout, tout, tlse = travelling
-            gq, gk, gv = block_backward(tdout, tq, k, v, tout, tlse,
-                                        causal=blk.causal, scale=scale)
-            dkv[0].add_(gk)
-            dkv[1].add_(gv)
-            return [gq]
 
-        def collect(partial):
-            dq.add_(partial[0])
+def _forward(q, k, v, group, causal, scale) -> Tensors:
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
 
-        _token_ring([q, dout.contiguous(), out, lse], visit, [q], collect, group, causal)
-        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
+    def visit(blk, travelling):
+        return list(block_forward(travelling[0], k, v, causal=blk.causal, scale=scale))
+
+    def collect(partial):
+        merge_(out, lse, *partial)
+
+    _token_ring([q], visit, [q, lse], collect, group, causal)  # partial out is q-shaped
+    return [out, lse]
+
+
+def _backward(dout, q, k, v, out, lse, group, causal, scale) -> Tensors:
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    dkv = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (k, v)]
+
+    def visit(blk, travelling):
+        tq, tdout, tout, tlse = travelling
+        gq, gk, gv = block_backward(tdout, tq, k, v, tout, tlse, causal=blk.causal, scale=scale)
+        dkv[0].add_(gk)
+        dkv[1].add_(gv)
+        return [gq]
+
+    def collect(partial):
+        dq.add_(partial[0])
+
+    _token_ring([q, dout, out, lse], visit, [q], collect, group, causal)
+    return [dq, *dkv]
 
 
 def _token_ring(

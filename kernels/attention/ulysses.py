@@ -2,16 +2,25 @@
 
 Each rank starts with ``n = N/P`` positions of every head. One all-to-all per tensor gives
 it the *full* sequence for ``1/P`` of the heads, where attention is a single local block
-(:func:`.blocks.block_forward`), and one all-to-all returns the output to sequence shards.
-The backward is the same pattern with the roles swapped: ``dout`` goes to head shards, the
-block backward runs on the saved head-sharded tensors, and ``dq, dk, dv`` come back.
+(:func:`.blocks.block_forward`), and one all-to-all returns the output (and its LSE) to
+sequence shards. The backward is the same pattern with the roles swapped: ``q, k, v, out,
+lse`` and ``dout`` go to head shards again, the block backward runs there, and ``dq, dk,
+dv`` come back. Re-gathering instead of saving the forward's head-sharded copies keeps
+four tensors of ``q``'s size from living between forward and backward, for twice the
+backward traffic. The work runs in passes of ``P`` K/V heads by default (:mod:`.passes`),
+so the head-sharded tensors of one pass are ``P/Hkv`` of their one-pass size.
 
 Requires ``Hq % P == 0`` and ``Hkv % P == 0`` (query head ``h`` then meets its key/value
 head ``h // (Hq/Hkv)`` on the same rank). Contiguous layout.
 
-Per-rank bytes sent (equal to bytes received), ``e`` the element size:
-forward and backward each ``2 (Hq + Hkv) B n D e (P-1)/P``, which is below
-``2 (Hq + Hkv) B n D e`` for every ``P``: constant when ``N`` and ``P`` grow together.
+Per-rank bytes sent (equal to bytes received), ``e`` the element size, ``l = 4 B Hq n
+(P-1)/P`` the fp32 LSE:
+
+- forward: ``2 (Hq + Hkv) B n D e (P-1)/P + l``;
+- backward: ``4 (Hq + Hkv) B n D e (P-1)/P + l``.
+
+Both are below their value at ``(P-1)/P = 1`` for every ``P``: constant when ``N`` and
+``P`` grow together.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import torch.distributed as dist
 
 from .. import comm
 from .blocks import block_backward, block_forward, check_inputs
+from .passes import by_head_groups, head_groups
 
 __all__ = ["ulysses_attention"]
 
@@ -33,6 +43,7 @@ def ulysses_attention(
     group: dist.ProcessGroup | None = None,
     causal: bool = False,
     scale: float | None = None,
+    kv_heads_per_pass: int | None = None,
 ) -> torch.Tensor:
     """Softmax attention over a sequence sharded contiguously across ``group``.
 
@@ -44,6 +55,9 @@ def ulysses_attention(
         group: process group; ``None`` is the default group.
         causal: causal mask over global positions.
         scale: softmax scale, default ``1/sqrt(D)``.
+        kv_heads_per_pass: K/V heads per pass (:mod:`.passes`); a multiple of the group
+            size, default the group size (the fewest a pass can hold: each rank then
+            attends ``1`` K/V head of the full sequence per pass). ``Hkv`` is one pass.
 
     Returns:
         ``[B, Hq, n, D]``: this rank's shard of the output.
@@ -58,30 +72,58 @@ def ulysses_attention(
     if q.shape[1] % size or k.shape[1] % size:
         raise ValueError(f"ulysses_attention: q heads ({q.shape[1]}) and k/v heads "
                          f"({k.shape[1]}) must both be divisible by the group size ({size})")
-    return _UlyssesAttention.apply(q, k, v, group, causal, scale)
+    per_pass = size if kv_heads_per_pass is None else kv_heads_per_pass
+    groups = head_groups("ulysses_attention", q.shape[1], k.shape[1], per_pass)
+    if per_pass % size:
+        raise ValueError(f"ulysses_attention: kv_heads_per_pass must be a multiple of the "
+                         f"group size ({size}), got {per_pass}")
+    return _UlyssesAttention.apply(q, k, v, group, causal, scale, groups)
 
 
 class _UlyssesAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, causal, scale):
-        qh, kh, vh = (_to_heads(t, group) for t in (q, k, v))
-        out, lse = block_forward(qh, kh, vh, causal=causal, scale=scale)
-        ctx.save_for_backward(qh, kh, vh, out, lse)
+    def forward(ctx, q, k, v, group, causal, scale, groups):
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        by_head_groups(lambda *t: _forward(*t, group, causal, scale), [q, k, v], [out, lse],
+                       groups)
+        ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (group, causal, scale)
-        return _to_sequence(out, group)
+        ctx.groups = groups
+        return out
 
     @staticmethod
     def backward(ctx, dout):
-        qh, kh, vh, out, lse = ctx.saved_tensors
-        group, causal, scale = ctx.args
-        grads = block_backward(_to_heads(dout, group), qh, kh, vh, out, lse,
-                               causal=causal, scale=scale)
-        return *(_to_sequence(g, group) for g in grads), None, None, None
+        q, k, v, out, lse = ctx.saved_tensors
+        grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
+        by_head_groups(lambda *t: _backward(*t, *ctx.args), [dout, q, k, v, out, lse], grads,
+                       ctx.groups)
+        return *grads, None, None, None, None
+
+
+def _forward(q, k, v, group, causal, scale):
+    """One pass: head shards of the full sequence, one local block, back to sequence
+    shards; the LSE goes back too, so that the backward can rebuild the head shards."""
+    out, lse = block_forward(*(_to_heads(t, group) for t in (q, k, v)),
+                             causal=causal, scale=scale)
+    return _to_sequence(out, group), _to_sequence(lse.unsqueeze(-1), group).squeeze(-1)
+
+
+def _backward(dout, q, k, v, out, lse, group, causal, scale):
+    """One pass: the inputs go to head shards again (instead of keeping the forward's
+    head-sharded copies alive between forward and backward), then the block backward."""
+    heads = [_to_heads(t, group) for t in (dout, q, k, v, out)]
+    heads.append(_to_heads(lse.unsqueeze(-1), group).squeeze(-1))
+    grads = block_backward(*heads, causal=causal, scale=scale)
+    del heads
+    return [_to_sequence(g, group) for g in grads]
 
 
 def _to_heads(x: torch.Tensor, group) -> torch.Tensor:
     """``[B, H, n, D]`` sequence shard -> ``[B, H/P, P n, D]`` head shard (all-to-all)."""
     size = comm.world_size(group)
+    if size == 1:
+        return x
     b, h, n, d = x.shape
     send = x.reshape(b, size, h // size, n, d).transpose(0, 1).contiguous()
     recv = comm.all_to_all_single(torch.empty_like(send), send, group=group)
@@ -92,6 +134,8 @@ def _to_heads(x: torch.Tensor, group) -> torch.Tensor:
 def _to_sequence(x: torch.Tensor, group) -> torch.Tensor:
     """``[B, H/P, P n, D]`` head shard -> ``[B, H, n, D]`` sequence shard (all-to-all)."""
     size = comm.world_size(group)
+    if size == 1:
+        return x
     b, hp, total, d = x.shape
     send = x.reshape(b, hp, size, total // size, d).permute(2, 0, 1, 3, 4).contiguous()
     recv = comm.all_to_all_single(torch.empty_like(send), send, group=group)

@@ -104,9 +104,11 @@ def _bytes(kernel, causal, size, elem=4):
     if kernel.startswith("ring"):
         kv = 2 * (size - 1) * B * hkv * n * D
         return [(kv * elem, kv * (elem + 4))] * size
-    if kernel == "ulysses":
-        volume = 2 * (hq + hkv) * B * n * D * elem * (size - 1) // size
-        return [(volume, volume)] * size
+    if kernel == "ulysses":  # the LSE returns to sequence shards; the backward re-gathers
+        lse = hq * B * n * 4 * (size - 1) // size
+        fwd = 2 * (hq + hkv) * B * n * D * elem * (size - 1) // size + lse
+        bwd = 4 * (hq + hkv) * B * n * D * elem * (size - 1) // size + lse
+        return [(fwd, bwd)] * size
     rows = B * hq * n
     result = []
     for rank in range(size):
@@ -130,8 +132,9 @@ def test_bytes_match_formula(dist_pool, kernel, size, causal):
 
 @pytest.mark.parametrize("kernel", ["ulysses", "ring-zigzag"])
 def test_bytes_as_p_grows_with_n(dist_pool, kernel):
-    """N/P = 12 fixed, 12 heads: Ulysses' per-rank volume 4 H B n D e (P-1)/P stays below
-    4 H B n D e for every P; ring's 2 (P-1) H B n D e grows with P."""
+    """N/P = 12 fixed, 12 heads: Ulysses' per-rank forward volume (4 H B n D e + 4 H B n)
+    (P-1)/P stays below (4 H B n D e + 4 H B n) for every P; ring's 2 (P-1) H B n D e
+    grows with P."""
     n, heads = 12, 12
     sent = {}
     for size in (2, 3, 4):
@@ -140,10 +143,54 @@ def test_bytes_as_p_grows_with_n(dist_pool, kernel):
         assert all(max(errors) <= 1e-5 for errors, _ in results)
         sent[size] = {traffic[0] for _, traffic in results}
     if kernel == "ulysses":
-        bound = 4 * heads * B * n * D * 4
+        bound = 4 * heads * B * n * D * 4 + 4 * heads * B * n
         assert sent == {p: {bound * (p - 1) // p} for p in (2, 3, 4)}
     else:
         assert sent == {p: {2 * (p - 1) * heads * B * n * D * 4} for p in (2, 3, 4)}
+
+
+def _by_passes(kernel, per_pass_values, heads):
+    """On each rank: max abs error against full attention (out and grads, causal) for each
+    ``kv_heads_per_pass``, and whether every value gives the same bits as the first."""
+    fn, layout, kwargs = KERNELS[kernel]
+    full = _inputs(5, *heads, N, torch.float32)
+    expected = _reference(*full, True)
+    results = []
+    for per_pass in per_pass_values:
+        q, k, v, dout = (shard_sequence(t, layout=layout).detach().requires_grad_() for t in full)
+        out = fn(q, k, v, causal=True, kv_heads_per_pass=per_pass, **kwargs)
+        out.backward(dout)
+        results.append([out.detach(), q.grad, k.grad, v.grad])
+    errors = [max((gather_sequence(g, layout=layout) - e).abs().max().item()
+                  for g, e in zip(got, expected)) for got in results]
+    same = all(torch.equal(a, b) for got in results[1:] for a, b in zip(results[0], got))
+    return errors, same
+
+
+@pytest.mark.parametrize(
+    "kernel, per_pass",
+    [("ring-zigzag", (1, 3, 4)), ("ring-contiguous", (1, 4)), ("tokenring", (1, 3, 4)),
+     ("ulysses", (2, 4))],
+)
+def test_heads_per_pass_change_only_memory(dist_pool, kernel, per_pass):
+    """8 query / 4 K/V heads on 2 ranks: one K/V head per pass, uneven passes (3 + 1) and
+    one pass all equal full attention and each other bit for bit."""
+    for errors, same in dist_pool(2).run(_by_passes, kernel, per_pass, (8, 4)):
+        assert max(errors) <= 1e-5 and same, errors
+
+
+def _ulysses_pass_error(per_pass):
+    t = torch.zeros(1, 4, 8, 4)
+    try:
+        ulysses_attention(t, t, t, kv_heads_per_pass=per_pass)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def test_ulysses_pass_must_hold_a_multiple_of_p_heads(dist_pool):
+    message = dist_pool(2).run(_ulysses_pass_error, 3)[0]
+    assert "kv_heads_per_pass must be a multiple of the group size (2), got 3" in message
 
 
 def _round_trip(layout, n):
@@ -185,8 +232,13 @@ def test_uneven_length_is_rejected_with_allowed_lengths(dist_pool):
         (lambda t: ring_attention(t, t, t, layout="spiral"), "layout must be one of"),
         (lambda t: tokenring_attention(t[0], t[0], t[0]), "must be \\[batch"),
         (lambda t: ulysses_attention(t, t[:, :, :4], t[:, :, :4]), "must match q"),
+        (lambda t: ring_attention(t, t, t, kv_heads_per_pass=0),
+         "kv_heads_per_pass must be a positive integer, got 0"),
+        (lambda t: tokenring_attention(t, t, t, kv_heads_per_pass=1.5),
+         "kv_heads_per_pass must be a positive integer, got 1.5"),
     ],
-    ids=["gqa-heads", "zigzag-odd", "layout", "rank-3", "lengths"],
+    ids=["gqa-heads", "zigzag-odd", "layout", "rank-3", "lengths", "passes-zero",
+         "passes-float"],
 )
 def test_bad_arguments_raise(call, message):
     with pytest.raises(ValueError, match=message):
