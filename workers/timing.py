@@ -8,10 +8,11 @@ and ``wait``: time this rank spent blocked on its peers. Wait has two parts:
   notes when this rank's last gradient bucket was handed to the all-reduce; the rest of
   ``backward()`` after that moment is waiting for the other ranks' buckets
   (``GradientWaitHook``). On a balanced job it is the transfer itself (small on one host).
-- The per-step facts all-reduce (loss, stop flag, these times) is where a fast rank waits
-  for a rank that is slow *after* its gradients (its optimizer step, or an injected
-  slowdown). It is timed here and reported with the next step, since a step's times
-  travel in that very all-reduce.
+- The per-step facts all-reduce (loss, stop flag, these times) runs in the background
+  during the next step, and its result is awaited at that step's end; the wait is timed
+  and reported with the step after, since a step's times travel in that very all-reduce.
+  A rank that is slow *after* its gradients (its optimizer step, or an injected slowdown)
+  therefore makes the others wait in the next gradient all-reduce or in this wait.
 
 The clock is ``time.monotonic`` on CPU. Nothing here calls ``torch.cuda.synchronize``:
 a GPU trainer would record ``torch.cuda.Event(enable_timing=True)`` pairs instead and read
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 #: Section names, in the order they are carried in the step-facts all-reduce.
 SECTIONS = ("data", "forward", "backward", "optimizer", "wait")
@@ -82,17 +83,21 @@ class GradientWaitHook:
 
     Registered with ``ddp.register_comm_hook(hook, GradientWaitHook.hook)``; ``backward``
     seconds after ``last_ready`` are time spent waiting for the other ranks' gradients.
+    ``on_last`` is called at that moment (the rank says it now waits in a collective).
     """
 
-    def __init__(self, group=None) -> None:
-        self.group = group
+    def __init__(self, group=None, on_last: Callable[[], None] | None = None) -> None:
+        self.group, self.on_last = group, on_last
         self.last_ready: float | None = None
 
     @staticmethod
     def hook(state: GradientWaitHook, bucket):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-        state.last_ready = time.monotonic()
+        if bucket.is_last():
+            state.last_ready = time.monotonic()
+            if state.on_last is not None:
+                state.on_last()
         return allreduce_hook(state.group, bucket)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -74,6 +75,20 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+@dataclasses.dataclass
+class SentFacts:
+    """A finished step whose facts all-reduce is in flight."""
+
+    number: int
+    seconds: float
+    samples: list[int]
+    facts: torch.Tensor
+    work: dist.Work
+    stall: float | None = None  # the checkpoint save after it blocked this long
+    ended: float = 0.0  # monotonic, for the throughput window
+    ended_wall: float = 0.0  # wall clock, for the step log
+
+
 class Trainer:
     def __init__(self, cfg: WorkerConfig, env: RankEnv, stop: threading.Event) -> None:
         self.cfg, self.env, self.stop = cfg, env, stop
@@ -88,11 +103,12 @@ class Trainer:
         self.model = Transformer(cfg.model, self.ctx)
         self.ddp = DistributedDataParallel(self.model)
         self.timer = SectionTimer()
-        self.grad_wait = GradientWaitHook()
-        self.ddp.register_comm_hook(self.grad_wait, GradientWaitHook.hook)
         #: Work shares in effect; the controller may change them at a step boundary.
         self.shares = par.data_shares
-        self.facts_wait = 0.0  # the previous step's wait in the facts all-reduce
+        self.facts_wait = 0.0  # the last wait for a step's facts, counted in the next step
+        # The step facts get their own communicator: their all-reduce overlaps the next
+        # step's gradient all-reduce instead of queueing behind (or ahead of) it.
+        self.facts_group = dist.new_group(backend="gloo")
         self.timings: collections.deque[dict[str, Any]] = collections.deque(maxlen=cfg.timing_history)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.95),
@@ -105,6 +121,8 @@ class Trainer:
             generation=cfg.generation, layout=par.layout, total_steps=cfg.optim.steps,
         )
         self.telemetry.serve(env.telemetry_port if env.telemetry_port is not None else cfg.telemetry_port)
+        self.grad_wait = GradientWaitHook(on_last=lambda: self.telemetry.update(activity="syncing"))
+        self.ddp.register_comm_hook(self.grad_wait, GradientWaitHook.hook)
         self.step = 0
         resumed, rejected = None, []
         if cfg.checkpoint.resume_from:
@@ -126,10 +144,13 @@ class Trainer:
         return mine
 
     def run(self) -> dict[str, Any]:
+        """Step until the last step or a stop request. Each step's facts travel in an
+        all-reduce that overlaps the next step's compute; a step is logged and reported once
+        its facts are back (one step later), so ranks never meet twice per step."""
         total = self.cfg.optim.steps
-        ends: list[float] = [time.monotonic()]
-        tokens_per_step = self.cfg.data.global_batch * self.cfg.data.seq_len
+        ends: collections.deque[float] = collections.deque([time.monotonic()], maxlen=THROUGHPUT_WINDOW + 1)
         stopped = False
+        sent: SentFacts | None = None
         while self.step < total and not stopped:
             began = time.monotonic()
             self.telemetry.update(activity="computing")
@@ -137,23 +158,19 @@ class Trainer:
             self.step += 1
             self.inject_rank_faults(self.timer.compute)
             seconds = time.monotonic() - began
-            samples = self.samples_per_rank()  # the shares this step ran with
-            loss, stopped, step_seconds, sections = self.exchange_step_facts(loss_sum, seconds)
-            self.record_timings(sections, samples)
-            stall = None
+            step = SentFacts(self.step, seconds, self.samples_per_rank(), *self.send_step_facts(loss_sum, seconds))
+            if sent is not None:
+                stopped = self.complete_step(sent, ends)
+            sent = step
             if stopped or self.checkpointer.due(self.step, total):
                 saving = time.monotonic()
                 self.checkpointer.save(self.step, self.model, self.optimizer, data_position=self.step * self.cfg.data.global_batch)
-                stall = time.monotonic() - saving
+                step.stall = time.monotonic() - saving
                 self.inject_rank_faults(0.0, during="checkpoint")
             self.record_commits()
-            ends = (ends + [time.monotonic()])[-THROUGHPUT_WINDOW - 1 :]
-            rate = tokens_per_step * (len(ends) - 1) / max(ends[-1] - ends[0], 1e-9)
-            self.telemetry.record_step(
-                step=self.step, loss=loss, seconds=seconds, tokens=tokens_per_step // self.env.world_size,
-                tokens_per_second=rate, step_seconds=step_seconds, checkpoint_stall=stall,
-            )
-            self.log_step(loss, seconds, rate, stall, self.timings[-1])
+            step.ended, step.ended_wall = time.monotonic(), time.time()
+        if sent is not None:
+            stopped = self.complete_step(sent, ends) or stopped
         self.checkpointer.wait()
         self.record_commits()
         state = "stopped" if stopped and self.step < total else "complete"
@@ -224,17 +241,16 @@ class Trainer:
                 if fault.kind == "corrupt-checkpoint" and fault.fires(rank=0, step=manifest["step"], generation=self.cfg.generation):
                     damage(manifest)
 
-    def exchange_step_facts(self, loss_sum: torch.Tensor, seconds: float) -> tuple[float, bool, list[float], list[list[float]]]:
-        """One small all-reduce per step: global loss, any rank asked to stop, every rank's
-        step time, section times and busy time, and new work shares rank 0 received from the
+    def send_step_facts(self, loss_sum: torch.Tensor, seconds: float) -> tuple[torch.Tensor, dist.Work]:
+        """Start the step's one small all-reduce (on its own group, so it overlaps the next
+        step's gradient all-reduce): global loss, any rank asked to stop, every rank's step
+        time, section times and busy time, and new work shares rank 0 received from the
         controller.
 
         Layout (float64): ``[loss, stop, seconds[W], (sections[S], busy)[W], shares[D], switch]``;
         each rank fills only its own slots (shares: rank 0 only), so the sum is a gather.
-        New shares apply from the next step on every rank: all switch at the same boundary.
         """
-        world, dp, n = self.env.world_size, self.cfg.parallel.data, len(SECTIONS)
-        n += 1  # the sections, then busy seconds
+        world, dp, n = self.env.world_size, self.cfg.parallel.data, len(SECTIONS) + 1
         facts = torch.zeros(2 + world + world * n + dp + 1, dtype=torch.float64)
         facts[0] = loss_sum
         facts[1] = float(self.stop.is_set())
@@ -247,16 +263,32 @@ class Trainer:
         if shares is not None and len(shares) == dp and min(shares) > 0:
             facts[-1 - dp : -1] = torch.tensor(shares, dtype=torch.float64)
             facts[-1] = 1.0
+        return facts, dist.all_reduce(facts, group=self.facts_group, async_op=True)
+
+    def complete_step(self, step: SentFacts, ends: collections.deque[float]) -> bool:
+        """Wait for ``step``'s facts, then record, report and log it; True if a rank asked to
+        stop. New shares apply from the step after the current one, on every rank alike."""
+        world, dp, n = self.env.world_size, self.cfg.parallel.data, len(SECTIONS) + 1
         self.telemetry.update(activity="syncing")
         began = time.monotonic()
-        dist.all_reduce(facts)
+        step.work.wait()
         self.facts_wait = time.monotonic() - began
+        facts = step.facts
         loss = facts[0].item() / (self.cfg.data.global_batch * self.cfg.data.seq_len)
         if facts[-1] > 0:
             self.shares = tuple(facts[-1 - dp : -1].tolist())
             self.telemetry.update(dataShares=list(self.shares), sharesSinceStep=self.step + 1)
-        every = facts[2 + world : 2 + world + world * n].view(world, n).tolist()
-        return loss, bool(facts[1] > 0), facts[2 : 2 + world].tolist(), every
+        sections = facts[2 + world : 2 + world + world * n].view(world, n).tolist()
+        self.record_timings(step.number, sections, step.samples)
+        ends.append(step.ended)
+        tokens_per_step = self.cfg.data.global_batch * self.cfg.data.seq_len
+        rate = tokens_per_step * (len(ends) - 1) / max(ends[-1] - ends[0], 1e-9)
+        self.telemetry.record_step(
+            step=step.number, loss=loss, seconds=step.seconds, tokens=tokens_per_step // world,
+            tokens_per_second=rate, step_seconds=facts[2 : 2 + world].tolist(), checkpoint_stall=step.stall,
+        )
+        self.log_step(step, loss, rate, self.timings[-1])
+        return bool(facts[1] > 0)
 
     def samples_per_rank(self) -> list[int]:
         """Samples every rank trains on per step under the shares in effect (by global rank)."""
@@ -264,14 +296,14 @@ class Trainer:
         counts = data_mod.partition(self.cfg.data.global_batch, self.shares, par.data)
         return [counts[r // par.sequence] for r in range(par.world_size)]
 
-    def record_timings(self, sections: list[list[float]], samples: list[int]) -> None:
+    def record_timings(self, step: int, sections: list[list[float]], samples: list[int]) -> None:
         """Keep every rank's compute, busy and wait seconds of this step (rank 0 serves the
         recent ones to the controller's straggler detector)."""
         compute_at = [SECTIONS.index(name) for name in COMPUTE]
         compute = [sum(row[i] for i in compute_at) for row in sections]
         wait = [row[SECTIONS.index("wait")] for row in sections]
         busy = [row[len(SECTIONS)] for row in sections]
-        entry = {"step": self.step, "compute": compute, "busy": busy, "wait": wait, "samples": samples}
+        entry = {"step": step, "compute": compute, "busy": busy, "wait": wait, "samples": samples}
         self.timings.append(entry)
         recent = [per_sample(t["busy"], t["samples"]) for t in list(self.timings)[-SCORE_WINDOW:]]
         score = relative_scores(recent)[self.env.rank]
@@ -283,16 +315,16 @@ class Trainer:
                 stepTimings=list(self.timings), samples=samples,
             )
 
-    def log_step(self, loss: float, seconds: float, rate: float, stall: float | None, timing: dict[str, Any]) -> None:
+    def log_step(self, step: SentFacts, loss: float, rate: float, timing: dict[str, Any]) -> None:
         """Rank 0 appends one JSON line per step to the step log, when one is configured."""
         if self.env.rank != 0 or not self.cfg.step_log:
             return
         line = {
-            "step": self.step, "loss": loss, "seconds": seconds, "tokensPerSecond": rate, "generation": self.cfg.generation, "time": time.time(),
-            "rankCompute": timing["compute"], "rankBusy": timing["busy"], "rankWait": timing["wait"], "samples": timing["samples"],
+            "step": step.number, "loss": loss, "seconds": step.seconds, "tokensPerSecond": rate, "generation": self.cfg.generation,
+            "time": step.ended_wall, "rankCompute": timing["compute"], "rankBusy": timing["busy"], "rankWait": timing["wait"],
+            "samples": timing["samples"],
         }
-        if stall is not None:
-            line["checkpointStallSeconds"] = stall
+        if step.stall is not None:
+            line["checkpointStallSeconds"] = step.stall
         with Path(self.cfg.step_log).open("a") as f:
             f.write(json.dumps(line) + "\n")
-

@@ -119,7 +119,9 @@ def test_rebalance_regains_throughput_with_the_same_samples(tmp_path):
     lines = step_log(wd)
     switched = next(line["step"] for line in lines if line["samples"] != [48, 48])
     assert sum(lines[-1]["samples"]) == 96 and lines[-1]["samples"][0] > lines[-1]["samples"][1]
-    assert switched - SLOW_FROM <= MAX_LATENCY + 3  # the next poll after the flag
+    # After the flag: the next controller poll posts the shares (a step or two), rank 0 sends
+    # them with its next step's facts, and every rank switches when those are back.
+    assert switched - SLOW_FROM <= MAX_LATENCY + 5
     # Same global batch, same samples every step: only the order of float sums changes.
     reference, got = curve(tmp_path / "clean"), curve(wd)
     worst = max(abs(reference[s] - got[s]) for s in reference)
