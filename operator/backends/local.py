@@ -5,6 +5,9 @@ Each actor is one process; it receives the torch environment contract (``RANK``,
 rank processes, never in the process that runs the controller. Ray tells us when a rank
 dies (``ActorDiedError``) or raises (``RayTaskError``) within milliseconds; the ranks' own
 collectives time out after ``WorkerConfig.collective_timeout_s``, far below torch's default.
+
+The driver of a ``runtime: ray`` generation on Kubernetes (``rayhead.py``, in the head pod)
+runs the same actors on the generation's worker pods: ``launch`` with slots pinned to pods.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from shardwright.operator.controller import (
     StartGeneration,
     StopGeneration,
 )
-from shardwright.workers.config import RankEnv
+from shardwright.workers.config import RankEnv, WorkerConfig
 
 #: The worker entry point every rank runs: ``module:function(config_json, env, stop)``.
 ENTRY = "shardwright.workers.train:main"
@@ -69,11 +72,32 @@ class RankActor:
         self.stop_event.set()
 
 
+@dataclasses.dataclass(frozen=True)
+class RankSlot:
+    """Where one rank runs: its torch environment, the host its telemetry answers on, and
+    the Ray resources its actor needs (a node's custom resource pins it there; none: any
+    node, here this machine)."""
+
+    env: RankEnv
+    host: str = "127.0.0.1"
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def local_slots(ranks: int) -> list[RankSlot]:
+    """Ranks on this machine: loopback rendezvous, a free telemetry port each."""
+    master_port = free_port()
+    return [
+        RankSlot(RankEnv(rank=r, world_size=ranks, local_rank=r, master_addr="127.0.0.1", master_port=master_port, telemetry_port=free_port()))
+        for r in range(ranks)
+    ]
+
+
 @dataclasses.dataclass
 class _Rank:
     actor: Any
     future: Any
-    telemetry_port: int
+    #: ``http://host:port`` of the rank's telemetry.
+    url: str
     state: RankState = RankState.RUNNING
     message: str = ""
     #: What the rank's entry point returned (its final /status), once it succeeded.
@@ -100,7 +124,8 @@ class LocalRayBackend:
         #: Live rank processes with no run: survivors of ended generations and a warm spare.
         self.idle: list[Any] = []
 
-    def _ensure_ray(self) -> None:
+    def connect(self) -> None:
+        """Join the Ray cluster (or start a private one) if not done yet."""
         if not ray.is_initialized():
             ray.init(
                 address=self.settings.ray_address,
@@ -111,21 +136,22 @@ class LocalRayBackend:
             )
 
     def start(self, action: StartGeneration) -> None:
-        self._ensure_ray()
-        config_json = action.config.model_dump_json()
-        master_port = free_port()
-        world = action.plan.world_size
+        self.launch(action.generation, action.config, local_slots(action.plan.world_size))
+
+    def launch(self, generation: int, config: WorkerConfig, slots: list[RankSlot]) -> None:
+        """Run every rank of ``generation``, rank i in ``slots[i]``. Unpinned ranks reuse idle
+        rank processes, and a spare is kept for the rank a failure takes down; pinned ranks
+        (``runtime: ray`` pods, see rayhead.py) get fresh actors on their node."""
+        self.connect()
+        config_json = config.model_dump_json()
         ranks = []
-        for placement in action.plan.ranks:
-            env = RankEnv(
-                rank=placement.rank, world_size=world, local_rank=placement.rank,
-                master_addr="127.0.0.1", master_port=master_port, telemetry_port=free_port(),
-            )
-            actor = self.idle.pop() if self.idle else _new_actor()
-            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json, env.to_environ()), env.telemetry_port))
-        self.generations[action.generation] = ranks
-        if not self.idle:
-            self.idle.append(_new_actor())  # a spare for the rank a failure takes down
+        for slot in slots:
+            actor = self.idle.pop() if self.idle and not slot.resources else _new_actor(slot.resources)
+            url = f"http://{slot.host}:{slot.env.telemetry_port}"
+            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json, slot.env.to_environ()), url))
+        self.generations[generation] = ranks
+        if not self.idle and not any(slot.resources for slot in slots):
+            self.idle.append(_new_actor())
 
     def stop(self, action: StopGeneration) -> None:
         for rank in self.generations.get(action.generation, []):
@@ -142,7 +168,7 @@ class LocalRayBackend:
         controller repeats this until rank 0's ``/status`` shows the shares in effect."""
         ranks = self.generations.get(action.generation)
         if ranks and ranks[0].state is RankState.RUNNING:
-            request_json(f"http://127.0.0.1:{ranks[0].telemetry_port}/control", {"dataShares": list(action.shares)})
+            request_json(f"{ranks[0].url}/control", {"dataShares": list(action.shares)})
 
     def lose_ranks(self, generation: int, count: int) -> None:
         """End the highest ``count`` ranks of ``generation`` as if their host died; returns
@@ -161,7 +187,7 @@ class LocalRayBackend:
             for i, r in enumerate(ranks):
                 # Only the current generation's live ranks are asked what they are doing.
                 live = generation == newest and r.state is RankState.RUNNING
-                report = request_json(f"http://127.0.0.1:{r.telemetry_port}/status") if live else None
+                report = request_json(f"{r.url}/status") if live else None
                 observations.append(RankObservation(
                     generation, i, r.state, message=r.message, node="localhost",
                     activity=(report or {}).get("activity"),
@@ -198,7 +224,7 @@ class LocalRayBackend:
             return None
         generation = max(self.generations)
         rank0 = self.generations[generation][0]
-        status = rank0.result or request_json(f"http://127.0.0.1:{rank0.telemetry_port}/status")
+        status = rank0.result or request_json(f"{rank0.url}/status")
         return progress_from_status(status, generation) if status else None
 
     def scrape_metrics(self) -> str:
@@ -208,7 +234,7 @@ class LocalRayBackend:
         texts = []
         for rank in self.generations[max(self.generations)]:
             if rank.state is RankState.RUNNING:
-                texts.append(fetch_text(f"http://127.0.0.1:{rank.telemetry_port}/metrics") or "")
+                texts.append(fetch_text(f"{rank.url}/metrics") or "")
         return "".join(texts)
 
     def close(self) -> None:
@@ -222,8 +248,8 @@ class LocalRayBackend:
             ray.shutdown()
 
 
-def _new_actor() -> Any:
-    actor = RankActor.remote()
+def _new_actor(resources: dict[str, float] | None = None) -> Any:
+    actor = RankActor.options(resources=resources or {}).remote()
     actor.warm.remote()  # may overlap a first run (two threads): the import lock serialises them
     return actor
 
