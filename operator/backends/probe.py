@@ -6,6 +6,7 @@ rank that does not answer within ``PROBE_TIMEOUT_S`` simply reports no progress 
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,9 @@ from shardwright.workers.manifest import committed
 
 #: Seconds an HTTP probe of a rank may take before the rank counts as not answering.
 PROBE_TIMEOUT_S = 0.5
+#: A rank that does not answer: refused, timed out, or something else now holds its port
+#: (a dead rank's port taken by another process answers garbage: ``BadStatusLine``).
+NO_ANSWER = (OSError, http.client.HTTPException)
 
 
 def progress_from_status(status: dict[str, Any], generation: int) -> Progress | None:
@@ -67,7 +71,7 @@ def fetch_text(url: str) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
             return response.read().decode()
-    except OSError:
+    except NO_ANSWER:
         return None
 
 
@@ -82,7 +86,7 @@ def request_json(url: str, payload: dict[str, Any] | None = None) -> dict[str, A
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
             body = response.read()
-    except OSError:
+    except NO_ANSWER:
         return None
     try:
         answer = json.loads(body) if body else {}

@@ -141,3 +141,27 @@ def test_unschedulable_ranks_name_the_nodes_the_job_avoids():
     messages = [r.message for r in backend.observe(NOW).ranks]
     assert messages[0].startswith("Unschedulable: 0/3 nodes") and messages[0].endswith("this job avoids nodes n2 (status.avoidedNodes)")
     assert "avoids" not in messages[2]  # not a scheduling problem
+
+
+def test_a_probe_of_a_port_that_answers_garbage_counts_as_no_answer():
+    """A dead rank's telemetry port can be taken by another process (gloo, for one), which
+    answers bytes that are not HTTP: that is no answer, not an error in the control loop."""
+    import socket
+    import threading
+
+    from shardwright.operator.backends.probe import fetch_text, request_json
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def garbage() -> None:
+            for _ in range(2):
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(b"\x00\x05\x00@\x00\xfe\x03\n\r\n")
+
+        threading.Thread(target=garbage, daemon=True).start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        assert request_json(f"{url}/status") is None and fetch_text(f"{url}/metrics") is None
