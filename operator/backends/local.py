@@ -38,6 +38,8 @@ from shardwright.workers.config import RankEnv, WorkerConfig
 ENTRY = "shardwright.workers.train:main"
 #: Seconds ``lose_ranks`` waits for Ray to confirm the killed ranks are gone.
 LOSS_TIMEOUT_S = 10.0
+#: Why a rank whose process ended failed (its peers fail with errors of their own).
+RANK_DIED = "rank process died (killed, crashed or its host lost)"
 
 
 @ray.remote(num_cpus=0, max_concurrency=2)
@@ -214,7 +216,7 @@ class LocalRayBackend:
                 cause = e.cause if e.cause is not None else e
                 rank.state, rank.message = RankState.FAILED, f"{type(cause).__name__}: {cause}"
             except RayActorError:
-                rank.state, rank.message = RankState.FAILED, "rank process died (killed, crashed or its host lost)"
+                rank.state, rank.message = RankState.FAILED, RANK_DIED
                 continue
             if not rank.killed:  # the run ended (even by an exception): the process lives on
                 self.idle.append(rank.actor)

@@ -30,11 +30,11 @@ from pathlib import Path
 import ray
 
 from shardwright.operator.api import RankState, Reason
-from shardwright.operator.controller import StopGeneration
+from shardwright.operator.controller import RankObservation, StopGeneration
 from shardwright.workers.config import CONFIG_ENV, RankEnv, WorkerConfig
 from shardwright.workers.raynode import answers, start_ray
 
-from .local import LocalRayBackend, LocalSettings, RankSlot
+from .local import RANK_DIED, LocalRayBackend, LocalSettings, RankSlot
 from .raypods import GCS_PORT, RAY_PODS_ENV, RayPod, decode_pods
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 TERMINATION_LOG = Path("/dev/termination-log")
 #: Seconds the Ray head may take to accept connections after ``ray start``.
 HEAD_START_TIMEOUT_S = 60.0
+#: Seconds a failure waits for the other failures of the same moment.
+SETTLE_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +134,10 @@ def _drive(backend: LocalRayBackend, generation: int, poll_s: float, stop: threa
             stopping = True
         seen = backend.observe(datetime.datetime.now(datetime.timezone.utc))
         ranks = seen.of_generation(generation)
-        if failed := [r for r in ranks if r.state is RankState.FAILED]:
+        if any(r.state is RankState.FAILED for r in ranks):
+            failed = _failures(backend, generation, ranks)
             backend.stop(StopGeneration(generation, graceful=False, reason=Reason.RANK_FAILED))
-            return 1, f"Rank {failed[0].rank} failed: {failed[0].message}"
+            return 1, "; ".join(f"Rank {r.rank} failed: {r.message}" for r in failed)
         if all(r.state is RankState.SUCCEEDED for r in ranks):
             at = f" (step {seen.progress.step})" if seen.progress else ""
             return 0, f"Every rank stopped after a checkpoint{at}" if stopping else f"Every rank finished{at}"
@@ -148,6 +151,16 @@ def stop_on_signals(stop: threading.Event) -> None:
     """SIGTERM (pod deletion) and Ctrl-C set ``stop``: the ranks checkpoint, then we exit."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+
+
+def _failures(backend: LocalRayBackend, generation: int, ranks: tuple[RankObservation, ...]) -> list[RankObservation]:
+    """Every rank failed by now, those whose process died first: a rank that dies breaks its
+    peers' collectives within milliseconds, so Ray gets ``SETTLE_S`` to report them all."""
+    deadline = time.monotonic() + SETTLE_S
+    while any(r.alive for r in ranks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        ranks = backend.observe(datetime.datetime.now(datetime.timezone.utc)).of_generation(generation)
+    return sorted((r for r in ranks if r.state is RankState.FAILED), key=lambda r: (r.message != RANK_DIED, r.rank))
 
 
 def main(environ: Mapping[str, str], settings: HeadSettings) -> int:
