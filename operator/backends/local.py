@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from shardwright.operator.api import RankState
+from shardwright.operator.backends.ports import free_port
 from shardwright.operator.backends.probe import checkpoint_refs, fetch_text, progress_from_status, request_json
 from shardwright.operator.controller import (
     Observed,
@@ -123,7 +123,7 @@ class LocalRayBackend:
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
         self.generations: dict[int, list[_Rank]] = {}
-        #: Live rank processes with no run: survivors of ended generations and a warm spare.
+        #: Live rank processes with no run: ranks whose run returned, and a warm spare.
         self.idle: list[Any] = []
 
     def connect(self) -> None:
@@ -218,8 +218,20 @@ class LocalRayBackend:
             except RayActorError:
                 rank.state, rank.message = RankState.FAILED, RANK_DIED
                 continue
-            if not rank.killed:  # the run ended (even by an exception): the process lives on
-                self.idle.append(rank.actor)
+            self._retire(rank)
+
+    def _retire(self, rank: _Rank) -> None:
+        """Keep the process of a run that returned for the next generation; end one whose run
+        raised. A failed run can leave torch.distributed state behind: a failed
+        ``init_process_group`` has already taken a process-group name, so every later group
+        in that process is named one off its peers' and their rendezvous never meets."""
+        if rank.killed:
+            return
+        if rank.state is RankState.SUCCEEDED:
+            self.idle.append(rank.actor)
+        else:
+            ray.kill(rank.actor, no_restart=True)
+            rank.killed = True
 
     def _progress(self) -> Progress | None:
         if not self.generations:
@@ -254,10 +266,3 @@ def _new_actor(resources: dict[str, float] | None = None) -> Any:
     actor = RankActor.options(resources=resources or {}).remote()
     actor.warm.remote()  # may overlap a first run (two threads): the import lock serialises them
     return actor
-
-
-def free_port() -> int:
-    """A TCP port free right now on loopback (the rank binds it moments later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 
 import aiohttp
+
+from shardwright.operator.backends.ports import free_port
 
 from .mockapi import (
     FAST, NS, PODS, TJ, Telemetry, create_job, eventually, job_status, live, posted_events, run_all,
@@ -92,11 +93,6 @@ async def test_webhook_rejects_a_bad_object_naming_the_field(cluster):
             async with session.post(url, json=review) as response:
                 assert (await response.json())["response"]["allowed"] is True
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def eventually_answer(session, url: str, review: dict) -> dict:

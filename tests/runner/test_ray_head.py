@@ -14,7 +14,6 @@ import dataclasses
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import yaml
 from shardwright.operator.api import validate
 from shardwright.operator.backends import pods as render
 from shardwright.operator.backends import raypods
+from shardwright.operator.backends.ports import free_port
 from shardwright.operator.backends.probe import request_json
 from shardwright.operator.controller import JobRef, StartGeneration, worker_config
 from shardwright.operator.planner import plan_uniform
@@ -36,11 +36,6 @@ from shardwright.workers.manifest import committed
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass

@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime
 import multiprocessing as mp
 import os
-import socket
 import traceback
 from typing import Any, Callable
+
+from shardwright.operator.backends.ports import free_port
 
 #: Collective timeout inside pool ranks: far below torch's 30-minute default, so a
 #: broken test fails in seconds instead of hanging CI.
@@ -23,11 +24,6 @@ COLLECTIVE_TIMEOUT_S = 60
 #: How long ``run`` waits for a rank's result.
 RESULT_TIMEOUT_S = 300
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, world: int, port: int, inbox: mp.Queue, outbox: mp.Queue) -> None:
@@ -63,7 +59,7 @@ class DistPool:
     def __init__(self, world_size: int) -> None:
         self.world_size = world_size
         ctx = mp.get_context("spawn")
-        port = _free_port()
+        port = free_port()
         self._inboxes = [ctx.Queue() for _ in range(world_size)]
         self._outbox = ctx.Queue()
         self._procs = [
