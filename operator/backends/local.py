@@ -106,6 +106,8 @@ class _Rank:
     result: dict[str, Any] | None = None
     #: ``ray.kill`` was sent: the process is going even if its run ends first (never reuse it).
     killed: bool = False
+    #: The process ended without its run raising (see ``RankObservation.died``).
+    died: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +193,7 @@ class LocalRayBackend:
                 live = generation == newest and r.state is RankState.RUNNING
                 report = request_json(f"{r.url}/status") if live else None
                 observations.append(RankObservation(
-                    generation, i, r.state, message=r.message, node="localhost",
+                    generation, i, r.state, message=r.message, node="localhost", died=r.died,
                     activity=(report or {}).get("activity"),
                 ))
         return Observed(
@@ -216,7 +218,7 @@ class LocalRayBackend:
                 cause = e.cause if e.cause is not None else e
                 rank.state, rank.message = RankState.FAILED, f"{type(cause).__name__}: {cause}"
             except RayActorError:
-                rank.state, rank.message = RankState.FAILED, RANK_DIED
+                rank.state, rank.message, rank.died = RankState.FAILED, RANK_DIED, True
                 continue
             self._retire(rank)
 

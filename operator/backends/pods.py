@@ -52,6 +52,11 @@ STUCK_WAITING = frozenset({
     "CreateContainerError", "CrashLoopBackOff",
 })
 
+#: Pod failures that came from outside the rank's run (see ``RankObservation.died``).
+DEATHS = frozenset({"OOMKilled", "Evicted", "NodeLost"})
+#: Exit codes from here up are a signal's (128 + its number): SIGKILL gives 137.
+SIGNAL_EXIT = 128
+
 
 @dataclasses.dataclass(frozen=True)
 class PodSettings:
@@ -395,10 +400,12 @@ def observe_ray_generation(pods: list[dict[str, Any]], now: datetime.datetime, s
 def observe_pod(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: float | None = None) -> list[RankObservation]:
     """The ranks one pod runs, all in the pod's state (a pod fails or runs as a whole)."""
     state, code, why = classify(pod, now, startup_timeout_s)
+    reason = why.split(":", 1)[0] if why else None
+    died = state is RankState.FAILED and (reason in DEATHS or (code or 0) >= SIGNAL_EXIT)
     return [
         RankObservation(
             pod["generation"], pod["rank"] + i, state, exit_code=code, message=why, node=pod.get("node"),
-            reason=why.split(":", 1)[0] if why else None,
+            reason=reason, died=died,
         )
         for i in range(pod["ranks"])
     ]

@@ -34,7 +34,7 @@ from shardwright.operator.controller import RankObservation, StopGeneration
 from shardwright.workers.config import CONFIG_ENV, RankEnv, WorkerConfig
 from shardwright.workers.raynode import answers, start_ray
 
-from .local import RANK_DIED, LocalRayBackend, LocalSettings, RankSlot
+from .local import LocalRayBackend, LocalSettings, RankSlot
 from .raypods import GCS_PORT, RAY_PODS_ENV, RayPod, decode_pods
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def _failures(backend: LocalRayBackend, generation: int, ranks: tuple[RankObserv
     while any(r.alive for r in ranks) and time.monotonic() < deadline:
         time.sleep(0.1)
         ranks = backend.observe(datetime.datetime.now(datetime.timezone.utc)).of_generation(generation)
-    return sorted((r for r in ranks if r.state is RankState.FAILED), key=lambda r: (r.message != RANK_DIED, r.rank))
+    return sorted((r for r in ranks if r.state is RankState.FAILED), key=lambda r: (not r.died, r.rank))
 
 
 def main(environ: Mapping[str, str], settings: HeadSettings) -> int:

@@ -21,6 +21,10 @@ class RankObservation:
     #: CamelCase cause as the platform names it (OOMKilled, Evicted, NodeLost,
     #: ImagePullBackOff, Unschedulable, PodsReadyTimeout); conditions and events use it.
     reason: str | None = None
+    #: The process ended from outside (killed, OOM-killed, evicted, its host lost) rather
+    #: than by raising: when ranks fail together, such a rank is the cause and the others,
+    #: whose collectives broke within milliseconds, its victims.
+    died: bool = False
 
     @property
     def alive(self) -> bool:

@@ -210,7 +210,7 @@ class _Reconcile:
         ranks = self.seen.of_generation(st.generation)
         failed = [r for r in ranks if r.state is RankState.FAILED]
         if failed:
-            first = failed[0]
+            first = next((r for r in failed if r.died), failed[0])
             code = f" (exit code {first.exit_code})" if first.exit_code is not None else ""
             message = f"Rank {first.rank} failed{code}: {first.message}".rstrip(": ")
             self.restart_or_fail(first.reason or Reason.RANK_FAILED, message, decide(self.spec, failed))

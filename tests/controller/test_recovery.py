@@ -4,7 +4,7 @@ resizing on capacity change, and waiting when capacity is short."""
 from __future__ import annotations
 
 from shardwright.operator.api import Phase, RankState
-from shardwright.operator.controller import Progress, RankObservation, StartGeneration, StopGeneration
+from shardwright.operator.controller import Event, Progress, RankObservation, StartGeneration, StopGeneration
 from shardwright.operator.planner import plan_for_capacity
 
 from shardwright.operator.api import CheckpointRef
@@ -122,3 +122,15 @@ def test_pending_ranks_say_why_they_are_not_up():
     cond = next(c for c in result.status.conditions if c.type == "Running")
     assert cond.status == "False" and cond.reason == "ImagePullBackOff" and "image not found" in cond.message
     assert result.status.phase is Phase.PENDING
+
+
+def test_the_rank_that_died_is_named_not_its_victims():
+    d = Driver()
+    d.start()
+    together = (
+        RankObservation(1, 0, RankState.FAILED, message="DistBackendError: Connection reset by peer"),
+        RankObservation(1, 1, RankState.FAILED, message="rank process died", died=True),
+    )
+    result = d.tick(2, together)
+    event = next(e for e in result.of_type(Event) if e.reason == "RankFailed")
+    assert event.message.startswith("Rank 1 failed: rank process died"), event.message

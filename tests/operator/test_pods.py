@@ -66,6 +66,19 @@ def test_classification_names_the_reason():
     assert [r.rank for r in ranks] == [2, 3]
 
 
+def test_a_pod_ended_from_outside_marks_its_ranks_as_the_cause():
+    died = {
+        "OOMKilled": pod(phase="Failed", terminated={"exitCode": 137, "reason": "OOMKilled"}),
+        "SIGKILL": pod(phase="Failed", terminated={"exitCode": 137, "reason": "Error"}),
+        "Evicted": pod(phase="Failed", reason="Evicted"),
+        "NodeLost": pod(phase="Unknown", node="n1"),
+    }
+    raised = pod(phase="Failed", terminated={"exitCode": 1, "reason": "Error", "message": "DistBackendError"})
+    for name, summary in died.items():
+        assert all(r.died for r in render.observe_pod(summary, NOW)), name
+    assert not any(r.died for r in render.observe_pod(raised, NOW))
+
+
 def test_only_pods_terminating_on_a_not_ready_node_past_the_grace_are_forced():
     terminating = [
         pod(name="old-on-dead", node="dead", deleting="2026-11-22T11:50:00Z"),
