@@ -1,6 +1,6 @@
 """Stragglers on the embedded default: real Ray actors, real gloo, ``--inject slow:...``.
 
-A job whose steps take about 0.25 s (seqLen 128, globalBatch 96), so that the policy's
+A job whose steps take about 0.25 s on an idle host (seqLen 128, globalBatch 192), so that the policy's
 minSteps (5) slow steps also span its minSeconds (1 s): on a busy 2-core host one process
 is slowed for bursts of half a second, which a flag must not mistake for a straggler
 (docs/stragglers.md).
@@ -26,9 +26,11 @@ SLOW_FROM = 20
 MAX_LATENCY = 5
 CLEAN_SEEDS = (0, 1, 2)
 CLEAN_STEPS = 100
+#: Global batch of the slowed jobs: long enough steps that minSteps outlasts minSeconds.
+BATCH = 192
 
 
-def straggler_job(tmp: Path, *, replicas: int = 2, steps: int = 35, action: str = "report", seed: int = 0, elastic: bool = False, batch: int = 96) -> Path:
+def straggler_job(tmp: Path, *, replicas: int = 2, steps: int = 35, action: str = "report", seed: int = 0, elastic: bool = False, batch: int = BATCH) -> Path:
     doc = yaml.safe_load(EXAMPLE.read_text())
     spec = doc["spec"]
     spec["workers"][0]["replicas"] = replicas
@@ -117,8 +119,8 @@ def test_rebalance_regains_throughput_with_the_same_samples(tmp_path):
     assert run.returncode == 0, run.stdout
     assert "StragglerMitigated" in [e["reason"] for e in events(wd)]
     lines = step_log(wd)
-    switched = next(line["step"] for line in lines if line["samples"] != [48, 48])
-    assert sum(lines[-1]["samples"]) == 96 and lines[-1]["samples"][0] > lines[-1]["samples"][1]
+    switched = next(line["step"] for line in lines if line["samples"] != [BATCH // 2] * 2)
+    assert sum(lines[-1]["samples"]) == BATCH and lines[-1]["samples"][0] > lines[-1]["samples"][1]
     # After the flag: the next controller poll posts the shares (a step or two), rank 0 sends
     # them with its next step's facts, and every rank switches when those are back.
     assert switched - SLOW_FROM <= MAX_LATENCY + 5
