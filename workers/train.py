@@ -19,6 +19,7 @@ import datetime
 import json
 import math
 import os
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,12 @@ from .timing import COMPUTE, SECTIONS, GradientWaitHook, SectionTimer, per_sampl
 THROUGHPUT_WINDOW = 10
 #: Steps the rank's own live straggler-score gauge is taken over.
 SCORE_WINDOW = 20
+#: Step facts travel in one all-reduce per about this many seconds of training: steps of a
+#: few milliseconds share one (on 2 CPU cores one per step cost 8% of throughput), a step
+#: of this length or more has its own.
+FACTS_INTERVAL_S = 0.05
+#: Most steps one facts all-reduce carries (a stop request waits at most twice this).
+MAX_FACTS_BATCH = 8
 
 
 def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -76,17 +83,27 @@ def lr_at(step: int, cfg) -> float:
 
 
 @dataclasses.dataclass
-class SentFacts:
-    """A finished step whose facts all-reduce is in flight."""
+class StepFacts:
+    """A finished step as this rank saw it, until every rank's facts of it are back."""
 
     number: int
     seconds: float
     samples: list[int]
-    facts: torch.Tensor
-    work: dist.Work
+    loss_sum: float
+    #: This rank's section seconds (``SECTIONS``) and busy seconds.
+    sections: list[float]
     stall: float | None = None  # the checkpoint save after it blocked this long
     ended: float = 0.0  # monotonic, for the throughput window
     ended_wall: float = 0.0  # wall clock, for the step log
+
+
+@dataclasses.dataclass
+class SentFacts:
+    """Steps whose facts all-reduce is in flight."""
+
+    steps: list[StepFacts]
+    facts: torch.Tensor
+    work: dist.Work
 
 
 class Trainer:
@@ -106,6 +123,8 @@ class Trainer:
         #: Work shares in effect; the controller may change them at a step boundary.
         self.shares = par.data_shares
         self.facts_wait = 0.0  # the last wait for a step's facts, counted in the next step
+        #: Steps the next facts all-reduce carries (see ``facts_batch``); one until measured.
+        self.batch = 1
         # The step facts get their own communicator: their all-reduce overlaps the next
         # step's gradient all-reduce instead of queueing behind (or ahead of) it.
         self.facts_group = dist.new_group(backend="gloo")
@@ -144,12 +163,14 @@ class Trainer:
         return mine
 
     def run(self) -> dict[str, Any]:
-        """Step until the last step or a stop request. Each step's facts travel in an
-        all-reduce that overlaps the next step's compute; a step is logged and reported once
-        its facts are back (one step later), so ranks never meet twice per step."""
+        """Step until the last step or a stop request. Finished steps' facts travel in one
+        all-reduce per batch of steps (:func:`facts_batch`) that overlaps the next batch's
+        compute; a step is logged and reported once its facts are back, so ranks meet in
+        the gradient all-reduce, and once a batch in this one."""
         total = self.cfg.optim.steps
         ends: collections.deque[float] = collections.deque([time.monotonic()], maxlen=THROUGHPUT_WINDOW + 1)
         stopped = False
+        pending: list[StepFacts] = []
         sent: SentFacts | None = None
         while self.step < total and not stopped:
             began = time.monotonic()
@@ -157,18 +178,25 @@ class Trainer:
             loss_sum = self.train_step()
             self.step += 1
             self.inject_rank_faults(self.timer.compute)
-            seconds = time.monotonic() - began
-            step = SentFacts(self.step, seconds, self.samples_per_rank(), *self.send_step_facts(loss_sum, seconds))
-            if sent is not None:
-                stopped = self.complete_step(sent, ends)
-            sent = step
-            if stopped or self.checkpointer.due(self.step, total):
+            step = StepFacts(self.step, time.monotonic() - began, self.samples_per_rank(), loss_sum.item(), self.take_sections())
+            pending.append(step)
+            due = self.checkpointer.due(self.step, total)
+            if len(pending) >= self.batch or self.step == total or due:
+                posted = self.send_step_facts(pending)
+                pending = []
+                if sent is not None:
+                    stopped = self.complete_step(sent, ends)
+                sent = posted
+            if stopped or due:
                 saving = time.monotonic()
                 self.checkpointer.save(self.step, self.model, self.optimizer, data_position=self.step * self.cfg.data.global_batch)
                 step.stall = time.monotonic() - saving
                 self.inject_rank_faults(0.0, during="checkpoint")
             self.record_commits()
             step.ended, step.ended_wall = time.monotonic(), time.time()
+            if due and sent is not None:  # every step up to a checkpoint is logged before the next can fail
+                stopped = self.complete_step(sent, ends) or stopped
+                sent = None
         if sent is not None:
             stopped = self.complete_step(sent, ends) or stopped
         self.checkpointer.wait()
@@ -241,54 +269,64 @@ class Trainer:
                 if fault.kind == "corrupt-checkpoint" and fault.fires(rank=0, step=manifest["step"], generation=self.cfg.generation):
                     damage(manifest)
 
-    def send_step_facts(self, loss_sum: torch.Tensor, seconds: float) -> tuple[torch.Tensor, dist.Work]:
-        """Start the step's one small all-reduce (on its own group, so it overlaps the next
-        step's gradient all-reduce): global loss, any rank asked to stop, every rank's step
-        time, section times and busy time, and new work shares rank 0 received from the
-        controller.
+    def take_sections(self) -> list[float]:
+        """This rank's section seconds of the step just finished, and its busy seconds; the
+        last wait for step facts counts in the step that waited."""
+        self.timer.add("wait", self.facts_wait)
+        self.facts_wait = 0.0
+        sections, busy = self.timer.take()
+        return [sections[name] for name in SECTIONS] + [busy]
 
-        Layout (float64): ``[loss, stop, seconds[W], (sections[S], busy)[W], shares[D], switch]``;
+    def send_step_facts(self, steps: list[StepFacts]) -> SentFacts:
+        """Start the one small all-reduce of a batch of steps (on its own group, so it
+        overlaps the next gradient all-reduce): any rank asked to stop, new work shares
+        rank 0 received from the controller, and per step the global loss and every rank's
+        step time, section times and busy time.
+
+        Layout (float64): ``[stop, switch, shares[D], (loss, seconds[W], (sections[S], busy)[W])[K]]``;
         each rank fills only its own slots (shares: rank 0 only), so the sum is a gather.
         """
         world, dp, n = self.env.world_size, self.cfg.parallel.data, len(SECTIONS) + 1
-        facts = torch.zeros(2 + world + world * n + dp + 1, dtype=torch.float64)
-        facts[0] = loss_sum
-        facts[1] = float(self.stop.is_set())
-        facts[2 + self.env.rank] = seconds
-        self.timer.add("wait", self.facts_wait)
-        sections, busy = self.timer.take()
-        base = 2 + world + self.env.rank * n
-        facts[base : base + n] = torch.tensor([sections[name] for name in SECTIONS] + [busy], dtype=torch.float64)
+        facts = torch.zeros(2 + dp + len(steps) * (1 + world + world * n), dtype=torch.float64)
+        facts[0] = float(self.stop.is_set())
         shares = self.telemetry.take_shares() if self.env.rank == 0 else None
         if shares is not None and len(shares) == dp and min(shares) > 0:
-            facts[-1 - dp : -1] = torch.tensor(shares, dtype=torch.float64)
-            facts[-1] = 1.0
-        return facts, dist.all_reduce(facts, group=self.facts_group, async_op=True)
+            facts[1] = 1.0
+            facts[2 : 2 + dp] = torch.tensor(shares, dtype=torch.float64)
+        rows = facts[2 + dp :].view(len(steps), 1 + world + world * n)
+        mine = 1 + world + self.env.rank * n
+        rows[:, 0] = torch.tensor([s.loss_sum for s in steps], dtype=torch.float64)
+        rows[:, 1 + self.env.rank] = torch.tensor([s.seconds for s in steps], dtype=torch.float64)
+        rows[:, mine : mine + n] = torch.tensor([s.sections for s in steps], dtype=torch.float64)
+        return SentFacts(steps, facts, dist.all_reduce(facts, group=self.facts_group, async_op=True))
 
-    def complete_step(self, step: SentFacts, ends: collections.deque[float]) -> bool:
-        """Wait for ``step``'s facts, then record, report and log it; True if a rank asked to
-        stop. New shares apply from the step after the current one, on every rank alike."""
+    def complete_step(self, sent: SentFacts, ends: collections.deque[float]) -> bool:
+        """Wait for a batch's facts, then record, report and log its steps; True if a rank
+        asked to stop. New shares apply from the step after the current one, on every rank
+        alike."""
         world, dp, n = self.env.world_size, self.cfg.parallel.data, len(SECTIONS) + 1
         self.telemetry.update(activity="syncing")
         began = time.monotonic()
-        step.work.wait()
+        sent.work.wait()
         self.facts_wait = time.monotonic() - began
-        facts = step.facts
-        loss = facts[0].item() / (self.cfg.data.global_batch * self.cfg.data.seq_len)
-        if facts[-1] > 0:
-            self.shares = tuple(facts[-1 - dp : -1].tolist())
+        facts = sent.facts
+        if facts[1] > 0:
+            self.shares = tuple(facts[2 : 2 + dp].tolist())
             self.telemetry.update(dataShares=list(self.shares), sharesSinceStep=self.step + 1)
-        sections = facts[2 + world : 2 + world + world * n].view(world, n).tolist()
-        self.record_timings(step.number, sections, step.samples)
-        ends.append(step.ended)
         tokens_per_step = self.cfg.data.global_batch * self.cfg.data.seq_len
-        rate = tokens_per_step * (len(ends) - 1) / max(ends[-1] - ends[0], 1e-9)
-        self.telemetry.record_step(
-            step=step.number, loss=loss, seconds=step.seconds, tokens=tokens_per_step // world,
-            tokens_per_second=rate, step_seconds=facts[2 : 2 + world].tolist(), checkpoint_stall=step.stall,
-        )
-        self.log_step(step, loss, rate, self.timings[-1])
-        return bool(facts[1] > 0)
+        rows = facts[2 + dp :].view(len(sent.steps), 1 + world + world * n).tolist()
+        for step, row in zip(sent.steps, rows):
+            loss = row[0] / tokens_per_step
+            self.record_timings(step.number, [row[1 + world + r * n : 1 + world + (r + 1) * n] for r in range(world)], step.samples)
+            ends.append(step.ended)
+            rate = tokens_per_step * (len(ends) - 1) / max(ends[-1] - ends[0], 1e-9)
+            self.telemetry.record_step(
+                step=step.number, loss=loss, seconds=step.seconds, tokens=tokens_per_step // world,
+                tokens_per_second=rate, step_seconds=row[1 : 1 + world], checkpoint_stall=step.stall,
+            )
+            self.log_step(step, loss, rate, self.timings[-1])
+        self.batch = facts_batch([max(row[1 : 1 + world]) for row in rows])
+        return bool(facts[0] > 0)
 
     def samples_per_rank(self) -> list[int]:
         """Samples every rank trains on per step under the shares in effect (by global rank)."""
@@ -315,7 +353,7 @@ class Trainer:
                 stepTimings=list(self.timings), samples=samples,
             )
 
-    def log_step(self, step: SentFacts, loss: float, rate: float, timing: dict[str, Any]) -> None:
+    def log_step(self, step: StepFacts, loss: float, rate: float, timing: dict[str, Any]) -> None:
         """Rank 0 appends one JSON line per step to the step log, when one is configured."""
         if self.env.rank != 0 or not self.cfg.step_log:
             return
@@ -328,3 +366,12 @@ class Trainer:
             line["checkpointStallSeconds"] = step.stall
         with Path(self.cfg.step_log).open("a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+
+def facts_batch(step_seconds: list[float]) -> int:
+    """Steps the next facts all-reduce carries: about ``FACTS_INTERVAL_S`` of steps at the
+    median step time of the batch just back (every rank holds the same sums, so every rank
+    picks the same number)."""
+    median = statistics.median(step_seconds)
+    return max(1, min(MAX_FACTS_BATCH, math.ceil(FACTS_INTERVAL_S / max(median, 1e-9))))
