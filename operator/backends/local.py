@@ -186,6 +186,7 @@ class LocalRayBackend:
     def observe(self, now: datetime.datetime) -> Observed:
         observations = []
         newest = max(self.generations, default=None)
+        progress = None
         for generation, ranks in self.generations.items():
             self._collect(ranks)
             for i, r in enumerate(ranks):
@@ -196,10 +197,13 @@ class LocalRayBackend:
                     generation, i, r.state, message=r.message, node="localhost", died=r.died,
                     activity=(report or {}).get("activity"),
                 ))
+                if generation == newest and i == 0:  # rank 0's report (or final status) is the job's progress
+                    status = r.result or report
+                    progress = progress_from_status(status, generation) if status else None
         return Observed(
             now=now,
             ranks=tuple(observations),
-            progress=self._progress(),
+            progress=progress,
             checkpoints=checkpoint_refs(self.settings.checkpoint_dir),
         )
 
@@ -234,14 +238,6 @@ class LocalRayBackend:
         else:
             ray.kill(rank.actor, no_restart=True)
             rank.killed = True
-
-    def _progress(self) -> Progress | None:
-        if not self.generations:
-            return None
-        generation = max(self.generations)
-        rank0 = self.generations[generation][0]
-        status = rank0.result or request_json(f"{rank0.url}/status")
-        return progress_from_status(status, generation) if status else None
 
     def scrape_metrics(self) -> str:
         """The Prometheus text of every running rank of the newest generation, concatenated."""
