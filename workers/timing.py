@@ -8,9 +8,10 @@ and ``wait``: time this rank spent blocked on its peers. Wait has two parts:
   notes when this rank's last gradient bucket was handed to the all-reduce; the rest of
   ``backward()`` after that moment is waiting for the other ranks' buckets
   (``GradientWaitHook``). On a balanced job it is the transfer itself (small on one host).
-- The per-step facts all-reduce (loss, stop flag, these times) runs in the background
-  during the next step, and its result is awaited at that step's end; the wait is timed
-  and reported with the step after, since a step's times travel in that very all-reduce.
+- The step-facts all-reduce (loss, stop flag, these times; one per batch of short steps,
+  see ``train.facts_batch``) runs in the background during the next steps, and its result
+  is awaited at the end of the next batch; the wait is timed and reported with the step
+  that waited, since a step's times travel in that very all-reduce.
   A rank that is slow *after* its gradients (its optimizer step, or an injected slowdown)
   therefore makes the others wait in the next gradient all-reduce or in this wait.
 

@@ -151,7 +151,7 @@ def test_bytes_as_p_grows_with_n(dist_pool, kernel):
 
 def _by_passes(kernel, per_pass_values, heads):
     """On each rank: max abs error against full attention (out and grads, causal) for each
-    ``kv_heads_per_pass``, and whether every value gives the same bits as the first."""
+    ``kv_heads_per_pass``, and the largest difference of any value's results from the first."""
     fn, layout, kwargs = KERNELS[kernel]
     full = _inputs(5, *heads, N, torch.float32)
     expected = _reference(*full, True)
@@ -163,8 +163,8 @@ def _by_passes(kernel, per_pass_values, heads):
         results.append([out.detach(), q.grad, k.grad, v.grad])
     errors = [max((gather_sequence(g, layout=layout) - e).abs().max().item()
                   for g, e in zip(got, expected)) for got in results]
-    same = all(torch.equal(a, b) for got in results[1:] for a, b in zip(results[0], got))
-    return errors, same
+    apart = max(((a - b).abs().max().item() for got in results[1:] for a, b in zip(results[0], got)), default=0.0)
+    return errors, apart
 
 
 @pytest.mark.parametrize(
@@ -174,9 +174,10 @@ def _by_passes(kernel, per_pass_values, heads):
 )
 def test_heads_per_pass_change_only_memory(dist_pool, kernel, per_pass):
     """8 query / 4 K/V heads on 2 ranks: one K/V head per pass, uneven passes (3 + 1) and
-    one pass all equal full attention and each other bit for bit."""
-    for errors, same in dist_pool(2).run(_by_passes, kernel, per_pass, (8, 4)):
-        assert max(errors) <= 1e-5 and same, errors
+    one pass all equal full attention, and each other to within a few ulps (the fused CPU
+    kernel may round differently for another number of heads: 6e-8 seen for zigzag)."""
+    for errors, apart in dist_pool(2).run(_by_passes, kernel, per_pass, (8, 4)):
+        assert max(errors) <= 1e-5 and apart <= 1e-6, (errors, apart)
 
 
 def _ulysses_pass_error(per_pass):
