@@ -286,25 +286,31 @@ class Trainer:
         Layout (float64): ``[stop, switch, shares[D], (loss, seconds[W], (sections[S], busy)[W])[K]]``;
         each rank fills only its own slots (shares: rank 0 only), so the sum is a gather.
         """
-        world, dp, n = self.env.world_size, self.cfg.parallel.data, len(SECTIONS) + 1
-        facts = torch.zeros(2 + dp + len(steps) * (1 + world + world * n), dtype=torch.float64)
+        world, dp, rank = self.env.world_size, self.cfg.parallel.data, self.env.rank
+        facts = torch.zeros(2 + dp + len(steps) * (1 + world * (2 + len(SECTIONS))), dtype=torch.float64)
         facts[0] = float(self.stop.is_set())
-        shares = self.telemetry.take_shares() if self.env.rank == 0 else None
+        shares = self.telemetry.take_shares() if rank == 0 else None
         if shares is not None and len(shares) == dp and min(shares) > 0:
             facts[1] = 1.0
             facts[2 : 2 + dp] = torch.tensor(shares, dtype=torch.float64)
-        rows = facts[2 + dp :].view(len(steps), 1 + world + world * n)
-        mine = 1 + world + self.env.rank * n
-        rows[:, 0] = torch.tensor([s.loss_sum for s in steps], dtype=torch.float64)
-        rows[:, 1 + self.env.rank] = torch.tensor([s.seconds for s in steps], dtype=torch.float64)
-        rows[:, mine : mine + n] = torch.tensor([s.sections for s in steps], dtype=torch.float64)
+        loss, seconds, sections = self.facts_rows(facts, len(steps))
+        loss[:] = torch.tensor([s.loss_sum for s in steps], dtype=torch.float64)
+        seconds[:, rank] = torch.tensor([s.seconds for s in steps], dtype=torch.float64)
+        sections[:, rank] = torch.tensor([s.sections for s in steps], dtype=torch.float64)
         return SentFacts(steps, facts, dist.all_reduce(facts, group=self.facts_group, async_op=True))
+
+    def facts_rows(self, facts: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views of a facts tensor's per-step part: loss ``[K]``, step seconds ``[K, W]``,
+        sections and busy ``[K, W, S + 1]``."""
+        world = self.env.world_size
+        rows = facts[2 + self.cfg.parallel.data :].view(steps, -1)
+        return rows[:, 0], rows[:, 1 : 1 + world], rows[:, 1 + world :].view(steps, world, len(SECTIONS) + 1)
 
     def complete_step(self, sent: SentFacts, ends: collections.deque[float]) -> bool:
         """Wait for a batch's facts, then record, report and log its steps; True if a rank
         asked to stop. New shares apply from the step after the current one, on every rank
         alike."""
-        world, dp, n = self.env.world_size, self.cfg.parallel.data, len(SECTIONS) + 1
+        world, dp = self.env.world_size, self.cfg.parallel.data
         self.telemetry.update(activity="syncing")
         began = time.monotonic()
         sent.work.wait()
@@ -314,18 +320,20 @@ class Trainer:
             self.shares = tuple(facts[2 : 2 + dp].tolist())
             self.telemetry.update(dataShares=list(self.shares), sharesSinceStep=self.step + 1)
         tokens_per_step = self.cfg.data.global_batch * self.cfg.data.seq_len
-        rows = facts[2 + dp :].view(len(sent.steps), 1 + world + world * n).tolist()
-        for step, row in zip(sent.steps, rows):
-            loss = row[0] / tokens_per_step
-            self.record_timings(step.number, [row[1 + world + r * n : 1 + world + (r + 1) * n] for r in range(world)], step.samples)
+        losses, seconds, sections = (t.tolist() for t in self.facts_rows(facts, len(sent.steps)))
+        lines = []
+        for step, loss_sum, step_seconds, step_sections in zip(sent.steps, losses, seconds, sections):
+            loss = loss_sum / tokens_per_step
+            self.record_timings(step.number, step_sections, step.samples)
             ends.append(step.ended)
             rate = tokens_per_step * (len(ends) - 1) / max(ends[-1] - ends[0], 1e-9)
             self.telemetry.record_step(
                 step=step.number, loss=loss, seconds=step.seconds, tokens=tokens_per_step // world,
-                tokens_per_second=rate, step_seconds=row[1 : 1 + world], checkpoint_stall=step.stall,
+                tokens_per_second=rate, step_seconds=step_seconds, checkpoint_stall=step.stall,
             )
-            self.log_step(step, loss, rate, self.timings[-1])
-        self.batch = facts_batch([max(row[1 : 1 + world]) for row in rows])
+            lines.append(self.step_line(step, loss, rate, self.timings[-1]))
+        self.log_steps(lines)
+        self.batch = facts_batch([max(row) for row in seconds])
         return bool(facts[0] > 0)
 
     def samples_per_rank(self) -> list[int]:
@@ -353,10 +361,8 @@ class Trainer:
                 stepTimings=list(self.timings), samples=samples,
             )
 
-    def log_step(self, step: StepFacts, loss: float, rate: float, timing: dict[str, Any]) -> None:
-        """Rank 0 appends one JSON line per step to the step log, when one is configured."""
-        if self.env.rank != 0 or not self.cfg.step_log:
-            return
+    def step_line(self, step: StepFacts, loss: float, rate: float, timing: dict[str, Any]) -> dict[str, Any]:
+        """One step's line of the step log."""
         line = {
             "step": step.number, "loss": loss, "seconds": step.seconds, "tokensPerSecond": rate, "generation": self.cfg.generation,
             "time": step.ended_wall, "rankCompute": timing["compute"], "rankBusy": timing["busy"], "rankWait": timing["wait"],
@@ -364,9 +370,14 @@ class Trainer:
         }
         if step.stall is not None:
             line["checkpointStallSeconds"] = step.stall
-        with Path(self.cfg.step_log).open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        return line
 
+    def log_steps(self, lines: list[dict[str, Any]]) -> None:
+        """Rank 0 appends a batch's JSON lines to the step log, when one is configured."""
+        if self.env.rank != 0 or not self.cfg.step_log:
+            return
+        with Path(self.cfg.step_log).open("a") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
 
 
 def facts_batch(step_seconds: list[float]) -> int:
