@@ -7,8 +7,10 @@ embedded default's model and data, no checkpoint inside the measured window). Th
 is taken over the steady part of each run (steps 20 to the end) from the wall-clock time
 at the end of each step on rank 0, so Ray start-up, group set-up and the final
 checkpoint are excluded; the total wall time of each command is reported beside it.
-Runs alternate (shardwright, plain, shardwright, plain, ...) so both see the same machine
-load. Prints a markdown table with the ratio.
+Each round runs both back to back, the first of the two swapping every round; the
+overhead is the median of the rounds' ratios, since the two runs of a round see the same
+machine and a shared host's speed drifts by 10% and more over minutes. Prints a markdown
+table, every round's ratio, and the median.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 20
+#: Seconds one run may take before the bench gives up on it (a hung run, not a slow one).
+TIMEOUT_S = 600
+SHARDWRIGHT = "shardwright run (Ray actors)"
+PLAIN = "plain torch DDP (mp.spawn)"
 
 
 def manifest(steps: int, workdir: Path) -> Path:
@@ -46,7 +52,7 @@ def throughput(log: Path, tokens_per_step: int) -> float:
 
 def timed(cmd: list[str]) -> float:
     began = time.monotonic()
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=TIMEOUT_S, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     return time.monotonic() - began
 
 
@@ -55,31 +61,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    rows = {"shardwright run (Ray actors)": ([], []), "plain torch DDP (mp.spawn)": ([], [])}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         job = manifest(args.steps, tmp)
         doc = yaml.safe_load(job.read_text())
         tokens = doc["spec"]["data"]["globalBatch"] * doc["spec"]["data"]["seqLen"]
+        launchers = {
+            SHARDWRIGHT: lambda out: [sys.executable, "-m", "shardwright.operator.cli", "run", str(job), "--workdir", str(out), "--no-progress"],
+            PLAIN: lambda out: [sys.executable, str(REPO / "bench" / "plain_ddp.py"), str(job), str(out / "steps.jsonl")],
+        }
+        rows: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in launchers}
         for r in range(args.rounds):
-            wd = tmp / f"sw{r}"
-            wall = timed([sys.executable, "-m", "shardwright.operator.cli", "run", str(job), "--workdir", str(wd), "--no-progress"])
-            rows["shardwright run (Ray actors)"][0].append(throughput(wd / "steps.jsonl", tokens))
-            rows["shardwright run (Ray actors)"][1].append(wall)
-            log = tmp / f"plain{r}.jsonl"
-            wall = timed([sys.executable, str(REPO / "bench" / "plain_ddp.py"), str(job), str(log)])
-            rows["plain torch DDP (mp.spawn)"][0].append(throughput(log, tokens))
-            rows["plain torch DDP (mp.spawn)"][1].append(wall)
+            # Each round runs both, the first one swapping every round, so that neither
+            # always follows the other (page cache, a neighbour's load that comes and goes).
+            for name in (list(launchers) if r % 2 == 0 else list(launchers)[::-1]):
+                out = tmp / f"{r}-{len(rows[name][0])}-{name.split()[0]}"
+                out.mkdir()
+                rows[name][1].append(timed(launchers[name](out)))
+                rows[name][0].append(throughput(out / "steps.jsonl", tokens))
     (sw, sw_wall), (plain, plain_wall) = rows.values()
     print(f"steps per run: {args.steps}, rounds: {args.rounds}, steady window: steps {WARMUP_STEPS}-{args.steps}\n")
     print("| launcher | tokens/s (steady, median) | per round | wall time per run (median) |")
     print("| --- | ---: | --- | ---: |")
     for name, (rates, walls) in rows.items():
         print(f"| {name} | {statistics.median(rates):,.0f} | {', '.join(f'{x:,.0f}' for x in rates)} | {statistics.median(walls):.1f} s |")
-    ratio = statistics.median(sw) / statistics.median(plain)
-    best = max(sw) / max(plain)
-    print(f"\nshardwright / plain throughput: median {ratio:.3f} (overhead {100 * (1 - ratio):+.1f}%), "
-          f"best round {best:.3f} (overhead {100 * (1 - best):+.1f}%)")
+    paired = [a / b for a, b in zip(sw, plain)]
+    ratio = statistics.median(paired)
+    print(f"\nshardwright / plain throughput, round by round: {', '.join(f'{x:.3f}' for x in paired)}")
+    print(f"median {ratio:.3f} (overhead {100 * (1 - ratio):+.1f}%); ratio of the medians "
+          f"{statistics.median(sw) / statistics.median(plain):.3f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import socket
 import sys
 import time
 
@@ -23,6 +22,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from shardwright.operator.api import parse
+from shardwright.operator.backends.ports import free_port
 from shardwright.workers import data as data_mod
 from shardwright.workers.model import Transformer
 
@@ -63,16 +63,17 @@ def rank_main(rank: int, world: int, manifest: dict, out: str, port: int) -> Non
     if log:
         log.close()
     dist.barrier()  # tearing gloo down while a peer is still in it can hang
+    # gloo's worker threads drop a finished collective's work a moment after it completes, and
+    # that needs the GIL; the group's destructor joins those threads holding the GIL, so a
+    # thread still dropping one deadlocks it (seen twice in 30 runs). Let them finish first.
+    time.sleep(0.1)
     dist.destroy_process_group()
 
 
 def main() -> None:
     manifest = yaml.safe_load(open(sys.argv[1]))
     world = sum(g["replicas"] * g.get("ranksPerReplica", 1) for g in manifest["spec"]["workers"])
-    with socket.socket() as sock:  # a port free now; the ranks bind it moments later
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(rank_main, args=(world, manifest, sys.argv[2], port), nprocs=world, join=True)
+    mp.spawn(rank_main, args=(world, manifest, sys.argv[2], free_port()), nprocs=world, join=True)
 
 
 if __name__ == "__main__":
