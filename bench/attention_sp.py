@@ -1,6 +1,7 @@
 """Peak memory per rank and fwd+bwd time of the sequence-parallel attention kernels.
 
-Run: ``.venv/bin/python bench/attention_sp.py`` (prints two markdown tables).
+Run: ``.venv/bin/python bench/attention_sp.py`` (prints two markdown tables);
+``--heads 32 --memory-only``: the memory table with 32 query and K/V heads.
 
 Memory method (the same for every row, the full-SDPA reference included; every figure
 comes from a spawned process with one intra-op thread):
@@ -30,6 +31,7 @@ exceeds ``TIMEOUT_S`` fails.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import functools
 import multiprocessing as mp
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-B, H, HKV, N, D = 1, 8, 8, 2048, 64
+B, HEADS, N, D = 1, 8, 2048, 64  # Hq = Hkv = HEADS unless --heads says otherwise
 CAUSAL = True
 TIMEOUT_S = 600
 MEMORY_SIZES = (1, 2, 4)
@@ -54,7 +56,7 @@ TIME_STEPS = 5
 MEMORY_STEPS = 3
 
 
-def _kernels():
+def _kernels(heads):
     """name -> (fn(q, k, v, causal), layout); "one pass" rows carry all K/V heads at once."""
     from shardwright.kernels.attention import (
         ring_attention,
@@ -71,7 +73,7 @@ def _kernels():
                              ("tokenring", tokenring_attention, "contiguous")]:
         kernels[name] = (functools.partial(_call, fn, {}), layout)
         kernels[f"{name}, one pass"] = (
-            functools.partial(_call, fn, {"kv_heads_per_pass": HKV}), layout)
+            functools.partial(_call, fn, {"kv_heads_per_pass": heads}), layout)
     return kernels
 
 
@@ -79,12 +81,11 @@ def _call(fn, kwargs, q, k, v, causal):
     return fn(q, k, v, causal=causal, **kwargs)
 
 
-def _inputs(layout):
+def _inputs(layout, heads):
     from shardwright.kernels.attention import shard_sequence
 
     gen = torch.Generator().manual_seed(0)
-    shapes = [(B, H, N, D), (B, HKV, N, D), (B, HKV, N, D), (B, H, N, D)]
-    full = [torch.randn(s, generator=gen) for s in shapes]
+    full = [torch.randn((B, heads, N, D), generator=gen) for _ in range(4)]
     shards = [shard_sequence(t, layout=layout).contiguous() for t in full]
     del full
     return shards
@@ -147,9 +148,9 @@ def _seconds(fn, tensors) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def _measure(name, what):
-    fn, layout = _kernels()[name]
-    tensors = _inputs(layout)
+def _measure(name, what, heads):
+    fn, layout = _kernels(heads)[name]
+    tensors = _inputs(layout, heads)
     if what == "time":
         return _seconds(fn, tensors)
     _step(fn, *tensors)  # warm-up: lazy initialisation is not part of the step
@@ -157,7 +158,7 @@ def _measure(name, what):
     return rss, max(_peak_bytes(fn, tensors) for _ in range(MEMORY_STEPS))
 
 
-def _rank_main(rank, size, port, name, what, out):
+def _rank_main(rank, size, port, name, what, heads, out):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -165,19 +166,19 @@ def _rank_main(rank, size, port, name, what, out):
     dist.init_process_group("gloo", rank=rank, world_size=size,
                             timeout=datetime.timedelta(seconds=TIMEOUT_S))
     try:
-        out.put((rank, _measure(name, what)))
+        out.put((rank, _measure(name, what, heads)))
     finally:
         dist.destroy_process_group()
 
 
-def _run(size, name, what):
+def _run(size, name, what, heads=HEADS):
     """Per-rank results of ``_measure`` on ``size`` spawned gloo ranks."""
     ctx = mp.get_context("spawn")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = ctx.Queue()
-    procs = [ctx.Process(target=_rank_main, args=(r, size, port, name, what, out))
+    procs = [ctx.Process(target=_rank_main, args=(r, size, port, name, what, heads, out))
              for r in range(size)]
     for p in procs:
         p.start()
@@ -189,30 +190,38 @@ def _run(size, name, what):
 
 def _single(name, what, threads):
     torch.set_num_threads(threads)
-    return _measure(name, what)
+    return _measure(name, what, HEADS)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--heads", type=int, default=HEADS, help="query and K/V heads")
+    parser.add_argument("--memory-only", action="store_true", help="skip the time table")
+    args = parser.parse_args()
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # spawned ranks inherit it
     full = "sdpa (full, 1 process)"
-    print(f"B={B} Hq={H} Hkv={HKV} N={N} D={D} fp32 causal={CAUSAL}, torch {torch.__version__}\n")
+    print(f"B={B} Hq=Hkv={args.heads} N={N} D={D} fp32 causal={CAUSAL}, torch {torch.__version__}\n")
     print("| kernel | P | peak MiB per rank | in local q shards | RSS rise MiB | / full SDPA "
           "| target 1.2/P |")
     print("|---|---|---|---|---|---|---|")
-    for name in _kernels():
+    for name in _kernels(args.heads):
+        if args.heads != HEADS and name.endswith("one pass"):
+            continue  # the one-pass rows are the 8-head table's comparison
         for size in (1,) if name == full else MEMORY_SIZES:
-            rss, peak = (max(column) for column in zip(*_run(size, name, "memory")))
+            rss, peak = (max(column) for column in zip(*_run(size, name, "memory", args.heads)))
             base = peak if name == full else base
-            shard = B * H * N // size * D * 4
+            shard = B * args.heads * N // size * D * 4
             print(f"| {name} | {size} | {peak / 2**20:.1f} | {peak / shard:.1f} "
                   f"| {rss / 2**20:.1f} | {peak / base:.2f} | {1.2 / size:.2f} |")
+    if args.memory_only:
+        return
     (t1, c1), (t2, c2) = _single(full, "time", 1), _single(full, "time", 2)
     print("\n| kernel | P | fwd+bwd wall s (max over ranks) | CPU s per rank (max) "
           "| wall vs SDPA 1 thread | wall vs SDPA 2 threads |")
     print("|---|---|---|---|---|---|")
     print(f"| {full}, 1 thread | 1 | {t1:.3f} | {c1:.3f} | 1.00 | {t1 / t2:.2f} |")
     print(f"| {full}, 2 threads | 1 | {t2:.3f} | {c2:.3f} | {t2 / t1:.2f} | 1.00 |")
-    for name in list(_kernels())[1:]:
+    for name in list(_kernels(HEADS))[1:]:
         wall, cpu = (max(column) for column in zip(*_run(TIME_SIZE, name, "time")))
         print(f"| {name} | {TIME_SIZE} | {wall:.3f} | {cpu:.3f} | {wall / t1:.2f} "
               f"| {wall / t2:.2f} |")
