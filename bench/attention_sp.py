@@ -171,7 +171,7 @@ def _rank_main(rank, size, port, name, what, heads, out):
         dist.destroy_process_group()
 
 
-def _run(size, name, what, heads=HEADS):
+def _run(size, name, what, heads):
     """Per-rank results of ``_measure`` on ``size`` spawned gloo ranks."""
     ctx = mp.get_context("spawn")
     with socket.socket() as s:
@@ -188,9 +188,9 @@ def _run(size, name, what, heads=HEADS):
     return [results[r] for r in range(size)]
 
 
-def _single(name, what, threads):
+def _single(name, what, threads, heads):
     torch.set_num_threads(threads)
-    return _measure(name, what, HEADS)
+    return _measure(name, what, heads)
 
 
 def main() -> None:
@@ -215,14 +215,14 @@ def main() -> None:
                   f"| {rss / 2**20:.1f} | {peak / base:.2f} | {1.2 / size:.2f} |")
     if args.memory_only:
         return
-    (t1, c1), (t2, c2) = _single(full, "time", 1), _single(full, "time", 2)
+    (t1, c1), (t2, c2) = (_single(full, "time", threads, args.heads) for threads in (1, 2))
     print("\n| kernel | P | fwd+bwd wall s (max over ranks) | CPU s per rank (max) "
           "| wall vs SDPA 1 thread | wall vs SDPA 2 threads |")
     print("|---|---|---|---|---|---|")
     print(f"| {full}, 1 thread | 1 | {t1:.3f} | {c1:.3f} | 1.00 | {t1 / t2:.2f} |")
     print(f"| {full}, 2 threads | 1 | {t2:.3f} | {c2:.3f} | {t2 / t1:.2f} | 1.00 |")
-    for name in list(_kernels(HEADS))[1:]:
-        wall, cpu = (max(column) for column in zip(*_run(TIME_SIZE, name, "time")))
+    for name in list(_kernels(args.heads))[1:]:
+        wall, cpu = (max(column) for column in zip(*_run(TIME_SIZE, name, "time", args.heads)))
         print(f"| {name} | {TIME_SIZE} | {wall:.3f} | {cpu:.3f} | {wall / t1:.2f} "
               f"| {wall / t2:.2f} |")
 

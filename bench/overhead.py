@@ -75,7 +75,7 @@ def main() -> None:
             # Each round runs both, the first one swapping every round, so that neither
             # always follows the other (page cache, a neighbour's load that comes and goes).
             for name in (list(launchers) if r % 2 == 0 else list(launchers)[::-1]):
-                out = tmp / f"{r}-{len(rows[name][0])}-{name.split()[0]}"
+                out = tmp / f"{r}-{name.split()[0]}"
                 out.mkdir()
                 rows[name][1].append(timed(launchers[name](out)))
                 rows[name][0].append(throughput(out / "steps.jsonl", tokens))

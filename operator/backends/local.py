@@ -50,10 +50,9 @@ class RankActor:
     (measured without Ray; docs/benchmarks.md, orchestration overhead), and in a threaded
     actor the idle main thread takes the GIL 100 times a second for Ray's signal check. A
     graceful stop therefore goes to the rank's telemetry (``POST /control {"stop": true}``),
-    not through an actor call. A process
-    whose run ended (success, or an exception such as a peer's broken connection) still
-    has torch imported and serves the next generation, so a restart starts no new process
-    for the ranks that survived.
+    not through an actor call. A process whose run ended (success, or an exception such as
+    a peer's broken connection) still has torch imported and serves the next generation,
+    so a restart starts no new process for the ranks that survived.
     """
 
     def warm(self) -> int:
@@ -161,8 +160,9 @@ class LocalRayBackend:
         for rank in self.generations.get(action.generation, []):
             if rank.state is RankState.RUNNING:
                 if action.graceful:
-                    rank.stopping = True
-                    _ask_to_stop(rank)
+                    if not rank.stopping:  # once: observe asks again until the run ends
+                        rank.stopping = True
+                        _ask_to_stop(rank)
                 else:
                     ray.kill(rank.actor, no_restart=True)
                     rank.killed = True
@@ -270,5 +270,5 @@ def _ask_to_stop(rank: _Rank) -> None:
 
 def _new_actor(resources: dict[str, float] | None = None) -> Any:
     actor = RankActor.options(resources=resources or {}).remote()
-    actor.warm.remote()  # may overlap a first run (two threads): the import lock serialises them
+    actor.warm.remote()  # runs before any run: the actor takes one call at a time
     return actor
