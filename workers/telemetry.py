@@ -6,9 +6,7 @@
 ``/healthz``  200 while the server lives;
 ``POST /control``  JSON ``{"dataShares": [...]}``: new work shares for the data-parallel
               ranks (rank 0 passes them to every rank in the next step-facts all-reduce;
-              ``/status`` shows ``dataShares`` and ``sharesSinceStep`` once they apply);
-              ``{"stop": true}``: checkpoint and stop at the next step boundary (every
-              rank stops at the same step; asking again changes nothing).
+              ``/status`` shows ``dataShares`` and ``sharesSinceStep`` once they apply).
 
 The train loop calls ``Telemetry.record_step`` once per step; serving runs on a daemon
 thread and never blocks training.
@@ -38,9 +36,7 @@ STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Telemetry:
-    def __init__(self, *, job: str, namespace: str, rank: int, world_size: int, generation: int, layout: str, total_steps: int, stop: threading.Event | None = None) -> None:
-        #: Set by ``POST /control {"stop": true}``; the train loop reads it.
-        self.stop = stop or threading.Event()
+    def __init__(self, *, job: str, namespace: str, rank: int, world_size: int, generation: int, layout: str, total_steps: int) -> None:
         self.registry = CollectorRegistry()
         labels = {"name": job, "namespace": namespace, "rank": str(rank)}
         names = list(labels)
@@ -145,14 +141,13 @@ class Telemetry:
                     return
                 try:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                    shares, stop = control_request(body)
-                except ValueError as e:
+                    shares = body["dataShares"]
+                    if not (isinstance(shares, list) and shares and all(isinstance(x, int | float) and x > 0 for x in shares)):
+                        raise ValueError("dataShares must be a list of positive numbers")
+                except (ValueError, KeyError, TypeError) as e:
                     self.send_error(400, str(e))
                     return
-                if shares is not None:
-                    telemetry.offer_shares(shares)
-                if stop:
-                    telemetry.stop.set()
+                telemetry.offer_shares(shares)
                 self.send_response(202)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -170,16 +165,3 @@ class Telemetry:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-def control_request(body: Any) -> tuple[list[float] | None, bool]:
-    """``(dataShares, stop)`` of a ``POST /control`` body; ValueError says what is wrong."""
-    if not isinstance(body, dict) or not body.keys() & {"dataShares", "stop"} or body.keys() - {"dataShares", "stop"}:
-        raise ValueError('the body must be a JSON object with "dataShares", "stop" or both')
-    shares = body.get("dataShares")
-    if shares is not None and not (isinstance(shares, list) and shares and all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in shares)):
-        raise ValueError("dataShares must be a list of positive numbers")
-    stop = body.get("stop", False)
-    if not isinstance(stop, bool):
-        raise ValueError("stop must be true or false")
-    return shares, stop

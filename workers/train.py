@@ -137,7 +137,7 @@ class Trainer:
         self.checkpointer = Checkpointer(cfg.checkpoint, layout=par.layout, generation=cfg.generation)
         self.telemetry = Telemetry(
             job=cfg.job, namespace=cfg.namespace, rank=env.rank, world_size=env.world_size,
-            generation=cfg.generation, layout=par.layout, total_steps=cfg.optim.steps, stop=stop,
+            generation=cfg.generation, layout=par.layout, total_steps=cfg.optim.steps,
         )
         self.telemetry.serve(env.telemetry_port if env.telemetry_port is not None else cfg.telemetry_port)
         self.grad_wait = GradientWaitHook(on_last=lambda: self.telemetry.update(activity="syncing"))

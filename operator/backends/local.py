@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +42,18 @@ LOSS_TIMEOUT_S = 10.0
 RANK_DIED = "rank process died (killed, crashed or its host lost)"
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_concurrency=2)
 class RankActor:
     """One rank process, reusable across generations.
 
-    One call at a time, so ``run`` executes on the process's main thread, as a torchrun
-    rank does: on a second thread the worker stepped 4% slower than on the main thread
-    (measured without Ray; docs/benchmarks.md, orchestration overhead), and in a threaded
-    actor the idle main thread takes the GIL 100 times a second for Ray's signal check. A
-    graceful stop therefore goes to the rank's telemetry (``POST /control {"stop": true}``),
-    not through an actor call. A process whose run ended (success, or an exception such as
-    a peer's broken connection) still has torch imported and serves the next generation,
-    so a restart starts no new process for the ranks that survived.
+    ``max_concurrency=2`` lets ``request_stop`` reach a running ``run``. A process whose
+    run ended (success, or an exception such as a peer's broken connection) still has
+    torch imported and serves the next generation, so a restart starts no new process
+    for the ranks that survived.
     """
+
+    def __init__(self) -> None:
+        self.stop_event = threading.Event()
 
     def warm(self) -> int:
         """Import the worker entry point (torch) ahead of need; returns the process id."""
@@ -66,8 +66,12 @@ class RankActor:
         import importlib
 
         os.environ.update(environ)
+        self.stop_event = threading.Event()
         module, func = entry.split(":")
-        return getattr(importlib.import_module(module), func)(config_json, RankEnv.from_environ(environ))
+        return getattr(importlib.import_module(module), func)(config_json, RankEnv.from_environ(environ), self.stop_event)
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +108,6 @@ class _Rank:
     killed: bool = False
     #: The process ended without its run raising (see ``RankObservation.died``).
     died: bool = False
-    #: A graceful stop was asked for: repeated every observation until the run ends, since
-    #: a rank still setting up has no telemetry to take it yet.
-    stopping: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,9 +161,7 @@ class LocalRayBackend:
         for rank in self.generations.get(action.generation, []):
             if rank.state is RankState.RUNNING:
                 if action.graceful:
-                    if not rank.stopping:  # once: observe asks again until the run ends
-                        rank.stopping = True
-                        _ask_to_stop(rank)
+                    rank.actor.request_stop.remote()
                 else:
                     ray.kill(rank.actor, no_restart=True)
                     rank.killed = True
@@ -191,8 +190,6 @@ class LocalRayBackend:
         for generation, ranks in self.generations.items():
             self._collect(ranks)
             for i, r in enumerate(ranks):
-                if r.stopping and r.state is RankState.RUNNING:
-                    _ask_to_stop(r)
                 # Only the current generation's live ranks are asked what they are doing.
                 live = generation == newest and r.state is RankState.RUNNING
                 report = request_json(f"{r.url}/status") if live else None
@@ -263,12 +260,7 @@ class LocalRayBackend:
             ray.shutdown()
 
 
-def _ask_to_stop(rank: _Rank) -> None:
-    """Ask a rank to checkpoint and stop at its next step boundary (``_Rank.stopping``)."""
-    request_json(f"{rank.url}/control", {"stop": True})
-
-
 def _new_actor(resources: dict[str, float] | None = None) -> Any:
     actor = RankActor.options(resources=resources or {}).remote()
-    actor.warm.remote()  # runs before any run: the actor takes one call at a time
+    actor.warm.remote()  # may overlap a first run (two threads): the import lock serialises them
     return actor

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 
@@ -33,23 +32,6 @@ def test_control_endpoint_takes_shares_once_and_rejects_nonsense():
         assert t.take_shares() is None
         assert post(port, {"dataShares": [1.2, 0.8]}) == 202
         assert t.take_shares() == [1.2, 0.8] and t.take_shares() is None
-    finally:
-        t.close()
-
-
-def test_control_endpoint_takes_a_stop_request():
-    """How the local backend asks a rank for a graceful stop: the rank's run holds the
-    actor's only thread, so no actor call reaches it."""
-    stop = threading.Event()
-    t = Telemetry(job="j", namespace="ns", rank=1, world_size=2, generation=1, layout="dp=2,sp=1", total_steps=10, stop=stop)
-    port = t.serve(0, host="127.0.0.1")
-    try:
-        assert post(port, {"stop": "yes"}) == 400
-        assert post(port, {"stop": True, "why": "x"}) == 400
-        assert not stop.is_set()
-        assert post(port, {"stop": False}) == 202 and not stop.is_set()
-        assert post(port, {"stop": True}) == 202 and stop.is_set()
-        assert post(port, {"stop": True}) == 202 and t.take_shares() is None  # again: nothing new
     finally:
         t.close()
 
