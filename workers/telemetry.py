@@ -85,9 +85,11 @@ class Telemetry:
         self.step.set(step)
         self.update(state="running", step=step, loss=loss, tokensPerSecond=tokens_per_second, stepSeconds=step_seconds)
 
-    def record_sections(self, sections: dict[str, float], score: float) -> None:
+    def record_sections(self, sections: dict[str, float]) -> None:
         for name, seconds in sections.items():
             self.sections.labels(**self._labels, section=name).observe(seconds)
+
+    def record_score(self, score: float) -> None:
         self.score.set(score)
 
     def offer_shares(self, shares: list[float]) -> None:

@@ -332,6 +332,7 @@ class Trainer:
                 tokens_per_second=rate, step_seconds=step_seconds, checkpoint_stall=step.stall,
             )
             lines.append(self.step_line(step, loss, rate, self.timings[-1]))
+        self.report_timings(sections[-1])
         self.log_steps(lines)
         self.batch = facts_batch([max(row) for row in seconds])
         return bool(facts[0] > 0)
@@ -349,16 +350,19 @@ class Trainer:
         compute = [sum(row[i] for i in compute_at) for row in sections]
         wait = [row[SECTIONS.index("wait")] for row in sections]
         busy = [row[len(SECTIONS)] for row in sections]
-        entry = {"step": step, "compute": compute, "busy": busy, "wait": wait, "samples": samples}
-        self.timings.append(entry)
+        self.timings.append({"step": step, "compute": compute, "busy": busy, "wait": wait, "samples": samples})
+        self.telemetry.record_sections(dict(zip(SECTIONS, sections[self.env.rank])))
+
+    def report_timings(self, sections: list[list[float]]) -> None:
+        """After a batch of steps (its last step's ``sections``): this rank's straggler score
+        over the recent steps, and on rank 0 the timings the controller reads. Once a batch,
+        not once a step: the score's medians are a measurable part of a 12 ms step."""
         recent = [per_sample(t["busy"], t["samples"]) for t in list(self.timings)[-SCORE_WINDOW:]]
-        score = relative_scores(recent)[self.env.rank]
-        mine = dict(zip(SECTIONS, sections[self.env.rank]))
-        self.telemetry.record_sections(mine, score)
+        self.telemetry.record_score(relative_scores(recent)[self.env.rank])
         if self.env.rank == 0:
             self.telemetry.update(
                 sections=[dict(zip(SECTIONS, row)) for row in sections],
-                stepTimings=list(self.timings), samples=samples,
+                stepTimings=list(self.timings), samples=self.timings[-1]["samples"],
             )
 
     def step_line(self, step: StepFacts, loss: float, rate: float, timing: dict[str, Any]) -> dict[str, Any]:

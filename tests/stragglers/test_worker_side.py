@@ -55,7 +55,8 @@ def test_the_operators_json_helper_reads_status_and_posts_shares():
 
 def test_section_metrics_and_score_gauge_are_exported():
     t = Telemetry(job="j", namespace="ns", rank=1, world_size=2, generation=1, layout="dp=2,sp=1", total_steps=10)
-    t.record_sections(dict.fromkeys(SECTIONS, 0.01), 0.66)
+    t.record_sections(dict.fromkeys(SECTIONS, 0.01))
+    t.record_score(0.66)
     from prometheus_client import generate_latest
 
     text = generate_latest(t.registry).decode()
