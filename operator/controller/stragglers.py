@@ -69,6 +69,20 @@ def per_sample(timing: StepTiming) -> list[float]:
     return [c / max(n, 1) for c, n in zip(compute, timing.samples)]
 
 
+def step_scores(x: Sequence[Sequence[float]], policy: StragglerPolicySpec) -> list[list[float] | None]:
+    """``x[i][r]``: rank r's compute per sample at step i. Per step, every rank's score: the
+    fastest median over the window up to it, divided by the rank's own time; None for a
+    disturbed step. Every rank slow at once (the host is busy, a checkpoint, a hiccup) says
+    nothing about any one rank: such a step neither counts towards a flag nor against it."""
+    scores: list[list[float] | None] = []
+    for i in range(len(x)):
+        span = x[max(0, i - policy.window + 1) : i + 1]
+        reference = min(statistics.median(col) for col in zip(*span))
+        disturbed = min(x[i]) * policy.threshold > reference
+        scores.append(None if disturbed else [reference / v if v > 0 else 1.0 for v in x[i]])
+    return scores
+
+
 def assess(timings: Sequence[StepTiming], policy: StragglerPolicySpec) -> list[RankScore]:
     """Score every rank over the history; empty while there is too little of it."""
     world = len(timings[-1].compute) if timings else 0
@@ -77,14 +91,7 @@ def assess(timings: Sequence[StepTiming], policy: StragglerPolicySpec) -> list[R
     if world < 2 or len(history) < need:
         return []
     x = [per_sample(t) for t in history]
-    scores: list[list[float] | None] = []  # scores[i][r] at history step i; None: disturbed
-    for i in range(len(x)):
-        span = x[max(0, i - policy.window + 1) : i + 1]
-        reference = min(statistics.median(col) for col in zip(*span))
-        # Every rank slow at once (the host is busy, a checkpoint, a hiccup) says nothing
-        # about any one rank: such a step neither counts towards a flag nor against it.
-        disturbed = min(x[i]) * policy.threshold > reference
-        scores.append(None if disturbed else [reference / v if v > 0 else 1.0 for v in x[i]])
+    scores = step_scores(x, policy)
     # A step's wall seconds: the longest compute plus wait of any rank.
     wall = [max(c + w for c, w in zip(t.compute, t.wait)) for t in history]
     k, first = policy.min_steps, need - 1  # judge only steps with enough history behind them

@@ -16,13 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shardwright.operator.api import StragglerPolicySpec
+from shardwright.operator.controller import StepTiming
+from shardwright.operator.controller.stragglers import per_sample, step_scores
 from tests.runner.test_local_run import EXAMPLE, RESIZE_TOLERANCE, curve, shardwright_run, status
 
 pytestmark = pytest.mark.slow
 
 SLOW_FROM = 20
 #: Steps from the first slowed step to the flag (the policy's minSteps is 5: the flag comes
-#: with the 5th slow step at best, i.e. 4 steps after the first).
+#: with the 5th slow step at best, i.e. 4 steps after the first), not counting disturbed
+#: steps (every rank slow at once: the detector judges no rank by them).
 MAX_LATENCY = 5
 CLEAN_SEEDS = (0, 1, 2)
 CLEAN_STEPS = 100
@@ -63,6 +67,14 @@ def step_log(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "steps.jsonl").read_text().splitlines()]
 
 
+def disturbed(lines: list[dict], first: int, last: int) -> int:
+    """Steps ``first..last`` on which every rank was slow at once (the default policy's
+    judgement, from the step log's busy seconds): a busy host's, not a straggler's."""
+    timings = [StepTiming(line["step"], tuple(line["rankCompute"]), tuple(line["rankWait"]), tuple(line["samples"]), tuple(line["rankBusy"])) for line in lines]
+    scores = step_scores([per_sample(t) for t in timings], StragglerPolicySpec())
+    return sum(score is None for line, score in zip(lines, scores) if first <= line["step"] <= last)
+
+
 def test_clean_runs_flag_nothing(tmp_path):
     # Shorter steps (globalBatch 32, about 0.1 s): minSeconds then asks for 10 slow steps.
     runs = []
@@ -84,8 +96,9 @@ def test_slow_rank_is_flagged_within_a_few_steps_and_no_other(tmp_path, replicas
     found = detections(wd)
     assert list(found) == [rank], found
     latency = found[rank] - SLOW_FROM
-    print(f"{replicas} ranks: rank {rank} flagged at step {found[rank]}, {latency} steps after its first slow step")
-    assert 0 <= latency <= MAX_LATENCY
+    skipped = disturbed(step_log(wd), SLOW_FROM, found[rank])
+    print(f"{replicas} ranks: rank {rank} flagged at step {found[rank]}, {latency} steps after its first slow step, {skipped} disturbed")
+    assert 0 <= latency <= MAX_LATENCY + skipped
     st = status(wd)
     assert [s["rank"] for s in st["stragglers"]] == [rank]
     degraded = next(c for c in st["conditions"] if c["type"] == "Degraded")
