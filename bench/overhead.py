@@ -3,14 +3,16 @@
     .venv/bin/python bench/overhead.py [--steps 300] [--rounds 2]
 
 Both train the same model on the same samples with the same settings (2 ranks, the
-embedded default's model and data, no checkpoint inside the measured window). Throughput
-is taken over the steady part of each run (steps 20 to the end) from the wall-clock time
-at the end of each step on rank 0, so Ray start-up, group set-up and the final
-checkpoint are excluded; the total wall time of each command is reported beside it.
-Each round runs both back to back, the first of the two swapping every round; the
-overhead is the median of the rounds' ratios, since the two runs of a round see the same
-machine and a shared host's speed drifts by 10% and more over minutes. Prints a markdown
-table, every round's ratio, and the median.
+embedded default's model and data, no checkpoint inside the measured window). A third
+launcher runs Shardwright's worker alone (``bench/worker_alone.py``: mp.spawn, no Ray, no
+controller), which splits the overhead into the worker's share and the orchestration's.
+Throughput is taken over the steady part of each run (steps 20 to the end) from the
+wall-clock time at the end of each step on rank 0, so Ray start-up, group set-up and the
+final checkpoint are excluded; the total wall time of each command is reported beside it.
+Each round runs all three back to back, the order rotating every round; every ratio is
+the median of the rounds' ratios, since the runs of a round see the same machine and a
+shared host's speed drifts by 10% and more over minutes. Prints a markdown table, every
+round's ratios, and their medians.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ WARMUP_STEPS = 20
 #: Seconds one run may take before the bench gives up on it (a hung run, not a slow one).
 TIMEOUT_S = 600
 SHARDWRIGHT = "shardwright run (Ray actors)"
+WORKER = "Shardwright worker alone (mp.spawn)"
 PLAIN = "plain torch DDP (mp.spawn)"
 
 
@@ -68,28 +71,30 @@ def main() -> None:
         tokens = doc["spec"]["data"]["globalBatch"] * doc["spec"]["data"]["seqLen"]
         launchers = {
             SHARDWRIGHT: lambda out: [sys.executable, "-m", "shardwright.operator.cli", "run", str(job), "--workdir", str(out), "--no-progress"],
+            WORKER: lambda out: [sys.executable, str(REPO / "bench" / "worker_alone.py"), str(job), str(out)],
             PLAIN: lambda out: [sys.executable, str(REPO / "bench" / "plain_ddp.py"), str(job), str(out / "steps.jsonl")],
         }
         rows: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in launchers}
+        names = list(launchers)
         for r in range(args.rounds):
-            # Each round runs both, the first one swapping every round, so that neither
-            # always follows the other (page cache, a neighbour's load that comes and goes).
-            for name in (list(launchers) if r % 2 == 0 else list(launchers)[::-1]):
-                out = tmp / f"{r}-{name.split()[0]}"
+            # The order rotates every round, so that none always follows another (page
+            # cache, a neighbour's load that comes and goes).
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                out = tmp / f"{r}-{names.index(name)}"
                 out.mkdir()
                 rows[name][1].append(timed(launchers[name](out)))
                 rows[name][0].append(throughput(out / "steps.jsonl", tokens))
-    (sw, sw_wall), (plain, plain_wall) = rows.values()
     print(f"steps per run: {args.steps}, rounds: {args.rounds}, steady window: steps {WARMUP_STEPS}-{args.steps}\n")
     print("| launcher | tokens/s (steady, median) | per round | wall time per run (median) |")
     print("| --- | ---: | --- | ---: |")
     for name, (rates, walls) in rows.items():
         print(f"| {name} | {statistics.median(rates):,.0f} | {', '.join(f'{x:,.0f}' for x in rates)} | {statistics.median(walls):.1f} s |")
-    paired = [a / b for a, b in zip(sw, plain)]
-    ratio = statistics.median(paired)
-    print(f"\nshardwright / plain throughput, round by round: {', '.join(f'{x:.3f}' for x in paired)}")
-    print(f"median {ratio:.3f} (overhead {100 * (1 - ratio):+.1f}%); ratio of the medians "
-          f"{statistics.median(sw) / statistics.median(plain):.3f}")
+    print()
+    for a, b, what in ((SHARDWRIGHT, PLAIN, "overhead"), (WORKER, PLAIN, "the worker's share"), (SHARDWRIGHT, WORKER, "orchestration's share")):
+        paired = [x / y for x, y in zip(rows[a][0], rows[b][0])]
+        ratio = statistics.median(paired)
+        print(f"{a.split(' (')[0]} / {b.split(' (')[0]}, round by round: {', '.join(f'{x:.3f}' for x in paired)}; "
+              f"median {ratio:.3f} ({what} {100 * (1 - ratio):+.1f}%)")
 
 
 if __name__ == "__main__":
