@@ -1,13 +1,10 @@
 """The embedded default: every rank is a Ray actor on this machine.
 
-Each actor is the agent of one rank process, its child (``workers/rankproc.py``), as
-torchrun's agent is of its workers: the rank receives the torch environment contract
-(``RANK``, ``MASTER_PORT``, ...) and runs the worker entry point *by name*, so torch is
-imported in rank processes, never in the process that runs the controller. Ray tells us
-within milliseconds when a rank raises (``RayTaskError``), when its process ends (the
-actor's call raises ``RankProcessExited`` with the exit code or signal) and when the actor
-itself is gone (``ActorDiedError``: its node lost); the ranks' own collectives time out
-after ``WorkerConfig.collective_timeout_s``, far below torch's default.
+Each actor is one process; it receives the torch environment contract (``RANK``,
+``MASTER_PORT``, ...) and runs the worker entry point *by name*, so torch is imported in
+rank processes, never in the process that runs the controller. Ray tells us when a rank
+dies (``ActorDiedError``) or raises (``RayTaskError``) within milliseconds; the ranks' own
+collectives time out after ``WorkerConfig.collective_timeout_s``, far below torch's default.
 
 The driver of a ``runtime: ray`` generation on Kubernetes (``rayhead.py``, in the head pod)
 runs the same actors on the generation's worker pods: ``launch`` with slots pinned to pods.
@@ -17,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,6 @@ from shardwright.operator.controller import (
     StopGeneration,
 )
 from shardwright.workers.config import RankEnv, WorkerConfig
-from shardwright.workers.rankproc import RankProcess, RankProcessExited
 
 #: The worker entry point every rank runs: ``module:function(config_json, env, stop)``.
 ENTRY = "shardwright.workers.train:main"
@@ -47,32 +44,34 @@ RANK_DIED = "rank process died (killed, crashed or its host lost)"
 
 @ray.remote(num_cpus=0, max_concurrency=2)
 class RankActor:
-    """One rank's agent: the rank itself runs in a child process (``workers/rankproc.py``)
-    with torch imported ahead of need, reused across generations.
+    """One rank process, reusable across generations.
 
-    ``max_concurrency=2`` lets ``request_stop`` reach a running ``run``. A child whose run
-    returned serves the next generation, so a restart starts no new process for the ranks
-    that survived; one whose run raised is ended with its actor (see ``_retire``).
+    ``max_concurrency=2`` lets ``request_stop`` reach a running ``run``. A process whose
+    run ended (success, or an exception such as a peer's broken connection) still has
+    torch imported and serves the next generation, so a restart starts no new process
+    for the ranks that survived.
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.process: RankProcess | None = None
+        self.stop_event = threading.Event()
 
     def warm(self) -> int:
-        """Start the rank process (it imports the worker entry point); returns its pid."""
-        with self.lock:
-            if self.process is None or not self.process.alive():
-                self.process = RankProcess(ENTRY.split(":")[0])
-            return self.process.pid
+        """Import the worker entry point (torch) ahead of need; returns the process id."""
+        import importlib
+
+        importlib.import_module(ENTRY.split(":")[0])
+        return os.getpid()
 
     def run(self, entry: str, config_json: str, environ: dict[str, str]) -> dict[str, Any]:
-        self.warm()
-        return self.process.run(entry, config_json, environ)
+        import importlib
+
+        os.environ.update(environ)
+        self.stop_event = threading.Event()
+        module, func = entry.split(":")
+        return getattr(importlib.import_module(module), func)(config_json, RankEnv.from_environ(environ), self.stop_event)
 
     def request_stop(self) -> None:
-        if self.process is not None:
-            self.process.request_stop()
+        self.stop_event.set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,10 +220,7 @@ class LocalRayBackend:
                 rank.state = RankState.SUCCEEDED
             except RayTaskError as e:
                 cause = e.cause if e.cause is not None else e
-                if isinstance(cause, RankProcessExited):
-                    rank.state, rank.message, rank.died = RankState.FAILED, f"rank process died ({cause.how})", True
-                else:
-                    rank.state, rank.message = RankState.FAILED, f"{type(cause).__name__}: {cause}"
+                rank.state, rank.message = RankState.FAILED, f"{type(cause).__name__}: {cause}"
             except RayActorError:
                 rank.state, rank.message, rank.died = RankState.FAILED, RANK_DIED, True
                 continue
@@ -266,5 +262,5 @@ class LocalRayBackend:
 
 def _new_actor(resources: dict[str, float] | None = None) -> Any:
     actor = RankActor.options(resources=resources or {}).remote()
-    actor.warm.remote()  # may overlap a first run (two threads): the actor's lock serialises them
+    actor.warm.remote()  # may overlap a first run (two threads): the import lock serialises them
     return actor
