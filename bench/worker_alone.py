@@ -19,17 +19,15 @@ import torch.multiprocessing as mp
 import yaml
 
 from shardwright.operator.api import parse
-from shardwright.operator.backends.ports import free_port
 from shardwright.operator.controller import JobRef, worker_config
 from shardwright.operator.planner import plan_uniform
 from shardwright.workers.config import RankEnv
 
 
-def rank_main(rank: int, config_json: str, world: int, master_port: int, telemetry_ports: list[int]) -> None:
+def rank_main(rank: int, config_json: str, envs: list[RankEnv]) -> None:
     from shardwright.workers import train
 
-    env = RankEnv(rank=rank, world_size=world, local_rank=rank, master_addr="127.0.0.1", master_port=master_port, telemetry_port=telemetry_ports[rank])
-    train.main(config_json, env, threading.Event())
+    train.main(config_json, envs[rank], threading.Event())
 
 
 def main() -> None:
@@ -38,8 +36,12 @@ def main() -> None:
     ref = JobRef(job.metadata.name, job.metadata.namespace, str(workdir / "checkpoints"), step_log=str(workdir / "steps.jsonl"))
     plan = plan_uniform(job.spec)
     config = worker_config(ref, job.spec, plan, 1, None)
-    world = plan.world_size
-    mp.spawn(rank_main, args=(config.model_dump_json(), world, free_port(), [free_port() for _ in range(world)]), nprocs=world, join=True)
+    # The rank environments the local backend gives its actors (imported here: it imports
+    # Ray, which the spawned ranks need not).
+    from shardwright.operator.backends.local import local_slots
+
+    envs = [slot.env for slot in local_slots(plan.world_size)]
+    mp.spawn(rank_main, args=(config.model_dump_json(), envs), nprocs=len(envs), join=True)
 
 
 if __name__ == "__main__":
