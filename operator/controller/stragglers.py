@@ -9,18 +9,24 @@ The signal is *per-sample compute* (data + forward + backward + optimizer, as bu
 CPU time on CPU, device time on GPU; divided by the rank's samples that step): a rank that only waits in collectives is a victim, never a
 straggler, and uneven work shares after rebalancing do not read as slowness.
 
-- Relative score of rank r at step t: the reference (the minimum over ranks of each
-  rank's median per-sample compute over the ``window`` steps up to t) divided by r's
-  per-sample compute at t. 1.0 is the fastest rank; ``threshold`` (0.75) means a third
-  slower than the reference.
+- Relative score of rank r at step t: the reference divided by r's per-sample compute
+  at t. The reference is the fastest rank's usual time *at the host's speed of the last
+  ``minSteps`` steps*: a rank's *lag* at a step is its time over that step's fastest, and
+  the reference is the lowest median lag of any rank over the ``window`` steps up to t
+  (about 1) times the median of the steps' fastest times over the last ``minSteps``. The
+  host's load moves every rank together, so it cancels in the lag, and the reference
+  follows the host's drift within a few steps (a median of the window's times trails it by
+  half a window: docs/stragglers.md). 1.0 is the fastest rank; ``threshold`` (0.75) means
+  a third slower than the reference.
 - A rank is flagged when its score is below ``threshold`` at each of ``minSteps``
   consecutive steps that together last at least ``minSeconds`` (on a busy host one process
   is slowed for bursts of a few hundred milliseconds; a straggler stays slow), and stays flagged until it is above the clearing level
   (``clear_level``: halfway between the threshold and 1) for ``minSteps`` consecutive
   steps: hysteresis, so a rank near the threshold does not flap.
-- Fail-slow (individual) score: the rank's median over the older part of the window
-  divided by its median over the last ``minSteps`` steps. Below 1 when the rank became
-  slower during the run (a degrading device), about 1 for a rank that was always slow.
+- Fail-slow (individual) score: the rank's median lag over the older part of the window
+  divided by its median lag over the last ``minSteps`` steps. Below 1 when the rank became
+  slower during the run (a degrading device), about 1 for a rank that was always slow; the
+  host getting slower does not lower it.
 """
 
 from __future__ import annotations
@@ -69,15 +75,22 @@ def per_sample(timing: StepTiming) -> list[float]:
     return [c / max(n, 1) for c, n in zip(compute, timing.samples)]
 
 
+def lags(x: Sequence[Sequence[float]]) -> list[list[float]]:
+    """``x[i][r]``: rank r's compute per sample at step i. Each over its step's fastest: the
+    host's speed at that step (load, clock, a checkpoint) divides out."""
+    return [[v / fastest for v in row] if (fastest := min(row)) > 0 else [1.0] * len(row) for row in x]
+
+
 def step_scores(x: Sequence[Sequence[float]], policy: StragglerPolicySpec) -> list[list[float] | None]:
     """``x[i][r]``: rank r's compute per sample at step i. Per step, every rank's score: the
-    fastest median over the window up to it, divided by the rank's own time; None for a
-    disturbed step. Every rank slow at once (the host is busy, a checkpoint, a hiccup) says
-    nothing about any one rank: such a step neither counts towards a flag nor against it."""
+    reference (module docstring) divided by the rank's own time; None for a disturbed step.
+    Every rank slow at once (the host is busy, a checkpoint, a hiccup) says nothing about
+    any one rank: such a step neither counts towards a flag nor against it."""
+    y = lags(x)
     scores: list[list[float] | None] = []
     for i in range(len(x)):
-        span = x[max(0, i - policy.window + 1) : i + 1]
-        reference = min(statistics.median(col) for col in zip(*span))
+        usual = min(statistics.median(col) for col in zip(*y[max(0, i - policy.window + 1) : i + 1]))
+        reference = usual * statistics.median(min(row) for row in x[max(0, i - policy.min_steps + 1) : i + 1])
         disturbed = min(x[i]) * policy.threshold > reference
         scores.append(None if disturbed else [reference / v if v > 0 else 1.0 for v in x[i]])
     return scores
@@ -91,6 +104,7 @@ def assess(timings: Sequence[StepTiming], policy: StragglerPolicySpec) -> list[R
     if world < 2 or len(history) < need:
         return []
     x = [per_sample(t) for t in history]
+    y = lags(x)
     scores = step_scores(x, policy)
     # A step's wall seconds: the longest compute plus wait of any rank.
     wall = [max(c + w for c, w in zip(t.compute, t.wait)) for t in history]
@@ -114,8 +128,8 @@ def assess(timings: Sequence[StepTiming], policy: StragglerPolicySpec) -> list[R
                 flagged, since = True, history[i].step
             elif flagged and run_above >= k:
                 flagged, since = False, None
-        recent = [x[i][r] for i in range(len(x) - k, len(x))]
-        older = [x[i][r] for i in range(max(0, len(x) - policy.window), len(x) - k)]
+        recent = [y[i][r] for i in range(len(y) - k, len(y))]
+        older = [y[i][r] for i in range(max(0, len(y) - policy.window), len(y) - k)]
         out.append(RankScore(
             rank=r,
             score=round(statistics.median(s[r] for s in judged[-k:]), 3),
@@ -124,7 +138,7 @@ def assess(timings: Sequence[StepTiming], policy: StragglerPolicySpec) -> list[R
             recovered=run_above >= k,
             below_since=since,
             wait=statistics.median(t.wait[r] for t in history[-k:]),
-            per_sample=statistics.median(recent),
+            per_sample=statistics.median(x[i][r] for i in range(len(x) - k, len(x))),
         ))
     return out
 

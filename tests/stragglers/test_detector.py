@@ -37,6 +37,22 @@ def test_whole_host_hiccups_count_neither_way():
     assert flagged(timings) == {}
 
 
+def ramp(start: int, end: int, to: float):
+    """The host's speed factor: 1 until ``start``, moving linearly to ``to`` at ``end``."""
+    return lambda step: 1 + (to - 1) * min(max(step - start, 0) / (end - start), 1)
+
+
+@pytest.mark.parametrize("to", [0.85, 1.4], ids=["host-speeds-up", "host-slows-down"])
+def test_host_drift_within_the_window_is_judged_within_each_step(to):
+    # A 1.5x rank while the host's speed moves by 15-40% within the window. A reference of
+    # window-long medians trails the drift (a 1.5x rank on a host 15% faster scores
+    # 1 / (1.5 x 0.85) = 0.78, above the threshold); one at the host's speed of the last
+    # minSteps steps does not. The drift alone flags no one.
+    timings = steps(60, 4, slow={2: 1.5}, slow_from=30, host=ramp(25, 35, to))
+    assert flagged(timings) == {2: 30 + POLICY.min_steps - 1}
+    assert flagged(steps(60, 4, host=ramp(25, 45, to))) == {}
+
+
 def test_uneven_shares_are_not_slowness():
     # Rank 0 trains on three times the samples: three times the busy time, same speed.
     timings = steps(40, 2, samples=(12, 4))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from shardwright.operator.controller import StepTiming
 
@@ -21,10 +22,12 @@ def steps(
     slow_from: int = 0,
     samples: tuple[int, ...] | None = None,
     hiccups: tuple[int, ...] = (),
+    host: Callable[[int], float] | None = None,
 ) -> list[StepTiming]:
     """``count`` steps from ``first``: every rank's busy time is PER_SAMPLE x samples x
     (1 + |gauss noise|); ``slow[rank]`` multiplies it from step ``slow_from``; at ``hiccups``
-    every rank is 3x slower (the host was busy)."""
+    every rank is 3x slower (the host was busy); ``host(step)`` multiplies every rank's
+    time at that step (the host's speed drifting)."""
     rng = random.Random(seed)
     samples = samples or (8,) * world
     out = []
@@ -36,6 +39,8 @@ def steps(
                 t *= slow[r]
             if step in hiccups:
                 t *= 3
+            if host:
+                t *= host(step)
             busy.append(t)
         longest = max(busy)
         out.append(StepTiming(step, tuple(busy), tuple(longest - b for b in busy), samples, tuple(busy)))
