@@ -16,7 +16,7 @@
    time for the speeds measured in that step over the step's critical path (1.0 when no
    rank waits), clean steps (before the slowdown) / slowed / rebalanced; judged within each
    step, so the host's load, which moves all ranks together, cancels out.
-3. A plot of every rank's per-step busy and wall time over the 2-rank run, with the
+3. With ``--plot``: every rank's per-step busy and wall time over the 2-rank run, with the
    slowdown, the flag and the share switch marked.
 
 Prints markdown tables; the numbers are in docs/benchmarks-stragglers.md.
@@ -188,7 +188,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "stragglers-timeline.png")
+    parser.add_argument("--plot", type=Path, help="write the timeline plot here (needs .[bench]: matplotlib)")
     parser.add_argument("--skip-detection", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sw-bench-stragglers-") as tmp:
@@ -196,10 +196,11 @@ def main() -> None:
         if not args.skip_detection:
             print("## Detection\n\n" + table(detection(tmp, args.seeds)) + "\n", flush=True)
         two, wd = rebalance(tmp, 2, 1, 1.5)
-        plot(wd, args.plot, rank=1)
+        if args.plot:
+            plot(wd, args.plot, rank=1)
+            print(f"plot: {args.plot}")
         four, _ = rebalance(tmp, 4, 2, 2.0)
         print("## Rebalancing (clean / slowed / rebalanced)\n\n" + table([two, four]) + "\n")
-        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
