@@ -36,7 +36,6 @@ import datetime
 import functools
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import time
 
@@ -44,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
+
+from shardwright.operator.backends.ports import free_port
 
 B, HEADS, N, D = 1, 8, 2048, 64  # Hq = Hkv = HEADS unless --heads says otherwise
 CAUSAL = True
@@ -174,9 +175,7 @@ def _rank_main(rank, size, port, name, what, heads, out):
 def _run(size, name, what, heads):
     """Per-rank results of ``_measure`` on ``size`` spawned gloo ranks."""
     ctx = mp.get_context("spawn")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = ctx.Queue()
     procs = [ctx.Process(target=_rank_main, args=(r, size, port, name, what, heads, out))
              for r in range(size)]
