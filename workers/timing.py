@@ -20,8 +20,10 @@ a GPU trainer would record ``torch.cuda.Event(enable_timing=True)`` pairs instea
 them one step later, once the facts all-reduce has ordered the stream anyway.
 
 ``relative_scores`` is the rank's own live view of the straggler score (a Prometheus
-gauge); the operator's detector (``operator/controller/stragglers.py``) applies the same
-formula with hysteresis and decides what is flagged.
+gauge): the fastest rank's median over the recent steps over this rank's, both over the
+same steps, so the host's drift moves them alike. The operator's detector
+(``operator/controller/stragglers.py``) scores every step against a reference at the
+host's current speed, with hysteresis, and decides what is flagged.
 """
 
 from __future__ import annotations

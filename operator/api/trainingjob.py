@@ -202,13 +202,13 @@ class StragglerPolicySpec(ApiModel):
 
     threshold: float = Field(
         default=0.75, gt=0, le=1,
-        description="Flag a rank whose relative score (fastest rank's median per-sample "
-        "compute / this rank's) falls below this.",
+        description="Flag a rank whose relative score (the fastest rank's usual per-sample "
+        "compute at the host's current speed / this rank's) falls below this.",
     )
     window: int = Field(
         default=20, ge=3,
-        description="Steps the reference median is taken over; also the cool-down, in "
-        "steps, between two mitigations.",
+        description="Steps the fastest rank's usual lag (its time over each step's "
+        "fastest) is a median over; also the cool-down, in steps, between two mitigations.",
     )
     min_steps: int = Field(
         default=5, ge=1,
