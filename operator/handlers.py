@@ -30,11 +30,15 @@ from shardwright.operator.api import GROUP, VERSION, TrainingJobStatus, validate
 from shardwright.operator.backends import probe
 from shardwright.operator.backends import pods as render
 from shardwright.operator.backends.kubernetes import (
+    READMIT_ANNOTATION,
     ApiFailure,
     KubernetesBackend,
     KubernetesSettings,
+    clear_annotation,
     delete_job,
     patch_status,
+    readmit_events,
+    readmit_request,
 )
 from shardwright.operator.controller import (
     Event,
@@ -216,6 +220,8 @@ class _Memory:
 
     status: TrainingJobStatus | None = None
     written: dict[str, Any] | None = None
+    #: The readmit annotation this loop has applied and told of, until it is gone.
+    readmitted: list[str] | None = None
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, registry=REGISTRY, cancellation_timeout=10)
@@ -290,10 +296,14 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
     if memory.written is None:
         memory.written = server_status.to_wire()
     status = memory.status or server_status
+    readmit = readmit_request(meta)
+    # The nodes avoided before this pass: the status written may still lack a readmit.
+    avoided_before = list(dict.fromkeys([*status.avoided_nodes, *server_status.avoided_nodes]))
+    avoided = [n for n in status.avoided_nodes if n not in readmit]
     try:
         # Elastic jobs fit themselves to the ready, matching GPU nodes they do not avoid;
         # rigid ones ask for all their pods.
-        limits = group_limits(spec, inventory_from_nodelist(nodes), avoid=status.avoided_nodes) if spec.elastic else None
+        limits = group_limits(spec, inventory_from_nodelist(nodes), avoid=avoided) if spec.elastic else None
         plan = plan_for_capacity(spec, None, limits)
     except ValueError as e:
         raise kopf.PermanentError(f"cannot plan: {e}") from None
@@ -306,7 +316,7 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
     backend = KubernetesBackend(
         memo.api, cfg.kubernetes, owner, spec, pods,
         node_ready={n["metadata"]["name"]: _ready(n) for n in nodes},
-        known_checkpoint=status.last_checkpoint, avoided_nodes=status.avoided_nodes, request_json=memo.request_json,
+        known_checkpoint=status.last_checkpoint, avoided_nodes=avoided, request_json=memo.request_json,
     )
     result = reconcile(ref, spec, plan, status, backend.observe(now))
     notes: list[Event] = []
@@ -337,6 +347,10 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
             # The events of this pass still go out; the next pass writes the status again.
             log.info(f"Status of {owner.namespace}/{owner.name} not written, retrying: {e}")
             requeue = cfg.retry_seconds
+    if readmit and wire == memory.written:
+        notes += _readmitted(memo.api, owner, readmit, avoided_before, memory)
+    elif not readmit:
+        memory.readmitted = None
     memo.metrics.jobs.update(owner.namespace, owner.name, result.status, str(spec.runtime))
     st = result.status
     if st.phase.terminal and spec.ttl_seconds_after_finished is not None and st.completion_time:
@@ -347,6 +361,18 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
             requeue = left if requeue is None else min(requeue, left)
     return [a for a in result.actions if isinstance(a, Event)] + notes, requeue
 
+
+
+def _readmitted(api, owner: render.Owner, readmit: list[str], avoided_before: list[str], memory: _Memory) -> list[Event]:
+    """The status no longer lists the readmitted nodes: tell once, and remove the annotation
+    (retried by the next pass if that fails; the readmit itself is already written)."""
+    events = [] if memory.readmitted == readmit else readmit_events(readmit, avoided_before)
+    memory.readmitted = readmit
+    try:
+        clear_annotation(api, owner.namespace, owner.name, READMIT_ANNOTATION)
+    except ApiFailure as e:
+        log.info(f"Annotation {READMIT_ANNOTATION} of {owner.namespace}/{owner.name} not removed, retrying: {e}")
+    return events
 
 
 # ----------------------------------------------------------------------------- running

@@ -62,6 +62,8 @@ class Reason(StrEnum):
     NODE_AVOIDED = "NodeAvoided"
     NODE_CORDONED = "NodeCordoned"
     CORDON_FAILED = "CordonFailed"
+    NODE_READMITTED = "NodeReadmitted"
+    READMIT_IGNORED = "ReadmitIgnored"
 
 
 class EventType(StrEnum):

@@ -2,7 +2,8 @@
 rank 1 computing at half speed. ``rebalance``: the operator POSTs new work shares to rank
 0's pod until rank 0 reports them. ``replace``: the next generation keeps off rank 1's node
 (required NotIn node affinity), the node is listed in ``status.avoidedNodes`` and cordoned
-when the policy asks and the operator may; a restarted operator keeps avoiding it."""
+when the policy asks and the operator may; a restarted operator keeps avoiding it, until
+the job's ``shardwright.io/readmit-nodes`` annotation takes it back."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import dataclasses
 from tests.stragglers.timings import steps
 
 from .mockapi import (
-    FAST, PODS, Telemetry, api, bind_pod, create_job, eventually, job_status, live, posted_events, run_all,
-    running_operator, set_pod_phase, tiny_job,
+    FAST, PODS, TJ, Telemetry, api, bind_pod, create_job, eventually, job_status, live, patch_job, posted_events,
+    run_all, running_operator, set_pod_phase, tiny_job,
 )
 
 NODES = ("node-a", "node-b", "node-c")
@@ -139,6 +140,30 @@ async def test_replace_without_cordon_permission_still_avoids_the_node(cluster):
         (warning,) = await eventually(lambda: posted_events(cluster, "CordonFailed"), what="CordonFailed event")
         assert "cordonNodes: false" in warning and "avoids it all the same" in warning
         assert not node_patches(cluster) and not live(cluster, "v1/nodes")["node-b"].get("spec")
+
+
+async def test_a_readmitted_node_is_used_again_by_later_generations(cluster):
+    telemetry = Telemetry()
+    async with running_operator(telemetry=telemetry):
+        await create_job(cluster, tiny_job(stragglerPolicy={"action": "replace"}, failurePolicy=NO_BACKOFF))
+        await start_generation_on_nodes(cluster, 1)
+        await replaced(cluster, telemetry)
+        await eventually(lambda: job_status(cluster).get("avoidedNodes") == ["node-b"], what="node-b avoided")
+        # node-b was repaired; node-x is a typo.
+        await patch_job(cluster, "tiny", {"metadata": {"annotations": {"shardwright.io/readmit-nodes": "node-b, node-x"}}})
+        await eventually(lambda: not job_status(cluster).get("avoidedNodes"), what="node-b readmitted")
+        await eventually(lambda: "shardwright.io/readmit-nodes" not in live(cluster, TJ)["tiny"]["metadata"].get("annotations", {}), what="annotation removed")
+        (told,) = await eventually(lambda: posted_events(cluster, "NodeReadmitted"), what="NodeReadmitted")
+        assert told.startswith("Later generations may run on node-b again") and "node-x" not in told
+        (warned,) = await eventually(lambda: posted_events(cluster, "ReadmitIgnored"), what="ReadmitIgnored")
+        assert warned == "Not avoided by this job, nothing to readmit: node-x (status.avoidedNodes: node-b)"
+        # The running generation keeps its pods; the next one may use node-b again.
+        assert all(node_terms(p) == [AVOID_B] for p in pods_of(cluster, 2).values())
+        await run_all(cluster, 2)
+        await set_pod_phase(cluster, "tiny-g2-worker-1", "Failed", exit_code=1)
+        await eventually(lambda: len(pods_of(cluster, 3)) == 2, what="generation 3")
+        assert all(node_terms(p) is None for p in pods_of(cluster, 3).values())
+        assert len(posted_events(cluster, "NodeReadmitted")) == 1 and not job_status(cluster).get("avoidedNodes")
 
 
 def node_patches(kmock) -> list:
