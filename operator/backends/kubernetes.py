@@ -180,12 +180,24 @@ class KubernetesBackend:
         if self.settings.probe_progress and (status := self._rank0_status()) is not None:
             progress = probe.progress_from_status(status, status.get("generation", -1))
             checkpoint = probe.checkpoint_from_status(status) or checkpoint
-        return Observed(now=now, ranks=tuple(ranks), progress=progress, checkpoints=(checkpoint,) if checkpoint else ())
+        return Observed(now=now, ranks=tuple(ranks), progress=progress, checkpoints=(checkpoint,) if checkpoint else (),
+                        stale_placement=self._stale_placement(live))
 
     def close(self) -> None:
         """Nothing to end: the pods outlive the operator process by design."""
 
     # ------------------------------------------------------------------ helpers
+
+    def _stale_placement(self, pods: list[dict[str, Any]]) -> dict[int, str]:
+        """Generations with a pod not yet on a node that keeps off a node this job no longer
+        avoids (readmitted): its affinity cannot change, so the generation must start again."""
+        out: dict[int, str] = {}
+        for pod in pods:
+            readmitted = [n for n in pod.get("avoids") or () if n not in self.avoided_nodes]
+            if readmitted and not pod.get("node") and not pod.get("deleting"):
+                out.setdefault(pod["generation"], f"pod {pod['name']} waits for a node and keeps off "
+                               f"{', '.join(readmitted)}, which the job no longer avoids")
+        return out
 
     def _rank0_status(self) -> dict[str, Any] | None:
         if not self.pods:

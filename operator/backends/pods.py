@@ -327,7 +327,18 @@ def summarize(pod: dict[str, Any]) -> dict[str, Any]:
         "waitingMessage": (state.get("waiting") or {}).get("message"),
         "terminated": state.get("terminated"),
         "unschedulable": unschedulable,
+        "avoids": avoided_by(spec),
     }
+
+
+def avoided_by(spec: dict[str, Any]) -> list[str]:
+    """The nodes a pod spec keeps off through :func:`avoid_nodes` (hostname ``NotIn``)."""
+    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    return sorted({
+        node for term in required.get("nodeSelectorTerms") or [] for e in term.get("matchExpressions") or []
+        if e.get("key") == HOSTNAME_LABEL and e.get("operator") == "NotIn" for node in e.get("values") or []
+    })
 
 
 def classify(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: float | None) -> tuple[RankState, int | None, str]:

@@ -74,6 +74,9 @@ class Observed:
     progress: Progress | None = None
     #: Committed checkpoints, oldest first.
     checkpoints: tuple[CheckpointRef, ...] = ()
+    #: Generation -> why some of its ranks wait for a placement that no longer holds (their
+    #: pods keep off a node the job has since readmitted); such a generation starts again.
+    stale_placement: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def of_generation(self, generation: int) -> tuple[RankObservation, ...]:
         return tuple(r for r in self.ranks if r.generation == generation)

@@ -70,6 +70,7 @@ class _Reconcile:
             self.ensure_suspended,
             self.ensure_stale_stopped,
             self.ensure_resized,
+            self.ensure_placement_current,
             self.ensure_stragglers_handled,
             self.ensure_generation_started,
             self.ensure_generation_outcome,
@@ -146,6 +147,21 @@ class _Reconcile:
         self.condition(ConditionType.RESTARTING, True, Reason.RESIZING, message)
         self.event(EventType.NORMAL, Reason.RESIZING, message)
         self.stop_alive(lambda r: r.generation == st.generation, Reason.RESIZING, graceful=True)
+        return True
+
+    def ensure_placement_current(self) -> bool:
+        """Ranks of a generation not yet running wait for a placement that no longer holds
+        (a node the job kept off was readmitted): start it again now, like a resize,
+        without spending the restart budget: nothing failed, and nothing ran."""
+        st = self.status
+        why = self.seen.stale_placement.get(st.generation)
+        if st.phase is not Phase.PENDING or why is None:
+            return False
+        st.phase = Phase.RESTARTING
+        message = f"Generation {st.generation} starts again: {why}"
+        self.condition(ConditionType.RESTARTING, True, Reason.NODE_READMITTED, message)
+        self.event(EventType.NORMAL, Reason.NODE_READMITTED, message)
+        self.stop_alive(lambda r: r.generation == st.generation, Reason.NODE_READMITTED)
         return True
 
     def ensure_stragglers_handled(self) -> bool:

@@ -50,8 +50,9 @@ class Driver:
         ranks: tuple[RankObservation, ...] = (),
         progress: Progress | None = None,
         checkpoints: tuple[CheckpointRef, ...] = (),
+        stale_placement: dict[int, str] | None = None,
     ) -> Result:
-        seen = Observed(T0 + datetime.timedelta(seconds=at), ranks, progress, checkpoints)
+        seen = Observed(T0 + datetime.timedelta(seconds=at), ranks, progress, checkpoints, stale_placement or {})
         result = reconcile(JOB, self.spec, self.plan, self.status, seen)
         self.status = result.status
         self.history.append(result)

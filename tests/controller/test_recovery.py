@@ -72,6 +72,25 @@ def test_capacity_change_resizes_gracefully_without_spending_the_budget():
     assert restart.status.restarts == 0 and restart.status.phase is Phase.PENDING
 
 
+def test_a_generation_waiting_for_a_readmitted_node_starts_again_without_spending_the_budget():
+    d = Driver()
+    d.tick()
+    waiting = ranks(1, RankState.RUNNING, RankState.PENDING, reason="Unschedulable", message="Unschedulable: 0/3 nodes are available")
+    why = "pod tiny-train-g1-worker-1 waits for a node and keeps off node-b, which the job no longer avoids"
+    again = d.tick(1, waiting, stale_placement={1: why})
+    (stop,) = again.of_type(StopGeneration)
+    assert stop.generation == 1 and not stop.graceful
+    assert reasons(again) == ["NodeReadmitted"] and again.status.phase is Phase.RESTARTING
+    assert not d.tick(2, waiting, stale_placement={1: why}).of_type(Event)  # said once
+    started = d.tick(3, ())
+    (start,) = started.of_type(StartGeneration)
+    assert start.generation == 2 and started.status.restarts == 0
+    # A generation whose ranks all run is never restarted for it.
+    d = Driver()
+    d.start()
+    assert not d.tick(2, running(1), stale_placement={1: why}).of_type(StopGeneration)
+
+
 def test_a_failed_rank_is_a_failure_even_when_capacity_shrank_at_once():
     d = Driver(spec(**{"workers": [{"name": "worker", "replicas": 4}], "elastic": {"minReplicas": 2, "maxReplicas": 4}}))
     d.start()

@@ -139,6 +139,9 @@ def test_avoided_nodes_are_kept_out_of_every_pod_pinned_or_not():
     assert terms[1] == [{"matchExpressions": [avoid]}]
     assert "affinity" not in pods[1]["spec"]  # the input is left as it was
     assert render.avoid_nodes(pods[1], []) is pods[1]
+    # The pod index reads it back: what a readmit compares with the job's avoided nodes.
+    assert [render.summarize(p)["avoids"] for p in kept[:2]] == [["n2", "n3"], ["n2", "n3"]]
+    assert render.summarize(pods[0])["avoids"] == []
 
 
 def test_unschedulable_ranks_name_the_nodes_the_job_avoids():

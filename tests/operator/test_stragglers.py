@@ -142,28 +142,57 @@ async def test_replace_without_cordon_permission_still_avoids_the_node(cluster):
         assert not node_patches(cluster) and not live(cluster, "v1/nodes")["node-b"].get("spec")
 
 
+READMIT = "shardwright.io/readmit-nodes"
+
+
+async def readmit(kmock, nodes: str) -> None:
+    """``kubectl annotate tj tiny shardwright.io/readmit-nodes=...``; returns once the operator took it."""
+    await patch_job(kmock, "tiny", {"metadata": {"annotations": {READMIT: nodes}}})
+    await eventually(lambda: READMIT not in live(kmock, TJ)["tiny"]["metadata"].get("annotations", {}), what="annotation removed")
+
+
 async def test_a_readmitted_node_is_used_again_by_later_generations(cluster):
     telemetry = Telemetry()
     async with running_operator(telemetry=telemetry):
         await create_job(cluster, tiny_job(stragglerPolicy={"action": "replace"}, failurePolicy=NO_BACKOFF))
         await start_generation_on_nodes(cluster, 1)
         await replaced(cluster, telemetry)
+        for name, node in zip(sorted(pods_of(cluster, 2)), ("node-a", "node-c")):
+            await bind_pod(cluster, name, node)
+        await run_all(cluster, 2)
         await eventually(lambda: job_status(cluster).get("avoidedNodes") == ["node-b"], what="node-b avoided")
-        # node-b was repaired; node-x is a typo.
-        await patch_job(cluster, "tiny", {"metadata": {"annotations": {"shardwright.io/readmit-nodes": "node-b, node-x"}}})
+        await readmit(cluster, "node-b, node-x")  # node-b was repaired; node-x is a typo
         await eventually(lambda: not job_status(cluster).get("avoidedNodes"), what="node-b readmitted")
-        await eventually(lambda: "shardwright.io/readmit-nodes" not in live(cluster, TJ)["tiny"]["metadata"].get("annotations", {}), what="annotation removed")
         (told,) = await eventually(lambda: posted_events(cluster, "NodeReadmitted"), what="NodeReadmitted")
-        assert told.startswith("Later generations may run on node-b again") and "node-x" not in told
+        assert told == "Later generations may run on node-b again (annotation shardwright.io/readmit-nodes)"
         (warned,) = await eventually(lambda: posted_events(cluster, "ReadmitIgnored"), what="ReadmitIgnored")
         assert warned == "Not avoided by this job, nothing to readmit: node-x (status.avoidedNodes: node-b)"
         # The running generation keeps its pods; the next one may use node-b again.
-        assert all(node_terms(p) == [AVOID_B] for p in pods_of(cluster, 2).values())
-        await run_all(cluster, 2)
+        await asyncio.sleep(1.0)  # two resync periods
+        assert not pods_of(cluster, 3) and all(node_terms(p) == [AVOID_B] for p in pods_of(cluster, 2).values())
         await set_pod_phase(cluster, "tiny-g2-worker-1", "Failed", exit_code=1)
         await eventually(lambda: len(pods_of(cluster, 3)) == 2, what="generation 3")
         assert all(node_terms(p) is None for p in pods_of(cluster, 3).values())
         assert len(posted_events(cluster, "NodeReadmitted")) == 1 and not job_status(cluster).get("avoidedNodes")
+
+
+async def test_a_generation_waiting_for_the_readmitted_node_starts_again_at_once(cluster):
+    telemetry = Telemetry()
+    async with running_operator(telemetry=telemetry):
+        await create_job(cluster, tiny_job(stragglerPolicy={"action": "replace"}))
+        await start_generation_on_nodes(cluster, 1)
+        await replaced(cluster, telemetry)  # generation 2's pods keep off node-b and wait for a node
+        assert all(node_terms(p) == [AVOID_B] for p in pods_of(cluster, 2).values())
+        await readmit(cluster, "node-b")
+        await eventually(lambda: len(pods_of(cluster, 3)) == 2 and not pods_of(cluster, 2), what="generation 3 replaces generation 2")
+        assert all(node_terms(p) is None for p in pods_of(cluster, 3).values())
+        status = await eventually(lambda: job_status(cluster).get("generation") == 3 and job_status(cluster), what="status generation 3")
+        assert status["restarts"] == 0 and not status.get("avoidedNodes")
+        said = await eventually(lambda: len(posted_events(cluster, "NodeReadmitted")) == 2 and posted_events(cluster, "NodeReadmitted"), what="events")
+        assert sorted(said) == [
+            "Generation 2 starts again: pod tiny-g2-worker-0 waits for a node and keeps off node-b, which the job no longer avoids",
+            "Later generations may run on node-b again (annotation shardwright.io/readmit-nodes)",
+        ]
 
 
 def node_patches(kmock) -> list:
