@@ -26,7 +26,7 @@ from typing import Any
 import kopf
 from kubernetes import client, config as kube_config
 
-from shardwright.operator.api import GROUP, VERSION, TrainingJobStatus, validate
+from shardwright.operator.api import GROUP, VERSION, TrainingJob, TrainingJobStatus, validate
 from shardwright.operator.backends import probe
 from shardwright.operator.backends import pods as render
 from shardwright.operator.backends.kubernetes import (
@@ -56,7 +56,7 @@ from shardwright.operator.planner import inventory_from_nodelist, plan_for_capac
 from shardwright.operator.planner.capacity import group_limits
 
 REGISTRY = kopf.OperatorRegistry()
-PLURAL = "trainingjobs"
+PLURAL = TrainingJob.PLURAL
 #: Kopf's finalizer, renamed into our group (ANCHORS: finalizers are shardwright.io/<purpose>).
 FINALIZER = "shardwright.io/operator"
 MANAGED = {"app.kubernetes.io/managed-by": render.MANAGED_BY}

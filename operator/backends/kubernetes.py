@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 # contended for the import lock: about 1-3 s before the first job got its pods.
 CoreV1Api, CustomObjectsApi = client.CoreV1Api, client.CustomObjectsApi
 
-from shardwright.operator.api import CheckpointRef, EventType, Reason, Runtime, TrainingJobSpec
+from shardwright.operator.api import GROUP, VERSION, CheckpointRef, EventType, Reason, Runtime, TrainingJob, TrainingJobSpec
 from shardwright.operator.controller import Event, Observed, ReplaceRank, SetShares, StartGeneration, StopGeneration
 
 from . import pods as render
@@ -269,7 +269,7 @@ def clear_annotation(api: client.ApiClient, namespace: str, name: str, key: str)
     """Remove one annotation of a TrainingJob (merge patch: null deletes the key)."""
     try:
         CustomObjectsApi(api).patch_namespaced_custom_object(
-            "shardwright.io", "v1alpha1", namespace, "trainingjobs", name, {"metadata": {"annotations": {key: None}}},
+            GROUP, VERSION, namespace, TrainingJob.PLURAL, name, {"metadata": {"annotations": {key: None}}},
             _content_type="application/merge-patch+json", _preload_content=False,
         )
     except Exception as e:
@@ -281,7 +281,7 @@ def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str
     body = {"status": {**{k: None for k in old if k not in new}, **new}}
     try:
         CustomObjectsApi(api).patch_namespaced_custom_object_status(
-            "shardwright.io", "v1alpha1", namespace, "trainingjobs", name, body, _preload_content=False,
+            GROUP, VERSION, namespace, TrainingJob.PLURAL, name, body, _preload_content=False,
         )
     except Exception as e:
         raise _failure(f"patch TrainingJob {namespace}/{name} status", e) from None
@@ -290,7 +290,7 @@ def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
     """ttlSecondsAfterFinished: the job and (by ownerReference) its children go."""
     try:
-        CustomObjectsApi(api).delete_namespaced_custom_object("shardwright.io", "v1alpha1", namespace, "trainingjobs", name, _preload_content=False)
+        CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, TrainingJob.PLURAL, name, _preload_content=False)
     except ApiException as e:
         if e.status != 404:
             raise _failure(f"delete TrainingJob {namespace}/{name}", e) from None
