@@ -36,6 +36,8 @@ from .render import JobRef, worker_config
 
 #: Jobs up to this many ranks list every rank in status; bigger ones only aggregate.
 RANK_DETAIL_LIMIT = 16
+#: The Suspended condition's message until every rank has stopped.
+SUSPENDING = "Stopping the ranks at a step they all reach; they write a checkpoint there"
 
 
 def reconcile(
@@ -121,10 +123,18 @@ class _Reconcile:
         if st.phase is not Phase.SUSPENDED:
             st.phase = Phase.SUSPENDED
             st.next_start_time = None
-            self.condition(ConditionType.SUSPENDED, True, Reason.SUSPENDED, "Ranks stopped; checkpoints kept")
+            self.condition(ConditionType.SUSPENDED, True, Reason.SUSPENDED, SUSPENDING)
             self.condition(ConditionType.RUNNING, False, Reason.SUSPENDED, "Suspended")
-            self.event(EventType.NORMAL, Reason.SUSPENDED, f"Suspending at step {st.step}")
-        self.stop_alive(lambda r: True, Reason.SUSPENDED, graceful=True)
+            if any(r.alive for r in self.seen.ranks):
+                self.event(EventType.NORMAL, Reason.SUSPENDED, f"Suspending: the ranks stop at the next step they all reach (step {st.step} seen last) and write a checkpoint")
+        if self.stop_alive(lambda r: True, Reason.SUSPENDED, graceful=True):
+            return True
+        # The ranks agree on their last step only as they stop: say which once they have.
+        if next(c for c in st.conditions if c.type == ConditionType.SUSPENDED).message == SUSPENDING:
+            latest = self.seen.latest_checkpoint
+            kept = f"checkpoint of step {latest.step} kept" if latest else "no checkpoint"
+            self.condition(ConditionType.SUSPENDED, True, Reason.SUSPENDED, f"Ranks stopped at step {st.step}; {kept}")
+            self.event(EventType.NORMAL, Reason.SUSPENDED, f"Suspended at step {st.step}; {kept}")
         return True
 
     def ensure_stale_stopped(self) -> bool:
@@ -299,10 +309,10 @@ class _Reconcile:
         """End the current generation; restart it from the last checkpoint or fail the job."""
         st = self.status
         latest = self.seen.latest_checkpoint
-        lost = max(st.step - (latest.step if latest else 0), 0)
-        st.steps_lost += lost
-        # The step comes from the last poll of rank 0, so this is a lower bound.
-        message = f"{message}; at least {lost} steps since the last checkpoint are lost"
+        st.steps_lost += max(st.step - (latest.step if latest else 0), 0)
+        # The step comes from the last poll of rank 0: the rank may have gone further.
+        kept = f"the last checkpoint is of step {latest.step}" if latest else "no checkpoint yet"
+        message = f"{message}; step {st.step} seen last, {kept}"
         self.stop_alive(lambda r: r.generation == st.generation, reason)
         self.event(EventType.WARNING, reason, message)
         if action is FailureAction.FAIL:

@@ -10,7 +10,7 @@ import datetime
 
 from shardwright.operator.api import Phase, RankState, Reason
 from shardwright.operator.controller import (
-    Observed, Progress, RankObservation, StartGeneration, StopGeneration, reconcile,
+    Event, Observed, Progress, RankObservation, StartGeneration, StopGeneration, reconcile,
 )
 
 from .driver import JOB, T0, Driver, checkpoint, condition, ranks, reasons, running, spec
@@ -101,6 +101,19 @@ class TestRestart:
         assert start.config.checkpoint.resume_from == "/ckpt/tiny-train/step-00000080"
         assert reasons(restarted) == [Reason.RESTARTED_FROM_CHECKPOINT]
         assert restarted.status.generation_start_time == "2025-03-01T12:00:14Z"
+
+    def test_failure_event_says_the_last_step_seen_and_the_checkpoint_kept(self):
+        """The step is rank 0's last report, not a count of what is lost (that read "at
+        least 0 steps are lost" for a kill right after the poll that saw a checkpoint)."""
+        d = Driver()
+        d.start()
+        d.tick(5, running(1), Progress(generation=1, step=40))
+        (failed,) = d.tick(6, fail_rank0(1), Progress(generation=1, step=40), (checkpoint(40),)).of_type(Event)
+        assert failed.message == "Rank 0 failed (exit code 1): boom; step 40 seen last, the last checkpoint is of step 40"
+        d = Driver()
+        d.start()
+        (failed,) = d.tick(6, fail_rank0(1), Progress(generation=1, step=30)).of_type(Event)
+        assert failed.message.endswith("; step 30 seen last, no checkpoint yet")
 
     def test_the_new_generation_becomes_running_and_is_started_once(self):
         d = Driver()
@@ -215,7 +228,7 @@ class TestSuspend:
         for t in (20, 30, 1000):
             quiet = d.tick(t, checkpoints=(checkpoint(60),))
             assert quiet.of_type(StartGeneration) == [] and quiet.status.phase is Phase.SUSPENDED
-            assert reasons(quiet) == []
+            assert reasons(quiet) == ([Reason.SUSPENDED] if t == 20 else [])  # once the ranks are gone
 
         d.spec = spec()
         resumed = d.tick(1001, ranks(1, R), checkpoints=(checkpoint(60),))  # rank 1 still saving
@@ -226,6 +239,29 @@ class TestSuspend:
         assert start.generation == 2 and start.config.checkpoint.resume_from.endswith("step-00000060")
         assert condition(again.status, "Suspended").status == "False"
         assert d.tick(1003, running(2)).status.phase is Phase.RUNNING
+
+    def test_suspended_event_names_the_step_the_ranks_stopped_at(self):
+        """The ranks agree on their last step after the request: the first event cannot know
+        it, the one after they stop says it, as the checkpoint does."""
+        d = Driver()
+        d.start()
+        d.tick(5, running(1), Progress(generation=1, step=66))
+        d.spec = spec(suspend=True)
+        asked = d.tick(6, running(1), Progress(generation=1, step=66))
+        (suspending,) = asked.of_type(Event)
+        assert "step 66 seen last" in suspending.message and "Suspended at" not in suspending.message
+        saving = d.tick(7, ranks(1, R, S), Progress(generation=1, step=76), (checkpoint(60),))
+        assert reasons(saving) == []
+        done = d.tick(8, ranks(1, S, S), Progress(generation=1, step=76), (checkpoint(60), checkpoint(76)))
+        assert [e.message for e in done.of_type(Event)] == ["Suspended at step 76; checkpoint of step 76 kept"]
+        assert condition(done.status, "Suspended").message == "Ranks stopped at step 76; checkpoint of step 76 kept"
+        assert d.tick(9, ranks(1, S, S), Progress(generation=1, step=76), (checkpoint(76),)).actions == ()
+
+    def test_a_job_suspended_before_it_ran_says_so_once(self):
+        d = Driver(spec(suspend=True))
+        first = d.tick()
+        assert [e.message for e in first.of_type(Event)][1:] == ["Suspended at step 0; no checkpoint"]
+        assert d.tick(1).actions == ()
 
 
 class TestStatus:
