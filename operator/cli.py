@@ -17,7 +17,13 @@ EXIT_INVALID = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shardwright", description="Distributed LLM training and serving, on Kubernetes or on this machine.")
+    parser.add_argument("--version", action="version", version=f"shardwright {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    # The commands that read a job run on this machine name it by NAME or by its manifest.
+    local = argparse.ArgumentParser(add_help=False)
+    local.add_argument("job", metavar="NAME|FILE", help="the job's name (as `shardwright get` lists it) or its manifest")
+    local.add_argument("-n", "--namespace", help="the job's namespace, when a NAME is in several")
+    local.add_argument("--workdir", type=Path, help="the run's work directory (default .shardwright/NAMESPACE/NAME)")
 
     p = sub.add_parser("run", help="run a TrainingJob on this machine (ranks as local Ray actors)")
     p.add_argument("file", type=Path)
@@ -31,11 +37,22 @@ def main(argv: list[str] | None = None) -> int:
                         "corrupt-checkpoint:step=40, shrink:ranks=1:step=60, grow:step=90 (repeatable)")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("status", help="print the last known status of a job run on this machine, as kubectl shows .status")
-    p.add_argument("file", type=Path)
-    p.add_argument("--workdir", type=Path, help="the run's work directory (default .shardwright/NAMESPACE/NAME)")
-    p.add_argument("-o", "--output", choices=("json", "yaml"), default="yaml")
+    p = sub.add_parser("get", help="list the jobs run on this machine: phase, step, loss, restarts, age")
+    p.add_argument("--root", type=Path, default=None, help="where the job directories are (default .shardwright)")
+    p.set_defaults(func=_get)
+
+    p = sub.add_parser("status", parents=[local], help="a one-line summary of a job run on this machine, then its conditions and last events")
+    p.add_argument("-o", "--output", choices=("json", "yaml"), help="the whole status instead, as `kubectl get tj -o yaml` shows .status")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser("logs", parents=[local], help="print the output of a job's ranks (logs/rank-N.log in its directory)")
+    p.add_argument("--rank", type=int, help="only this rank (default: every rank, each line prefixed)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the run ends")
+    p.set_defaults(func=_logs)
+
+    p = sub.add_parser("plot", parents=[local], help="write a PNG of loss, throughput and restarts against steps (needs matplotlib)")
+    p.add_argument("--out", type=Path, help="the PNG to write (default: plot.png in the job's directory)")
+    p.set_defaults(func=_plot)
 
     p = sub.add_parser("validate", help="check manifests; exit 2 naming every bad field")
     p.add_argument("files", type=Path, nargs="+")
@@ -61,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--health-port", type=int, default=8081, help="Kopf liveness /healthz port (0: off)")
     p.add_argument("--webhook-port", type=int, default=9443)
     p.add_argument("--webhook-cert-dir", type=Path, default=Path("/certs"), help="tls.crt and tls.key of the webhook")
+    p.add_argument("--webhook", choices=["auto", "on", "off"], default="auto",
+                   help="serve the admission webhook: on (certificate required), off, or auto: on when the certificate exists")
+    p.add_argument("--checkpoint-claim", help="PersistentVolumeClaim mounted at /checkpoints in every worker pod")
     p.add_argument("--lease-namespace", help="namespace of the leader Lease (default: no leader election)")
     p.add_argument("--gang-scheduler", choices=["volcano", "scheduler-plugins"], help="create a PodGroup per generation")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds pods may stay Pending")
@@ -126,14 +146,43 @@ def _one_job(path: Path):
     return None if problems else jobs[0][1]
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("shardwright")
+    except metadata.PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown (not installed)"
+
+
 def _workdir(args, job) -> Path:
     """Where the local runner keeps a job's files: ``--workdir``, else .shardwright/NS/NAME."""
-    return args.workdir or Path(".shardwright") / job.metadata.namespace / job.metadata.name
+    from shardwright.operator.jobdir import ROOT
+
+    return args.workdir or ROOT / job.metadata.namespace / job.metadata.name
+
+
+def _job_dir(args):
+    """The directory of the job ``args.job`` names (a manifest or a name); None after
+    printing why there is none."""
+    from shardwright.operator import jobdir
+
+    if args.workdir is not None:
+        return jobdir.JobDir(args.workdir)
+    if Path(args.job).is_file():
+        job = _one_job(Path(args.job))
+        return None if job is None else jobdir.JobDir(_workdir(args, job))
+    try:
+        return jobdir.lookup(args.job, args.namespace)
+    except LookupError as e:
+        print(e, file=sys.stderr)
+        return None
 
 
 def _run(args) -> int:
     if (job := _one_job(args.file)) is None:
         return EXIT_INVALID
+    from shardwright.operator import jobdir
     from shardwright.workers.faults import parse_fault
 
     try:
@@ -141,15 +190,27 @@ def _run(args) -> int:
     except ValueError as e:
         print(f"--inject: {e}", file=sys.stderr)
         return EXIT_INVALID
+    problems, notes = _check_faults(job, list(zip(args.inject, faults)))
+    for line in problems:
+        print(f"--inject {line}", file=sys.stderr)
+    if problems:
+        return EXIT_INVALID
+
+    workdir = _workdir(args, job)
+    if args.fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    meta = job.metadata
+    if (step := jobdir.JobDir(workdir).completed_at(job.spec.training.steps)) is not None:
+        print(f"TrainingJob {meta.namespace}/{meta.name} is already complete at step {step} ({workdir}); --fresh to train it again")
+        return 0
+    for line in notes:
+        print(f"--inject {line}", file=sys.stderr)
 
     import os
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a single-user local cluster
     from shardwright.operator import runner
 
-    workdir = _workdir(args, job)
-    if args.fresh and workdir.exists():
-        shutil.rmtree(workdir)
     settings = runner.RunSettings(
         workdir=workdir, ray_address=args.ray_address, progress_bar=not args.no_progress,
         ranks=args.ranks, faults=faults,
@@ -157,25 +218,108 @@ def _run(args) -> int:
     return runner.run(job, settings).exit_code
 
 
+def _check_faults(job, faults) -> tuple[list[str], list[str]]:
+    """What is wrong with ``--inject`` faults for this job (each would never fire), and notes
+    on what a fault will show; faults are ``(text, Fault)`` pairs."""
+    problems, notes = [], []
+    ranks, total = job.spec.world_size, job.spec.training.steps
+    interval = job.spec.checkpoint.interval_steps
+    for text, fault in faults:
+        if fault.rank is not None and fault.rank >= ranks:
+            problems.append(f"{text}: the job has ranks 0-{ranks - 1}, not rank {fault.rank}")
+        elif fault.step > total:
+            problems.append(f"{text}: step {fault.step} is after the job's last step ({total})")
+        elif fault.kind in ("kill", "hang") and fault.gen == 1 and fault.step < interval:
+            notes.append(f"{text}: before the first checkpoint (step {interval}), so the restart starts from step 0")
+    return problems, notes
+
+
+def _get(args) -> int:
+    import datetime
+
+    from shardwright.operator import jobdir
+
+    root = args.root or jobdir.ROOT
+    now = datetime.datetime.now(datetime.timezone.utc)
+    rows = [jobdir.row(d, now) for d in jobdir.every(root)]
+    if not rows:
+        print(f"No jobs under {root}/ (`shardwright run FILE` makes one)", file=sys.stderr)
+        return 0
+    print(jobdir.table(rows))
+    return 0
+
+
 def _status(args) -> int:
-    """The ``status.json`` the local runner keeps in the job's work directory."""
-    if (job := _one_job(args.file)) is None:
+    """The ``status.json`` the local runner keeps in the job's work directory: a summary, or
+    all of it with ``-o``."""
+    if (job := _job_dir(args)) is None:
         return EXIT_INVALID
     import json
 
-    meta = job.metadata
-    path = _workdir(args, job) / "status.json"
-    try:
-        status = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        print(f"{meta.namespace}/{meta.name}: no status at {path} ({e.__class__.__name__}); run `shardwright run {args.file}` first", file=sys.stderr)
+    from shardwright.operator import jobdir
+
+    if (status := job.status()) is None:
+        print(f"{args.job}: no status at {job.status_file}; run the job first (`shardwright run FILE`)", file=sys.stderr)
         return 1
     if args.output == "json":
         print(json.dumps(status, indent=2))
-    else:
+        return 0
+    if args.output == "yaml":
         import yaml
 
         print(yaml.safe_dump(status, sort_keys=False), end="")
+        return 0
+    doc = job.manifest()
+    meta = doc.get("metadata") or {}
+    name = f"{meta.get('namespace', job.path.parent.name)}/{meta.get('name', job.path.name)}"
+    print(jobdir.summary(name, status, ((doc.get("spec") or {}).get("training") or {}).get("steps")))
+    for c in status.get("conditions", []):
+        print(f"  {c['type']:<11} {c['status']:<5} {c['reason']}: {c.get('message', '')}")
+    for e in job.events()[-5:]:
+        print(f"  event       {e['type']:<7} {e['reason']}: {e['message']}")
+    print(f"  files       {job.path}/ (all of the status: -o yaml)")
+    return 0
+
+
+def _logs(args) -> int:
+    if (job := _job_dir(args)) is None:
+        return EXIT_INVALID
+    from shardwright.operator import jobdir
+
+    logs = job.rank_logs()
+    if args.rank is not None:
+        if args.rank not in logs:
+            have = ", ".join(map(str, logs)) or "none yet"
+            print(f"{args.job}: no log of rank {args.rank} in {job.log_dir} (ranks logged: {have})", file=sys.stderr)
+            return 1
+        logs = {args.rank: logs[args.rank]}
+    elif not logs and not args.follow:
+        print(f"{args.job}: no rank logs in {job.log_dir}", file=sys.stderr)
+        return 1
+    prefix = args.rank is None
+    try:
+        for rank, line in jobdir.read_logs(job, logs, follow=args.follow, all_ranks=args.rank is None):
+            print(f"[rank {rank}] {line}" if prefix else line, end="", flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _plot(args) -> int:
+    if (job := _job_dir(args)) is None:
+        return EXIT_INVALID
+    try:
+        from shardwright.operator import plot
+    except ImportError as e:
+        print(f"shardwright plot needs matplotlib ({e}); install it with: pip install 'shardwright[bench]'", file=sys.stderr)
+        return 1
+    out = args.out or job.path / "plot.png"
+    try:
+        plot.write(job, out)
+    except ValueError as e:
+        print(f"{args.job}: {e}", file=sys.stderr)
+        return 1
+    print(out)
     return 0
 
 
@@ -205,7 +349,15 @@ def _plan(args) -> int:
     from shardwright.operator.planner import report
 
     try:
-        inventory = planner.inventory_from_nodelist(yaml.safe_load(args.nodes.read_text()))
+        nodes = yaml.safe_load(args.nodes.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        print(f"--nodes {args.nodes}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return EXIT_INVALID
+    if problem := _not_nodes(nodes):
+        print(f"--nodes {args.nodes}: {problem}; give a NodeList, as `kubectl get nodes -o yaml` prints", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        inventory = planner.inventory_from_nodelist(nodes)
         result = planner.search(job.spec, inventory)
     except (OSError, yaml.YAMLError, ValueError, LookupError) as e:  # Infeasible is a ValueError
         print(f"{args.file}: {e}", file=sys.stderr)
@@ -218,6 +370,18 @@ def _plan(args) -> int:
     return 0
 
 
+def _not_nodes(doc) -> str | None:
+    """Why ``doc`` is not a NodeList (or a list of Nodes); None when it is one."""
+    items = doc.get("items") if isinstance(doc, dict) else doc
+    if not isinstance(items, list):
+        kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+        return f"no Node objects in it (it holds a {kind or 'document without a kind'})"
+    kinds = {item.get("kind", "Node") if isinstance(item, dict) else type(item).__name__ for item in items}
+    if kinds - {"Node"}:
+        return f"no Node objects in it (it holds {', '.join(sorted(kinds - {'Node'}))})"
+    return None
+
+
 def _operator(args) -> int:
     import asyncio
     import dataclasses
@@ -228,14 +392,20 @@ def _operator(args) -> int:
     from shardwright.operator.backends.pods import PodSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pods = PodSettings(gang_scheduler=args.gang_scheduler)
+    try:
+        tls = handlers.webhook_tls(args.webhook_cert_dir, args.webhook)
+    except handlers.ConfigError as e:
+        print(f"shardwright operator: {e}", file=sys.stderr)
+        return 2
+    pods = PodSettings(gang_scheduler=args.gang_scheduler, checkpoint_claim=args.checkpoint_claim)
     if args.image:
         pods = dataclasses.replace(pods, image=args.image)
     cfg = handlers.OperatorConfig(
         kubernetes=KubernetesSettings(pods=pods, startup_timeout_s=args.startup_timeout, cordon_nodes=args.cordon_nodes),
-        webhook_port=args.webhook_port,
-        webhook_certfile=str(args.webhook_cert_dir / "tls.crt"),
-        webhook_pkeyfile=str(args.webhook_cert_dir / "tls.key"),
+        webhook_port=args.webhook_port if tls else None,
+        webhook_certfile=tls[0] if tls else None,
+        webhook_pkeyfile=tls[1] if tls else None,
+        webhook=tls is not None,
     )
     leader = None
     if args.lease_namespace:

@@ -47,6 +47,16 @@ def test_infeasible_job_exits_2_naming_the_limit(tmp_path, capsys):
     assert "GiB per GPU at tensor=1" in capsys.readouterr().err
 
 
+def test_nodes_file_missing_or_without_nodes_is_named_as_the_problem(tmp_path, capsys):
+    """The nodes file is blamed, not the job, and a job file given as nodes says it holds no
+    Node instead of "room for 0 GPUs"."""
+    assert main(["plan", str(EXAMPLE), "--nodes", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err == f"--nodes {tmp_path / 'missing.yaml'}: No such file or directory\n"
+    assert main(["plan", str(EXAMPLE), "--nodes", str(EXAMPLE)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"--nodes {EXAMPLE}: no Node objects in it (it holds a TrainingJob)") and "GPUs" not in err
+
+
 @pytest.mark.slow
 def test_auto_parallelism_runs_on_the_embedded_default(tmp_path):
     doc = yaml.safe_load((REPO / "examples" / "tiny-train.yaml").read_text())
