@@ -1,12 +1,15 @@
 """What ``shardwright run`` shows a person: a progress bar, events, and a closing summary.
 
 On a terminal a tqdm bar shows step, loss and tokens/s; elsewhere (CI, a pipe) a plain
-line is printed every tenth of the run, so logs stay readable.
+line is printed every tenth of the run, so logs stay readable. Output is only a view: when
+its reader goes (``shardwright run ... | head -3``) the run goes on, and its files say how
+it ended.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,7 +69,7 @@ class Console:
         ]
         if status.phase == "Suspended":
             lines.append("  Run the same command again to resume from the last checkpoint.")
-        print("\n".join(lines), flush=True)
+        _print("\n".join(lines), sys.stdout)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -85,7 +88,18 @@ class Console:
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
-            print(text, file=sys.stderr, flush=True)
+            _print(text, sys.stderr)
+
+
+def _print(text: str, stream) -> None:
+    """Print and flush; if the reader has gone (a closed pipe), send the stream's further
+    output to /dev/null instead of ending the run."""
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def _fmt(value: float | None) -> str:

@@ -5,9 +5,10 @@ observes the ranks, applies the actions, writes the status beside the checkpoint
 shows progress. Ctrl-C suspends the job (the ranks write a checkpoint and exit), so the
 next ``shardwright run`` of the same file resumes; a second Ctrl-C stops at once.
 
-Files under the work directory (``.shardwright/<namespace>/<name>`` by default):
-``status.json`` (the object's status), ``events.jsonl``, ``steps.jsonl`` (rank 0's loss
-per step), ``metrics.prom`` (last scrape of every rank), ``checkpoints/``, and
+Files under the work directory (``.shardwright/<namespace>/<name>`` by default; see
+``jobdir.py``): ``job.yaml`` (the object run), ``status.json`` (the object's status),
+``events.jsonl``, ``steps.jsonl`` (rank 0's loss per step), ``metrics.prom`` (last scrape
+of every rank, the final one once they end), ``logs/rank-N.log``, ``checkpoints/``, and
 ``capacity``: write a number of ranks there while the job runs to change its rank budget
 (the local stand-in for nodes coming and going; an elastic job resizes to fit).
 """
@@ -21,6 +22,7 @@ import signal
 import time
 from pathlib import Path
 
+from shardwright.operator import jobdir
 from shardwright.operator.api import Phase, TrainingJob, TrainingJobStatus
 from shardwright.operator.backends.local import LocalRayBackend, LocalSettings
 from shardwright.operator.console import Console
@@ -67,6 +69,7 @@ def checkpoint_dir(job: TrainingJob, workdir: Path) -> Path:
 def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:
     workdir = settings.workdir
     workdir.mkdir(parents=True, exist_ok=True)
+    jobdir.JobDir(workdir).write_manifest(job.to_wire())
     ckpt_dir = checkpoint_dir(job, workdir)
     ref = JobRef(
         name=job.metadata.name, namespace=job.metadata.namespace, checkpoint_dir=str(ckpt_dir),
@@ -74,7 +77,7 @@ def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:
         faults=tuple(f for f in settings.faults if f.kind not in CAPACITY_KINDS),
     )
     capacity = _Capacity(settings.ranks, workdir / "capacity", [f for f in settings.faults if f.kind in CAPACITY_KINDS])
-    backend = LocalRayBackend(LocalSettings(checkpoint_dir=ckpt_dir, ray_address=settings.ray_address))
+    backend = LocalRayBackend(LocalSettings(checkpoint_dir=ckpt_dir, ray_address=settings.ray_address, log_dir=jobdir.JobDir(workdir).log_dir))
     console = Console(job, workdir, total_steps=job.spec.training.steps, progress_bar=settings.progress_bar)
     interrupts = _Interrupts()
     spec, status = job.spec, None
@@ -91,6 +94,7 @@ def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:
                 ranks = capacity.update(status, backend, console)  # before observing: a lost host shows now
                 observed = backend.observe(datetime.datetime.now(datetime.timezone.utc))
                 result = reconcile(ref, spec, plan_for_capacity(spec, ranks), status, observed)
+                events = []
                 for action in result.actions:
                     if isinstance(action, StartGeneration):
                         backend.start(action)
@@ -101,17 +105,21 @@ def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:
                     elif isinstance(action, ReplaceRank):
                         capacity.replace(spec, action, status, console)
                     elif isinstance(action, Event):
-                        console.event(action)
+                        events.append(action)
                 if result.status != status:
                     status = result.status
                     _write_json(workdir / "status.json", status.to_wire())
-                console.progress(status)
-                if time.monotonic() - last_scrape > settings.scrape_seconds:
+                console.progress(status)  # before the events: TrainingComplete follows the last step
+                for event in events:
+                    console.event(event)
+                settled = status.phase.terminal or status.phase is Phase.SUSPENDED
+                done = settled and not any(r.alive for r in observed.ranks) and not result.of_type(StopGeneration)
+                # The last scrape is the ranks' final one (their servers have gone by then).
+                if done or time.monotonic() - last_scrape > settings.scrape_seconds:
                     if metrics := backend.scrape_metrics():
                         (workdir / "metrics.prom").write_text(metrics)
                     last_scrape = time.monotonic()
-                settled = status.phase.terminal or status.phase is Phase.SUSPENDED
-                if settled and not any(r.alive for r in observed.ranks) and not result.of_type(StopGeneration):
+                if done:
                     break
                 time.sleep(settings.poll_seconds if result.requeue_after is None else min(settings.poll_seconds, result.requeue_after))
     finally:

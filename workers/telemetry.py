@@ -114,6 +114,10 @@ class Telemetry:
         with self._lock:
             return dict(self._status)
 
+    def metrics_text(self) -> str:
+        """What ``/metrics`` answers now (also returned by a finished run: its server goes)."""
+        return generate_latest(self.registry).decode()
+
     # ------------------------------------------------------------------ serving
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
@@ -123,7 +127,7 @@ class Telemetry:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 if self.path == "/metrics":
-                    body, ctype = generate_latest(telemetry.registry), CONTENT_TYPE_LATEST
+                    body, ctype = telemetry.metrics_text().encode(), CONTENT_TYPE_LATEST
                 elif self.path == "/status":
                     body, ctype = json.dumps(telemetry.status()).encode(), "application/json"
                 elif self.path == "/healthz":

@@ -203,7 +203,7 @@ class Trainer:
         self.record_commits()
         state = "stopped" if stopped and self.step < total else "complete"
         self.telemetry.update(state=state)
-        return {**self.telemetry.status(), "state": state}
+        return {**self.telemetry.status(), "state": state, "metrics": self.telemetry.metrics_text()}
 
     def train_step(self) -> torch.Tensor:
         """Forward and backward over this rank's micro-batches, then one optimizer step."""
@@ -255,6 +255,7 @@ class Trainer:
                 time.sleep((fault.factor - 1.0) * compute_seconds)
                 self.timer.stretch(fault.factor)
             elif fault.kind == "kill" and fault.fires(**where):
+                print(f"rank {self.env.rank}: injected fault {fault.kind} after step {self.step}: exiting with code {KILL_EXIT_CODE}", flush=True)
                 os._exit(KILL_EXIT_CODE)
             elif fault.kind == "hang" and fault.fires(**where):
                 self.telemetry.update(activity="hung")

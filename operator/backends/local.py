@@ -12,10 +12,15 @@ runs the same actors on the generation's worker pods: ``launch`` with slots pinn
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import json
 import os
+import sys
 import threading
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +67,26 @@ class RankActor:
         importlib.import_module(ENTRY.split(":")[0])
         return os.getpid()
 
-    def run(self, entry: str, config_json: str, environ: dict[str, str]) -> dict[str, Any]:
+    def run(self, entry: str, config_json: str, environ: dict[str, str], log_path: str | None = None) -> dict[str, Any]:
+        """Run the entry point; with ``log_path``, the process's output goes to that file
+        (appended) while it runs, so a rank's output is kept beside its job, not only in
+        Ray's session directory."""
         import importlib
 
         os.environ.update(environ)
         self.stop_event = threading.Event()
         module, func = entry.split(":")
-        return getattr(importlib.import_module(module), func)(config_json, RankEnv.from_environ(environ), self.stop_event)
+        with _output_to(log_path):
+            env = RankEnv.from_environ(environ)
+            generation = json.loads(config_json).get("generation")
+            print(f"rank {env.rank}/{env.world_size}: generation {generation} starts (process {os.getpid()})", flush=True)
+            try:
+                result = getattr(importlib.import_module(module), func)(config_json, env, self.stop_event)
+            except BaseException:
+                traceback.print_exc()
+                raise
+            print(f"rank {env.rank}/{env.world_size}: {result.get('state')} at step {result.get('step')}", flush=True)
+            return result
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -119,6 +137,8 @@ class LocalSettings:
     ray_address: str | None = None
     #: CPUs Ray may schedule on; ranks take none, so this only bounds Ray's own tasks.
     num_cpus: int | None = None
+    #: Folder of the ranks' output files (``rank-N.log``, appended); None: Ray's logs only.
+    log_dir: Path | None = None
 
 
 class LocalRayBackend:
@@ -138,6 +158,10 @@ class LocalRayBackend:
                 log_to_driver=False,
                 configure_logging=False,
             )
+            # Ray's driver prints the raylet's notice of every dead worker, coloured, even
+            # into a pipe; a rank's death is our own RankFailed event (and its log file).
+            # The flag is the one Ray's debugger turns the driver's log printing off with.
+            ray._private.worker._worker_logs_enabled = False
 
     def start(self, action: StartGeneration) -> None:
         self.launch(action.generation, action.config, local_slots(action.plan.world_size))
@@ -148,11 +172,15 @@ class LocalRayBackend:
         (``runtime: ray`` pods, see rayhead.py) get fresh actors on their node."""
         self.connect()
         config_json = config.model_dump_json()
+        log_dir = self.settings.log_dir
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
         ranks = []
         for slot in slots:
             actor = self.idle.pop() if self.idle and not slot.resources else _new_actor(slot.resources)
             url = f"http://{slot.host}:{slot.env.telemetry_port}"
-            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json, slot.env.to_environ()), url))
+            log = str(log_dir.resolve() / f"rank-{slot.env.rank}.log") if log_dir is not None else None
+            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json, slot.env.to_environ(), log), url))
         self.generations[generation] = ranks
         if not self.idle and not any(slot.resources for slot in slots):
             self.idle.append(_new_actor())
@@ -240,13 +268,16 @@ class LocalRayBackend:
             rank.killed = True
 
     def scrape_metrics(self) -> str:
-        """The Prometheus text of every running rank of the newest generation, concatenated."""
+        """The Prometheus text of every rank of the newest generation, concatenated: a running
+        rank's scrape, or the last text of a rank whose run returned (its server is gone)."""
         if not self.generations:
             return ""
         texts = []
         for rank in self.generations[max(self.generations)]:
             if rank.state is RankState.RUNNING:
                 texts.append(fetch_text(f"{rank.url}/metrics") or "")
+            elif rank.result is not None:
+                texts.append(rank.result.get("metrics") or "")
         return "".join(texts)
 
     def close(self) -> None:
@@ -258,6 +289,30 @@ class LocalRayBackend:
             ray.kill(actor, no_restart=True)
         if ray.is_initialized():
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _output_to(path: str | None) -> Iterator[None]:
+    """Send this process's stdout and stderr (the file descriptors: torch's and gloo's C++
+    output too) to ``path`` while the block runs; nothing changes for None."""
+    if path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def _new_actor(resources: dict[str, float] | None = None) -> Any:

@@ -115,6 +115,17 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(interrupted):
     assert st["conditions"][-1]["type"] == "Suspended"
 
 
+def test_ctrl_c_events_name_the_step_of_the_checkpoint(interrupted):
+    """The ranks agree on where to stop after Ctrl-C: the event written once they have says
+    the step the checkpoint and status say (not the step seen when Ctrl-C came)."""
+    last = committed(interrupted / "checkpoints")[-1]["step"]
+    events = [json.loads(line) for line in (interrupted / "events.jsonl").read_text().splitlines()]
+    suspended = [e["message"] for e in events if e["reason"] == "Suspended"]
+    assert suspended[0].startswith("Suspending: the ranks stop at the next step they all reach")
+    assert suspended[-1] == f"Suspended at step {last}; checkpoint of step {last} kept"
+    assert status(interrupted)["step"] == last
+
+
 def test_resume_is_bit_identical_at_same_world_size(uninterrupted, interrupted, tmp_path):
     workdir = tmp_path / "resume"
     shutil.copytree(interrupted, workdir)
