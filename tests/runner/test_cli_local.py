@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -93,6 +94,17 @@ def test_inject_that_would_never_fire_is_refused(tmp_path, capsys, fault, why):
     assert main(["run", str(EXAMPLE), "--workdir", str(tmp_path / "wd"), "--inject", fault]) == 2
     assert capsys.readouterr().err == f"--inject {why}\n"
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_kill_before_the_first_checkpoint_is_said_to_restart_from_scratch(tmp_path, capsys, monkeypatch):
+    from shardwright.operator import runner
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    started = []
+    monkeypatch.setattr(runner, "run", lambda job, settings: started.append(settings.faults) or SimpleNamespace(exit_code=0))
+    assert main(["run", str(EXAMPLE), "--workdir", str(tmp_path / "wd"), "--inject", "kill:rank=1:step=30"]) == 0
+    assert capsys.readouterr().err == "--inject kill:rank=1:step=30: before the first checkpoint (step 40), so the restart starts from step 0\n"
+    assert [f.step for f in started[0]] == [30]  # a note, not a refusal
 
 
 def test_readme_fault_demo_restarts_from_a_checkpoint():
