@@ -1,0 +1,232 @@
+"""One replica's OpenAI-compatible HTTP server (stdlib ``http.server``, one thread per connection).
+
+``POST /v1/completions``       prompt as text or token ids; ``stream`` for server-sent events
+``POST /v1/chat/completions``  messages through the byte tokenizer's chat layout; streaming too
+``GET  /v1/models``            the one served model
+``GET  /health``               200 once warmed up and while the engine runs, 503 otherwise
+``GET  /metrics``              Prometheus text (``metrics.ServingMetrics``)
+
+Bad requests get OpenAI-style JSON errors (``protocol.APIError``) and change nothing else.
+The replica is warmed (one token generated) before it listens, so a replica that answers
+``/health`` can serve at once. ``python -m shardwright.workers.serve --config FILE`` runs one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .config import ServeConfig
+from .engine import Engine
+from .engine_thread import EngineFailed, EngineThread, RequestStream
+from .metrics import CONTENT_TYPE, ServingMetrics
+from .request import SamplingParams
+from .tokenizer import ByteTokenizer, TextStream
+
+#: Environment variable that may carry the JSON ``ServeConfig`` instead of ``--config``.
+CONFIG_ENV = "SHARDWRIGHT_SERVE_CONFIG"
+#: Largest request body read (bytes); a larger one gets 413 without being read.
+MAX_BODY = 8 << 20
+
+
+class ReplicaServer:
+    """The engine thread plus the HTTP server; ``start()`` / ``stop()`` or a ``with`` block."""
+
+    def __init__(self, config: ServeConfig, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or Engine.from_config(config)
+        vocab = self.engine.runner.model.cfg.vocab_size
+        self.tokenizer = ByteTokenizer(vocab)
+        self.model = protocol.ModelInfo(config.model_name, self.engine.config.max_model_len, self.tokenizer)
+        self.metrics = ServingMetrics(model_name=config.model_name, pool=config.pool, namespace=config.namespace, replica=config.replica)
+        self.engine_thread = EngineThread(self.engine, self.metrics)
+        self.httpd = ThreadingHTTPServer((config.host, config.port), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.replica = self  # type: ignore[attr-defined]
+        self.created = int(time.time())
+        self._serving: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> ReplicaServer:
+        self.engine.generate([[0]], SamplingParams(max_tokens=1))  # warm up before listening
+        self.engine_thread.start()
+        self._serving = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+        self._serving.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.engine_thread.stop()
+
+    def __enter__(self) -> ReplicaServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "shardwright-serve"
+
+    @property
+    def replica(self) -> ReplicaServer:
+        return self.server.replica  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass  # one line per request is noise at serving rates; metrics count them
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        path = self.path.split("?", 1)[0]
+        if path == "/health":
+            ok = self.replica.engine_thread.healthy
+            self._json(200 if ok else 503, {"status": "ok" if ok else f"engine stopped: {self.replica.engine_thread.error}"})
+        elif path == "/metrics":
+            self._send(200, self.replica.metrics.exposition(), CONTENT_TYPE)
+        elif path == "/v1/models":
+            m = self.replica.model
+            card = {"id": m.name, "object": "model", "created": self.replica.created, "owned_by": "shardwright", "max_model_len": m.max_model_len}
+            self._json(200, {"object": "list", "data": [card]})
+        else:
+            self._error(protocol.APIError(404, f"no such route: GET {path}", type="not_found_error"))
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        path = self.path.split("?", 1)[0]
+        parse = {"/v1/completions": protocol.parse_completion, "/v1/chat/completions": protocol.parse_chat}.get(path)
+        try:
+            raw = self._body()  # read first: an unread body would be taken for the next request
+            if parse is None:
+                raise protocol.APIError(404, f"no such route: POST {path}", type="not_found_error")
+            req = parse(protocol.parse_json(raw), self.replica.model)
+            stream = self.replica.engine_thread.submit(req.prompt_token_ids, req.params, "cmpl" if req.kind == "completion" else "chatcmpl")
+        except protocol.APIError as e:
+            return self._error(e)
+        except ValueError as e:  # the engine's own checks, should parsing have let one through
+            return self._error(protocol.APIError(400, str(e)))
+        except EngineFailed as e:
+            return self._error(protocol.APIError(503, str(e), type="server_error"))
+        if req.stream:
+            self._stream(req, stream)
+        else:
+            self._complete(req, stream)
+
+    # ------------------------------------------------------------------ generation
+
+    def _complete(self, req: protocol.GenerationRequest, stream: RequestStream) -> None:
+        text, tokens, output = TextStream(self.replica.tokenizer, req.stop), [], None
+        try:
+            for output in stream:
+                tokens += output.new_token_ids
+                text.feed(output.new_token_ids, final=output.finished)
+                if text.stopped:
+                    self.replica.engine_thread.abort(stream.request_id, "stop")
+                    break
+        except EngineFailed as e:
+            return self._error(protocol.APIError(500, f"the engine failed: {e}", type="server_error"))
+        finish = "stop" if text.stopped else output.finish_reason
+        choice = protocol.choice(req, text.text, tokens, finish, delta=False)
+        usage = protocol.usage(stream.num_prompt_tokens, len(tokens), output.num_cached_tokens)
+        self._json(200, protocol.envelope(req, stream.request_id, int(time.time()), self.replica.model.name, [choice], chunk=False, usage=usage))
+
+    def _stream(self, req: protocol.GenerationRequest, stream: RequestStream) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")  # the stream ends when the connection does
+        self.end_headers()
+        self.close_connection = True
+        created, name = int(time.time()), self.replica.model.name
+        text, count, first, output = TextStream(self.replica.tokenizer, req.stop), 0, True, None
+        try:
+            for output in stream:
+                count += len(output.new_token_ids)
+                delta = text.feed(output.new_token_ids, final=output.finished)
+                finish = "stop" if text.stopped else output.finish_reason
+                if text.stopped:
+                    self.replica.engine_thread.abort(stream.request_id, "stop")
+                if delta or finish or first or req.return_token_ids:
+                    choice = protocol.choice(req, delta, list(output.new_token_ids), finish, delta=True, first=first)
+                    self._event(protocol.envelope(req, stream.request_id, created, name, [choice], chunk=True))
+                    first = False
+                if finish:
+                    break
+            if req.include_usage and output is not None:
+                usage = protocol.usage(stream.num_prompt_tokens, count, output.num_cached_tokens)
+                self._event(protocol.envelope(req, stream.request_id, created, name, [], chunk=True, usage=usage))
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.replica.engine_thread.abort(stream.request_id)  # the client left: free its blocks
+        except EngineFailed as e:
+            self._event(protocol.APIError(500, f"the engine failed: {e}", type="server_error").body())
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            raise protocol.APIError(413, f"the request body has {length} bytes; at most {MAX_BODY} are read")
+        return self.rfile.read(length)
+
+    def _event(self, payload: dict[str, Any]) -> None:
+        self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+        self.wfile.flush()
+
+    def _error(self, error: protocol.APIError) -> None:
+        self.replica.metrics.rejected(error.status)
+        self._json(error.status, error.body())
+
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shardwright.workers.serve", description="Serve the built-in model over OpenAI's HTTP API.")
+    parser.add_argument("--config", type=Path, help=f"ServeConfig JSON file (default: ${CONFIG_ENV})")
+    parser.add_argument("--port", type=int, help="listen here instead of the config's port")
+    args = parser.parse_args(argv)
+    raw = args.config.read_text() if args.config else os.environ.get(CONFIG_ENV)
+    if not raw:
+        parser.error(f"give --config FILE or set {CONFIG_ENV}")
+    config = ServeConfig.model_validate_json(raw)
+    if args.port is not None:
+        config = config.model_copy(update={"port": args.port})
+    import torch
+
+    torch.set_num_threads(config.threads)
+    server = ReplicaServer(config).start()
+    if config.port_file:
+        Path(config.port_file).write_text(str(server.httpd.server_address[1]))
+    print(f"serving {config.model_name} at {server.url}", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
