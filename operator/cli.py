@@ -172,6 +172,9 @@ def _job_dir(args):
     if Path(args.job).is_file():
         job = _one_job(Path(args.job))
         return None if job is None else jobdir.JobDir(_workdir(args, job))
+    if "/" in args.job or args.job.endswith((".yaml", ".yml")):  # meant as a file: no name has these
+        print(f"{args.job}: no such file", file=sys.stderr)
+        return None
     try:
         return jobdir.lookup(args.job, args.namespace)
     except LookupError as e:
@@ -269,15 +272,7 @@ def _status(args) -> int:
 
         print(yaml.safe_dump(status, sort_keys=False), end="")
         return 0
-    doc = job.manifest()
-    meta = doc.get("metadata") or {}
-    name = f"{meta.get('namespace', job.path.parent.name)}/{meta.get('name', job.path.name)}"
-    print(jobdir.summary(name, status, ((doc.get("spec") or {}).get("training") or {}).get("steps")))
-    for c in status.get("conditions", []):
-        print(f"  {c['type']:<11} {c['status']:<5} {c['reason']}: {c.get('message', '')}")
-    for e in job.events()[-5:]:
-        print(f"  event       {e['type']:<7} {e['reason']}: {e['message']}")
-    print(f"  files       {job.path}/ (all of the status: -o yaml)")
+    print(jobdir.describe(job, status))
     return 0
 
 

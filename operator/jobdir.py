@@ -155,10 +155,22 @@ def summary(name: str, status: dict[str, Any], total_steps: int | None) -> str:
     return ", ".join(parts)
 
 
+def describe(job: JobDir, status: dict[str, Any], events: int = 5) -> str:
+    """What ``shardwright status`` prints: the summary line, the conditions, the last events."""
+    doc = job.manifest()
+    meta = doc.get("metadata") or {}
+    name = f"{meta.get('namespace', job.path.parent.name)}/{meta.get('name', job.path.name)}"
+    lines = [summary(name, status, _total_steps(doc))]
+    lines += [f"  {c['type']:<11} {c['status']:<5} {c['reason']}: {c.get('message', '')}" for c in status.get("conditions", [])]
+    lines += [f"  event       {e['type']:<7} {e['reason']}: {e['message']}" for e in job.events()[-events:]]
+    lines.append(f"  files       {job.path}/ (all of the status: -o yaml)")
+    return "\n".join(lines)
+
+
 def row(job: JobDir, now: datetime.datetime) -> dict[str, str]:
     """One line of ``shardwright get``."""
     status, doc = job.status() or {}, job.manifest()
-    total = ((doc.get("spec") or {}).get("training") or {}).get("steps")
+    total = _total_steps(doc)
     loss = status.get("loss")
     return {
         "NAMESPACE": job.path.parent.name,
@@ -194,6 +206,10 @@ def table(rows: list[dict[str, str]]) -> str:
     widths = {key: max(len(key), *(len(r[key]) for r in rows)) for key in rows[0]}
     lines = [[key.ljust(widths[key]) for key in rows[0]]] + [[r[key].ljust(widths[key]) for key in r] for r in rows]
     return "\n".join("   ".join(cells).rstrip() for cells in lines)
+
+
+def _total_steps(doc: dict[str, Any]) -> int | None:
+    return ((doc.get("spec") or {}).get("training") or {}).get("steps")
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:

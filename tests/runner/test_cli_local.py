@@ -142,6 +142,8 @@ def test_status_by_name_or_file_starts_with_a_summary(finished, capsys):
     assert yaml.safe_load(capsys.readouterr().out) == status_doc()
     assert main(["status", "nope"]) == 2
     assert "nope: no job of that name under .shardwright/ (jobs there: default/tiny-train)" in capsys.readouterr().err
+    assert main(["status", "jobs/missing.yaml"]) == 2
+    assert capsys.readouterr().err == "jobs/missing.yaml: no such file\n"
 
 
 def test_logs_of_every_rank_or_one(finished, capsys):
