@@ -16,6 +16,7 @@ from .enums import (
     SyntheticTask,
 )
 from .presets import PRESETS, ModelPreset
+from .servingpool import ServingPool, ServingPoolSpec, ServingPoolStatus, validate_pool
 from .trainingjob import (
     GROUP,
     VERSION,
@@ -35,4 +36,5 @@ __all__ = [
     "StragglerAction", "SyntheticTask", "PRESETS", "ModelPreset", "GROUP", "VERSION",
     "CheckpointRef", "RankStatus", "StragglerPolicySpec", "StragglerStatus", "TrainingJob", "TrainingJobSpec", "TrainingJobStatus",
     "InvalidManifest", "Problem", "load_documents", "parse", "validate",
+    "ServingPool", "ServingPoolSpec", "ServingPoolStatus", "validate_pool",
 ]

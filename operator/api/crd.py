@@ -15,10 +15,11 @@ from typing import Any
 
 import yaml
 
+from .servingpool import ServingPool
 from .trainingjob import GROUP, VERSION, TrainingJob
 
-#: Every kind that gets a CRD; ServingPool joins here.
-KINDS = (TrainingJob,)
+#: Every kind that gets a CRD.
+KINDS = (TrainingJob, ServingPool)
 
 _DROP = {"title", "default", "$defs"}
 
@@ -95,7 +96,7 @@ def crd_for(kind: type) -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}} | ({"scale": kind.SCALE} if hasattr(kind, "SCALE") else {}),
                     "additionalPrinterColumns": list(kind.PRINTER_COLUMNS),
                     "schema": {
                         "openAPIV3Schema": {
