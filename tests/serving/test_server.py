@@ -120,6 +120,9 @@ def test_models_and_health(server):
 
 def test_metrics_use_vllm_names(server):
     http.post(f"{server.url}/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 3, "ignore_eos": True})
+    shared = list(range(100, 120))  # 5 full blocks of 4; the second request finds 4 cached
+    for _ in range(2):
+        http.post(f"{server.url}/v1/completions", {"prompt": shared, "max_tokens": 1})
     status, raw = http.request(f"{server.url}/metrics")
     text = raw.decode()
     assert status == 200
@@ -130,6 +133,8 @@ def test_metrics_use_vllm_names(server):
     assert samples[f"vllm:time_to_first_token_seconds_count{label}"] >= 1
     assert samples[f"vllm:inter_token_latency_seconds_count{label}"] >= 2
     assert samples[f"vllm:generation_tokens_total{label}"] >= 3
+    assert samples[f"vllm:prefix_cache_hits_total{label}"] >= 16
+    assert samples[f"vllm:prefix_cache_queries_total{label}"] >= 43
     assert any(k.startswith("shardwright_replica_iteration_seconds_count{") and v >= 1 for k, v in samples.items())
 
 

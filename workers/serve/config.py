@@ -63,6 +63,8 @@ class ServeConfig(_Config):
     #: Weights are drawn from this seed (the built-in model has no trained checkpoint yet).
     seed: int = 0
     dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    #: Where the model and its KV cache live.
+    device: Literal["cpu", "cuda"] = "cpu"
     engine: EngineConfig = EngineConfig()
     host: str = "127.0.0.1"
     #: 0 picks a free port (printed and written to ``port_file``).

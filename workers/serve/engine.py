@@ -59,7 +59,7 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> Engine:
-        model = build_model(config.model, seed=config.seed, dtype=config.dtype)
+        model = build_model(config.model, seed=config.seed, dtype=config.dtype, device=config.device)
         runner = ModelRunner(model, num_blocks=config.engine.num_blocks, block_size=config.engine.block_size, seed=config.seed)
         return cls(runner, config.engine)
 

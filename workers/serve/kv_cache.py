@@ -150,9 +150,13 @@ class KVCacheManager:
             if block is None:
                 break
             hits.append(block)
-        self.prefix_queries += len(tokens)
-        self.prefix_hits += len(hits) * self.block_size
         return hits, len(hits) * self.block_size
+
+    def record_lookup(self, num_tokens: int, num_hit: int) -> None:
+        """Count one admitted request's lookup (a request that waits is looked up again)."""
+        if self.enable_prefix_caching:
+            self.prefix_queries += num_tokens
+            self.prefix_hits += num_hit
 
     def allocate_slots(self, request: Request, num_new_tokens: int, new_computed_blocks: Sequence[KVCacheBlock] = ()) -> list[int] | None:
         """Blocks for ``num_new_tokens`` more tokens after the computed ones; None if they do not fit.

@@ -136,6 +136,7 @@ class Scheduler:
             if self.kv.allocate_slots(request, n, hits) is None:
                 break
             self.waiting.popleft()
+            self.kv.record_lookup(request.num_tokens, num_hit)
             if request.status is RequestStatus.WAITING:
                 request.num_cached_tokens = num_hit
             request.num_computed_tokens = num_hit
