@@ -47,3 +47,17 @@ def generate_alone(model: Transformer, prompt: list[int], max_tokens: int) -> li
 def prompts(lengths: list[int], *, seed: int = 1, vocab: int = VOCAB) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(vocab, (n,), generator=gen).tolist() for n in lengths]
+
+
+def slowed(eng: Engine, seconds: float) -> Engine:
+    """A slow replica: every iteration sleeps ``seconds`` first (no timing is asserted on it)."""
+    import time
+
+    step = eng.step
+
+    def slow_step():
+        time.sleep(seconds)
+        return step()
+
+    eng.step = slow_step
+    return eng

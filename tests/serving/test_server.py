@@ -17,7 +17,7 @@ from shardwright.workers.serve.server import ReplicaServer
 from shardwright.workers.serve.tokenizer import ByteTokenizer
 
 from . import http
-from .models import engine, generate_alone, prompts, tiny_config, tiny_model
+from .models import engine, generate_alone, prompts, slowed, tiny_config, tiny_model
 
 VOCAB = 260  # the 256 byte tokens, end-of-sequence (256) and a few more
 MAX_MODEL_LEN = 96
@@ -171,14 +171,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, pat
 
 
 def test_a_client_that_leaves_mid_stream_has_its_request_stopped(model):
-    eng = engine(model, max_model_len=MAX_MODEL_LEN)
-    step = eng.step
-
-    def slow_step():  # a slow replica: the client is long gone before 80 tokens are out
-        time.sleep(0.01)
-        return step()
-
-    eng.step = slow_step
+    eng = slowed(engine(model, max_model_len=MAX_MODEL_LEN), 0.01)  # the client leaves long before 80 tokens
     config = ServeConfig(model=tiny_config(vocab=VOCAB), model_name=MODEL, port=0)
     with ReplicaServer(config, engine=eng) as server:
         host, port = server.httpd.server_address[:2]

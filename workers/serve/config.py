@@ -70,4 +70,6 @@ class ServeConfig(_Config):
     #: 0 picks a free port (printed and written to ``port_file``).
     port: int = Field(default=0, ge=0, le=65535)
     port_file: str | None = None
+    #: On SIGTERM, seconds the replica keeps serving its running requests (taking no new ones).
+    drain_timeout_s: float = Field(default=30.0, ge=0)
     threads: int = 1

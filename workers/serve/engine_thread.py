@@ -8,7 +8,8 @@ tokens leave the engine: time to first token from arrival, the gap between a req
 outputs, end to end.
 
 An exception in an iteration ends every open stream with that error and marks the engine
-unhealthy (``/health`` answers 503) rather than leaving clients to wait forever.
+unhealthy (``/health`` answers 503) rather than leaving clients to wait forever. ``drain``
+refuses new requests and waits for the running ones (a rollout or scale-down loses none).
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ from collections.abc import Iterator, Sequence
 from .engine import Engine, RequestOutput
 from .metrics import ServingMetrics
 from .request import SamplingParams
+from .stats import ReplicaStats
 
 
 class EngineFailed(RuntimeError):
     """The engine thread stopped on an error; the request cannot finish."""
+
+
+class Draining(RuntimeError):
+    """The replica finishes what it has and takes nothing new (rollout, scale-down, stop)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -60,6 +66,8 @@ class EngineThread:
         self._cond = threading.Condition()
         self._streams: dict[str, RequestStream] = {}
         self._stopping = False
+        self.draining = False
+        self.stats = ReplicaStats()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._ids = 0
@@ -77,11 +85,26 @@ class EngineThread:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def drain(self, timeout: float) -> bool:
+        """Refuse new requests, wait up to ``timeout`` s for the running ones; True if all finished."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self.draining = True
+            while self.engine.has_unfinished() and self.error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return self.error is None
+
     def submit(self, prompt_token_ids: Sequence[int], params: SamplingParams, prefix: str = "cmpl") -> RequestStream:
-        """Queue one request; ValueError for a prompt the engine refuses, EngineFailed if it is down."""
+        """Queue one request; ValueError for a prompt the engine refuses, EngineFailed if it is
+        down, Draining while it drains."""
         with self._cond:
             if self.error is not None or self._stopping:
                 raise EngineFailed(f"the engine is not running ({self.error or 'stopping'})")
+            if self.draining:
+                raise Draining("this replica is draining and takes no new requests; send it to another replica")
             self._ids += 1
             request = self.engine.add_request(prompt_token_ids, params, request_id=f"{prefix}-{self._ids}")
             stream = self._streams[request.request_id] = RequestStream(request.request_id, request.num_prompt_tokens)
@@ -122,6 +145,7 @@ class EngineThread:
                             self._streams.pop(o.request_id, None)
                     if self.metrics is not None and self.engine.last_stats is not None:
                         self.metrics.record_step(self.engine.last_stats, prefix_queries=kv.prefix_queries - queries, prefix_hits=kv.prefix_hits - hits)
+                    self._cond.notify_all()  # drain() waits for the engine to empty
                 now = time.monotonic()
                 for output, stream in streams:
                     if stream is not None:
@@ -131,21 +155,26 @@ class EngineThread:
             self.error = e
         with self._cond:
             streams, self._streams = list(self._streams.values()), {}
+            self._cond.notify_all()
         for stream in streams:
             stream.put(self.error or EngineFailed("the server is shutting down"))
 
     def _observe(self, stream: RequestStream, output: RequestOutput, now: float) -> None:
         if output.new_token_ids:
+            self.stats.generated(len(output.new_token_ids))
             if stream.first_token is None:
                 stream.first_token = now
+                self.stats.first_token(now - stream.arrival)
                 if self.metrics is not None:
                     self.metrics.ttft.observe(now - stream.arrival)
             elif self.metrics is not None:
                 self.metrics.itl.observe((now - stream.last_token) / len(output.new_token_ids))
             stream.last_token = now
-        if output.finished and self.metrics is not None:
-            self.metrics.finished(output.finish_reason or "abort", seconds=now - stream.arrival,
-                                  prompt_tokens=output.num_prompt_tokens, output_tokens=output.num_output_tokens)
+        if output.finished:
+            self.stats.request_done(first_token=stream.first_token, last_token=stream.last_token, output_tokens=output.num_output_tokens)
+            if self.metrics is not None:
+                self.metrics.finished(output.finish_reason or "abort", seconds=now - stream.arrival,
+                                      prompt_tokens=output.num_prompt_tokens, output_tokens=output.num_output_tokens)
 
     def _publish_load(self) -> None:
         if self.metrics is not None:

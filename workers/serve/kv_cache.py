@@ -158,6 +158,9 @@ class KVCacheManager:
             self.prefix_queries += num_tokens
             self.prefix_hits += num_hit
 
+    def reset_stats(self) -> None:
+        self.prefix_queries = self.prefix_hits = 0
+
     def allocate_slots(self, request: Request, num_new_tokens: int, new_computed_blocks: Sequence[KVCacheBlock] = ()) -> list[int] | None:
         """Blocks for ``num_new_tokens`` more tokens after the computed ones; None if they do not fit.
 

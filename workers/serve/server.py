@@ -3,12 +3,14 @@
 ``POST /v1/completions``       prompt as text or token ids; ``stream`` for server-sent events
 ``POST /v1/chat/completions``  messages through the byte tokenizer's chat layout; streaming too
 ``GET  /v1/models``            the one served model
-``GET  /health``               200 once warmed up and while the engine runs, 503 otherwise
+``GET  /health``               200 once warmed up and while the engine runs; 503 when draining or failed
 ``GET  /metrics``              Prometheus text (``metrics.ServingMetrics``)
+``GET  /status``               JSON for the pool core: load, KV use, TTFT/TPOT p50/p99, tokens/s
 
 Bad requests get OpenAI-style JSON errors (``protocol.APIError``) and change nothing else.
 The replica is warmed (one token generated) before it listens, so a replica that answers
-``/health`` can serve at once. ``python -m shardwright.workers.serve --config FILE`` runs one.
+``/health`` can serve at once. On SIGTERM it drains: new requests get 503 (a router sends
+them elsewhere) while the running ones finish, up to ``drain_timeout_s``. ``python -m shardwright.workers.serve --config FILE`` runs one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from . import protocol
 from .config import ServeConfig
 from .engine import Engine
-from .engine_thread import EngineFailed, EngineThread, RequestStream
+from .engine_thread import Draining, EngineFailed, EngineThread, RequestStream
 from .metrics import CONTENT_TYPE, ServingMetrics
 from .request import SamplingParams
 from .tokenizer import ByteTokenizer, TextStream
@@ -62,10 +64,26 @@ class ReplicaServer:
 
     def start(self) -> ReplicaServer:
         self.engine.generate([[0]], SamplingParams(max_tokens=1))  # warm up before listening
+        self.engine.kv.reset_stats()  # count clients' prompts only
         self.engine_thread.start()
         self._serving = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
         self._serving.start()
         return self
+
+    def drain(self, timeout: float) -> bool:
+        """Take no new requests, let the running ones finish; True if all did within ``timeout`` s."""
+        return self.engine_thread.drain(timeout)
+
+    def status(self) -> dict[str, Any]:
+        thread, scheduler = self.engine_thread, self.engine.scheduler
+        state = "failed" if not thread.healthy else "draining" if thread.draining else "serving"
+        kv = scheduler.kv
+        return {
+            "model": self.model.name, "pool": self.config.pool, "namespace": self.config.namespace, "replica": self.config.replica,
+            "state": state, "running": scheduler.num_running, "waiting": scheduler.num_waiting, "kvCacheUsage": kv.usage,
+            "prefixHitRate": kv.prefix_hits / kv.prefix_queries if kv.prefix_queries else None,
+            "uptimeSeconds": time.time() - self.created,
+        } | thread.stats.summary()
 
     def stop(self) -> None:
         self.httpd.shutdown()
@@ -93,8 +111,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         path = self.path.split("?", 1)[0]
         if path == "/health":
-            ok = self.replica.engine_thread.healthy
-            self._json(200 if ok else 503, {"status": "ok" if ok else f"engine stopped: {self.replica.engine_thread.error}"})
+            thread = self.replica.engine_thread
+            if not thread.healthy:
+                self._json(503, {"status": f"engine stopped: {thread.error}"})
+            else:
+                self._json(503 if thread.draining else 200, {"status": "draining" if thread.draining else "ok"})
+        elif path == "/status":
+            self._json(200, self.replica.status())
         elif path == "/metrics":
             self._send(200, self.replica.metrics.exposition(), CONTENT_TYPE)
         elif path == "/v1/models":
@@ -119,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(protocol.APIError(400, str(e)))
         except EngineFailed as e:
             return self._error(protocol.APIError(503, str(e), type="server_error"))
+        except Draining as e:
+            return self._error(protocol.APIError(503, str(e), type="server_error", code="draining"))
         if req.stream:
             self._stream(req, stream)
         else:
@@ -224,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
+    if not server.drain(config.drain_timeout_s):
+        print(f"drain timeout: {server.engine.scheduler.num_running + server.engine.scheduler.num_waiting} requests cut off", flush=True)
     server.stop()
     return 0
 
