@@ -63,6 +63,13 @@ class BatchLayout:
     starts: tuple[int, ...]  # [R]
     #: Row of each request's last token (its logits pick the next token).
     last_rows: torch.Tensor  # [R]
+    #: Requests with one query token (decodes) attend together: their rows, their context
+    #: slots padded to the longest with slot 0, and which of those slots are real.
+    single_rows: torch.Tensor  # [Rd]
+    single_slots: torch.Tensor  # [Rd, Lmax]
+    single_valid: torch.Tensor  # [Rd, Lmax]
+    #: Requests with several query tokens (prefill chunks) attend one by one.
+    multi: tuple[int, ...]
 
     @classmethod
     def build(cls, chunks: Sequence[ScheduledChunk], cache: PagedKVCache, device: torch.device | str = "cpu") -> BatchLayout:
@@ -77,15 +84,25 @@ class BatchLayout:
             context.append(ctx)
             starts.append(c.start)
             query_start.append(query_start[-1] + n)
+        single = [r for r, c in enumerate(chunks) if len(c.token_ids) == 1]
+        longest = max((len(context[r]) for r in single), default=0)
+        padded = torch.zeros(len(single), longest, dtype=torch.long, device=device)
+        for i, r in enumerate(single):
+            padded[i, : len(context[r])] = context[r]
+        lengths = torch.tensor([len(context[r]) for r in single], dtype=torch.long, device=device)
         return cls(
             tokens=torch.cat(tokens), positions=torch.cat(positions), slot_mapping=torch.cat(slots),
             query_start=tuple(query_start), context_slots=tuple(context), starts=tuple(starts),
             last_rows=torch.tensor(query_start[1:], device=device) - 1,
+            single_rows=torch.tensor([query_start[r] for r in single], dtype=torch.long, device=device),
+            single_slots=padded, single_valid=torch.arange(longest, device=device)[None, :] < lengths[:, None],
+            multi=tuple(r for r, c in enumerate(chunks) if len(c.token_ids) > 1),
         )
 
 
 def paged_attention(mixer: SoftmaxAttention, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
-    """``x [N, dim] -> [N, dim]``: write this batch's K/V into the cache, attend per request."""
+    """``x [N, dim] -> [N, dim]``: write this batch's K/V into the cache, then attend: all
+    one-token queries (decodes) in one padded call, each prefill chunk on its own."""
     n = x.shape[0]
     h, kvh, d = mixer.heads, mixer.kv_heads, mixer.head_dim
     q = mixer.q(x).view(n, h, d).transpose(0, 1)  # [H, N, D]
@@ -98,7 +115,15 @@ def paged_attention(mixer: SoftmaxAttention, x: torch.Tensor, k_cache: torch.Ten
     k_flat[layout.slot_mapping] = k.to(k_flat.dtype)
     v_flat[layout.slot_mapping] = v.to(v_flat.dtype)
     out = torch.empty(h, n, d, dtype=q.dtype, device=q.device)
-    for r, ctx in enumerate(layout.context_slots):
+    if layout.multi != tuple(range(len(layout.starts))):  # some one-token queries: one call for all
+        keys = k_flat[layout.single_slots].permute(0, 2, 1, 3).to(q.dtype)  # [Rd, KVH, Lmax, D]
+        values = v_flat[layout.single_slots].permute(0, 2, 1, 3).to(q.dtype)
+        queries = q[:, layout.single_rows].transpose(0, 1)[:, :, None]  # [Rd, H, 1, D]
+        mask = layout.single_valid[:, None, None, :]  # [Rd, 1, 1, Lmax]
+        single = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, enable_gqa=h != kvh)
+        out[:, layout.single_rows] = single[:, :, 0].transpose(0, 1)
+    for r in layout.multi:
+        ctx = layout.context_slots[r]
         a, b = layout.query_start[r], layout.query_start[r + 1]
         keys, values = k_flat[ctx].transpose(0, 1), v_flat[ctx].transpose(0, 1)  # [KVH, L, D]
         query_pos = layout.starts[r] + torch.arange(b - a, device=q.device)
