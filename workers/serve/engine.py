@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from .config import EngineConfig, ServeConfig
+from .kv_cache import KVCacheManager
 from .request import Request, RequestStatus, SamplingParams
 from .runner import ModelRunner, build_model
 from .scheduler import Scheduler
@@ -64,7 +65,7 @@ class Engine:
         return cls(runner, config.engine)
 
     @property
-    def kv(self):
+    def kv(self) -> KVCacheManager:
         return self.scheduler.kv
 
     def add_request(self, prompt_token_ids: Sequence[int], params: SamplingParams | None = None, request_id: str | None = None) -> Request:
