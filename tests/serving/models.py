@@ -8,7 +8,8 @@ from shardwright.workers.config import ModelConfig
 from shardwright.workers.model import Transformer
 from shardwright.workers.serve.config import EngineConfig
 from shardwright.workers.serve.engine import Engine
-from shardwright.workers.serve.runner import ModelRunner, build_model
+from shardwright.workers.serve.runner import ModelRunner
+from shardwright.workers.serve.weights import build_model
 
 VOCAB = 64
 

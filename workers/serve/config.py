@@ -60,7 +60,9 @@ class ServeConfig(_Config):
     #: Name clients put in ``"model"``; requests naming another model get 404.
     model_name: str = "shardwright-tiny"
     model: ModelConfig
-    #: Weights are drawn from this seed (the built-in model has no trained checkpoint yet).
+    #: A TrainingJob checkpoint (a committed step-N folder, or the job's checkpoint directory
+    #: for its newest one) to load the weights from; None: weights drawn from ``seed``.
+    checkpoint: str | None = None
     seed: int = 0
     dtype: Literal["float32", "float64", "bfloat16"] = "float32"
     #: Where the model and its KV cache live.

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from .config import EngineConfig, ServeConfig
 from .kv_cache import KVCacheManager
 from .request import Request, RequestStatus, SamplingParams
-from .runner import ModelRunner, build_model
+from .runner import ModelRunner
+from .weights import build_model
 from .scheduler import Scheduler
 
 
@@ -60,7 +61,7 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> Engine:
-        model = build_model(config.model, seed=config.seed, dtype=config.dtype, device=config.device)
+        model = build_model(config.model, seed=config.seed, dtype=config.dtype, device=config.device, checkpoint=config.checkpoint)
         runner = ModelRunner(model, num_blocks=config.engine.num_blocks, block_size=config.engine.block_size, seed=config.seed)
         return cls(runner, config.engine)
 

@@ -14,20 +14,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import ModelConfig
 from ..model import Transformer
 from . import paged
 from .request import SamplingParams
 from .scheduler import SchedulerOutput
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
-
-def build_model(cfg: ModelConfig, *, seed: int, dtype: str = "float32", device: str = "cpu") -> Transformer:
-    """The built-in transformer with weights drawn from ``seed``, in eval mode."""
-    torch.manual_seed(seed)
-    return Transformer(cfg).to(device=device, dtype=DTYPES[dtype]).eval()
-
 
 class ModelRunner:
     """``execute(plan) -> {request_id: next token}`` for the chunks that sample."""
