@@ -192,3 +192,27 @@ def test_a_client_that_leaves_mid_stream_has_its_request_stopped(model):
             time.sleep(0.05)
         assert aborted in http.request(f"{server.url}/metrics")[1].decode()
         assert not eng.has_unfinished() and eng.kv.usage == 0
+
+
+def test_many_concurrent_requests_under_kv_pressure_equal_alone(model):
+    """Twelve clients at once on a cache too small for them all: preempted, recomputed, all exact."""
+    ps = prompts([4 + 3 * i for i in range(12)], seed=11, vocab=VOCAB)
+    config = ServeConfig(model=tiny_config(vocab=VOCAB), model_name=MODEL, port=0)
+    results: dict[int, dict] = {}
+    # Slowed, so that all twelve are queued while the first ones still run.
+    eng = slowed(engine(model, num_blocks=24, max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=32), 0.01)
+    with ReplicaServer(config, engine=eng) as server:
+        def run(i: int) -> None:
+            results[i] = http.post(f"{server.url}/v1/completions", {
+                "prompt": ps[i], "max_tokens": 12, "temperature": 0, "ignore_eos": True, "return_token_ids": True})[1]
+
+        clients = [threading.Thread(target=run, args=(i,)) for i in range(len(ps))]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(120)
+        metrics = http.request(f"{server.url}/metrics")[1].decode()
+    for i, p in enumerate(ps):
+        assert results[i]["choices"][0]["token_ids"] == generate_alone(model, p, 12), i
+    preemptions = next(line for line in metrics.splitlines() if line.startswith("vllm:num_preemptions_total"))
+    assert float(preemptions.rsplit(" ", 1)[1]) > 0
