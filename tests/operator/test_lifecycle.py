@@ -1,35 +1,42 @@
-"""A TrainingJob's life on the mock cluster: pods of a generation, failure and restart, the end."""
+"""A TrainingJob's life on the local control plane: pods of a generation, failure and
+restart, suspend and resume, deletion with the garbage collector, the status writes."""
 
 from __future__ import annotations
 
-import asyncio
+import pytest
 
-from .mockapi import (
-    PODS, SERVICES, TJ, Telemetry, api, create_job, eventually, job_status, live, obj_path, patch_job,
-    posted_events, run_all, running_operator, set_pod_phase, tiny_job,
+from .kubeapi import (
+    PODS, SERVICES, TJ, Telemetry, create_job, delete, eventually, get, job_status, live, never, passes, patch_job,
+    pod_creates, pods_of, posted_events, run_all, running_operator, sent, set_pod_phase, tiny_job,
 )
+
+pytestmark = pytest.mark.cluster
+
+
+def env(pod: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
 
 
 async def test_create_makes_service_and_generation_one_pods(cluster):
     telemetry = Telemetry()
-    async with running_operator(telemetry=telemetry):
-        await create_job(cluster, tiny_job())
+    async with running_operator(cluster, telemetry=telemetry):
+        job = await create_job(cluster, tiny_job())
         pods = await eventually(lambda: len(live(cluster, PODS)) == 2 and live(cluster, PODS), what="2 pods")
-        service = live(cluster, SERVICES)["tiny"]
+        service = await eventually(lambda: live(cluster, SERVICES).get("tiny"), what="the Service")
         assert service["spec"]["clusterIP"] == "None"
         pod = pods["tiny-g1-worker-0"]
         labels = pod["metadata"]["labels"]
         assert labels["shardwright.io/job"] == "tiny" and labels["shardwright.io/generation"] == "1"
         assert labels["shardwright.io/group"] == "worker" and labels["shardwright.io/replica"] == "0"
         assert labels["app.kubernetes.io/managed-by"] == "shardwright"
-        env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
-        assert env["RANK"] == "0" and env["WORLD_SIZE"] == "2" and env["MASTER_PORT"] == "29500"
-        assert env["MASTER_ADDR"] == "tiny-g1-worker-0.tiny.default.svc"
-        assert '"generation":1' in env["SHARDWRIGHT_WORKER_CONFIG"]
-        other = {e["name"]: e["value"] for e in pods["tiny-g1-worker-1"]["spec"]["containers"][0]["env"]}
-        assert other["RANK"] == "1"
-        owner = pod["metadata"]["ownerReferences"][0]
-        assert owner["kind"] == "TrainingJob" and owner["uid"] == "uid-tiny" and owner["controller"] is True
+        first = env(pod)
+        assert first["RANK"] == "0" and first["WORLD_SIZE"] == "2" and first["MASTER_PORT"] == "29500"
+        assert first["MASTER_ADDR"] == f"tiny-g1-worker-0.tiny.{cluster.namespace}.svc"
+        assert '"generation":1' in first["SHARDWRIGHT_WORKER_CONFIG"]
+        assert env(pods["tiny-g1-worker-1"])["RANK"] == "1"
+        for child in [*pods.values(), service]:
+            (owner,) = child["metadata"]["ownerReferences"]
+            assert owner["kind"] == "TrainingJob" and owner["uid"] == job["metadata"]["uid"] and owner["controller"] is True
         await eventually(lambda: job_status(cluster)["generation"] == 1, what="status generation 1")
         await run_all(cluster, 1, step=40, telemetry=telemetry)
         status = await eventually(lambda: job_status(cluster).get("phase") == "Running" and job_status(cluster), what="Running")
@@ -38,14 +45,10 @@ async def test_create_makes_service_and_generation_one_pods(cluster):
         assert any(c["type"] == "Running" and c["status"] == "True" for c in status["conditions"])
 
 
-def pods_of(kmock, generation: int) -> list[str]:
-    return sorted(n for n, p in live(kmock, PODS).items() if p["metadata"]["labels"]["shardwright.io/generation"] == str(generation))
-
-
 async def test_failure_restarts_from_checkpoint_until_the_budget_is_spent(cluster):
     telemetry = Telemetry()
     job = tiny_job(failurePolicy={"maxRestarts": 1, "backoff": {"initialSeconds": 0, "maxSeconds": 0}})
-    async with running_operator(telemetry=telemetry):
+    async with running_operator(cluster, telemetry=telemetry) as memo:
         await create_job(cluster, job)
         await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
         await run_all(cluster, 1, step=40, telemetry=telemetry)
@@ -55,8 +58,7 @@ async def test_failure_restarts_from_checkpoint_until_the_budget_is_spent(cluste
         await eventually(lambda: len(pods_of(cluster, 2)) == 2 and not pods_of(cluster, 1), what="generation 2 only")
         status = await eventually(lambda: job_status(cluster).get("generation") == 2 and job_status(cluster))
         assert status["restarts"] == 1
-        env = {e["name"]: e["value"] for e in live(cluster, PODS)["tiny-g2-worker-0"]["spec"]["containers"][0]["env"]}
-        assert "step-00000040" in env["SHARDWRIGHT_WORKER_CONFIG"]  # resumes from the checkpoint
+        assert "step-00000040" in env(get(cluster, PODS, "tiny-g2-worker-0"))["SHARDWRIGHT_WORKER_CONFIG"]  # resumes there
         assert any("exit code 137" in m for m in posted_events(cluster, "OOMKilled"))  # the pod's own reason
         await eventually(lambda: posted_events(cluster, "RestartedFromCheckpoint"), what="RestartedFromCheckpoint event")
 
@@ -66,13 +68,13 @@ async def test_failure_restarts_from_checkpoint_until_the_budget_is_spent(cluste
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
         assert failed["reason"] == "BackoffLimitExceeded" and failed["status"] == "True"
         await eventually(lambda: not pods_of(cluster, 2), what="generation 2 deleted")
-        await asyncio.sleep(1.5)  # three resync periods: a terminal job never gets pods again
+        await passes(memo, 3)  # a terminal job never gets pods again
         assert not live(cluster, PODS) and job_status(cluster)["restarts"] == 1
 
 
 async def test_suspend_keeps_the_checkpoint_and_resume_continues_from_it(cluster):
     telemetry = Telemetry()
-    async with running_operator(telemetry=telemetry):
+    async with running_operator(cluster, telemetry=telemetry):
         await create_job(cluster, tiny_job())
         await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
         await run_all(cluster, 1, step=40, telemetry=telemetry)
@@ -81,43 +83,53 @@ async def test_suspend_keeps_the_checkpoint_and_resume_continues_from_it(cluster
         await patch_job(cluster, "tiny", {"spec": {"suspend": True}})
         await eventually(lambda: job_status(cluster).get("phase") == "Suspended", what="Suspended")
         await eventually(lambda: not live(cluster, PODS), what="pods deleted")
-        graceful = [r for r in list(cluster) if r.method == "DELETE" and "/pods/" in str(r.url)]
-        assert graceful and all("gracePeriodSeconds=0" not in str(r.url) for r in graceful)
+        # Graceful: the kubelet got each pod with its grace period to checkpoint in.
+        assert sorted(cluster.kubelet.stopped) == [("tiny-g1-worker-0", 120), ("tiny-g1-worker-1", 120)]
         assert job_status(cluster)["lastCheckpoint"]["step"] == 40
 
         await patch_job(cluster, "tiny", {"spec": {"suspend": False}})
         await eventually(lambda: len(pods_of(cluster, 2)) == 2, what="generation 2 after resume")
-        env = {e["name"]: e["value"] for e in live(cluster, PODS)["tiny-g2-worker-0"]["spec"]["containers"][0]["env"]}
-        assert "step-00000040" in env["SHARDWRIGHT_WORKER_CONFIG"]
+        assert "step-00000040" in env(get(cluster, PODS, "tiny-g2-worker-0"))["SHARDWRIGHT_WORKER_CONFIG"]
         assert job_status(cluster)["restarts"] == 0  # a suspend is not a failure
 
 
-async def test_delete_leaves_children_to_the_garbage_collector(cluster):
-    """KMock has no garbage collector: assert what a real API server cascades on (the
-    ownerReferences) and that the operator lets the object go and creates nothing more."""
-    async with running_operator():
-        await create_job(cluster, tiny_job())
-        await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
-        tj = live(cluster, TJ)["tiny"]
-        assert "shardwright.io/operator" in tj["metadata"]["finalizers"]
-        await api(cluster, "DELETE", obj_path(TJ, "tiny"))
-        await eventually(lambda: "tiny" not in live(cluster, TJ), what="TrainingJob gone (finalizer released)")
-        children = list(live(cluster, PODS).values()) + list(live(cluster, SERVICES).values())
-        assert children and all(c["metadata"]["ownerReferences"][0]["uid"] == "uid-tiny" for c in children)
-        created = len([r for r in list(cluster) if r.method == "POST" and r.url.path.endswith("/pods")])
-        await asyncio.sleep(1.0)
-        assert len([r for r in list(cluster) if r.method == "POST" and r.url.path.endswith("/pods")]) == created
+async def test_deleted_job_lets_the_garbage_collector_take_its_children(cluster):
+    async with running_operator(cluster):
+        job = await create_job(cluster, tiny_job())
+        await eventually(lambda: len(pods_of(cluster, 1)) == 2 and live(cluster, SERVICES), what="generation 1 and the Service")
+        assert "shardwright.io/operator" in get(cluster, TJ, "tiny")["metadata"]["finalizers"]
+        children = [*live(cluster, PODS).values(), *live(cluster, SERVICES).values()]
+        assert all(c["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"] for c in children)
+        await delete(cluster, TJ, "tiny")
+        await eventually(lambda: get(cluster, TJ, "tiny") is None, what="TrainingJob gone (finalizer released)")
+        # The garbage collector follows the ownerReferences to the job's uid.
+        await eventually(lambda: not live(cluster, PODS) and not live(cluster, SERVICES), what="pods and Service collected")
+        created = pod_creates(cluster)
+        await never(lambda: pod_creates(cluster) > created or live(cluster, PODS), 1.0, "a pod created for a deleted job")
 
 
-async def test_status_is_written_once_for_a_starting_generation(cluster):
-    """The pass that starts generation 1 writes the status with every rank Pending; the
-    passes that see the pods appear one at a time compute the same status and write nothing."""
-    async with running_operator():
+async def test_status_is_written_only_when_it_changes(cluster):
+    """The pass that starts generation 1 writes the status with every rank Pending; later
+    passes write only what is new (the scheduler's verdict on the pods), never the same
+    status twice, and nothing once the pods stop changing."""
+    async with running_operator(cluster) as memo:
         await create_job(cluster, tiny_job())
         await eventually(lambda: len(pods_of(cluster, 1)) == 2 and job_status(cluster).get("generation") == 1, what="generation 1")
-        await asyncio.sleep(1.5)  # three resync periods: every pod event has been seen
-        writes = [r.data["status"] for r in list(cluster) if r.method == "PATCH" and r.url.path.endswith("/trainingjobs/tiny/status")]
-        assert len(writes) == 1, writes
+        await eventually(lambda: all(unschedulable(p) for p in pods_of(cluster, 1).values()), what="the scheduler's verdict")
+        await passes(memo, 3)
+        writes = status_writes(cluster)
         assert [(r["rank"], r["state"]) for r in writes[0]["ranks"]] == [(0, "Pending"), (1, "Pending")]
+        assert all(a != b for a, b in zip(writes, writes[1:])), writes
+        assert all("Unschedulable" in r.get("message", "") for r in writes[-1]["ranks"]), writes[-1]
+        await passes(memo, 3)
+        assert status_writes(cluster) == writes
         await run_all(cluster, 1)
         await eventually(lambda: job_status(cluster).get("phase") == "Running", what="Running")
+
+
+def unschedulable(pod: dict) -> bool:
+    return any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable" for c in pod["status"].get("conditions", []))
+
+
+def status_writes(cluster) -> list[dict]:
+    return [r.body["status"] for r in sent(cluster, "PATCH", lambda p: p.endswith("/trainingjobs/tiny/status"))]

@@ -1,9 +1,11 @@
-"""Pure pieces of the Kubernetes backend: rendering, pod classification, force-delete, launch env."""
+"""Pure pieces of the Kubernetes backend: rendering, pod classification (a Ray generation's
+head and worker pods too), force-delete, launch env."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+from pathlib import Path
 
 import yaml
 
@@ -13,8 +15,7 @@ from shardwright.operator.controller import JobRef, StartGeneration, worker_conf
 from shardwright.operator.planner import plan_uniform
 from shardwright.workers.launch import child_environ, worst
 
-from .mockapi import ROOT
-
+ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.timezone.utc)
 
 
@@ -181,3 +182,53 @@ def test_a_probe_of_a_port_that_answers_garbage_counts_as_no_answer():
         threading.Thread(target=garbage, daemon=True).start()
         url = f"http://127.0.0.1:{server.getsockname()[1]}"
         assert request_json(f"{url}/status") is None and fetch_text(f"{url}/metrics") is None
+
+
+# ----------------------------------------------------------------------------- runtime: ray, the head decides
+
+P, R, S, F = RankState.PENDING, RankState.RUNNING, RankState.SUCCEEDED, RankState.FAILED
+
+
+def summary(role: str, rank: int, phase: str, **fields) -> dict:
+    base = {"name": f"{role}-{rank}", "generation": 1, "role": role, "rank": rank, "ranks": 2 if role == render.ROLE_RAY_HEAD else 1,
+            "phase": phase, "created": "2026-11-22T11:59:00Z"}
+    return base | fields
+
+
+def head(phase: str, **fields) -> dict:
+    return summary(render.ROLE_RAY_HEAD, 0, phase, **fields)
+
+
+def worker(rank: int, phase: str, **fields) -> dict:
+    return summary(render.ROLE_RAY_WORKER, rank, phase, **fields)
+
+
+def seen(*pods: dict) -> list[tuple[RankState, str]]:
+    return [(r.state, r.message) for r in sorted(render.observe_pods(list(pods), NOW), key=lambda r: r.rank)]
+
+
+def test_the_head_decides_and_a_worker_pod_names_its_own_failure():
+    oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    # Starting: ranks wait for the head (why it is pending is theirs too), then each for its pod.
+    assert seen(head("Pending", unschedulable="0/3 nodes"), worker(0, "Running"), worker(1, "Running")) == [
+        (P, "Unschedulable: 0/3 nodes"), (P, "Unschedulable: 0/3 nodes")]
+    assert seen(head("Running"), worker(0, "Running"), worker(1, "Pending", waiting="ImagePullBackOff")) == [
+        (R, ""), (P, "ImagePullBackOff")]
+    # A worker pod that left (it does when the head goes) says nothing; its own failure does.
+    assert [s for s, _ in seen(head("Running"), worker(0, "Running"), worker(1, "Succeeded"))] == [R, R]
+    assert seen(head("Running"), worker(0, "Running"), worker(1, "Failed", **oom))[1][0] is F
+    failed = seen(head("Failed", terminated={"exitCode": 1, "reason": "Error", "message": "Rank 0 failed: boom"}),
+                  worker(0, "Running"), worker(1, "Failed", **oom))
+    assert failed[0] == (F, "Error: Rank 0 failed: boom") and failed[1][0] is F and "OOMKilled" in failed[1][1]
+    # The head finished: every rank did, whatever the worker pods do as they leave.
+    assert [s for s, _ in seen(head("Succeeded"), worker(0, "Running"), worker(1, "Failed", **oom))] == [S, S]
+
+
+def test_without_a_head_the_worker_pods_are_alive_until_they_leave():
+    assert seen(worker(0, "Running"), worker(1, "Succeeded")) == [(R, ""), (F, "the Ray head of this generation is gone")]
+
+
+def test_torch_pods_beside_a_ray_generation_are_read_one_by_one():
+    torch_pod = {"name": "t", "generation": 2, "rank": 0, "ranks": 2, "phase": "Running", "created": "2026-11-22T11:59:00Z"}
+    ranks = render.observe_pods([head("Running"), worker(0, "Running"), worker(1, "Running"), torch_pod], NOW)
+    assert sorted((r.generation, r.rank, r.state) for r in ranks) == [(1, 0, R), (1, 1, R), (2, 0, R), (2, 1, R)]

@@ -1,20 +1,20 @@
-"""``runtime: ray`` on the mock cluster: per generation a Ray head pod, whose driver runs
-the ranks, and one Ray worker pod per replica; the head decides the generation's outcome,
-a worker pod's own failure names its ranks, and either restarts the job as a new
-generation from the last checkpoint."""
+"""``runtime: ray`` on the local control plane: per generation a Ray head pod, whose driver
+runs the ranks, and one Ray worker pod per replica; the head decides the generation's
+outcome, a worker pod's own failure names its ranks, and either restarts the job as a new
+generation from the last checkpoint. (How the head's and workers' pods are read: test_pods.py.)"""
 
 from __future__ import annotations
 
-import datetime
 import json
 
-from shardwright.operator.api import RankState
-from shardwright.operator.backends import pods as render
+import pytest
 
-from .mockapi import (
-    PODS, SERVICES, Telemetry, create_job, eventually, job_status, live, posted_events, running_operator,
+from .kubeapi import (
+    PODS, SERVICES, Telemetry, create_job, eventually, get, job_status, live, pods_of, posted_events, running_operator,
     set_pod_phase, tiny_job,
 )
+
+pytestmark = pytest.mark.cluster
 
 HEAD, WORKERS = "tiny-g1-head", ["tiny-g1-worker-0", "tiny-g1-worker-1"]
 RESTART_NOW = {"maxRestarts": 2, "backoff": {"initialSeconds": 0, "maxSeconds": 0}}
@@ -24,28 +24,25 @@ def env(pod: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
 
 
-def generation_pods(kmock, generation: int) -> list[str]:
-    return sorted(n for n, p in live(kmock, PODS).items() if p["metadata"]["labels"]["shardwright.io/generation"] == str(generation))
-
-
-async def start_running(kmock, telemetry: Telemetry, step: int = 40) -> None:
+async def start_running(cluster, telemetry: Telemetry, step: int = 40) -> None:
     """Generation 1's head and workers run; rank 0 (on worker 0) reports ``step`` and a checkpoint there."""
-    await eventually(lambda: generation_pods(kmock, 1) == sorted([HEAD, *WORKERS]), what="generation 1")
+    await eventually(lambda: sorted(pods_of(cluster, 1)) == sorted([HEAD, *WORKERS]), what="generation 1")
     for i, name in enumerate([HEAD, *WORKERS]):
-        await set_pod_phase(kmock, name, "Running", ip=f"10.0.1.{i}")
+        await set_pod_phase(cluster, name, "Running", ip=f"10.0.1.{i}")
     telemetry.answers["10.0.1.1"] = {
         "generation": 1, "step": step, "loss": 1.5, "tokensPerSecond": 1000.0,
-        "lastCheckpoint": {"step": step, "path": f"/checkpoints/default/tiny/step-{step:08d}", "worldSize": 2, "layout": "dp=2,sp=1"},
+        "lastCheckpoint": {"step": step, "path": f"/checkpoints/{cluster.namespace}/tiny/step-{step:08d}", "worldSize": 2, "layout": "dp=2,sp=1"},
     }
-    await eventually(lambda: job_status(kmock).get("phase") == "Running" and job_status(kmock).get("step") == step, what="Running")
+    await eventually(lambda: job_status(cluster).get("phase") == "Running" and job_status(cluster).get("step") == step, what="Running")
 
 
 async def test_a_ray_job_gets_a_head_and_a_worker_pod_per_replica(cluster):
-    async with running_operator():
-        await create_job(cluster, tiny_job(runtime="ray"))
+    async with running_operator(cluster):
+        job = await create_job(cluster, tiny_job(runtime="ray"))
         pods = await eventually(lambda: len(live(cluster, PODS)) == 3 and live(cluster, PODS), what="3 pods")
         assert sorted(pods) == sorted([HEAD, *WORKERS])
-        assert live(cluster, SERVICES)["tiny"]["spec"]["selector"] == {"shardwright.io/job": "tiny"}  # the head's DNS name too
+        service = await eventually(lambda: live(cluster, SERVICES).get("tiny"), what="the Service")
+        assert service["spec"]["selector"] == {"shardwright.io/job": "tiny"}  # the head's DNS name too
 
         head = pods[HEAD]
         labels = head["metadata"]["labels"]
@@ -68,93 +65,43 @@ async def test_a_ray_job_gets_a_head_and_a_worker_pod_per_replica(cluster):
             assert labels["shardwright.io/role"] == "ray-worker" and labels["shardwright.io/replica"] == str(replica)
             assert labels["shardwright.io/rank"] == str(replica) and labels["shardwright.io/group"] == "worker"
             assert worker["spec"]["containers"][0]["command"] == [
-                "python", "-m", "shardwright.workers.raynode", "tiny-g1-head.tiny.default.svc:6379", f'--resources={{"{name}": 1}}',
+                "python", "-m", "shardwright.workers.raynode", f"tiny-g1-head.tiny.{cluster.namespace}.svc:6379",
+                f'--resources={{"{name}": 1}}',
             ]
             assert env(worker) == {"RANK": str(replica), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}
             assert worker["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}  # the group's
         for pod in pods.values():
-            owner = pod["metadata"]["ownerReferences"][0]
-            assert owner["kind"] == "TrainingJob" and owner["uid"] == "uid-tiny" and owner["controller"] is True
+            (owner,) = pod["metadata"]["ownerReferences"]
+            assert owner["kind"] == "TrainingJob" and owner["uid"] == job["metadata"]["uid"] and owner["controller"] is True
         status = await eventually(lambda: job_status(cluster).get("generation") == 1 and job_status(cluster), what="status")
         assert status["worldSize"] == 2 and [r["state"] for r in status["ranks"]] == ["Pending", "Pending"]
 
 
 async def test_a_failed_worker_pod_restarts_the_job_from_the_checkpoint(cluster):
     telemetry = Telemetry()
-    async with running_operator(telemetry=telemetry):
+    async with running_operator(cluster, telemetry=telemetry):
         await create_job(cluster, tiny_job(runtime="ray", failurePolicy=RESTART_NOW))
         await start_running(cluster, telemetry)
         await set_pod_phase(cluster, WORKERS[1], "Failed", exit_code=137, reason="OOMKilled")
 
-        await eventually(lambda: len(generation_pods(cluster, 2)) == 3 and not generation_pods(cluster, 1), what="generation 2 only")
+        await eventually(lambda: len(pods_of(cluster, 2)) == 3 and not pods_of(cluster, 1), what="generation 2 only")
         status = await eventually(lambda: job_status(cluster).get("generation") == 2 and job_status(cluster))
         assert status["restarts"] == 1
-        assert "step-00000040" in env(live(cluster, PODS)["tiny-g2-head"])["SHARDWRIGHT_WORKER_CONFIG"]
+        assert "step-00000040" in env(get(cluster, PODS, "tiny-g2-head"))["SHARDWRIGHT_WORKER_CONFIG"]
         assert any("Rank 1 failed (exit code 137): OOMKilled" in m for m in posted_events(cluster, "OOMKilled"))
 
 
 async def test_a_failed_head_restarts_the_job_and_a_finished_one_completes_it(cluster):
     telemetry = Telemetry()
-    async with running_operator(telemetry=telemetry):
+    async with running_operator(cluster, telemetry=telemetry):
         await create_job(cluster, tiny_job(runtime="ray", failurePolicy=RESTART_NOW))
         await start_running(cluster, telemetry)
         await set_pod_phase(cluster, HEAD, "Failed", exit_code=1)  # the driver saw a rank fail
 
-        await eventually(lambda: len(generation_pods(cluster, 2)) == 3 and not generation_pods(cluster, 1), what="generation 2 only")
+        await eventually(lambda: len(pods_of(cluster, 2)) == 3 and not pods_of(cluster, 1), what="generation 2 only")
         assert job_status(cluster)["restarts"] == 1
         assert any("Rank 0 failed (exit code 1)" in m for m in posted_events(cluster, "Error"))  # the head's exit
 
         await set_pod_phase(cluster, "tiny-g2-head", "Succeeded", exit_code=0)
         status = await eventually(lambda: job_status(cluster).get("phase") == "Complete" and job_status(cluster), what="Complete")
         assert status["restarts"] == 1 and status["generation"] == 2
-
-
-# ----------------------------------------------------------------------------- the head decides (pure)
-
-NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.timezone.utc)
-P, R, S, F = RankState.PENDING, RankState.RUNNING, RankState.SUCCEEDED, RankState.FAILED
-
-
-def summary(role: str, rank: int, phase: str, **fields) -> dict:
-    base = {"name": f"{role}-{rank}", "generation": 1, "role": role, "rank": rank, "ranks": 2 if role == render.ROLE_RAY_HEAD else 1,
-            "phase": phase, "created": "2026-11-22T11:59:00Z"}
-    return base | fields
-
-
-def head(phase: str, **fields) -> dict:
-    return summary(render.ROLE_RAY_HEAD, 0, phase, **fields)
-
-
-def worker(rank: int, phase: str, **fields) -> dict:
-    return summary(render.ROLE_RAY_WORKER, rank, phase, **fields)
-
-
-def seen(*pods: dict) -> list[tuple[RankState, str]]:
-    return [(r.state, r.message) for r in sorted(render.observe_pods(list(pods), NOW), key=lambda r: r.rank)]
-
-
-def test_the_head_decides_and_a_worker_pod_names_its_own_failure():
-    oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
-    # Starting: ranks wait for the head (why it is pending is theirs too), then each for its pod.
-    assert seen(head("Pending", unschedulable="0/3 nodes"), worker(0, "Running"), worker(1, "Running")) == [
-        (P, "Unschedulable: 0/3 nodes"), (P, "Unschedulable: 0/3 nodes")]
-    assert seen(head("Running"), worker(0, "Running"), worker(1, "Pending", waiting="ImagePullBackOff")) == [
-        (R, ""), (P, "ImagePullBackOff")]
-    # A worker pod that left (it does when the head goes) says nothing; its own failure does.
-    assert [s for s, _ in seen(head("Running"), worker(0, "Running"), worker(1, "Succeeded"))] == [R, R]
-    assert seen(head("Running"), worker(0, "Running"), worker(1, "Failed", **oom))[1][0] is F
-    failed = seen(head("Failed", terminated={"exitCode": 1, "reason": "Error", "message": "Rank 0 failed: boom"}),
-                  worker(0, "Running"), worker(1, "Failed", **oom))
-    assert failed[0] == (F, "Error: Rank 0 failed: boom") and failed[1][0] is F and "OOMKilled" in failed[1][1]
-    # The head finished: every rank did, whatever the worker pods do as they leave.
-    assert [s for s, _ in seen(head("Succeeded"), worker(0, "Running"), worker(1, "Failed", **oom))] == [S, S]
-
-
-def test_without_a_head_the_worker_pods_are_alive_until_they_leave():
-    assert seen(worker(0, "Running"), worker(1, "Succeeded")) == [(R, ""), (F, "the Ray head of this generation is gone")]
-
-
-def test_torch_pods_beside_a_ray_generation_are_read_one_by_one():
-    torch_pod = {"name": "t", "generation": 2, "rank": 0, "ranks": 2, "phase": "Running", "created": "2026-11-22T11:59:00Z"}
-    ranks = render.observe_pods([head("Running"), worker(0, "Running"), worker(1, "Running"), torch_pod], NOW)
-    assert sorted((r.generation, r.rank, r.state) for r in ranks) == [(1, 0, R), (1, 1, R), (2, 0, R), (2, 1, R)]

@@ -1,0 +1,416 @@
+"""The operator on the local Kubernetes control plane (e2e/cluster): real Kopf against a
+real kube-apiserver, etcd, scheduler and garbage collector, one namespace per test.
+
+There are no nodes with a kubelet, so the test plays the parts that no process plays:
+
+- the kubelet's status writes, :func:`set_pod_phase` (the pod's ``status`` subresource);
+  a pod the kubelet runs is on its node, so an unbound pod is bound to the test's node first;
+- the scheduler's decision where the test needs one, :func:`bind_pod` (``pods/binding``);
+  the scheduler itself runs and leaves the operator's pods Pending (no node fits them);
+- the kubelet's end of a graceful deletion, :class:`Kubelet` (the containers stop at once);
+- the ranks' HTTP telemetry, :class:`Telemetry`.
+
+The operator's own requests go through :class:`RecordingClient`, so a test can say what the
+operator asked for (a cordon sent once, no pod create after a restart) where the server's
+state cannot tell (a repeated identical patch changes nothing there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import dataclasses
+import json
+import ssl
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kopf
+import pytest
+import urllib3
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from e2e.cluster.controlplane import ControlPlane
+from shardwright.operator import handlers
+from shardwright.operator.backends import pods as render
+from shardwright.operator.backends.kubernetes import KubernetesSettings
+
+TJ = "shardwright.io/v1alpha1/trainingjobs"
+PODS = "v1/pods"
+SERVICES = "v1/services"
+EVENTS = "v1/events"
+NODES = "v1/nodes"
+LEASES = "coordination.k8s.io/v1/leases"
+WEBHOOKS = "admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+CLUSTER_SCOPED = (NODES, WEBHOOKS)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_job(name: str = "tiny", **spec: Any) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "examples" / "tiny-train.yaml").read_text())
+    doc["metadata"] = {"name": name}
+    doc["spec"].update(spec)
+    return doc
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+class ApiError(Exception):
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        self.status = status
+        super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
+
+
+def path(resource: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+    """``v1/pods`` → ``/api/v1/namespaces/<ns>/pods[/<name>[/<sub>]]``."""
+    group_version, plural = resource.rsplit("/", 1)
+    prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    scope = f"/namespaces/{namespace}" if namespace and resource not in CLUSTER_SCOPED else ""
+    return f"{prefix}{scope}/{plural}" + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+
+class Api:
+    """A small blocking JSON client with the admin token (thread-safe: urllib3's pool)."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.server = cp.server
+        self.http = urllib3.PoolManager(maxsize=8, ca_certs=str(cp.pki.ca_cert), timeout=urllib3.Timeout(total=30))
+        self.headers = {"Authorization": f"Bearer {cp.token}", "Accept": "application/json"}
+
+    def request(self, method: str, where: str, body: Any = None, *, params: dict[str, str] | None = None,
+                content_type: str = "application/json") -> dict[str, Any]:
+        url = self.server + where + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        data = json.dumps(body).encode() if body is not None else None
+        r = self.http.request(method, url, body=data, headers={**self.headers, "Content-Type": content_type})
+        if r.status >= 300:
+            raise ApiError(method, where, r.status, r.data.decode(errors="replace"))
+        return json.loads(r.data) if r.data else {}
+
+    def get(self, where: str, **params: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", where, params=params or None)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def merge(self, where: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PATCH", where, patch, content_type="application/merge-patch+json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One request the operator's client sent, and the HTTP status it got."""
+
+    method: str
+    path: str
+    body: Any
+    status: int
+
+
+class RecordingClient(client.ApiClient):
+    """The operator's Kubernetes client, keeping every request it sends."""
+
+    def __init__(self, configuration: client.Configuration) -> None:
+        super().__init__(configuration)
+        self.requests: list[Request] = []
+
+    def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
+        where = url.removeprefix(self.configuration.host)
+        try:
+            response = super().call_api(method, url, header_params, body, post_params, _request_timeout)
+        except ApiException as e:
+            self.requests.append(Request(method, where, body, e.status))
+            raise
+        self.requests.append(Request(method, where, body, response.status))
+        return response
+
+
+# ----------------------------------------------------------------------------- the test's cluster
+
+
+@dataclasses.dataclass
+class Cluster:
+    """One test's view of the control plane: its namespace, its nodes, the operator's client."""
+
+    cp: ControlPlane
+    namespace: str
+    api: Api
+    client: RecordingClient
+    #: The node the test's kubelet runs pods on (see :func:`set_pod_phase`).
+    node: str
+    kubelet: Kubelet = dataclasses.field(init=False)
+    #: Cluster-scoped objects this test made (nodes, webhook configurations), deleted after it.
+    made: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kubelet = Kubelet(self)
+
+    def path(self, resource: str, name: str | None = None, sub: str | None = None) -> str:
+        return path(resource, self.namespace, name, sub)
+
+    @property
+    def requests(self) -> list[Request]:
+        return list(self.client.requests)
+
+
+@pytest.fixture()
+async def cluster(kube: ControlPlane, namespace: str):
+    """The control plane with this test's namespace, a Ready node without GPUs (the one
+    :func:`set_pod_phase` runs pods on) and the :class:`Kubelet` ending deleted pods. The
+    operator reads ``KUBECONFIG`` (the ``kube`` fixture's: the admin token)."""
+    c = Cluster(kube, namespace, Api(kube), RecordingClient(handlers.api_client().configuration), node=f"{namespace}-node")
+    await add_node(c, c.node)
+    kubelet = asyncio.create_task(c.kubelet.run())
+    try:
+        yield c
+    finally:
+        kubelet.cancel()
+        await asyncio.gather(kubelet, return_exceptions=True)
+        await asyncio.to_thread(_clean_up, c)
+
+
+def _clean_up(c: Cluster) -> None:
+    """Delete what is not namespaced; let the namespace go (no operator removes Kopf's
+    finalizer now: REVIEW-operator finding 8)."""
+    for resource, name in reversed(c.made):
+        with contextlib.suppress(ApiError):
+            c.api.request("DELETE", path(resource, name=name))
+    for job in c.api.get(c.path(TJ))["items"]:
+        with contextlib.suppress(ApiError):
+            c.api.merge(c.path(TJ, job["metadata"]["name"]), {"metadata": {"finalizers": None}})
+
+
+async def add_node(c: Cluster, name: str, *, gpus: int = 0, labels: dict[str, str] | None = None) -> str:
+    """A Ready Node object with no kubelet behind it (the node lifecycle controller marks it
+    Unknown after 40 s without heartbeats). Nothing of the operator's fits on it (no
+    allocatable CPU, memory or pod slots), so the scheduler binds nothing there."""
+    resources = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    status = {"capacity": resources, "allocatable": resources, "conditions": [{"type": "Ready", "status": "True", "reason": "Test"}]}
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}}}
+    await asyncio.to_thread(c.api.request, "POST", path(NODES), node)
+    c.made.append((NODES, name))
+    await asyncio.to_thread(c.api.merge, path(NODES, name=name, sub="status"), {"status": status})
+    return name
+
+
+class Kubelet:
+    """The kubelet's end of a graceful deletion, for every pod bound to a node in the
+    test's namespace: its containers stop at once, and the kubelet confirms the deletion
+    (a delete with grace 0 and the pod's uid). ``stopped``: (pod, grace period it was given).
+    A pod deleted with grace 0, or never bound, is gone at once without a kubelet."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.c = c
+        self.stopped: list[tuple[str, int]] = []
+        self._ended: set[str] = set()
+
+    async def run(self) -> None:
+        ctx = ssl.create_default_context(cafile=str(self.c.cp.pki.ca_cert))
+        headers = {"Authorization": f"Bearer {self.c.cp.token}"}
+        async with aiohttp.ClientSession(headers=headers, read_bufsize=2**20) as session:
+            while True:
+                listed = await asyncio.to_thread(self.c.api.request, "GET", self.c.path(PODS))
+                for pod in listed["items"]:
+                    await self._seen(pod)
+                params = {"watch": "1", "resourceVersion": listed["metadata"]["resourceVersion"], "timeoutSeconds": "60"}
+                try:
+                    async with session.get(self.c.api.server + self.c.path(PODS), params=params, ssl=ctx) as stream:
+                        async for line in stream.content:
+                            event = json.loads(line)
+                            if event["type"] == "ERROR":  # e.g. 410 Gone: list again
+                                break
+                            await self._seen(event["object"])
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.2)
+
+    async def _seen(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        if not meta.get("deletionTimestamp") or not pod["spec"].get("nodeName") or meta["uid"] in self._ended:
+            return
+        self._ended.add(meta["uid"])
+        self.stopped.append((meta["name"], meta.get("deletionGracePeriodSeconds", 0)))
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
+        with contextlib.suppress(ApiError):
+            await asyncio.to_thread(self.c.api.request, "DELETE", self.c.path(PODS, meta["name"]), body)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def live(c: Cluster, resource: str, selector: str | None = None) -> dict[str, dict[str, Any]]:
+    """Objects of ``resource`` in the test's namespace that exist now (Terminating too), by name."""
+    listed = c.api.get(c.path(resource), **({"labelSelector": selector} if selector else {}))
+    return {o["metadata"]["name"]: o for o in listed["items"]}
+
+
+def pods_of(c: Cluster, generation: int, job: str = "tiny") -> dict[str, dict[str, Any]]:
+    return live(c, PODS, f"{render.LABEL_JOB}={job},{render.LABEL_GENERATION}={generation}")
+
+
+def get(c: Cluster, resource: str, name: str) -> dict[str, Any] | None:
+    return c.api.get(c.path(resource, name))
+
+
+def job_status(c: Cluster, name: str = "tiny") -> dict[str, Any]:
+    return (get(c, TJ, name) or {}).get("status") or {}
+
+
+def posted_events(c: Cluster, reason: str) -> list[str]:
+    """Messages of the events posted in the namespace with ``reason``, oldest first."""
+    items = c.api.get(c.path(EVENTS), fieldSelector=f"reason={reason}")["items"]
+    return [e.get("message", "") for e in sorted(items, key=lambda e: e["metadata"]["creationTimestamp"])]
+
+
+def sent(c: Cluster, method: str, where: Callable[[str], bool]) -> list[Request]:
+    """The operator's requests with ``method`` whose path ``where`` accepts."""
+    return [r for r in c.requests if r.method == method and where(r.path)]
+
+
+def pod_creates(c: Cluster) -> int:
+    return len(sent(c, "POST", lambda p: p.endswith("/pods")))
+
+
+# ----------------------------------------------------------------------------- acting
+
+
+async def create_job(c: Cluster, doc: dict[str, Any]) -> dict[str, Any]:
+    """Create the TrainingJob; returns the object as the server stored it (uid and all)."""
+    return await asyncio.to_thread(c.api.request, "POST", c.path(TJ), doc)
+
+
+async def patch_job(c: Cluster, name: str, patch: dict[str, Any]) -> None:
+    await asyncio.to_thread(c.api.merge, c.path(TJ, name), patch)
+
+
+async def delete(c: Cluster, resource: str, name: str) -> None:
+    await asyncio.to_thread(c.api.request, "DELETE", c.path(resource, name))
+
+
+async def bind_pod(c: Cluster, name: str, node: str) -> None:
+    """Play the scheduler: bind pod ``name`` to ``node`` (``pods/binding``, as kube-scheduler does)."""
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+    await asyncio.to_thread(c.api.request, "POST", c.path(PODS, name, "binding"), binding)
+
+
+async def set_pod_phase(c: Cluster, name: str, phase: str, *, exit_code: int | None = None, reason: str | None = None,
+                        ip: str | None = None, waiting: str | None = None) -> None:
+    """Play the kubelet: give pod ``name`` a phase (and how its container ended). A pod
+    that nobody bound is bound to the test's node first: a kubelet reports only its own pods."""
+    pod = await asyncio.to_thread(c.api.request, "GET", c.path(PODS, name))
+    if not pod["spec"].get("nodeName"):
+        await bind_pod(c, name, c.node)
+    status: dict[str, Any] = {"phase": phase}
+    if ip:
+        status["podIP"] = ip
+    spec = pod["spec"]["containers"][0]
+    container = {"name": spec["name"], "image": spec["image"], "imageID": "", "ready": phase == "Running", "restartCount": 0}
+    if exit_code is not None:
+        status["containerStatuses"] = [container | {"state": {"terminated": {"exitCode": exit_code, "reason": reason or "Error"}}}]
+    elif waiting:
+        status["containerStatuses"] = [container | {"state": {"waiting": {"reason": waiting, "message": "back-off pulling image"}}}]
+    await asyncio.to_thread(c.api.merge, c.path(PODS, name, "status"), {"status": status})
+
+
+async def run_all(c: Cluster, generation: int, *, step: int | None = None, telemetry: Telemetry | None = None) -> list[str]:
+    """Every pod of ``generation`` Running; rank 0 reports ``step`` and a checkpoint at it."""
+    names = sorted(pods_of(c, generation))
+    for i, name in enumerate(names):
+        await set_pod_phase(c, name, "Running", ip=f"10.0.{generation}.{i}")
+    if telemetry is not None and step is not None:
+        telemetry.answers[f"10.0.{generation}.0"] = {
+            "generation": generation, "step": step, "loss": 1.5, "tokensPerSecond": 1000.0, "stepSeconds": [0.1, 0.1],
+            "lastCheckpoint": {"step": step, "path": f"/checkpoints/{c.namespace}/tiny/step-{step:08d}", "worldSize": 2, "layout": "dp=2,sp=1"},
+        }
+    return names
+
+
+# ----------------------------------------------------------------------------- the operator
+
+
+@dataclasses.dataclass
+class Telemetry:
+    """The ranks' telemetry as the tests play it: what rank 0's ``/status`` answers, per pod
+    IP, and every POST the operator made (``/control``), as (url, payload)."""
+
+    answers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    posts: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+
+    def __call__(self, url: str, payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        ip = url.split("//")[1].split(":")[0]
+        if payload is not None:
+            self.posts.append((url, copy.deepcopy(payload)))
+            return {} if ip in self.answers else None
+        return copy.deepcopy(self.answers.get(ip))
+
+
+FAST = handlers.OperatorConfig(
+    kubernetes=KubernetesSettings(startup_timeout_s=None, force_delete_after_s=1.0),
+    resync_seconds=0.5, retry_seconds=0.2, webhook_port=None, webhook_insecure=True,
+)
+
+
+def running_operator(c: Cluster, cfg: handlers.OperatorConfig = FAST, telemetry: Telemetry | None = None):
+    """``shardwright operator --namespace <the test's>`` in this event loop, until the block ends."""
+    memo = handlers.make_memo(cfg, api=c.client, request_json=telemetry or Telemetry())
+    return kopf_in_loop(memo, clusterwide=False, namespaces=[c.namespace])
+
+
+@contextlib.asynccontextmanager
+async def kopf_in_loop(memo: kopf.Memo, **scope: Any):
+    """Kopf with the operator's handlers in this event loop; yields ``memo`` once it is ready."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(kopf.operator(
+        registry=handlers.REGISTRY, memo=memo, standalone=True, stop_flag=stop, ready_flag=ready, **scope))
+    await asyncio.wait_for(ready.wait(), 30)
+    try:
+        yield memo
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll ``check`` (in a thread: it may read the API) until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            if value := await asyncio.to_thread(check):
+                return value
+        except (KeyError, IndexError, AssertionError):
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or check}")
+        await asyncio.sleep(0.1)
+
+
+def passes_done(memo: kopf.Memo) -> int:
+    """Reconcile passes this operator has finished (its ``reconcile_seconds`` histogram)."""
+    return int(memo.metrics.registry.get_sample_value("shardwright_operator_reconcile_seconds_count") or 0)
+
+
+async def passes(memo: kopf.Memo, n: int) -> None:
+    """Return once the operator has finished ``n`` more reconcile passes: what a test waits
+    for before saying that something did not happen."""
+    target = passes_done(memo) + n
+    await eventually(lambda: passes_done(memo) >= target, what=f"{n} more reconcile passes")
+
+
+async def never(check: Callable[[], Any], within: float, what: str) -> None:
+    """Poll ``check`` for ``within`` seconds; fail as soon as it is truthy (no operator to count passes of)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        assert not await asyncio.to_thread(check), what
+        await asyncio.sleep(0.1)
+
+
+def ca_bundle(c: Cluster) -> str:
+    return base64.b64encode(c.cp.pki.ca_cert.read_bytes()).decode()
