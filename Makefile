@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast crds bench clean
+.PHONY: run test test-fast crds bench clean cluster cluster-down cluster-bin
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml setup.py
 run: $(STAMP)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/shardwright run examples/tiny-train.yaml
 
-test: $(STAMP)
+test: $(STAMP) cluster-bin
 	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest
 
 test-fast: $(STAMP)
@@ -22,5 +22,16 @@ test-fast: $(STAMP)
 crds: $(STAMP)
 	$(VENV)/bin/shardwright crds
 
+# The local Kubernetes control plane (docs/testing.md): binaries built from Go modules into
+# ~/.cache/shardwright (a no-op when cached), then started on loopback until cluster-down.
+cluster-bin:
+	bash e2e/cluster/build.sh >/dev/null
+
+cluster: $(STAMP) cluster-bin
+	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m e2e.cluster up
+
+cluster-down:
+	$(VENV)/bin/python -m e2e.cluster down
+
 clean:
-	rm -rf $(VENV) .shardwright build *.egg-info
+	rm -rf $(VENV) .shardwright .cluster build *.egg-info
