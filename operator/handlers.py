@@ -21,6 +21,7 @@ import datetime
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -83,6 +84,38 @@ class OperatorConfig:
     webhook_pkeyfile: str | None = None
     #: Plain HTTP webhook for tests; never in a cluster (the API server requires TLS).
     webhook_insecure: bool = False
+    #: Serve the admission webhook at all (off: out of cluster without a certificate).
+    webhook: bool = True
+
+
+class ConfigError(Exception):
+    """A start-up setting that cannot work; the CLI prints it as one line and exits 2."""
+
+
+def webhook_tls(cert_dir: Path, mode: str) -> tuple[str, str] | None:
+    """The webhook's (certificate, key) files in ``cert_dir``, or None to serve no webhook.
+
+    ``mode`` ``on`` needs both files (in a cluster the chart mounts its Secret there);
+    ``auto`` serves the webhook only when they exist: a laptop with a kubeconfig runs the
+    operator without one (the API server could not call it there anyway)."""
+    cert, key = cert_dir / "tls.crt", cert_dir / "tls.key"
+    present = cert.is_file() and key.is_file()
+    if mode == "off" or (mode == "auto" and not present):
+        if mode == "auto":
+            log.info(f"Admission webhook off: no tls.crt and tls.key in {cert_dir} (--webhook-cert-dir); "
+                     "objects are still checked by the CRD schema and by every reconcile")
+        return None
+    if not present:
+        missing = " and ".join(str(p) for p in (cert, key) if not p.is_file())
+        raise ConfigError(f"webhook certificate not found: {missing}; mount the chart's Secret there, "
+                          "pass --webhook-cert-dir, or --webhook=off")
+    return str(cert), str(key)
+
+
+async def _no_webhook(_fn: Any):
+    """An admission 'server' that never serves: Kopf requires one when validating handlers exist."""
+    await asyncio.Event().wait()
+    yield  # pragma: no cover - never reached; makes this an async generator
 
 
 def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, request_json=probe.request_json) -> kopf.Memo:
@@ -124,7 +157,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.admission.server = kopf.WebhookServer(
         port=cfg.webhook_port, certfile=cfg.webhook_certfile, pkeyfile=cfg.webhook_pkeyfile,
         insecure=cfg.webhook_insecure, addr="0.0.0.0",
-    )
+    ) if cfg.webhook else _no_webhook
     settings.admission.managed = None  # the chart owns the ValidatingWebhookConfiguration
     if memo.api is None:
         memo.api = api_client()
@@ -142,7 +175,11 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     if memo.api is None:
         memo.api = api_client()
     c = memo.api.configuration
-    scheme, _, token = (c.api_key.get("authorization") or "").partition(" ")
+    # kubernetes>=35 keeps the token under "BearerToken" (older ones: "authorization"), with
+    # its "Bearer" prefix in api_key_prefix; this call reads either, as the client does.
+    if c.refresh_api_key_hook is not None:  # in-cluster: the projected token is re-read
+        c.refresh_api_key_hook(c)
+    scheme, _, token = (c.get_api_key_with_prefix("BearerToken", alias="authorization") or "").partition(" ")
     return kopf.ConnectionInfo(
         server=c.host, ca_path=c.ssl_ca_cert, insecure=not c.verify_ssl,
         scheme=scheme or None, token=token or None,
