@@ -75,3 +75,5 @@ class ServeConfig(_Config):
     #: On SIGTERM, seconds the replica keeps serving its running requests (taking no new ones).
     drain_timeout_s: float = Field(default=30.0, ge=0)
     threads: int = 1
+    #: Fault injection: every engine iteration sleeps this long first (a slow replica in tests).
+    iteration_delay_s: float = Field(default=0.0, ge=0)

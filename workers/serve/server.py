@@ -16,17 +16,16 @@ them elsewhere) while the running ones finish, up to ``drain_timeout_s``. ``pyth
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import httpbase, protocol
 from .config import ServeConfig
 from .engine import Engine
 from .engine_thread import Draining, EngineFailed, EngineThread, RequestStream
@@ -36,8 +35,6 @@ from .tokenizer import ByteTokenizer, TextStream
 
 #: Environment variable that may carry the JSON ``ServeConfig`` instead of ``--config``.
 CONFIG_ENV = "SHARDWRIGHT_SERVE_CONFIG"
-#: Largest request body read (bytes); a larger one gets 413 without being read.
-MAX_BODY = 8 << 20
 
 
 class ReplicaServer:
@@ -46,6 +43,8 @@ class ReplicaServer:
     def __init__(self, config: ServeConfig, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine or Engine.from_config(config)
+        if config.iteration_delay_s:
+            self.engine.step = _slowed(self.engine.step, config.iteration_delay_s)  # type: ignore[method-assign]
         vocab = self.engine.runner.model.cfg.vocab_size
         self.tokenizer = ByteTokenizer(vocab)
         self.model = protocol.ModelInfo(config.model_name, self.engine.config.max_model_len, self.tokenizer)
@@ -97,19 +96,23 @@ class ReplicaServer:
         self.stop()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+def _slowed(step, seconds: float):
+    def slow_step():
+        time.sleep(seconds)
+        return step()
+
+    return slow_step
+
+
+class _Handler(httpbase.OpenAIHandler):
     server_version = "shardwright-serve"
 
     @property
     def replica(self) -> ReplicaServer:
         return self.server.replica  # type: ignore[attr-defined]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass  # one line per request is noise at serving rates; metrics count them
-
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-        path = self.path.split("?", 1)[0]
+        path = self.route
         if path == "/health":
             thread = self.replica.engine_thread
             if not thread.healthy:
@@ -121,15 +124,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._send(200, self.replica.metrics.exposition(), CONTENT_TYPE)
         elif path == "/v1/models":
-            m = self.replica.model
-            card = {"id": m.name, "object": "model", "created": self.replica.created, "owned_by": "shardwright", "max_model_len": m.max_model_len}
-            self._json(200, {"object": "list", "data": [card]})
+            self._json(200, httpbase.model_list(self.replica.model, self.replica.created))
         else:
             self._error(protocol.APIError(404, f"no such route: GET {path}", type="not_found_error"))
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-        path = self.path.split("?", 1)[0]
-        parse = {"/v1/completions": protocol.parse_completion, "/v1/chat/completions": protocol.parse_chat}.get(path)
+        path = self.route
+        parse = httpbase.PARSERS.get(path)
         try:
             raw = self._body()  # read first: an unread body would be taken for the next request
             if parse is None:
@@ -168,12 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, protocol.envelope(req, stream.request_id, int(time.time()), self.replica.model.name, [choice], chunk=False, usage=usage))
 
     def _stream(self, req: protocol.GenerationRequest, stream: RequestStream) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")  # the stream ends when the connection does
-        self.end_headers()
-        self.close_connection = True
+        self._start_events()
         created, name = int(time.time()), self.replica.model.name
         text, count, first, output = TextStream(self.replica.tokenizer, req.stop), 0, True, None
         try:
@@ -192,39 +188,15 @@ class _Handler(BaseHTTPRequestHandler):
             if req.include_usage and output is not None:
                 usage = protocol.usage(stream.num_prompt_tokens, count, output.num_cached_tokens)
                 self._event(protocol.envelope(req, stream.request_id, created, name, [], chunk=True, usage=usage))
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
+            self._done()
         except (BrokenPipeError, ConnectionResetError):
             self.replica.engine_thread.abort(stream.request_id)  # the client left: free its blocks
         except EngineFailed as e:
             self._event(protocol.APIError(500, f"the engine failed: {e}", type="server_error").body())
 
-    # ------------------------------------------------------------------ plumbing
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self.close_connection = True  # the unread body must not be taken for the next request
-            raise protocol.APIError(413, f"the request body has {length} bytes; at most {MAX_BODY} are read")
-        return self.rfile.read(length)
-
-    def _event(self, payload: dict[str, Any]) -> None:
-        self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
-        self.wfile.flush()
-
     def _error(self, error: protocol.APIError) -> None:
         self.replica.metrics.rejected(error.status)
-        self._json(error.status, error.body())
-
-    def _json(self, status: int, payload: dict[str, Any]) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        super()._error(error)
 
 
 def main(argv: list[str] | None = None) -> int:
