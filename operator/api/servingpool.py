@@ -62,6 +62,44 @@ class PoolPhase(StrEnum):
     FAILED = "Failed"
 
 
+class ReplicaState(StrEnum):
+    """One replica's life as the pool core sees it."""
+
+    #: Process started, not answering yet (loading weights, warming up).
+    STARTING = "Starting"
+    #: Answers /health: warmed up and serving (routable once the router's probe agrees).
+    READY = "Ready"
+    #: Finishing its running requests, taking no new ones.
+    DRAINING = "Draining"
+    #: The process has ended.
+    EXITED = "Exited"
+
+
+class PoolConditionType(StrEnum):
+    #: At least desired - maxUnavailable replicas are routable.
+    AVAILABLE = "Available"
+    #: Replicas are being started, replaced or removed.
+    PROGRESSING = "Progressing"
+
+
+class PoolReason(StrEnum):
+    """Event and condition reasons of a ServingPool."""
+
+    REPLICA_STARTED = "ReplicaStarted"
+    REPLICA_READY = "ReplicaReady"
+    REPLICA_FAILED = "ReplicaFailed"
+    REPLICA_DRAINING = "ReplicaDraining"
+    REPLICA_STOPPED = "ReplicaStopped"
+    DRAIN_TIMEOUT = "DrainTimeout"
+    SCALED_UP = "ScaledUp"
+    SCALED_DOWN = "ScaledDown"
+    ROLLOUT_STARTED = "RolloutStarted"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    MINIMUM_ROUTABLE = "MinimumReplicasRoutable"
+    TOO_FEW_ROUTABLE = "TooFewReplicasRoutable"
+    STABLE = "Stable"
+
+
 # ----------------------------------------------------------------------------- spec
 
 
@@ -281,7 +319,7 @@ def check_pool_spec(spec: ServingPoolSpec) -> Iterable[Problem]:
 
 
 __all__ = [
-    "POOL_LABEL", "EngineKind", "RoleName", "RoutingPolicy", "ScalingSignal", "PoolPhase",
+    "POOL_LABEL", "ReplicaState", "PoolConditionType", "PoolReason", "EngineKind", "RoleName", "RoutingPolicy", "ScalingSignal", "PoolPhase",
     "ServedModelSpec", "EngineSpec", "RoleSpec", "RouterSpec", "AutoscalingSpec", "SLOSpec", "RolloutSpec",
     "ServingPoolSpec", "ServingPoolStatus", "RoleStatus", "LatencyStatus", "ServingPool", "validate_pool", "check_pool_spec",
 ]

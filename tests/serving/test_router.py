@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from shardwright.workers.serve.config import ServeConfig
-from shardwright.workers.serve.router import REPLICA_HEADER, Router, RouterConfig
+from shardwright.workers.serve.router.config import RouterConfig
+from shardwright.workers.serve.router.server import REPLICA_HEADER, Router
 from shardwright.workers.serve.server import ReplicaServer
 from shardwright.workers.serve.tokenizer import ByteTokenizer
 

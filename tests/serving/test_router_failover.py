@@ -15,7 +15,8 @@ import time
 import pytest
 
 from shardwright.workers.serve.config import EngineConfig, ServeConfig
-from shardwright.workers.serve.router import REPLICA_HEADER, Router, RouterConfig
+from shardwright.workers.serve.router.config import RouterConfig
+from shardwright.workers.serve.router.server import REPLICA_HEADER, Router
 from shardwright.workers.serve.weights import build_model
 
 from . import http

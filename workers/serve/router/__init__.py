@@ -7,10 +7,6 @@
 - ``backend``     one streamed attempt on one replica, errors as two values
 - ``generation``  one request: pick, forward, retry, migrate mid-stream
 - ``server``      the HTTP front door (``Router``)
+
+This package imports nothing at import time, so ``router.config`` stays light for the operator.
 """
-
-from .config import RouterConfig
-from .endpoints import Endpoints
-from .server import REPLICA_HEADER, Router
-
-__all__ = ["RouterConfig", "Endpoints", "Router", "REPLICA_HEADER"]
