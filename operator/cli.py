@@ -136,11 +136,12 @@ def _validate(args) -> int:
     return EXIT_INVALID if problems else 0
 
 
-def _one_job(path: Path):
-    """The file's single valid TrainingJob; None after printing why there is not one."""
+def _one_job(path: Path, kind: str = "TrainingJob"):
+    """The file's single valid object of ``kind``; None after printing why there is not one."""
     jobs, problems = _load([path])
+    jobs = [(p, obj) for p, obj in jobs if obj.kind == kind]
     if not problems and len(jobs) != 1:
-        problems = [f"{path}: expected exactly one TrainingJob, found {len(jobs)}"]
+        problems = [f"{path}: expected exactly one {kind}, found {len(jobs)}"]
     for line in problems:
         print(line, file=sys.stderr)
     return None if problems else jobs[0][1]

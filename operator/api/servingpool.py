@@ -4,24 +4,24 @@ A pool serves one model from replicas of an engine behind one router. A ``unifie
 size is ``spec.replicas`` (what the ``/scale`` subresource names, so an HPA or KEDA object
 can drive it); disaggregated ``prefill`` + ``decode`` roles size themselves. Field
 docstrings become the CRD's descriptions (``kubectl explain sp.spec.router``).
-``validate_pool`` applies the schema and then the rules that involve several fields, each
-problem naming the field and the fix, as ``validation.validate`` does for TrainingJob.
+``validation.validate`` applies the schema and then ``check_pool_spec``, the rules that
+involve several fields, each problem naming the field and the fix (``validate_pool`` is it
+for a document that must be a pool).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
-import pydantic
 from pydantic import Field
 
 from .base import ApiModel, Condition, ObjectMeta
 from .enums import AttentionKind
 from .trainingjob import DnsLabel, ModelSpec, ResourcesSpec
-from .validation import Problem, _problem
+from . import validation
+from .validation import Problem
 from shardwright.workers.serve.config import EngineConfig
 
 #: Label every replica process and pod of a pool carries (the status selector names it).
@@ -264,15 +264,10 @@ class ServingPool(ApiModel):
 
 
 def validate_pool(doc: Any) -> tuple[ServingPool | None, list[Problem]]:
-    """Schema checks (strict JSON mode, as the API server), then the cross-field rules."""
-    if not isinstance(doc, dict):
-        return None, [Problem("(document)", f"must be a mapping (got {type(doc).__name__})")]
-    try:
-        obj = ServingPool.model_validate_json(json.dumps(doc, default=str), strict=True)
-    except pydantic.ValidationError as e:
-        return None, [_problem(ServingPool, err) for err in e.errors()]
-    problems = list(check_pool_spec(obj.spec))
-    return (None, problems) if problems else (obj, [])
+    """``validation.validate`` for a document that must be a ServingPool."""
+    if isinstance(doc, dict) and doc.get("kind") != "ServingPool":
+        return None, [Problem("kind", f"must be ServingPool (got {doc.get('kind')})")]
+    return validation.validate(doc)  # type: ignore[return-value]
 
 
 def check_pool_spec(spec: ServingPoolSpec) -> Iterable[Problem]:

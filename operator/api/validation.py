@@ -1,7 +1,10 @@
-"""Turn a manifest into a ``TrainingJob`` or into problems that name the field and the fix.
+"""Turn a manifest into a ``TrainingJob`` or a ``ServingPool``, or into problems that name the
+field and the fix.
 
-One function, :func:`validate`, serves ``shardwright validate``, ``shardwright run`` and the
-admission webhook, so a user sees the same message wherever bad input is caught.
+One function, :func:`validate`, serves ``shardwright validate``, ``shardwright run``,
+``shardwright serve`` and the admission webhook, so a user sees the same message wherever
+bad input is caught. It dispatches on ``apiVersion`` and ``kind``: schema checks first, then
+the kind's cross-field rules (``check_spec`` here, ``servingpool.check_pool_spec``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 import yaml
@@ -22,7 +25,11 @@ from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
 from .trainingjob import TrainingJob, TrainingJobSpec
 from shardwright.workers.config import LINEAR_KINDS, sequence_layout, softmax_kernel
 
+if TYPE_CHECKING:
+    from .servingpool import ServingPool
+
 SUPPORTED = {("shardwright.io/v1alpha1", "TrainingJob"): TrainingJob}
+POOL_KEY = ("shardwright.io/v1alpha1", "ServingPool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +71,7 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
     return docs
 
 
-def parse(doc: Any, source: str = "") -> TrainingJob:
+def parse(doc: Any, source: str = "") -> TrainingJob | ServingPool:
     """The validated object, or ``InvalidManifest`` listing every problem found."""
     obj, problems = validate(doc)
     if problems:
@@ -73,14 +80,19 @@ def parse(doc: Any, source: str = "") -> TrainingJob:
     return obj
 
 
-def validate(doc: Any) -> tuple[TrainingJob | None, list[Problem]]:
+def validate(doc: Any) -> tuple[TrainingJob | ServingPool | None, list[Problem]]:
     """Schema checks first, then cross-field rules on a schema-valid spec."""
     if not isinstance(doc, dict):
         return None, [Problem("(document)", f"must be a mapping (got {type(doc).__name__})")]
     key = (doc.get("apiVersion"), doc.get("kind"))
-    model = SUPPORTED.get(key)
-    if model is None:
-        allowed = ", ".join(f"{v} {k}" for v, k in SUPPORTED)
+    if key == POOL_KEY:
+        from .servingpool import ServingPool, check_pool_spec  # servingpool imports this module
+
+        model, checks = ServingPool, check_pool_spec
+    elif key in SUPPORTED:
+        model, checks = SUPPORTED[key], check_spec
+    else:
+        allowed = ", ".join(f"{v} {k}" for v, k in [*SUPPORTED, POOL_KEY])
         return None, [Problem("apiVersion/kind", f"must be one of: {allowed} (got {key[0]} {key[1]})")]
     try:
         # Strict JSON-mode validation: the types the CRD schema (and so the API server)
@@ -90,7 +102,7 @@ def validate(doc: Any) -> tuple[TrainingJob | None, list[Problem]]:
         obj = model.model_validate_json(json.dumps(doc, default=str), strict=True)
     except pydantic.ValidationError as e:
         return None, [_problem(model, err) for err in e.errors()]
-    problems = list(check_spec(obj.spec))
+    problems = list(checks(obj.spec))
     return (None, problems) if problems else (obj, [])
 
 

@@ -100,7 +100,7 @@ CASES = [
     Bad("bad-group-name", {"spec.workers[0].name": "GPU_Workers"}, "spec.workers[0].name", "must be a DNS label", True),
     Bad("bad-metadata-name", {"metadata.name": "Tiny_Train"}, "metadata.name", "must be a DNS label"),
     Bad("long-metadata-name", {"metadata.name": "x" * 64}, "metadata.name", "at most 63 characters"),
-    Bad("wrong-api-version", {"apiVersion": "shardwright.io/v1"}, "apiVersion/kind", "must be one of: shardwright.io/v1alpha1 TrainingJob (got shardwright.io/v1 TrainingJob)"),
+    Bad("wrong-api-version", {"apiVersion": "shardwright.io/v1"}, "apiVersion/kind", "must be one of: shardwright.io/v1alpha1 TrainingJob, shardwright.io/v1alpha1 ServingPool (got shardwright.io/v1 TrainingJob)"),
     Bad("wrong-kind", {"kind": "Job"}, "apiVersion/kind", "(got shardwright.io/v1alpha1 Job)"),
     # model dimensions
     Bad("heads-vs-dim", {"spec.model.heads": 3, "spec.model.kvHeads": 1}, "spec.model.heads", "must divide dim (64); got 3"),
