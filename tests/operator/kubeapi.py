@@ -212,6 +212,18 @@ class Kubelet:
         self.c = c
         self.stopped: list[tuple[str, int]] = []
         self._ended: set[str] = set()
+        #: Pods whose containers are still stopping (:meth:`hold`), None: they stop at once.
+        self._held: list[dict[str, Any]] | None = None
+
+    def hold(self) -> None:
+        """From now on containers take their time to stop: pods stay Terminating until :meth:`release`."""
+        self._held = []
+
+    async def release(self) -> None:
+        """The held containers have stopped: confirm their pods' deletion."""
+        held, self._held = self._held or [], None
+        for meta in held:
+            await self._confirm(meta)
 
     async def run(self) -> None:
         ctx = ssl.create_default_context(cafile=str(self.c.cp.pki.ca_cert))
@@ -228,16 +240,24 @@ class Kubelet:
                             event = json.loads(line)
                             if event["type"] == "ERROR":  # e.g. 410 Gone: list again
                                 break
-                            await self._seen(event["object"])
+                            await self._seen(event["object"], gone=event["type"] == "DELETED")
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.2)
 
-    async def _seen(self, pod: dict[str, Any]) -> None:
+    async def _seen(self, pod: dict[str, Any], *, gone: bool = False) -> None:
         meta = pod["metadata"]
         if not meta.get("deletionTimestamp") or not pod["spec"].get("nodeName") or meta["uid"] in self._ended:
             return
         self._ended.add(meta["uid"])
         self.stopped.append((meta["name"], meta.get("deletionGracePeriodSeconds", 0)))
+        if gone:  # force-deleted (grace 0): removed before any kubelet could stop it
+            return
+        if self._held is not None:
+            self._held.append(meta)
+        else:
+            await self._confirm(meta)
+
+    async def _confirm(self, meta: dict[str, Any]) -> None:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
         with contextlib.suppress(ApiError):
             await asyncio.to_thread(self.c.api.request, "DELETE", self.c.path(PODS, meta["name"]), body)

@@ -3,6 +3,8 @@ restart, suspend and resume, deletion with the garbage collector, the status wri
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from .kubeapi import (
@@ -108,6 +110,36 @@ async def test_deleted_job_lets_the_garbage_collector_take_its_children(cluster)
         await never(lambda: pod_creates(cluster) > created or live(cluster, PODS), 1.0, "a pod created for a deleted job")
 
 
+async def test_a_job_recreated_while_its_old_pods_terminate_gets_pods_of_its_own(cluster):
+    """``kubectl delete tj tiny; kubectl apply -f tiny.yaml``: the garbage collector is still
+    stopping the old pods (same names, same labels) when the new job arrives. The new job
+    waits for them and then starts with pods whose owner is its own uid (REVIEW-operator
+    finding 1 names the risk)."""
+    async with running_operator(cluster) as memo:
+        old = await create_job(cluster, tiny_job())
+        await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
+        await run_all(cluster, 1)
+        cluster.kubelet.hold()  # the old ranks take their grace period to stop
+        await delete(cluster, TJ, "tiny")
+        await eventually(lambda: get(cluster, TJ, "tiny") is None and all(terminating(p) for p in live(cluster, PODS).values()),
+                         what="the garbage collector stopping the old pods")
+        new = await create_job(cluster, tiny_job())
+        await passes(memo, 3)
+        assert all(owner_uid(p) == old["metadata"]["uid"] for p in live(cluster, PODS).values())
+        await cluster.kubelet.release()
+        await eventually(lambda: {owner_uid(p) for p in pods_of(cluster, 1).values() if not terminating(p)} == {new["metadata"]["uid"]}
+                         and len(pods_of(cluster, 1)) == 2, what="generation 1 of the new job")
+        assert job_status(cluster)["generation"] == 1 and job_status(cluster)["restarts"] == 0
+
+
+def terminating(pod: dict) -> bool:
+    return bool(pod["metadata"].get("deletionTimestamp"))
+
+
+def owner_uid(pod: dict) -> str:
+    return pod["metadata"]["ownerReferences"][0]["uid"]
+
+
 async def test_status_is_written_only_when_it_changes(cluster):
     """The pass that starts generation 1 writes the status with every rank Pending; later
     passes write only what is new (the scheduler's verdict on the pods), never the same
@@ -133,3 +165,71 @@ def unschedulable(pod: dict) -> bool:
 
 def status_writes(cluster) -> list[dict]:
     return [r.body["status"] for r in sent(cluster, "PATCH", lambda p: p.endswith("/trainingjobs/tiny/status"))]
+
+
+# ----------------------------------------------------------------------------- REVIEW-operator findings
+
+
+async def running_generation_one(cluster, job: dict) -> None:
+    await create_job(cluster, job)
+    await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
+    await run_all(cluster, 1)
+    await eventually(lambda: job_status(cluster).get("phase") == "Running", what="Running")
+
+
+@pytest.mark.xfail(strict=True, reason="REVIEW-operator finding 3: the other pods of a failed generation are deleted with "
+                   "grace 0 and generation 2 is created at once, while their ranks may still hold the GPUs")
+async def test_a_failed_generations_other_pods_stop_gracefully_before_the_next_starts(cluster):
+    job = tiny_job(failurePolicy={"maxRestarts": 1, "backoff": {"initialSeconds": 0, "maxSeconds": 0}})
+    async with running_operator(cluster) as memo:
+        await running_generation_one(cluster, job)
+        cluster.kubelet.hold()  # rank 0's processes take their time to checkpoint and stop
+        await set_pod_phase(cluster, "tiny-g1-worker-1", "Failed", exit_code=1)
+        await eventually(lambda: job_status(cluster).get("restarts") == 1, what="the restart decided")
+        await passes(memo, 3)
+        survivor = get(cluster, PODS, "tiny-g1-worker-0")
+        assert survivor and survivor["metadata"].get("deletionGracePeriodSeconds") == 120, survivor and survivor["metadata"]
+        assert not pods_of(cluster, 2)  # not while rank 0 may still run
+        await cluster.kubelet.release()
+        await eventually(lambda: len(pods_of(cluster, 2)) == 2, what="generation 2 once generation 1 is gone")
+
+
+@pytest.mark.xfail(strict=True, reason="REVIEW-operator finding 8: Kopf's daemon puts the finalizer shardwright.io/operator "
+                   "on every TrainingJob, so a job deleted while no operator runs stays Terminating with its pods")
+async def test_a_job_deleted_while_no_operator_runs_goes_with_its_children(cluster):
+    async with running_operator(cluster):
+        await create_job(cluster, tiny_job())
+        await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
+    await delete(cluster, TJ, "tiny")
+    await eventually(lambda: get(cluster, TJ, "tiny") is None and not live(cluster, PODS), timeout=10, what="the job and its pods gone")
+
+
+@pytest.mark.xfail(strict=True, reason="REVIEW-operator finding 10: a disruption (the Eviction API's condition "
+                   "DisruptionTarget) goes through restart_or_fail like a crash and spends the restart budget")
+async def test_an_evicted_pod_restarts_the_job_without_spending_the_budget(cluster):
+    job = tiny_job(failurePolicy={"maxRestarts": 0, "backoff": {"initialSeconds": 0, "maxSeconds": 0}})
+    async with running_operator(cluster):
+        await running_generation_one(cluster, job)
+        cluster.kubelet.hold()
+        eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "tiny-g1-worker-1"}}
+        await asyncio.to_thread(cluster.api.request, "POST", cluster.path(PODS, "tiny-g1-worker-1", "eviction"), eviction)
+        # As the kubelet does: SIGTERM, the container ends, the pod's terminal phase, then the deletion.
+        await eventually(lambda: cluster.kubelet.stopped == [("tiny-g1-worker-1", 120)], what="the eviction's graceful stop")
+        assert any(c["type"] == "DisruptionTarget" for c in get(cluster, PODS, "tiny-g1-worker-1")["status"]["conditions"])
+        await set_pod_phase(cluster, "tiny-g1-worker-1", "Failed", exit_code=143)
+        await cluster.kubelet.release()
+        outcome = await eventually(lambda: pods_of(cluster, 2) or job_status(cluster).get("phase") == "Failed", what="a restart or the end")
+        assert outcome is not True, job_status(cluster)["conditions"]
+        assert job_status(cluster)["restarts"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason="operator defect, not in REVIEW-operator.md (finding 14 names the Pending case): "
+                   "ensure_generation_outcome restarts only when every rank is gone; with one pod gone the job stays Running")
+async def test_a_pod_force_deleted_under_a_running_generation_restarts_the_job(cluster):
+    """``kubectl delete pod --force``, or the pod garbage collector after its node was
+    deleted: the pod is gone without a terminal phase, and its ranks with it."""
+    job = tiny_job(failurePolicy={"maxRestarts": 1, "backoff": {"initialSeconds": 0, "maxSeconds": 0}})
+    async with running_operator(cluster):
+        await running_generation_one(cluster, job)
+        await asyncio.to_thread(cluster.api.request, "DELETE", cluster.path(PODS, "tiny-g1-worker-1"), {"gracePeriodSeconds": 0})
+        await eventually(lambda: len(pods_of(cluster, 2)) == 2, timeout=10, what="generation 2")
