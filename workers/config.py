@@ -19,6 +19,9 @@ from .faults import Fault
 CONFIG_ENV = "SHARDWRIGHT_WORKER_CONFIG"
 #: Optional per-rank telemetry port, for ranks that share one host (the local runner).
 TELEMETRY_PORT_ENV = "SHARDWRIGHT_TELEMETRY_PORT"
+#: Optional file where a pod's first rank leaves its final report when it exits (on
+#: Kubernetes the container's terminationMessagePath), read back from the pod's status.
+TERMINATION_MESSAGE_ENV = "SHARDWRIGHT_TERMINATION_MESSAGE"
 
 
 #: Token mixers that are linear-attention recurrences (everything but ``softmax``).

@@ -114,6 +114,15 @@ class Telemetry:
         with self._lock:
             return dict(self._status)
 
+    #: What the termination message carries: enough for the operator to resume and report
+    #: without reaching the rank (Kubernetes keeps at most 4096 bytes of it).
+    FINAL_FIELDS = ("generation", "state", "step", "loss", "tokensPerSecond", "lastCheckpoint", "resumedFrom", "rejectedCheckpoints")
+
+    def termination_message(self) -> str:
+        """The rank's final report as compact JSON, the shape of ``/status``'s own fields."""
+        status = self.status()
+        return json.dumps({k: status[k] for k in self.FINAL_FIELDS if status.get(k) is not None}, separators=(",", ":"))[:4096]
+
     def metrics_text(self) -> str:
         """What ``/metrics`` answers now (also returned by a finished run: its server goes)."""
         return generate_latest(self.registry).decode()

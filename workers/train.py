@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import data as data_mod
 from .checkpoint import Checkpointer, damage
-from .config import RankEnv, WorkerConfig, softmax_kernel
+from .config import TERMINATION_MESSAGE_ENV, RankEnv, WorkerConfig, softmax_kernel
 from .faults import KILL_EXIT_CODE
 from .mixers import SequenceContext
 from .model import Transformer
@@ -70,6 +70,11 @@ def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading
             return trainer.run()
         finally:
             trainer.telemetry.close()
+            if (path := os.environ.get(TERMINATION_MESSAGE_ENV)) and env.local_rank == 0:
+                # Read back from the pod's status: the operator learns the last step, loss and
+                # checkpoint even when it can no longer reach this rank.
+                with contextlib.suppress(OSError):
+                    Path(path).write_text(trainer.telemetry.termination_message())
     finally:
         dist.destroy_process_group()
 

@@ -44,7 +44,8 @@ KUBELET_VERSION = "v1.37.2"
 #: Seconds between Lease renewals (the kubelet's default is a quarter of 40 s).
 LEASE_RENEW_S = 10.0
 LEASE_DURATION_S = 40
-TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: HOME and default working directory of a pod's processes (a folder of the pod's own).
+POD_HOME = "/home/shardwright-pod"
 
 
 def now() -> str:
@@ -435,7 +436,7 @@ class NodeAgent:
 
     def _env(self, pod: Pod, c: Container) -> dict[str, str]:
         ns = pod.key[0]
-        env = {"PATH": sandbox.project_path(), "HOME": str(pod.dir / "home"), "HOSTNAME": _hostname(pod.body),
+        env = {"PATH": sandbox.project_path(), "HOME": POD_HOME, "HOSTNAME": _hostname(pod.body),
                "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(self.api_port),
                "KUBERNETES_SERVICE_PORT_HTTPS": str(self.api_port),
                "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"}
@@ -477,7 +478,8 @@ class NodeAgent:
         if not c.spec.get("command"):
             # No image here to take an entrypoint from: the project's CLI is the image's.
             argv = ["shardwright", *argv]
-        mounts = []
+        # A home of its own (what the image's user would have), mounted before the pod's volumes.
+        mounts = [sandbox.Mount(pod.dir / "home", POD_HOME)]
         for m in c.spec.get("volumeMounts") or []:
             source = pod.volumes[m["name"]]
             if m.get("subPath"):
@@ -487,7 +489,7 @@ class NodeAgent:
             argv=argv, env=env, netns=pod.netns, hostname=_hostname(pod.body), hosts_file=pod.dir / "hosts", mounts=tuple(mounts),
             termination_log=pod.dir / f"{c.name}.termination-log",
             termination_path=c.spec.get("terminationMessagePath") or "/dev/termination-log",
-            workdir=c.spec.get("workingDir") or str(pod.dir / "home"), log=pod.dir / f"{c.name}.log",
+            workdir=c.spec.get("workingDir") or POD_HOME, log=pod.dir / f"{c.name}.log",
         )
         self._write_hosts(only=pod)
         (pod.dir / f"{c.name}.termination-log").write_text("")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -177,7 +178,10 @@ class KubernetesBackend:
             for name in render.stuck_terminating(self.pods, self.node_ready, now, self.settings.force_delete_after_s):
                 self._delete_pod(name, grace=0, quiet=True)
         progress, checkpoint = None, self.known_checkpoint
-        if self.settings.probe_progress and (status := self._rank0_status()) is not None:
+        status = self._rank0_status() if self.settings.probe_progress else None
+        if status is None:
+            status = self._rank0_final_report()
+        if status is not None:
             progress = probe.progress_from_status(status, status.get("generation", -1))
             checkpoint = probe.checkpoint_from_status(status) or checkpoint
         return Observed(now=now, ranks=tuple(ranks), progress=progress, checkpoints=(checkpoint,) if checkpoint else (),
@@ -204,6 +208,20 @@ class KubernetesBackend:
             return None
         url = self._rank0_url(max(p["generation"] for p in self.pods), "/status")
         return self.request_json(url) if url is not None else None
+
+    def _rank0_final_report(self) -> dict[str, Any] | None:
+        """Rank 0's termination message in its pod's status (JSON, written as it exited): the
+        last step, loss and checkpoint even when no probe reached it while it ran."""
+        if not self.pods:
+            return None
+        generation = max(p["generation"] for p in self.pods)
+        rank0 = next((p for p in self.pods if p["generation"] == generation and p["rank"] == 0 and p.get("role") != render.ROLE_RAY_HEAD), None)
+        message = ((rank0 or {}).get("terminated") or {}).get("message")
+        try:
+            report = json.loads(message) if message else None
+        except ValueError:
+            return None
+        return report if isinstance(report, dict) else None
 
     def _rank0_url(self, generation: int, path: str) -> str | None:
         """``path`` on the telemetry port of rank 0's pod in ``generation``, while it runs."""

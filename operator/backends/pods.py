@@ -28,7 +28,7 @@ from typing import Any
 from shardwright.operator.api import RankState
 from shardwright.operator.controller import RankObservation, StartGeneration, parse_time
 from shardwright.operator.planner import Plan, RankPlacement
-from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV
+from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV
 
 LABEL_JOB = "shardwright.io/job"
 LABEL_GENERATION = "shardwright.io/generation"
@@ -56,6 +56,8 @@ STUCK_WAITING = frozenset({
 DEATHS = frozenset({"OOMKilled", "Evicted", "NodeLost"})
 #: Exit codes from here up are a signal's (128 + its number): SIGKILL gives 137.
 SIGNAL_EXIT = 128
+#: Where a pod's first rank leaves its final report (the container default terminationMessagePath).
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +229,7 @@ def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, ma
         "MASTER_ADDR": master,
         "MASTER_PORT": str(settings.master_port),
         TELEMETRY_PORT_ENV: str(settings.telemetry_port),
+        TERMINATION_MESSAGE_ENV: TERMINATION_MESSAGE_PATH,
         CONFIG_ENV: config_json,
     }
     container = rank_container(group_spec, ["python", "-m", "shardwright.workers.launch"], env, settings)

@@ -1,0 +1,48 @@
+"""Where the e2e scenarios run: the local cluster with process-backed nodes (default, CI),
+or any cluster when ``SHARDWRIGHT_E2E_KUBECONFIG`` names its kubeconfig (kind, k3d, a real
+one; then ``SHARDWRIGHT_E2E_IMAGE`` names an image of this project the cluster can pull)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """kubectl and helm against one cluster."""
+
+    env: dict[str, str]
+    image: str
+    #: Local process-backed nodes: a folder for hostPath PersistentVolumes (None elsewhere).
+    storage: Path | None
+
+    def run(self, *args: str, input: str | None = None, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run(args, env=self.env, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {out.returncode}:\n{out.stderr[-2000:]}")
+        return out
+
+    def kubectl(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.run("kubectl", *args, **kw)
+
+    def json(self, *args: str):
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+
+@pytest.fixture(scope="module")
+def cluster(request, tmp_path_factory) -> Cluster:
+    if kubeconfig := os.environ.get("SHARDWRIGHT_E2E_KUBECONFIG"):
+        return Cluster({**os.environ, "KUBECONFIG": kubeconfig}, os.environ.get("SHARDWRIGHT_E2E_IMAGE", "shardwright:dev"), None)
+    from e2e.cluster import session
+
+    cp = request.getfixturevalue("control_plane")
+    request.getfixturevalue("process_nodes")
+    return Cluster(session.environ(cp), "shardwright:dev", tmp_path_factory.mktemp("volumes"))
