@@ -18,7 +18,6 @@ state cannot tell (a repeated identical patch changes nothing there).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import copy
 import dataclasses
@@ -430,7 +429,3 @@ async def never(check: Callable[[], Any], within: float, what: str) -> None:
     while asyncio.get_running_loop().time() < deadline:
         assert not await asyncio.to_thread(check), what
         await asyncio.sleep(0.1)
-
-
-def ca_bundle(c: Cluster) -> str:
-    return base64.b64encode(c.cp.pki.ca_cert.read_bytes()).decode()

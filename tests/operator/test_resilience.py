@@ -1,18 +1,11 @@
-"""The operator survives its own restarts, and kube-apiserver calls its admission webhook
-over TLS to reject bad objects. (Answers of 500 and 409 on cue: test_api_faults.py.)"""
+"""The operator survives its own restarts without duplicating or losing pods. (Answers of 500
+and 409 on cue: test_api_faults.py.)"""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from shardwright.operator.backends.ports import free_port
-
-from .kubeapi import (
-    FAST, PODS, TJ, WEBHOOKS, ApiError, Telemetry, ca_bundle, create_job, eventually, job_status, live, path,
-    pod_creates, run_all, running_operator, sent, tiny_job,
-)
+from .kubeapi import PODS, TJ, Telemetry, create_job, eventually, job_status, live, pod_creates, run_all, running_operator, sent, tiny_job
 
 pytestmark = pytest.mark.cluster
 
@@ -53,39 +46,3 @@ async def test_stopped_between_creating_pods_and_writing_status(cluster):
     deletes = [r.path.split("?")[0].rsplit("/", 1)[1] for r in sent(cluster, "DELETE", lambda p: "/pods/" in p)]
     # Every create after the first pair followed the delete of the same name.
     assert len(creates) - len(deletes) == 2 and sorted(creates[2:]) == sorted(deletes)
-
-
-async def test_webhook_rejects_a_bad_object_naming_the_field(cluster):
-    """The API server calls the operator's webhook over TLS (a certificate from the control
-    plane's CA, as the chart's Secret would hold) for this namespace's TrainingJobs."""
-    port = free_port()
-    cert, key = cluster.cp.pki.sign(f"webhook-{cluster.namespace}", ips=("127.0.0.1",))
-    tls = dataclasses.replace(FAST, webhook_port=port, webhook_certfile=str(cert), webhook_pkeyfile=str(key), webhook_insecure=False)
-    name = f"shardwright-{cluster.namespace}"
-    cluster.api.request("POST", path(WEBHOOKS), {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {"name": name},
-        "webhooks": [{
-            "name": "trainingjobs.shardwright.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Fail", "timeoutSeconds": 10,
-            "clientConfig": {"url": f"https://127.0.0.1:{port}/admit", "caBundle": ca_bundle(cluster)},  # Kopf's path: the handler id
-            "rules": [{"apiGroups": ["shardwright.io"], "apiVersions": ["v1alpha1"], "resources": ["trainingjobs"],
-                       "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": cluster.namespace}},
-        }],
-    })
-    cluster.made.append((WEBHOOKS, name))
-    async with running_operator(cluster, tls):
-        bad = tiny_job()
-        bad["spec"]["model"]["heads"] = 5  # does not divide dim 64
-        denied = await eventually(lambda: denial(cluster, bad), what="the webhook's answer (it starts after the operator)")
-        assert denied.status == 422 and "spec.model.heads" in str(denied) and "trainingjobs.shardwright.io" in str(denied)
-        assert (await create_job(cluster, tiny_job()))["metadata"]["name"] == "tiny"
-
-
-def denial(cluster, doc: dict) -> ApiError | None:
-    """The API server's refusal of ``doc`` by the webhook; None while the webhook does not answer yet."""
-    try:
-        cluster.api.request("POST", cluster.path(TJ), doc)
-    except ApiError as e:
-        return e if "denied the request" in str(e) else None
-    pytest.fail("the bad TrainingJob was created")
