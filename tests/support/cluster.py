@@ -70,6 +70,23 @@ def process_nodes(control_plane: ControlPlane) -> Iterator[list[str]]:
     control_plane.kubectl("delete", "node", *nodes, "--wait=false", check=False)
 
 
+@pytest.fixture(scope="module")
+def kwok_nodes(control_plane: ControlPlane) -> Iterator[list[str]]:
+    """KWOK running and the nodes of examples/nodes/mixed.yaml registered as KWOK nodes."""
+    session.start_kwok(control_plane)
+    nodes = session.kwok_nodes(session.ROOT / "examples" / "nodes" / "mixed.yaml")
+    for node in nodes:
+        node["metadata"].pop("resourceVersion", None)
+        status = node.pop("status", {})
+        apply(control_plane, node)
+        control_plane.kubectl("patch", "node", node["metadata"]["name"], "--subresource=status", "--type=merge",
+                              "-p", json.dumps({"status": {"capacity": status.get("allocatable", {}), "allocatable": status.get("allocatable", {})}}))
+    names = [n["metadata"]["name"] for n in nodes]
+    yield names
+    control_plane.kubectl("delete", "node", *names, "--wait=false", check=False)
+    _remove_member(control_plane, "kwok")
+
+
 def _remove_member(cp: ControlPlane, name: str) -> None:
     from e2e.cluster.controlplane import _end
 
