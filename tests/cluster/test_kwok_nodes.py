@@ -5,9 +5,10 @@ real scheduler places GPU pods on them by product."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from shardwright.operator.planner import inventory_from_nodelist
 from e2e.cluster.session import ROOT
+from shardwright.operator.planner import inventory_from_nodelist
 from tests.support.cluster import apply, get_json, wait_for
 
 ROOT_EXAMPLES = ROOT / "examples"
