@@ -23,7 +23,7 @@ def up() -> int:
     controlplane.stop_recorded(STATE)  # a half-dead earlier one
     for sub in ("etcd", "pki", "logs"):
         shutil.rmtree(STATE / sub, ignore_errors=True)
-    cp = session.control_plane(STATE, die_with_parent=False)
+    cp = session.control_plane(STATE, die_with_parent=False, crds=False)  # `helm install` brings them
     cp.start()
     try:
         session.start_node_agent(cp)

@@ -31,8 +31,10 @@ def binaries() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def control_plane(state_dir: Path, *, die_with_parent: bool = True) -> ControlPlane:
-    crds = tuple(sorted((ROOT / "crds").glob("*.yaml")))
+def control_plane(state_dir: Path, *, die_with_parent: bool = True, crds: bool = True) -> ControlPlane:
+    """``crds``: install this project's CRDs before the controller manager starts (tests);
+    off for a cluster a user installs the chart into (the chart owns them there)."""
+    crds = tuple(sorted((ROOT / "crds").glob("*.yaml"))) if crds else ()
     return ControlPlane(Settings(bin_dir=binaries(), state_dir=state_dir, crds=crds, die_with_parent=die_with_parent))
 
 
