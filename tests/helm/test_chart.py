@@ -119,12 +119,17 @@ def test_values_schema_rejects_a_typo():
 def test_examples_are_valid_against_the_crd_schema():
     from tests.support.schema_check import check  # the CRD-schema checker the API tests use
 
-    crd = yaml.safe_load((CHART / "crd-files" / "trainingjobs.shardwright.io.yaml").read_text())
-    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schemas = {}
+    for file in (CHART / "crd-files").glob("*.yaml"):
+        crd = yaml.safe_load(file.read_text())
+        schemas[crd["spec"]["names"]["kind"]] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    checked = set()
     for path in sorted((ROOT / "examples").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                assert not check(schema, doc), path
+                assert not check(schemas[doc["kind"]], doc), path
+                checked.add(doc["kind"])
+    assert checked == set(schemas)  # every kind has an example
 
 
 def test_dashboard_queries_only_exported_metrics():
