@@ -165,7 +165,7 @@ class ControlPlane:
             f"--tls-cert-file={p.serving_cert}", f"--tls-private-key-file={p.serving_key}",
             f"--client-ca-file={p.ca_cert}", f"--token-auth-file={self.dir / 'tokens.csv'}",
             "--authorization-mode=RBAC",
-            f"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={p.sa_pub}", f"--service-account-signing-key-file={p.sa_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
             # Webhooks and aggregated APIs are dialled at their endpoints' pod IPs: no
