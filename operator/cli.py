@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
                         "corrupt-checkpoint:step=40, shrink:ranks=1:step=60, grow:step=90 (repeatable)")
     p.set_defaults(func=_run)
 
+    p = sub.add_parser("serve", help="serve a ServingPool on this machine (replicas as local processes behind one router)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--port", type=int, default=8000, help="the router's port on 127.0.0.1 (0: a free one; default 8000)")
+    p.add_argument("--workdir", type=Path, help="where status, events and logs go (default .shardwright/NAMESPACE/NAME)")
+    p.add_argument("--inject", action="append", default=[], metavar="FAULT",
+                   help="inject a fault: kill:replica=N:after=SECONDS (after it became routable), slow:replica=N:delay=SECONDS (per iteration); repeatable")
+    p.set_defaults(func=_serve)
+
     p = sub.add_parser("get", help="list the jobs run on this machine: phase, step, loss, restarts, age")
     p.add_argument("--root", type=Path, default=None, help="where the job directories are (default .shardwright)")
     p.set_defaults(func=_get)
@@ -220,6 +228,20 @@ def _run(args) -> int:
         ranks=args.ranks, faults=faults,
     )
     return runner.run(job, settings).exit_code
+
+
+def _serve(args) -> int:
+    if (pool := _one_job(args.file, "ServingPool")) is None:
+        return EXIT_INVALID
+    from shardwright.operator.backends import localpool
+
+    try:
+        faults = tuple(localpool.parse_pool_fault(text) for text in args.inject)
+    except ValueError as e:
+        print(f"--inject: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    settings = localpool.LocalPoolSettings(workdir=_workdir(args, pool), port=args.port, faults=faults, manifest=args.file)
+    return localpool.serve(pool, settings)
 
 
 def _check_faults(job, faults) -> tuple[list[str], list[str]]:

@@ -98,6 +98,7 @@ class PoolReason(StrEnum):
     MINIMUM_ROUTABLE = "MinimumReplicasRoutable"
     TOO_FEW_ROUTABLE = "TooFewReplicasRoutable"
     STABLE = "Stable"
+    POOL_STOPPED = "PoolStopped"
 
 
 # ----------------------------------------------------------------------------- spec

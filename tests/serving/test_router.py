@@ -123,7 +123,7 @@ def test_a_registered_replica_is_routable_only_once_probed_serving_and_not_after
 
 def test_a_replica_that_stops_answering_times_out_and_the_request_goes_elsewhere(replicas, model):
     p = prompts([9], seed=4, vocab=VOCAB)[0]
-    with fakes.FakeReplica(fakes.hang) as hung, Router(CONFIG.model_copy(update={"request_timeout_s": 0.5, "policy": "round-robin"})) as router:
+    with fakes.FakeReplica(fakes.hang) as hung, Router(CONFIG.model_copy(update={"request_timeout_s": 2, "policy": "round-robin"})) as router:
         router.register("a-hung", hung.url)
         _wait(lambda: router.endpoints.routable() == ["a-hung"])
         status, body = http.post(f"{router.url}/v1/completions", _greedy(p, 4))
