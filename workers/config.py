@@ -9,7 +9,7 @@ come from the torch environment contract instead: ``RANK``, ``WORLD_SIZE``,
 from __future__ import annotations
 
 import os
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,6 +49,20 @@ class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class RopeScaling(_Config):
+    """Rotary frequencies stretched for long context, as Hugging Face's ``rope_scaling``.
+
+    ``linear`` divides every frequency by ``factor``; ``llama3`` divides only the low ones
+    (wavelengths beyond ``original_max_positions / low_freq_factor``) and blends between.
+    """
+
+    type: Literal["linear", "llama3"]
+    factor: float = Field(gt=0)
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+
+
 class ModelConfig(_Config):
     """Resolved transformer dimensions; ``layer_kinds[i]`` is layer i's token mixer."""
 
@@ -61,6 +75,14 @@ class ModelConfig(_Config):
     layer_kinds: tuple[str, ...]
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    rope_scaling: RopeScaling | None = None
+    #: The output head shares the embedding matrix (Llama 3.2 1B, small Qwen2 models).
+    tie_embeddings: bool = False
+    #: Biases on the query/key/value projections (Qwen2) and on the output projection.
+    qkv_bias: bool = False
+    out_bias: bool = False
+    #: Hugging Face directory (``spec.model.from``) whose weights the model starts from.
+    source: str | None = None
 
     @property
     def head_dim(self) -> int:

@@ -46,9 +46,9 @@ class SoftmaxAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, rotary: nn.Module, ctx: SequenceContext) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
-        self.q = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)
-        self.kv = nn.Linear(cfg.dim, 2 * cfg.kv_heads * cfg.head_dim, bias=False)
-        self.out = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.kv = nn.Linear(cfg.dim, 2 * cfg.kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.out = nn.Linear(cfg.heads * cfg.head_dim, cfg.dim, bias=cfg.out_bias)
         self.rotary = rotary
         self.ctx = ctx
 

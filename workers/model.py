@@ -8,20 +8,28 @@ whose global positions are not ``0..T-1``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, RopeScaling
 from .mixers import SequenceContext, build_mixer
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding applied to ``[B, H, T, D]`` queries and keys."""
+    """Rotary position embedding applied to ``[B, H, T, D]`` queries and keys.
 
-    def __init__(self, head_dim: int, theta: float) -> None:
+    Channels ``2i`` and ``2i+1`` of a head rotate together by frequency ``i`` (Hugging Face
+    pairs ``i`` with ``i + D/2`` instead: ``workers.hf.weights`` permutes q and k to match).
+    """
+
+    def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None = None) -> None:
         super().__init__()
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        if scaling is not None:
+            inv_freq = scaled_frequencies(inv_freq, scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -30,6 +38,23 @@ class Rotary(nn.Module):
         x1, x2 = x[..., 0::2], x[..., 1::2]
         out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
         return out.flatten(-2)
+
+
+def scaled_frequencies(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """``inv_freq [D/2]`` stretched for long context (Llama 3.1's rule or plain linear)."""
+    if scaling.type == "linear":
+        return inv_freq / scaling.factor
+    low_wavelen = scaling.original_max_positions / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_positions / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are divided by the factor, short ones kept, the band between blended.
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_positions / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, blended, scaled)
 
 
 class SwiGLU(nn.Module):
@@ -64,10 +89,12 @@ class Transformer(nn.Module):
         ctx = ctx or SequenceContext()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        rotary = Rotary(cfg.head_dim, cfg.rope_theta)
+        rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.blocks = nn.ModuleList(Block(cfg, kind, rotary, ctx) for kind in cfg.layer_kinds)
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
         self.apply(_init)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -80,6 +107,8 @@ class Transformer(nn.Module):
 def _init(module: nn.Module) -> None:
     if isinstance(module, nn.Linear | nn.Embedding):
         nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 def parameter_count(model: nn.Module) -> int:
