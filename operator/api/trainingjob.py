@@ -7,9 +7,10 @@ so both ``shardwright validate`` and the admission webhook apply the same checks
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from .base import ApiModel, Condition, ObjectMeta
 from .enums import (
@@ -25,6 +26,7 @@ from .enums import (
 )
 from .presets import PRESETS, ModelPreset
 from shardwright.workers.config import ModelConfig
+from shardwright.workers.hf import config as hf_config
 
 GROUP = "shardwright.io"
 VERSION = "v1alpha1"
@@ -72,6 +74,48 @@ class ModelSpec(ApiModel):
         pattern = self.layer_pattern or [self.attention]
         kinds = tuple(str(pattern[i % len(pattern)]) for i in range(dims["layers"]))
         return ModelConfig(**dims, layer_kinds=kinds)
+
+
+#: What ``from`` decides when it is set.
+_SHAPE_FIELDS = frozenset({
+    "preset", "vocab_size", "dim", "layers", "heads", "kv_heads", "ffn_dim", "attention", "layer_pattern",
+})
+
+
+class TrainingModelSpec(ModelSpec):
+    """A decoder-only transformer: a preset with overrides, or a Hugging Face model (`from`)."""
+
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        min_length=1,
+        description="A Hugging Face model directory (config.json, safetensors, tokenizer files) of "
+        "the Llama family (Llama 2/3, Mistral, Qwen2): its architecture and weights start the job. "
+        "It must be readable where the job is validated and in every rank. Excludes preset, "
+        "dimensions, attention and layerPattern.",
+    )
+
+    @field_validator("from_")
+    @classmethod
+    def _readable_llama(cls, path: str | None) -> str | None:
+        if path is not None:
+            try:
+                hf_config.read_config(path)
+            except (OSError, ValueError) as e:  # unreadable, not JSON, or a field the model cannot express
+                raise ValueError(str(e)) from None
+        return path
+
+    @model_validator(mode="after")
+    def _from_alone(self) -> Self:
+        if self.from_ is not None and (clash := sorted(self.model_fields_set & _SHAPE_FIELDS)):
+            raise ValueError(f"from gives the whole architecture; remove {', '.join(map(to_camel, clash))}")
+        return self
+
+    def resolve(self) -> ModelConfig:
+        """The architecture of ``from`` (its weights' path in ``source``), else the preset's."""
+        if self.from_ is not None:
+            return hf_config.read_config(self.from_)
+        return super().resolve()
 
 
 class DataSpec(ApiModel):
@@ -236,7 +280,7 @@ class StragglerPolicySpec(ApiModel):
 
 
 class TrainingJobSpec(ApiModel):
-    model: ModelSpec
+    model: TrainingModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
