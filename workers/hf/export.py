@@ -1,0 +1,90 @@
+"""Models out: a model or a committed training checkpoint -> a Hugging Face directory.
+
+The directory is what ``transformers.AutoModelForCausalLM.from_pretrained`` (and vLLM,
+SGLang) read: ``config.json``, safetensors (sharded above 5 GB, with an index) and, when
+the model came from a Hugging Face directory, that directory's tokenizer files. It is
+written under ``DIR.incomplete`` and renamed when whole, so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig
+from ..model import Transformer
+from ..serve.weights import load_checkpoint
+from . import config as hf_config
+from . import weights as hf_weights
+
+#: Files copied from the source directory when present: the tokenizer in every format
+#: transformers writes, and the generation defaults that go with it.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
+)
+
+
+def export_model(
+    model: Transformer, out: str | Path, *, tokenizer_from: str | Path | None = None, dtype: torch.dtype | None = None,
+    max_shard_bytes: int = hf_weights.MAX_SHARD_BYTES,
+) -> Path:
+    """Write ``model`` as a Hugging Face directory at ``out``; tokenizer files from
+    ``tokenizer_from`` (default: the directory the model was loaded from, if any)."""
+    return export_state(
+        model.state_dict(), model.cfg, out, tokenizer_from=tokenizer_from, dtype=dtype, max_shard_bytes=max_shard_bytes,
+    )
+
+
+def export_state(
+    state: dict[str, torch.Tensor], cfg: ModelConfig, out: str | Path, *, tokenizer_from: str | Path | None = None,
+    dtype: torch.dtype | None = None, max_shard_bytes: int = hf_weights.MAX_SHARD_BYTES,
+) -> Path:
+    """As ``export_model``, from a ``Transformer`` state dict and its config."""
+    hf = hf_config.to_hf(cfg)  # refuses what has no Hugging Face equivalent before writing anything
+    tensors = hf_weights.to_hf_state(state, cfg)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+        hf["torch_dtype"] = str(dtype).removeprefix("torch.")
+    final = Path(out)
+    partial = final.with_name(final.name + ".incomplete")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    hf_weights.write_safetensors(tensors, partial, max_shard_bytes=max_shard_bytes)
+    source = tokenizer_from or cfg.source
+    if source is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(source) / name).is_file():
+                shutil.copy2(Path(source) / name, partial / name)
+        hf = _keep_token_ids(hf, Path(source))
+    (partial / hf_config.CONFIG).write_text(json.dumps(hf, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final
+
+
+def export_checkpoint(
+    checkpoint: str | Path, cfg: ModelConfig, out: str | Path, *, tokenizer_from: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Export the model part of a committed DCP checkpoint (a ``step-N`` folder, or the newest
+    under a job's checkpoint directory) after its manifest checks pass; the manifest."""
+    model = Transformer(cfg)
+    manifest = load_checkpoint(model, checkpoint)
+    export_model(model, out, tokenizer_from=tokenizer_from, dtype=dtype)
+    return manifest
+
+
+def _keep_token_ids(hf: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The source config's special token ids, so generation stops where the original did."""
+    file = source / hf_config.CONFIG
+    if not file.is_file():
+        return hf
+    original = json.loads(file.read_text())
+    return hf | {k: original[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in original}
