@@ -123,13 +123,16 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ loading
 
-    def load(self, path: str | Path, model: nn.Module, optimizer) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def load(self, path: str | Path, model: nn.Module, optimizer) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Load ``path``, or the newest older committed checkpoint if it is damaged.
 
         Returns the manifest loaded and the checkpoints rejected on the way (step, reason).
-        Every rank checks the same files; the ranks agree through one all-reduce.
+        Every rank checks the same files; the ranks agree through one all-reduce. When every
+        checkpoint at or before ``path`` is damaged (or already set aside as such by an earlier
+        generation), the manifest is None: the caller starts from step 0 and reports what it
+        rejected, so the controller remembers it instead of naming the same step again.
         """
-        wanted = json.loads((Path(path) / MANIFEST).read_text())["step"]
+        wanted = _step_of(Path(path))
         rejected = []
         for manifest in reversed([m for m in committed(self.root) if m["step"] <= wanted]):
             problem = verify(manifest)
@@ -144,7 +147,18 @@ class Checkpointer:
             dcp.load(state, checkpoint_id=manifest["path"])
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
             return manifest, rejected
-        raise RuntimeError(f"no undamaged checkpoint at or before step {wanted} in {self.root}; rejected: {rejected}")
+        if not any(r["step"] == wanted for r in rejected):  # set aside by an earlier generation
+            rejected.insert(0, {"step": wanted, "reason": "damaged: set aside by an earlier generation"})
+        return None, rejected
+
+
+def _step_of(path: Path) -> int:
+    """The step of the checkpoint at ``path``: its manifest's, else its folder name's
+    (``step-00000080``; a damaged one may already be set aside under another name)."""
+    try:
+        return json.loads((path / MANIFEST).read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return int(path.name.split("-")[-1].split(".")[0])
 
 
 def verify(manifest: dict[str, Any]) -> str | None:

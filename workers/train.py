@@ -151,8 +151,11 @@ class Trainer:
         resumed, rejected = None, []
         if cfg.checkpoint.resume_from:
             manifest, rejected = self.checkpointer.load(cfg.checkpoint.resume_from, self.model, self.optimizer)
-            self.step = resumed = manifest["step"]
-            self.telemetry.record_checkpoint(manifest)
+            if manifest is None:  # every checkpoint damaged: from the start, as a fresh run would
+                resumed = 0
+            else:
+                self.step = resumed = manifest["step"]
+                self.telemetry.record_checkpoint(manifest)
         self.telemetry.update(state="running", step=self.step, resumedFrom=resumed, rejectedCheckpoints=rejected)
         self.telemetry.update(dataShares=list(self.shares) if self.shares else None)
 

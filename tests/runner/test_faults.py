@@ -94,6 +94,21 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(baseline, tmp_path
     assert curve(wd) == baseline
 
 
+def test_every_checkpoint_damaged_restarts_once_from_step_zero_and_remembers_them(baseline, tmp_path):
+    wd = tmp_path / "wd"
+    run = shardwright_run(fault_job(tmp_path), wd, "--inject", "corrupt-checkpoint:step=10", "--inject", "corrupt-checkpoint:step=20",
+                          "--inject", "kill:rank=1:step=25")
+    assert run.returncode == 0, run.stdout
+    st = status(wd)
+    # One restart, the one the kill needed: the ranks reject 20 and 10, start at 0, and say so.
+    assert st["phase"] == "Complete" and st["restarts"] == 1 and st["generation"] == 2
+    assert sorted(st["rejectedCheckpoints"]) == [10, 20]
+    rejected = [e["message"] for e in events(wd) if e["reason"] == "CheckpointRejected"]
+    assert any("step 20 is damaged" in m for m in rejected) and any("step 10 is damaged" in m for m in rejected)
+    assert all("resumed from step 0 instead" in m for m in rejected)
+    assert curve(wd) == baseline  # from step 0 again, bit for bit as the run without faults
+
+
 def test_kill_during_checkpoint_write_damages_no_committed_checkpoint(baseline, tmp_path):
     wd = tmp_path / "wd"
     run = shardwright_run(fault_job(tmp_path), wd, "--inject", "kill:rank=1:step=20:during=checkpoint")
