@@ -99,7 +99,7 @@ async def test_deleted_job_lets_the_garbage_collector_take_its_children(cluster)
     async with running_operator(cluster):
         job = await create_job(cluster, tiny_job())
         await eventually(lambda: len(pods_of(cluster, 1)) == 2 and live(cluster, SERVICES), what="generation 1 and the Service")
-        assert "shardwright.io/operator" in get(cluster, TJ, "tiny")["metadata"]["finalizers"]
+        await eventually(lambda: has_finalizer(cluster), what="Kopf's finalizer")
         children = [*live(cluster, PODS).values(), *live(cluster, SERVICES).values()]
         assert all(c["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"] for c in children)
         await delete(cluster, TJ, "tiny")
@@ -129,7 +129,12 @@ async def test_a_job_recreated_while_its_old_pods_terminate_gets_pods_of_its_own
         await cluster.kubelet.release()
         await eventually(lambda: {owner_uid(p) for p in pods_of(cluster, 1).values() if not terminating(p)} == {new["metadata"]["uid"]}
                          and len(pods_of(cluster, 1)) == 2, what="generation 1 of the new job")
-        assert job_status(cluster)["generation"] == 1 and job_status(cluster)["restarts"] == 0
+        status = await eventually(lambda: job_status(cluster).get("generation") == 1 and job_status(cluster), what="status generation 1")
+        assert status["restarts"] == 0
+
+
+def has_finalizer(cluster) -> bool:
+    return "shardwright.io/operator" in get(cluster, TJ, "tiny")["metadata"].get("finalizers", [])
 
 
 def terminating(pod: dict) -> bool:
@@ -199,7 +204,7 @@ async def test_a_failed_generations_other_pods_stop_gracefully_before_the_next_s
 async def test_a_job_deleted_while_no_operator_runs_goes_with_its_children(cluster):
     async with running_operator(cluster):
         await create_job(cluster, tiny_job())
-        await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
+        await eventually(lambda: len(pods_of(cluster, 1)) == 2 and has_finalizer(cluster), what="generation 1")
     await delete(cluster, TJ, "tiny")
     await eventually(lambda: get(cluster, TJ, "tiny") is None and not live(cluster, PODS), timeout=10, what="the job and its pods gone")
 
