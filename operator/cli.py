@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="the PNG to write (default: plot.png in the job's directory)")
     p.set_defaults(func=_plot)
 
+    p = sub.add_parser("export", parents=[local], help="write a committed checkpoint of a job run on this machine as a Hugging Face directory")
+    p.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json, safetensors and the tokenizer of spec.model.from")
+    p.add_argument("-o", "--out", type=Path, required=True, help="directory to write (replaced if it exists)")
+    p.add_argument("--step", type=int, help="the committed step to export (default: the newest)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="tensor type written (default float32, as trained)")
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("validate", help="check manifests; exit 2 naming every bad field")
     p.add_argument("files", type=Path, nargs="+")
     p.set_defaults(func=_validate)
@@ -339,6 +346,29 @@ def _plot(args) -> int:
         return 1
     print(out)
     return 0
+
+
+def _export(args) -> int:
+    """The conversion runs in a worker-side process: this command never imports torch."""
+    if (job_dir := _job_dir(args)) is None:
+        return EXIT_INVALID
+    if (job := _one_job(Path(args.job) if Path(args.job).is_file() else job_dir.manifest_file)) is None:
+        return EXIT_INVALID
+    import subprocess
+
+    from shardwright.operator.runner import checkpoint_dir
+    from shardwright.workers.manifest import committed
+
+    root = checkpoint_dir(job, job_dir.path)
+    found = {m["step"]: m for m in committed(root)}
+    step = max(found, default=None) if args.step is None else args.step
+    if step not in found:
+        have = ", ".join(map(str, sorted(found))) or "none"
+        print(f"{args.job}: no committed checkpoint {'' if step is None else f'at step {step} '}under {root} (committed steps: {have})", file=sys.stderr)
+        return 1
+    command = [sys.executable, "-m", "shardwright.workers.hf.export", found[step]["path"],
+               "--config", job.spec.model.resolve().model_dump_json(), "-o", str(args.out), "--dtype", args.dtype]
+    return subprocess.run(command, check=False).returncode
 
 
 def _crds(args) -> int:

@@ -44,11 +44,13 @@ def _is_ours(module: ModuleType | None) -> bool:
 
 def randomize(model: torch.nn.Module, *, seed: int = 0, std: float = 0.2) -> None:
     """Every parameter drawn at random, norms and biases included, so a mapping that drops
-    or misplaces any tensor shows in the logits (default init zeros biases, ones norms)."""
+    or misplaces any tensor shows in the logits (default init zeros biases, ones norms).
+    Norm scales stay near 1, as in trained models."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype) * std
+            p.copy_(1 + noise if name.endswith("norm.weight") else noise)
 
 
 def save_peer(transformers: ModuleType, config_class: str, path: Path, *, seed: int = 0, **config) -> Path:

@@ -4,13 +4,16 @@ to the Hugging Face layout loads in transformers with the same logits and greedy
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import yaml
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from shardwright.operator import cli
 from shardwright.workers.checkpoint import Checkpointer
 from shardwright.workers.config import CheckpointConfig, ModelConfig, RopeScaling
 from shardwright.workers.hf import export as hf_export
@@ -19,7 +22,8 @@ from shardwright.workers.model import Transformer
 from shardwright.workers.serve.config import EngineConfig, ServeConfig
 from shardwright.workers.serve.engine import Engine
 from shardwright.workers.serve.request import SamplingParams
-from shardwright.workers.serve.weights import find_checkpoint
+from shardwright.workers.serve.weights import build_model, find_checkpoint
+from tests.support.manifests import edited
 
 from .peer import import_transformers, load_peer, randomize, save_peer
 
@@ -85,37 +89,71 @@ def test_models_with_linear_attention_are_refused(tmp_path):
 # ----------------------------------------------------------------------------- a trainer's checkpoint
 
 
-def _train_one_step_and_save(root: str, cfg_json: str) -> None:
-    """On every rank of the pool: one DDP step, then a checkpoint as train.py writes it."""
-    cfg = ModelConfig.model_validate_json(cfg_json)
-    model = Transformer(cfg)
-    randomize(model, std=0.3)  # wide enough that the next token depends on the context
-    model = DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
-    seq = torch.randint(cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(dist.get_rank()))
-    F.cross_entropy(model(seq[:, :-1], torch.arange(16)).flatten(0, 1), seq[:, 1:].flatten()).backward()
-    optimizer.step()
-    Checkpointer(CheckpointConfig(dir=root, async_save=False), layout="dp=2,sp=1", generation=1).save(
-        1, model, optimizer, data_position=4
-    )
-
-
-def test_an_exported_checkpoint_generates_the_serving_engines_greedy_tokens(transformers, dist_pool, tmp_path):
-    """Two DDP ranks checkpoint a Qwen2-shaped model; its export, loaded by transformers,
-    decodes greedily the tokens the built-in serving engine decodes from the checkpoint."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A Qwen2-shaped model after one DDP step, checkpointed as train.py does, in a one-rank
+    gloo group of this process (loading from other world sizes: tests/serving/test_weights.py)."""
+    root = tmp_path_factory.mktemp("ckpt")
     cfg = _config(**CONFIGS["qwen2"])
-    dist_pool(2).run(_train_one_step_and_save, str(tmp_path / "ckpt"), cfg.model_dump_json())
-    manifest = hf_export.export_checkpoint(tmp_path / "ckpt", cfg, tmp_path / "hf")
-    assert manifest["step"] == 1 and manifest["path"] == find_checkpoint(tmp_path / "ckpt")["path"]
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = Transformer(cfg)
+        randomize(model, std=0.3)  # wide enough that the next token depends on the context
+        model = DistributedDataParallel(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+        seq = torch.randint(cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(0))
+        F.cross_entropy(model(seq[:, :-1], torch.arange(16)).flatten(0, 1), seq[:, 1:].flatten()).backward()
+        optimizer.step()
+        checkpointer = Checkpointer(CheckpointConfig(dir=str(root), async_save=False), layout="dp=1,sp=1", generation=1)
+        checkpointer.save(1, model, optimizer, data_position=2)
+    finally:
+        dist.destroy_process_group()
+    return root, cfg
+
+
+def test_an_exported_checkpoint_generates_the_serving_engines_greedy_tokens(transformers, trained, tmp_path):
+    """Its export, loaded by transformers, decodes greedily the tokens the built-in serving
+    engine decodes from the checkpoint."""
+    root, cfg = trained
+    manifest = hf_export.export_checkpoint(root, cfg, tmp_path / "hf")
+    assert manifest["step"] == 1 and manifest["path"] == find_checkpoint(root)["path"]
 
     engine = Engine.from_config(ServeConfig(
         model=cfg, checkpoint=manifest["path"], dtype="float64",
         engine=EngineConfig(block_size=4, num_blocks=32, max_model_len=64),
     ))
     peer = load_peer(transformers, tmp_path / "hf", dtype=torch.float64)
+    outputs = []
     for prompt in ([3, 1, 4, 1, 5, 9, 2, 6], [7, 7, 7], [42]):
         ours = engine.generate([prompt], SamplingParams(max_tokens=12))[0]
         with torch.no_grad():
             theirs = peer.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
         assert ours == theirs
-    assert len(set(ours)) > 1  # not one token repeated: the context matters
+        outputs.append(ours)
+    assert len({tuple(o) for o in outputs}) == 3  # the prompt matters: not one token everywhere
+
+
+def test_shardwright_export_writes_a_jobs_checkpoint(transformers, trained, tmp_path, capsys):
+    """``shardwright export JOB.yaml --workdir W -o DIR``: the job's model from a HF directory,
+    its checkpoints under W/checkpoints; the export carries the source's token ids."""
+    root, cfg = trained
+    source = hf_export.export_model(Transformer(cfg), tmp_path / "source")  # the job's spec.model.from
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps(config | {"eos_token_id": 5}))
+    workdir = tmp_path / "run"
+    shutil.copytree(root, workdir / "checkpoints")
+    job = edited({"spec.model": {"from": str(source)}})
+    (workdir / "job.yaml").write_text(yaml.safe_dump(job))
+
+    args = ["export", str(workdir / "job.yaml"), "--workdir", str(workdir), "-o", str(tmp_path / "out"), "--format", "hf"]
+    assert cli.main(args) == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == 5
+    reference = build_model(cfg, seed=0, checkpoint=str(root))
+    tokens = torch.randint(96, (1, 11), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        theirs = load_peer(transformers, tmp_path / "out")(tokens).logits
+        torch.testing.assert_close(theirs, reference(tokens, torch.arange(11)), atol=1e-5, rtol=0)
+
+    capsys.readouterr()
+    assert cli.main([*args, "--step", "7"]) == 1
+    assert capsys.readouterr().err == f"{workdir / 'job.yaml'}: no committed checkpoint at step 7 under {workdir / 'checkpoints'} (committed steps: 1)\n"

@@ -4,13 +4,19 @@ The directory is what ``transformers.AutoModelForCausalLM.from_pretrained`` (and
 SGLang) read: ``config.json``, safetensors (sharded above 5 GB, with an index) and, when
 the model came from a Hugging Face directory, that directory's tokenizer files. It is
 written under ``DIR.incomplete`` and renamed when whole, so a reader never sees half of it.
+
+    python -m shardwright.workers.hf.export CHECKPOINT --config MODEL_CONFIG_JSON -o DIR
+
+is how ``shardwright export`` runs it: the operator's command never imports torch itself.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,8 @@ from ..serve.weights import load_checkpoint
 from . import config as hf_config
 from . import weights as hf_weights
 
+#: Tensor types an export may be written in (``--dtype``); training checkpoints are float32.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: Files copied from the source directory when present: the tokenizer in every format
 #: transformers writes, and the generation defaults that go with it.
 TOKENIZER_FILES = (
@@ -81,6 +89,23 @@ def export_checkpoint(
     return manifest
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shardwright.workers.hf.export")
+    parser.add_argument("checkpoint", help="a committed step-N folder, or a checkpoint directory for its newest")
+    parser.add_argument("--config", required=True, help="the job's ModelConfig as JSON")
+    parser.add_argument("-o", "--out", required=True, help="the directory to write (replaced if it exists)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="tensor type of the safetensors")
+    args = parser.parse_args(argv)
+    cfg = ModelConfig.model_validate_json(args.config)
+    try:
+        manifest = export_checkpoint(args.checkpoint, cfg, args.out, dtype=DTYPES[args.dtype])
+    except (OSError, ValueError) as e:  # no checkpoint, a damaged one, or a model with no HF equivalent
+        print(f"export: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: step {manifest['step']} of {manifest['path']} in the Hugging Face layout")
+    return 0
+
+
 def _keep_token_ids(hf: dict[str, Any], source: Path) -> dict[str, Any]:
     """The source config's special token ids, so generation stops where the original did."""
     file = source / hf_config.CONFIG
@@ -88,3 +113,7 @@ def _keep_token_ids(hf: dict[str, Any], source: Path) -> dict[str, Any]:
         return hf
     original = json.loads(file.read_text())
     return hf | {k: original[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in original}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
