@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000, help="the router's port on 127.0.0.1 (0: a free one; default 8000)")
     p.add_argument("--workdir", type=Path, help="where status, events and logs go (default .shardwright/NAMESPACE/NAME)")
     p.add_argument("--inject", action="append", default=[], metavar="FAULT",
-                   help="inject a fault: kill:replica=N:after=SECONDS (after it became routable), slow:replica=N:delay=SECONDS (per iteration); repeatable")
+                   help="inject a fault: kill:replica=N:after=SECONDS (after it became routable), slow:[replica=N:]delay=SECONDS (per iteration; every replica without replica=); repeatable")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("get", help="list the jobs run on this machine: phase, step, loss, restarts, age")

@@ -12,7 +12,7 @@ as ``shardwright run`` does for a job. Editing the file while it runs applies th
 
 Faults for tests (``--inject``): ``kill:replica=N:after=SECONDS`` SIGKILLs replica N that
 many seconds after it became routable; ``slow:replica=N:delay=SECONDS`` makes every engine
-iteration of replica N sleep first.
+iteration of replica N (of every replica, without ``replica=``) sleep first.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ LINE_EVERY_S = 5.0
 @dataclasses.dataclass(frozen=True)
 class PoolFault:
     kind: Literal["kill", "slow"]
-    replica: int
+    #: The replica's number; None (slow only): every replica.
+    replica: int | None
     #: kill: seconds after the replica became routable.
     after: float = 0.0
     #: slow: seconds every engine iteration sleeps first.
@@ -67,9 +68,11 @@ class PoolFault:
 
 
 def parse_pool_fault(text: str) -> PoolFault:
-    """``kill:replica=0:after=5`` or ``slow:replica=1:delay=0.05``; ValueError saying what is allowed."""
+    """``kill:replica=0:after=5``, ``slow:replica=1:delay=0.05`` or ``slow:delay=0.05`` (every
+    replica); ValueError saying what is allowed."""
     kind, *pairs = text.split(":")
     keys = {"kill": {"replica", "after"}, "slow": {"replica", "delay"}}
+    optional = {"kill": set(), "slow": {"replica"}}
     if kind not in keys:
         raise ValueError(f"unknown fault {kind!r}; allowed: kill:replica=N:after=SECONDS, slow:replica=N:delay=SECONDS")
     values: dict[str, float] = {}
@@ -81,11 +84,12 @@ def parse_pool_fault(text: str) -> PoolFault:
             values[key] = float(value)
         except ValueError:
             raise ValueError(f"{text}: {key} must be a number, got {value!r}") from None
-    if missing := keys[kind] - values.keys():
+    if missing := keys[kind] - optional[kind] - values.keys():
         raise ValueError(f"{text}: {kind} needs {', '.join(sorted(missing))}")
-    if values["replica"] < 0 or values["replica"] != int(values["replica"]):
+    replica = values.pop("replica", None)
+    if replica is not None and (replica < 0 or replica != int(replica)):
         raise ValueError(f"{text}: replica must be a replica number (0, 1, ...)")
-    return PoolFault(kind, int(values.pop("replica")), **values)  # type: ignore[arg-type]
+    return PoolFault(kind, None if replica is None else int(replica), **values)  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +154,7 @@ class LocalPoolBackend:
                 tpot_p50=_get(status, "tpotSeconds", "p50"), tpot_p99=_get(status, "tpotSeconds", "p99"),
                 tokens_per_second=status.get("tokensPerSecond"),
             ))
-        return PoolObserved(now, tuple(out), endpoint=self.router.url)
+        return PoolObserved(now, tuple(out), held_requests=self.router.counters.as_dict()["held"], endpoint=self.router.url)
 
     def _state(self, r: _Replica) -> ReplicaState:
         if r.proc.poll() is not None:
@@ -183,7 +187,7 @@ class LocalPoolBackend:
     def _start(self, action: StartReplica) -> None:
         port_file = self.dir / f"{action.name}.port"
         port_file.unlink(missing_ok=True)
-        delay = sum(f.delay for f in self.settings.faults if f.kind == "slow" and f.replica == action.index)
+        delay = sum(f.delay for f in self.settings.faults if f.kind == "slow" and f.replica in (None, action.index))
         config = action.config.model_copy(update={"host": "127.0.0.1", "port": 0, "port_file": str(port_file), "iteration_delay_s": delay})
         config_file = self.dir / f"{action.name}.json"
         config_file.write_text(config.model_dump_json(indent=1))
@@ -271,6 +275,7 @@ def serve(pool: ServingPool, settings: LocalPoolSettings, out: TextIO = sys.stdo
                 if (mtime := _mtime(settings.manifest)) != watched:
                     watched = mtime
                     spec = _reload(settings.manifest, spec, say)
+                    backend.router.reconfigure(router_config(backend.ref, spec))
                 for note in backend.inject():
                     say(note)
                 result = reconcile_pool(backend.ref, spec, status, backend.observe(datetime.datetime.now(datetime.timezone.utc)), memory)

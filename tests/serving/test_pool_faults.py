@@ -15,6 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def test_faults_parse():
     assert parse_pool_fault("kill:replica=1:after=2.5") == PoolFault("kill", 1, after=2.5)
     assert parse_pool_fault("slow:replica=0:delay=0.05") == PoolFault("slow", 0, delay=0.05)
+    assert parse_pool_fault("slow:delay=0.05") == PoolFault("slow", None, delay=0.05)
 
 
 @pytest.mark.parametrize("text, phrase", [

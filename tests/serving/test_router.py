@@ -3,6 +3,7 @@ routability, retries, timeouts instead of hangs, and mid-stream migration."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -165,3 +166,41 @@ def test_the_serving_replica_is_named_in_a_header(replicas):
         req = urllib.request.Request(f"{router.url}/v1/completions", data=b'{"prompt": [1, 2], "max_tokens": 2}', method="POST")
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert resp.headers[REPLICA_HEADER] == "r0"
+
+
+def test_a_new_router_spec_applies_to_the_requests_that_follow(replicas, model):
+    with _router(replicas, policy="round-robin") as router:
+        port = router.url
+        router.reconfigure(CONFIG.model_copy(update={"policy": "least-load", "retries": 0, "port": 1}))
+        assert router.url == port and router.status()["policy"] == "least-load" and router.config.retries == 0
+        p = prompts([6], seed=2, vocab=VOCAB)[0]
+        status, body = http.post(f"{router.url}/v1/completions", _greedy(p, 5))
+        assert status == 200 and body["choices"][0]["token_ids"] == generate_alone(model, p, 5)
+
+
+def test_a_request_is_held_while_no_replica_is_routable_and_served_once_one_is(replicas, model):
+    p = prompts([7], seed=6, vocab=VOCAB)[0]
+    with Router(CONFIG) as router:
+        out = []
+        client = threading.Thread(target=lambda: out.append(http.post(f"{router.url}/v1/completions", _greedy(p, 4))))
+        client.start()
+        _wait(lambda: router.status()["held"] == 1)  # what wakes a pool at zero
+        router.register("r0", replicas[0].url)
+        client.join(30)
+        assert out[0][0] == 200 and out[0][1]["choices"][0]["token_ids"] == generate_alone(model, p, 4)
+        assert router.status()["held"] == 0
+
+
+def test_prefix_aware_routing_keeps_a_shared_prefix_on_one_replica(replicas):
+    import urllib.request
+
+    def served_by(router, prompt) -> str:
+        req = urllib.request.Request(f"{router.url}/v1/completions", data=json.dumps(_greedy(prompt, 2)).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.headers[REPLICA_HEADER]
+
+    shared = prompts([16], seed=12, vocab=VOCAB)[0]
+    with _router(replicas, policy="prefix-aware") as router:
+        assert len({served_by(router, shared + [i]) for i in range(4)}) == 1
+    with _router(replicas, policy="round-robin") as router:
+        assert len({served_by(router, shared + [i]) for i in range(4)}) == 2

@@ -1,9 +1,11 @@
 """``shardwright serve`` end to end: replicas as processes behind the router, and no request
-fails while a replica is killed mid-stream, while the pool scales down, or on Ctrl-C.
+fails while a replica is killed mid-stream, while the pool scales down, during a rollout, or
+on Ctrl-C.
 
 One ``shardwright serve`` process runs the whole module (replica start-up is the slow part):
 a replica is SIGKILLed under a stream and replaced, ``--inject kill`` kills its replacement,
-the file is edited to one replica while streams run, then Ctrl-C drains and stops it.
+the file is edited to one replica while streams run, then to a new engine (a rollout) while
+two clients keep sending, then Ctrl-C drains and stops it.
 Every replica iteration sleeps 20 ms (``--inject slow``) so streams are long enough to cut.
 """
 
@@ -44,7 +46,7 @@ class Pool:
         self.log = (tmp / "serve.log").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from shardwright.operator.cli import main; sys.exit(main())", "serve", str(self.file),
-             "--port", "0", "--workdir", str(self.workdir), "--inject", "slow:replica=0:delay=0.02", "--inject", "slow:replica=1:delay=0.02",
+             "--port", "0", "--workdir", str(self.workdir), "--inject", "slow:delay=0.02",
              "--inject", "kill:replica=2:after=0.5"],
             stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -158,9 +160,37 @@ def test_scaling_down_while_streams_run_fails_no_request(pool):
     for t in threads:
         t.join(120)
     assert sorted(others) == list(range(6)) and all(len(v) == N for v in others.values())
-    pool.wait(lambda: pool.status().get("replicas") == 1 and pool.status().get("routableReplicas") == 1, timeout=60)
+    pool.wait(lambda: pool.status().get("replicas") == 1 and pool.status().get("routableReplicas") == 1)
     assert "ReplicaDraining" in pool.events() and "ReplicaStopped" in pool.events()
     assert json.loads(http.request(f"{pool.url}/status")[1])["failed"] == 0
+
+
+def test_a_rollout_under_load_replaces_the_replica_and_fails_no_request(pool):
+    before = set(pool.pids())
+    done, results, errors = threading.Event(), [], []
+
+    def client(i: int) -> None:
+        while not done.is_set():
+            try:
+                events = http.events(f"{pool.url}/v1/completions", _body(i))
+                results.append(len([t for e in events[:-1] for t in e["choices"][0].get("token_ids", [])]))
+            except AssertionError as e:  # a non-200 answer
+                errors.append(str(e))
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in (1, 2)]
+    for c in clients:
+        c.start()
+    spec = POOL["spec"] | {"replicas": 1, "engine": POOL["spec"]["engine"] | {"maxBatchTokens": 32}}
+    pool.file.write_text(yaml.safe_dump(POOL | {"spec": spec}))
+    try:
+        pool.wait(lambda: "RolloutComplete" in pool.events() and not before & set(pool.pids()), timeout=START_TIMEOUT)
+    finally:
+        done.set()
+        for c in clients:
+            c.join(120)
+    assert errors == [] and results and set(results) == {N}
+    status = pool.status()
+    assert status["updatedReplicas"] == 1 and status["routableReplicas"] == 1 and "RolloutStarted" in pool.events()
 
 
 def test_ctrl_c_drains_the_running_streams_and_stops_every_process(pool):

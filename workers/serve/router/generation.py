@@ -37,6 +37,8 @@ class Counters:
     retries: int = 0
     #: Streams continued on another replica after tokens were sent.
     migrations: int = 0
+    #: Requests waiting now for a routable replica (a pool at zero wakes up on these).
+    held: int = 0
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def add(self, **by: int) -> None:
@@ -46,7 +48,7 @@ class Counters:
 
     def as_dict(self) -> dict[str, int]:
         with self.lock:
-            return {"requests": self.requests, "failed": self.failed, "retries": self.retries, "migrations": self.migrations}
+            return {"requests": self.requests, "failed": self.failed, "retries": self.retries, "migrations": self.migrations, "held": self.held}
 
 
 class Generation:
@@ -107,20 +109,28 @@ class Generation:
         """A routable replica not in ``exclude``, waiting up to ``hold_s`` while none is routable."""
         pick = Pick(self.req.prompt_token_ids + self.tokens, exclude)
         deadline = time.monotonic() + self.config.hold_s
-        while True:
-            candidates = self.endpoints.candidates()
-            with self._pipeline_lock:
-                chosen = self.pipeline.pick(pick, candidates)
-            ep = self.endpoints.get(chosen.name) if chosen else None
-            if ep is not None:
-                return ep.name, ep.url
-            if exclude and any(c.routable for c in candidates):  # only ones it failed on: waiting would not help
-                raise protocol.APIError(502, f"gave up: every routable replica failed this request ({', '.join(sorted(exclude))})", type="server_error")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise protocol.APIError(503, f"no routable replica within {self.config.hold_s:g} s; try again later", type="server_error", code="no_replica")
-            with self.endpoints.changed:
-                self.endpoints.changed.wait(min(left, 0.05))
+        held = False
+        try:
+            while True:
+                candidates = self.endpoints.candidates()
+                with self._pipeline_lock:
+                    chosen = self.pipeline.pick(pick, candidates)
+                ep = self.endpoints.get(chosen.name) if chosen else None
+                if ep is not None:
+                    return ep.name, ep.url
+                if exclude and any(c.routable for c in candidates):  # only ones it failed on: waiting would not help
+                    raise protocol.APIError(502, f"gave up: every routable replica failed this request ({', '.join(sorted(exclude))})", type="server_error")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise protocol.APIError(503, f"no routable replica within {self.config.hold_s:g} s; try again later", type="server_error", code="no_replica")
+                if not held:
+                    held = True
+                    self.counters.add(held=1)
+                with self.endpoints.changed:
+                    self.endpoints.changed.wait(min(left, 0.05))
+        finally:
+            if held:
+                self.counters.add(held=-1)
 
     def _body(self, max_tokens: int) -> dict[str, Any]:
         p = self.req.params

@@ -64,6 +64,15 @@ class Router:
         with self.pipeline_lock:
             self.pipeline.forget(name)
 
+    def reconfigure(self, config: RouterConfig) -> None:
+        """Take a new policy, retries, timeouts (the pool's spec changed); the port stays.
+        Requests under way finish with the settings they started with."""
+        with self.pipeline_lock:
+            if (config.policy, config.block_size) != (self.config.policy, self.config.block_size):
+                self.pipeline = pipeline_for(config.policy, block_size=config.block_size)
+            self.config = config.model_copy(update={"host": self.config.host, "port": self.config.port})
+            self.model = protocol.ModelInfo(config.model_name, config.max_model_len, ByteTokenizer(config.vocab_size))
+
     def status(self) -> dict[str, Any]:
         eps = self.endpoints.snapshot()
         return {
