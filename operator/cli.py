@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
     p.add_argument("--health-port", type=int, default=8081, help="Kopf liveness /healthz port (0: off)")
     p.add_argument("--webhook-port", type=int, default=9443)
+    p.add_argument("--bind-address", default="0.0.0.0", help="address of the webhook, metrics and health endpoints")
     p.add_argument("--webhook-cert-dir", type=Path, default=Path("/certs"), help="tls.crt and tls.key of the webhook")
     p.add_argument("--webhook", choices=["auto", "on", "off"], default="auto",
                    help="serve the admission webhook: on (certificate required), off, or auto: on when the certificate exists")
@@ -454,6 +455,7 @@ def _operator(args) -> int:
         webhook_certfile=tls[0] if tls else None,
         webhook_pkeyfile=tls[1] if tls else None,
         webhook=tls is not None,
+        bind_address=args.bind_address,
     )
     leader = None
     if args.lease_namespace:
@@ -461,7 +463,7 @@ def _operator(args) -> int:
 
         identity = os.environ.get("POD_NAME") or os.uname().nodename
         leader = lease.LeaderLease(handlers.api_client(), lease.LeaseSettings(namespace=args.lease_namespace, identity=identity))
-    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     try:
         asyncio.run(handlers.serve(
             cfg, namespaces=args.namespace, liveness_endpoint=liveness,

@@ -86,6 +86,9 @@ class OperatorConfig:
     webhook_insecure: bool = False
     #: Serve the admission webhook at all (off: out of cluster without a certificate).
     webhook: bool = True
+    #: Address the webhook, metrics and health endpoints listen on (all interfaces in a pod;
+    #: 127.0.0.1 for a local run).
+    bind_address: str = "0.0.0.0"
 
 
 class ConfigError(Exception):
@@ -156,7 +159,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 300
     settings.admission.server = kopf.WebhookServer(
         port=cfg.webhook_port, certfile=cfg.webhook_certfile, pkeyfile=cfg.webhook_pkeyfile,
-        insecure=cfg.webhook_insecure, addr="0.0.0.0",
+        insecure=cfg.webhook_insecure, addr=cfg.bind_address,
     ) if cfg.webhook else _no_webhook
     settings.admission.managed = None  # the chart owns the ValidatingWebhookConfiguration
     if memo.api is None:
@@ -436,7 +439,7 @@ async def serve(
     lost = asyncio.Event()
     holder = asyncio.create_task(lease.hold(lost)) if lease is not None else None
     if metrics_port is not None:
-        memo.metrics.serve(metrics_port)
+        memo.metrics.serve(metrics_port, cfg.bind_address)
     try:
         await kopf.operator(
             registry=REGISTRY, memo=memo, standalone=True, stop_flag=lost,

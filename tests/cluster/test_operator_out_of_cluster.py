@@ -31,7 +31,7 @@ def test_out_of_cluster_with_a_kubeconfig_it_reconciles_without_a_webhook(kube, 
     log = tmp_path / "operator.log"
     with open(log, "w") as sink:
         operator = subprocess.Popen(
-            [*SHARDWRIGHT, "operator", "--metrics-port=0", "--health-port=0", f"--webhook-cert-dir={tmp_path / 'none'}",
+            [*SHARDWRIGHT, "operator", "--metrics-port=0", "--health-port=0", "--bind-address=127.0.0.1", f"--webhook-cert-dir={tmp_path / 'none'}",
              f"--namespace={namespace}"],
             stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kube.kubeconfig)}, start_new_session=True)
     try:

@@ -30,7 +30,7 @@ def test_reconcile_panels_return_series_from_the_operator_on_the_control_plane(k
     kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     port = free_port()
     operator = subprocess.Popen(
-        [sys.executable, "-m", "shardwright.operator.cli", "operator", f"--metrics-port={port}", "--health-port=0",
+        [sys.executable, "-m", "shardwright.operator.cli", "operator", f"--metrics-port={port}", "--bind-address=127.0.0.1", "--health-port=0",
          f"--webhook-cert-dir={tmp_path / 'none'}", f"--namespace={namespace}"],
         stdout=(tmp_path / "operator.log").open("w"), stderr=subprocess.STDOUT,
         env={**os.environ, "KUBECONFIG": str(kube.kubeconfig)}, start_new_session=True,
