@@ -3,9 +3,14 @@ and 409 on cue: test_api_faults.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from .kubeapi import PODS, TJ, Telemetry, create_job, eventually, job_status, live, pod_creates, run_all, running_operator, sent, tiny_job
+from .kubeapi import (
+    PODS, TJ, Telemetry, create_job, eventually, job_status, live, pod_creates, pods_of, run_all, running_operator, sent,
+    set_pod_phase, tiny_job,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -46,3 +51,18 @@ async def test_stopped_between_creating_pods_and_writing_status(cluster):
     deletes = [r.path.split("?")[0].rsplit("/", 1)[1] for r in sent(cluster, "DELETE", lambda p: "/pods/" in p)]
     # Every create after the first pair followed the delete of the same name.
     assert len(creates) - len(deletes) == 2 and sorted(creates[2:]) == sorted(deletes)
+
+
+async def test_the_operator_carries_on_after_the_api_server_restarts(cluster):
+    """Every watch drops when kube-apiserver restarts (an upgrade, a crash): the operator
+    watches again and still acts on what changed while it was away."""
+    job = tiny_job(failurePolicy={"maxRestarts": 1, "backoff": {"initialSeconds": 0, "maxSeconds": 0}})
+    async with running_operator(cluster):
+        await create_job(cluster, job)
+        await eventually(lambda: len(live(cluster, PODS)) == 2, what="generation 1")
+        await run_all(cluster, 1)
+        await eventually(lambda: job_status(cluster).get("phase") == "Running", what="Running")
+        cluster.cp.restart("kube-apiserver")  # not from a thread: its process would die with the thread (PR_SET_PDEATHSIG)
+        await set_pod_phase(cluster, "tiny-g1-worker-1", "Failed", exit_code=1)
+        await eventually(lambda: job_status(cluster).get("generation") == 2 and len(pods_of(cluster, 2)) == 2, timeout=60,
+                         what="generation 2 after the restart")
