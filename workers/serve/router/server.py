@@ -82,6 +82,8 @@ class Router:
         } | self.counters.as_dict()
 
     def start(self) -> Router:
+        if self._threads:
+            return self  # already serving (a ``with`` block around a started router)
         for target, name in ((self.httpd.serve_forever, "router-http"), (self._probe_loop, "router-probe")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -168,6 +170,7 @@ class _Handler(httpbase.OpenAIHandler):
         except protocol.APIError as e:
             self.router.counters.add(failed=1)
             return self._error(e)
+        chunks.close()  # the replica is let go of before the client hears the end
         finish = "stop" if text.stopped else finish
         choice = protocol.choice(req, text.text, tokens, finish, delta=False)
         usage = protocol.usage(len(req.prompt_token_ids), len(tokens), gen.cached_tokens)
@@ -189,6 +192,7 @@ class _Handler(httpbase.OpenAIHandler):
                     is_first = False
                 if finish:
                     break
+            chunks.close()  # the replica is let go of before the client hears the end
             if req.include_usage:
                 usage = protocol.usage(len(req.prompt_token_ids), count, gen.cached_tokens)
                 self._event(protocol.envelope(req, request_id, created, name, [], chunk=True, usage=usage))
