@@ -101,7 +101,7 @@ class TrainingModelSpec(ModelSpec):
         if path is not None:
             try:
                 hf_config.read_config(path)
-            except (OSError, ValueError) as e:  # unreadable, not JSON, or a field the model cannot express
+            except (OSError, ValueError, TypeError) as e:  # unreadable, not JSON, a wrong type, or a field the model cannot express
                 raise ValueError(str(e)) from None
         return path
 

@@ -82,6 +82,7 @@ BASE = {"model_type": "mistral", "vocab_size": 96, "hidden_size": 32, "intermedi
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling.rope_type"),
     ({"quantization_config": {"quant_method": "gptq"}}, "quantization_config"),
     ({"model_type": "gemma2"}, "model_type"),
+    ({"hidden_size": None}, "hidden_size"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_what_the_model_cannot_express_is_refused_by_name(change, field):
     with pytest.raises(hf_config.UnsupportedConfig, match=rf"^config.json: {field}: ") as err:

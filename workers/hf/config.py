@@ -41,6 +41,10 @@ MAPPED = frozenset({
 })
 
 
+#: Keys without which there is no model to build.
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
 class UnsupportedConfig(ValueError):
     """A config field whose value the project's transformer cannot express; ``field`` names it."""
 
@@ -71,6 +75,8 @@ def from_hf(hf: dict[str, Any]) -> ModelConfig:
     _require(hf, "attention_dropout", 0.0, "attention dropout is not implemented")
     _check_window(hf, model_type)
 
+    if missing := [k for k in REQUIRED if hf.get(k) is None]:
+        raise UnsupportedConfig(missing[0], "required field is missing")
     dim, heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, dim // heads) or dim % heads:
         raise UnsupportedConfig("head_dim", f"must be hidden_size / num_attention_heads ({dim}/{heads}); got {hf.get('head_dim')}")
