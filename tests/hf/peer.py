@@ -53,13 +53,16 @@ def randomize(model: torch.nn.Module, *, seed: int = 0, std: float = 0.2) -> Non
             p.copy_(1 + noise if name.endswith("norm.weight") else noise)
 
 
-def save_peer(transformers: ModuleType, config_class: str, path: Path, *, seed: int = 0, **config) -> Path:
+def save_peer(
+    transformers: ModuleType, config_class: str, path: Path, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None, **config,
+) -> Path:
     """A random ``config_class`` model saved with ``save_pretrained`` at ``path``."""
     cfg = getattr(transformers, config_class)(**(TINY | config))
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     randomize(model, seed=seed)
-    model.save_pretrained(path)
+    model.to(dtype).save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     return path
 
 

@@ -50,6 +50,17 @@ def test_logits_equal_transformers(transformers, tmp_path, variant):
     assert expected.std() > 0.1  # the comparison is not between near-constant logits
 
 
+def test_a_sharded_bfloat16_checkpoint_loads(transformers, tmp_path):
+    """As released checkpoints come: bfloat16, in several files with an index."""
+    path = save_peer(transformers, "LlamaConfig", tmp_path / "bf16", dtype=torch.bfloat16, max_shard_size="20KB")
+    assert len(list(path.glob("model-*-of-*.safetensors"))) > 2 and (path / hf_weights.INDEX).is_file()
+    ours = hf_weights.load_pretrained(path).eval()
+    assert ours.embed.weight.dtype == torch.float32  # cast up on load, as the trainer wants it
+    tokens = torch.randint(96, (1, 13), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens, torch.arange(13)), load_peer(transformers, path)(tokens).logits, atol=1e-5, rtol=0)
+
+
 def test_the_config_maps_every_variant_field(transformers, tmp_path):
     config_class, extra = VARIANTS["qwen2"]
     cfg = hf_config.read_config(save_peer(transformers, config_class, tmp_path / "q", **extra))
