@@ -123,6 +123,10 @@ class Trainer:
 
         torch.manual_seed(cfg.optim.seed)
         self.model = Transformer(cfg.model, self.ctx)
+        if cfg.model.source:  # spec.model.from: its weights, unless a checkpoint is resumed below
+            from .hf.weights import load_weights  # safetensors, only for jobs that name a model
+
+            load_weights(self.model, cfg.model.source)
         self.ddp = DistributedDataParallel(self.model)
         self.timer = SectionTimer()
         #: Work shares in effect; the controller may change them at a step boundary.
