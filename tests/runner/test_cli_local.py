@@ -190,7 +190,6 @@ def test_plot_without_matplotlib_says_so_in_one_line(finished, capsys, monkeypat
 
 
 def test_plot_writes_a_png(finished, capsys):
-    pytest.importorskip("matplotlib")
     assert main(["plot", "tiny-train"]) == 0
     out = Path(capsys.readouterr().out.strip())
     assert out.resolve() == finished.path / "plot.png"
