@@ -1,12 +1,16 @@
 """Kopf handlers: thin adapters from cluster events to the pure reconcile core.
 
-Each TrainingJob gets one Kopf *daemon*: a loop that observes the job's pods (from a Kopf
-index, no list requests), calls the same ``controller.reconcile`` the local runner calls,
-applies the actions through the Kubernetes backend, and writes ``.status`` once per pass,
-only when it changed. Pod and TrainingJob events wake the loop at once; otherwise it runs
-every ``resync_seconds`` (rank 0's ``/status`` is polled then) or when the core asks
-(backoff). No change-handler chains: after an operator restart the daemon simply resumes
-from the object's status and the pods it sees, so nothing is lost or duplicated.
+Each TrainingJob gets one loop (an asyncio task of this operator, started by the job's
+first watch event and cancelled when the object is gone) that observes the job's pods (from
+a Kopf index, no list requests), calls the same ``controller.reconcile`` the local runner
+calls, applies the actions through the Kubernetes backend, and writes ``.status`` once per
+pass, only when it changed. Pod and TrainingJob events wake the loop at once; otherwise it
+runs every ``resync_seconds`` (rank 0's ``/status`` is polled then) or when the core asks
+(backoff). No change-handler chains: after an operator restart the loop simply resumes from
+the object's status and the pods it sees, so nothing is lost or duplicated. Not a Kopf
+daemon: Kopf puts its finalizer on every object a daemon runs for, and with the operator
+stopped or uninstalled, deleting a job or its namespace would hang; children go by their
+ownerReferences instead.
 
 Errors become Kopf's TemporaryError/PermanentError here, and nowhere else.
 """
@@ -125,7 +129,8 @@ def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, reque
     """Operator-wide state; Kopf shallow-copies it per object, so these are shared.
     ``request_json``: how ranks' telemetry is asked (tests answer for the ranks)."""
     executor = concurrent.futures.ThreadPoolExecutor(cfg.reconcile_threads, thread_name_prefix="reconcile")
-    return kopf.Memo(config=cfg, api=api, request_json=request_json, metrics=OperatorMetrics(), wakeups={}, executor=executor)
+    return kopf.Memo(config=cfg, api=api, request_json=request_json, metrics=OperatorMetrics(), wakeups={}, executor=executor,
+                     jobs={}, bodies={})
 
 
 def api_client() -> client.ApiClient:
@@ -167,8 +172,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 @kopf.on.cleanup(registry=REGISTRY)
-def release(memo: kopf.Memo, **_: Any) -> None:
-    """The daemons are stopped by now: no pass is queued, the idle threads can go."""
+async def release(memo: kopf.Memo, **_: Any) -> None:
+    """Stop every job loop; then no pass is queued and the idle threads can go."""
+    loops = list(memo.jobs.values())
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
     memo.executor.shutdown(wait=False)
 
 
@@ -229,8 +238,23 @@ def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) 
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=REGISTRY)
-def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _wake(memo, (namespace, name))
+async def job_changed(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo,
+    pods_by_job: kopf.Index, node_index: kopf.Index, logger: logging.Logger, **_: Any,
+) -> None:
+    """Hand the job's latest body to its loop, starting the loop on the first event (also
+    the listing after an operator start) and ending it when the object is gone."""
+    key = (namespace, name)
+    if event.get("type") == "DELETED":
+        if (task := memo.jobs.pop(key, None)) is not None:
+            task.cancel()
+        memo.bodies.pop(key, None)
+        memo.metrics.jobs.forget(namespace, name)
+        return
+    memo.bodies[key] = copy.deepcopy(dict(body))
+    if key not in memo.jobs:
+        memo.jobs[key] = asyncio.create_task(run_job(key, memo, pods_by_job, node_index, logger), name=f"TrainingJob {namespace}/{name}")
+    _wake(memo, key)
 
 
 def _wake(memo: kopf.Memo, key: tuple[str, str]) -> None:
@@ -264,27 +288,25 @@ class _Memory:
     readmitted: list[str] | None = None
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, registry=REGISTRY, cancellation_timeout=10)
-async def run_job(
-    body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-    pods_by_job: kopf.Index, node_index: kopf.Index, logger: logging.Logger, **_: Any,
-) -> None:
-    key = (namespace, name)
+async def run_job(key: tuple[str, str], memo: kopf.Memo, pods_by_job: kopf.Index, node_index: kopf.Index, logger: logging.Logger) -> None:
+    """The job's loop: a pass, then wait for a wake-up or the next resync, until cancelled."""
     wake = memo.wakeups.setdefault(key, asyncio.Event())
     memory = _Memory()
     cfg: OperatorConfig = memo.config
     try:
-        while not stopped:
+        while True:
             wake.clear()
-            delay = await _one_pass(body, key, memo, memory, pods_by_job, node_index, logger)
+            try:
+                delay = await _one_pass(memo.bodies[key], key, memo, memory, pods_by_job, node_index, logger)
+            except Exception:  # a bug must not end the job's loop for good
+                logger.exception("Reconcile pass failed unexpectedly; retrying")
+                delay = cfg.retry_seconds
             try:
                 await asyncio.wait_for(wake.wait(), timeout=min(delay, cfg.resync_seconds))
             except TimeoutError:
                 pass
     finally:
         memo.wakeups.pop(key, None)
-        if body.metadata.get("deletionTimestamp"):
-            memo.metrics.jobs.forget(namespace, name)
 
 
 async def _one_pass(body, key, memo, memory, pods_by_job, node_index, logger) -> float:

@@ -21,6 +21,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -203,9 +204,12 @@ class ControlPlane:
 
     def _launch(self, comp: Component) -> Component:
         log = open(self.dir / "logs" / f"{comp.name}.log", "ab")
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only a child of
+        # the main thread can safely die with its parent (a worker thread's would die with it).
+        tie = self.settings.die_with_parent and threading.current_thread() is threading.main_thread()
         comp.process = subprocess.Popen(
             comp.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=comp.cwd,
-            preexec_fn=_die_with_parent if self.settings.die_with_parent else None,
+            preexec_fn=_die_with_parent if tie else None,
         )
         log.close()
         comp.pid = comp.process.pid

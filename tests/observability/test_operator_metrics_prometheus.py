@@ -51,7 +51,7 @@ def test_reconcile_panels_return_series_from_the_operator_on_the_control_plane(k
                     break
             time.sleep(1)
     finally:
-        kube.kubectl("-n", namespace, "delete", "tj", "tiny-train", "--timeout=60s", check=False)  # the operator releases its finalizer
+        kube.kubectl("-n", namespace, "delete", "tj", "tiny-train", "--timeout=60s", check=False)
         stop(operator, wait=60)
         prom.stop()
 

@@ -178,14 +178,10 @@ async def cluster(kube: ControlPlane, namespace: str):
 
 
 def _clean_up(c: Cluster) -> None:
-    """Delete what is not namespaced; let the namespace go (no operator removes Kopf's
-    finalizer now: REVIEW-operator finding 8)."""
+    """Delete what is not namespaced; the namespace goes by itself (jobs carry no finalizer)."""
     for resource, name in reversed(c.made):
         with contextlib.suppress(ApiError):
             c.api.request("DELETE", path(resource, name=name))
-    for job in c.api.get(c.path(TJ))["items"]:
-        with contextlib.suppress(ApiError):
-            c.api.merge(c.path(TJ, job["metadata"]["name"]), {"metadata": {"finalizers": None}})
 
 
 async def add_node(c: Cluster, name: str, *, gpus: int = 0, labels: dict[str, str] | None = None) -> str:

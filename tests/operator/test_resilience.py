@@ -3,7 +3,6 @@ and 409 on cue: test_api_faults.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
