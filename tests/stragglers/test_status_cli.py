@@ -1,4 +1,4 @@
-"""`shardwright status JOB.yaml`: the last status a local run wrote, as kubectl shows .status."""
+"""`shardwright status JOB.yaml -o json|yaml`: the last status a local run wrote, as kubectl shows .status."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ def test_status_prints_the_runs_status_as_json_and_yaml(tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["step"] == 42 and shown["dataShares"] == [1.2, 0.8]
     assert shown["stragglers"] == [{"rank": 1, "node": "localhost", "score": 0.66, "sinceStep": 24, "action": "rebalance"}]
-    assert cli.main(["status", str(EXAMPLE), "--workdir", str(tmp_path)]) == 0
+    assert cli.main(["status", str(EXAMPLE), "--workdir", str(tmp_path), "-o", "yaml"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == shown
 
 
 def test_status_of_a_job_never_run_says_how_to_run_it(tmp_path, capsys):
     assert cli.main(["status", str(EXAMPLE), "--workdir", str(tmp_path)]) == 1
-    assert "run `shardwright run" in capsys.readouterr().err
+    assert "run the job first (`shardwright run FILE`)" in capsys.readouterr().err
