@@ -43,7 +43,7 @@ def test_out_of_cluster_with_a_kubeconfig_it_reconciles_without_a_webhook(kube, 
             assert owner["uid"] == job["metadata"]["uid"] and owner["controller"] is True
         wait_for(lambda: get_json(kube, "-n", namespace, "get", "tj", "tiny-train").get("status", {}).get("generation") == 1,
                  60, "status.generation 1")
-        kube.kubectl("-n", namespace, "delete", "tj", "tiny-train", "--timeout=60s")  # the operator releases its finalizer
+        kube.kubectl("-n", namespace, "delete", "tj", "tiny-train", "--timeout=60s")
     finally:
         operator.send_signal(signal.SIGTERM)
         operator.wait(timeout=60)

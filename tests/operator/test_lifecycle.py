@@ -198,9 +198,10 @@ async def test_a_failed_generations_other_pods_stop_gracefully_before_the_next_s
 async def test_a_job_deleted_while_no_operator_runs_goes_with_its_children(cluster):
     """REVIEW-operator finding 8: no finalizer, so deleting a job (or its namespace) never
     waits for an operator; the garbage collector takes the pods by their ownerReferences."""
-    async with running_operator(cluster):
+    async with running_operator(cluster) as memo:
         await create_job(cluster, tiny_job())
         await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
+        await passes(memo, 3)  # long enough for a finalizer to be added, were one added
         assert not get(cluster, TJ, "tiny")["metadata"].get("finalizers")
     await delete(cluster, TJ, "tiny")
     await eventually(lambda: get(cluster, TJ, "tiny") is None and not live(cluster, PODS), timeout=10, what="the job and its pods gone")
