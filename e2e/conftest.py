@@ -43,6 +43,15 @@ def cluster(request, tmp_path_factory) -> Cluster:
         return Cluster({**os.environ, "KUBECONFIG": kubeconfig}, os.environ.get("SHARDWRIGHT_E2E_IMAGE", "shardwright:dev"), None)
     from e2e.cluster import session
 
+    from tests.support.cluster import get_json, wait_for
+
     cp = request.getfixturevalue("control_plane")
-    request.getfixturevalue("process_nodes")
+    ours = set(request.getfixturevalue("process_nodes"))
+
+    def others() -> list[str]:
+        """Ready nodes other tests of this session may have left (no kubelet behind them)."""
+        return [n["metadata"]["name"] for n in get_json(cp, "get", "nodes")["items"] if n["metadata"]["name"] not in ours
+                and any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))]
+
+    wait_for(lambda: not others(), 60, "the scenario's pods to have only process-backed nodes to go to")
     return Cluster(session.environ(cp), "shardwright:dev", tmp_path_factory.mktemp("volumes"))

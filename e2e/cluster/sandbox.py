@@ -51,12 +51,23 @@ class Launch:
 STAGE = "/dev/.shardwright-stage"
 
 
+def image_paths() -> tuple[str, ...]:
+    """What stands for the image: the project's environment, its source (an editable
+    install) and the Python it was made from. A pod volume mounted over one of them (an
+    emptyDir at /tmp, with the repository under /tmp) must not hide it from the pod."""
+    repo = Path(__file__).resolve().parents[2]
+    return tuple(sorted({sys.prefix, sys.base_prefix, str(repo)}))
+
+
 def script(launch: Launch) -> str:
     """The shell that prepares the namespaces and then becomes the container's command."""
     q = shlex.quote
     term = launch.termination_path
     sources = [(str(launch.hosts_file), "/etc/hosts", False), (str(launch.termination_log), term, False)]
     sources += [(str(m.source), m.target, m.read_only) for m in sorted(launch.mounts, key=lambda m: m.target.count("/"))]
+    targets = [m.target.rstrip("/") + "/" for m in launch.mounts]
+    # Mounted again, last, where a volume would hide them (the image sits below the volumes).
+    sources += [(p, p, True) for p in image_paths() if any((p + "/").startswith(t) for t in targets)]
     lines = ["set -e", f"hostname {q(launch.hostname)}", f"mkdir -p {STAGE}", f"mount -t tmpfs -o size=1m shardwright-stage {STAGE}"]
     for i, (source, _, _) in enumerate(sources):
         make = f"mkdir {STAGE}/{i}" if Path(source).is_dir() else f"touch {STAGE}/{i}"
