@@ -9,28 +9,22 @@ this project's installed code, see docs/testing.md); on any cluster with
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import time
 
 import pytest
 import yaml
 
 from e2e.conftest import ROOT, Cluster
+from tests.support.cluster import wait_for
 
 pytestmark = pytest.mark.cluster
 SYSTEM = "shardwright-system"
 NS = "e2e-train"
 CLAIM = "checkpoints"
-
-
-def wait(predicate, timeout: float, what: str, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s: {what}")
+#: Polls through kubectl once a second: the pods training beside the test share its cores.
+wait = functools.partial(wait_for, every=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client, config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from . import podnet, podspec, podstate, sandbox
+from .podspec import read_json
 from .podstate import Container, Pod, now
+from .session import read_nodes
 
 log = logging.getLogger("nodeagent")
 KUBELET_VERSION = "v1.37.2"
@@ -42,10 +43,6 @@ LEASE_DURATION_S = 40
 
 def micro_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _json(response) -> Any:
-    return json.loads(response.data)
 
 
 class NodeAgent:
@@ -139,7 +136,7 @@ class NodeAgent:
         while not self.stopping.is_set():
             try:
                 if version is None:
-                    listed = _json(self.core.list_pod_for_all_namespaces(_preload_content=False, _request_timeout=30))
+                    listed = read_json(self.core.list_pod_for_all_namespaces(_preload_content=False, _request_timeout=30))
                     version = listed["metadata"]["resourceVersion"]
                     self.events.put(("LIST", listed["items"]))
                 stream = self.core.list_pod_for_all_namespaces(
@@ -367,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-port", required=True, type=int)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    docs = [d for d in yaml.safe_load_all(args.nodes.read_text()) if d]
-    nodes = [n for d in docs for n in (d.get("items") if d.get("kind") == "NodeList" else [d])]
+    nodes = read_nodes(args.nodes)
     configuration = client.Configuration()
     kube_config.load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
     agent = NodeAgent(client.ApiClient(configuration), nodes, args.state, args.api_port)

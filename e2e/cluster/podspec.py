@@ -20,7 +20,8 @@ from .podstate import Container, Pod
 POD_HOME = "/home/shardwright-pod"
 
 
-def _json(response) -> Any:
+def read_json(response) -> Any:
+    """The body of an API response read with ``_preload_content=False``."""
     return json.loads(response.data)
 
 
@@ -46,10 +47,10 @@ class Resolver:
             return Path(v["hostPath"]["path"])
         folder.mkdir(parents=True, exist_ok=True)
         if "secret" in v:
-            secret = _json(self.core.read_namespaced_secret(v["secret"]["secretName"], ns, _preload_content=False))
+            secret = read_json(self.core.read_namespaced_secret(v["secret"]["secretName"], ns, _preload_content=False))
             write_items(folder, {k: base64.b64decode(d) for k, d in (secret.get("data") or {}).items()}, v["secret"].get("items"))
         elif "configMap" in v:
-            cm = _json(self.core.read_namespaced_config_map(v["configMap"]["name"], ns, _preload_content=False))
+            cm = read_json(self.core.read_namespaced_config_map(v["configMap"]["name"], ns, _preload_content=False))
             write_items(folder, {k: d.encode() for k, d in (cm.get("data") or {}).items()}, v["configMap"].get("items"))
         elif "projected" in v:
             for source in v["projected"].get("sources") or []:
@@ -61,11 +62,11 @@ class Resolver:
     def _claim(self, ns: str, name: str) -> Path:
         """A bound claim's volume: its PersistentVolume's hostPath, else a folder per volume
         under the agent's state (shared by every process-backed node, as ReadWriteMany)."""
-        claim = _json(self.core.read_namespaced_persistent_volume_claim(name, ns, _preload_content=False))
+        claim = read_json(self.core.read_namespaced_persistent_volume_claim(name, ns, _preload_content=False))
         volume = claim["spec"].get("volumeName")
         if not volume:
             raise RuntimeError(f"PersistentVolumeClaim {ns}/{name} is not bound")
-        pv = _json(self.core.read_persistent_volume(volume, _preload_content=False))
+        pv = read_json(self.core.read_persistent_volume(volume, _preload_content=False))
         folder = Path(pv["spec"]["hostPath"]["path"]) if pv["spec"].get("hostPath") else self.state / "volumes" / volume
         folder.mkdir(parents=True, exist_ok=True)
         return folder
@@ -77,13 +78,13 @@ class Resolver:
                                 "expirationSeconds": sat.get("expirationSeconds", 3607),
                                 "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": meta["uid"]}}}
             sa = pod.body["spec"].get("serviceAccountName") or "default"
-            token = _json(self.core.create_namespaced_service_account_token(sa, ns, request, _preload_content=False))
+            token = read_json(self.core.create_namespaced_service_account_token(sa, ns, request, _preload_content=False))
             write_items(folder, {sat["path"]: token["status"]["token"].encode()}, None)
         elif (ref := source.get("configMap")) is not None:
-            cm = _json(self.core.read_namespaced_config_map(ref["name"], ns, _preload_content=False))
+            cm = read_json(self.core.read_namespaced_config_map(ref["name"], ns, _preload_content=False))
             write_items(folder, {k: d.encode() for k, d in (cm.get("data") or {}).items()}, ref.get("items"))
         elif (ref := source.get("secret")) is not None:
-            secret = _json(self.core.read_namespaced_secret(ref["name"], ns, _preload_content=False))
+            secret = read_json(self.core.read_namespaced_secret(ref["name"], ns, _preload_content=False))
             write_items(folder, {k: base64.b64decode(d) for k, d in (secret.get("data") or {}).items()}, ref.get("items"))
         elif (ref := source.get("downwardAPI")) is not None:
             for item in ref.get("items") or []:
@@ -111,10 +112,10 @@ class Resolver:
         for source in c.spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if ref := source.get("configMapRef"):
-                data = (_json(self.core.read_namespaced_config_map(ref["name"], ns, _preload_content=False)).get("data") or {})
+                data = (read_json(self.core.read_namespaced_config_map(ref["name"], ns, _preload_content=False)).get("data") or {})
             else:
                 ref = source["secretRef"]
-                data = {k: base64.b64decode(v).decode() for k, v in (_json(self.core.read_namespaced_secret(ref["name"], ns, _preload_content=False)).get("data") or {}).items()}
+                data = {k: base64.b64decode(v).decode() for k, v in (read_json(self.core.read_namespaced_secret(ref["name"], ns, _preload_content=False)).get("data") or {}).items()}
             env.update({prefix + k: v for k, v in data.items()})
         for item in c.spec.get("env") or []:
             if "valueFrom" not in item:
@@ -125,11 +126,11 @@ class Resolver:
                 env[item["name"]] = self._field(pod, src["fieldRef"]["fieldPath"])
             elif "secretKeyRef" in src:
                 ref = src["secretKeyRef"]
-                data = _json(self.core.read_namespaced_secret(ref["name"], ns, _preload_content=False)).get("data") or {}
+                data = read_json(self.core.read_namespaced_secret(ref["name"], ns, _preload_content=False)).get("data") or {}
                 env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
             elif "configMapKeyRef" in src:
                 ref = src["configMapKeyRef"]
-                env[item["name"]] = (_json(self.core.read_namespaced_config_map(ref["name"], ns, _preload_content=False)).get("data") or {})[ref["key"]]
+                env[item["name"]] = (read_json(self.core.read_namespaced_config_map(ref["name"], ns, _preload_content=False)).get("data") or {})[ref["key"]]
             elif "resourceFieldRef" in src:
                 ref = src["resourceFieldRef"]
                 kind, _, res = ref["resource"].partition(".")

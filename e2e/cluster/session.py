@@ -44,7 +44,7 @@ def start_node_agent(cp: ControlPlane, nodes: Path = PROCESS_NODES, name: str = 
     state.mkdir(parents=True, exist_ok=True)
     cp.add(name, [sys.executable, "-m", "e2e.cluster.nodeagent", f"--kubeconfig={cp.kubeconfig}", f"--nodes={nodes}",
                   f"--state={state}", f"--api-port={cp.api_port}"], health=None, cwd=ROOT)
-    names = {n["metadata"]["name"] for n in _nodes(nodes)}
+    names = {n["metadata"]["name"] for n in read_nodes(nodes)}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         listed = json.loads(cp.kubectl("get", "nodes", "-o", "json").stdout)["items"]
@@ -78,7 +78,7 @@ def start_kwok(cp: ControlPlane) -> None:
 def kwok_nodes(nodelist: Path) -> list[dict]:
     """Node manifests of ``nodelist`` as KWOK nodes (annotation, taint-free, status kept)."""
     out = []
-    for node in _nodes(nodelist):
+    for node in read_nodes(nodelist):
         meta = node.setdefault("metadata", {})
         meta.setdefault("annotations", {})[KWOK_ANNOTATION] = "fake"
         meta.setdefault("labels", {})["type"] = "kwok"
@@ -86,7 +86,8 @@ def kwok_nodes(nodelist: Path) -> list[dict]:
     return out
 
 
-def _nodes(path: Path) -> list[dict]:
+def read_nodes(path: Path) -> list[dict]:
+    """The Node manifests of a NodeList (or Node) YAML file."""
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     return [n for d in docs for n in (d.get("items") if d.get("kind") == "NodeList" else [d])]
 

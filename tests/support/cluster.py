@@ -64,7 +64,7 @@ def process_nodes(control_plane: ControlPlane) -> Iterator[list[str]]:
     """Process-backed GPU nodes (e2e/cluster/nodes/process.yaml) for this module's tests."""
     name = f"node-agent-{secrets.token_hex(3)}"
     session.start_node_agent(control_plane, name=name)
-    nodes = [n["metadata"]["name"] for n in session._nodes(session.PROCESS_NODES)]
+    nodes = [n["metadata"]["name"] for n in session.read_nodes(session.PROCESS_NODES)]
     yield nodes
     _remove_member(control_plane, name)
     control_plane.kubectl("delete", "node", *nodes, "--wait=false", check=False)
