@@ -25,13 +25,13 @@ import datetime
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import kopf
 from kubernetes import client, config as kube_config
 
 from shardwright.operator.api import GROUP, VERSION, TrainingJob, TrainingJobStatus, validate
+from shardwright.operator import webhook
 from shardwright.operator.backends import probe
 from shardwright.operator.backends import pods as render
 from shardwright.operator.backends.kubernetes import (
@@ -95,36 +95,6 @@ class OperatorConfig:
     bind_address: str = "0.0.0.0"
 
 
-class ConfigError(Exception):
-    """A start-up setting that cannot work; the CLI prints it as one line and exits 2."""
-
-
-def webhook_tls(cert_dir: Path, mode: str) -> tuple[str, str] | None:
-    """The webhook's (certificate, key) files in ``cert_dir``, or None to serve no webhook.
-
-    ``mode`` ``on`` needs both files (in a cluster the chart mounts its Secret there);
-    ``auto`` serves the webhook only when they exist: a laptop with a kubeconfig runs the
-    operator without one (the API server could not call it there anyway)."""
-    cert, key = cert_dir / "tls.crt", cert_dir / "tls.key"
-    present = cert.is_file() and key.is_file()
-    if mode == "off" or (mode == "auto" and not present):
-        if mode == "auto":
-            log.info(f"Admission webhook off: no tls.crt and tls.key in {cert_dir} (--webhook-cert-dir); "
-                     "objects are still checked by the CRD schema and by every reconcile")
-        return None
-    if not present:
-        missing = " and ".join(str(p) for p in (cert, key) if not p.is_file())
-        raise ConfigError(f"webhook certificate not found: {missing}; mount the chart's Secret there, "
-                          "pass --webhook-cert-dir, or --webhook=off")
-    return str(cert), str(key)
-
-
-async def _no_webhook(_fn: Any):
-    """An admission 'server' that never serves: Kopf requires one when validating handlers exist."""
-    await asyncio.Event().wait()
-    yield  # pragma: no cover - never reached; makes this an async generator
-
-
 def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, request_json=probe.request_json) -> kopf.Memo:
     """Operator-wide state; Kopf shallow-copies it per object, so these are shared.
     ``request_json``: how ranks' telemetry is asked (tests answer for the ranks)."""
@@ -165,7 +135,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.admission.server = kopf.WebhookServer(
         port=cfg.webhook_port, certfile=cfg.webhook_certfile, pkeyfile=cfg.webhook_pkeyfile,
         insecure=cfg.webhook_insecure, addr=cfg.bind_address,
-    ) if cfg.webhook else _no_webhook
+    ) if cfg.webhook else webhook.no_webhook
     settings.admission.managed = None  # the chart owns the ValidatingWebhookConfiguration
     if memo.api is None:
         memo.api = api_client()

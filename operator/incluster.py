@@ -1,0 +1,95 @@
+"""The subcommands that run inside the cluster's pods: ``shardwright operator`` (the chart's
+Deployment) and ``shardwright ray-head`` (a ``runtime: ray`` generation's head pod).
+
+Like every subcommand they import what they need when they run: the operator never imports
+torch, and ``shardwright validate`` never pays for Kopf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("operator", help="run the Kubernetes operator (Kopf) in this process")
+    p.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable; default: the cluster)")
+    p.add_argument("--image", help="worker image for groups that name none")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--health-port", type=int, default=8081, help="Kopf liveness /healthz port (0: off)")
+    p.add_argument("--webhook-port", type=int, default=9443)
+    p.add_argument("--bind-address", default="0.0.0.0", help="address of the webhook, metrics and health endpoints")
+    p.add_argument("--webhook-cert-dir", type=Path, default=Path("/certs"), help="tls.crt and tls.key of the webhook")
+    p.add_argument("--webhook", choices=["auto", "on", "off"], default="auto",
+                   help="serve the admission webhook: on (certificate required), off, or auto: on when the certificate exists")
+    p.add_argument("--checkpoint-claim", help="PersistentVolumeClaim mounted at /checkpoints in every worker pod")
+    p.add_argument("--lease-namespace", help="namespace of the leader Lease (default: no leader election)")
+    p.add_argument("--gang-scheduler", choices=["volcano", "scheduler-plugins"], help="create a PodGroup per generation")
+    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds pods may stay Pending")
+    p.add_argument("--cordon-nodes", action="store_true",
+                   help="cordon a replaced straggler's node when the job's stragglerPolicy.cordon asks (needs patch on nodes)")
+    p.set_defaults(func=_operator)
+
+    p = sub.add_parser("ray-head", help="drive one runtime: ray generation from its head pod (the operator renders this command)")
+    p.add_argument("--port", type=int, default=6379, help="port of the Ray head, where the worker pods join")
+    p.add_argument("--join-timeout", type=float, default=600.0, help="seconds the worker pods have to join")
+    p.add_argument("--ray-start-arg", action="append", default=[], metavar="OPTION",
+                   help="another `ray start --head` option, e.g. --ray-start-arg=--temp-dir=/tmp/r (repeatable)")
+    p.set_defaults(func=_ray_head)
+
+
+def _operator(args) -> int:
+    import asyncio
+    import dataclasses
+    import logging
+
+    from shardwright.operator import handlers, lease, webhook
+    from shardwright.operator.backends.kubernetes import KubernetesSettings
+    from shardwright.operator.backends.pods import PodSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        tls = webhook.tls_files(args.webhook_cert_dir, args.webhook)
+    except webhook.ConfigError as e:
+        print(f"shardwright operator: {e}", file=sys.stderr)
+        return 2
+    pods = PodSettings(gang_scheduler=args.gang_scheduler, checkpoint_claim=args.checkpoint_claim)
+    if args.image:
+        pods = dataclasses.replace(pods, image=args.image)
+    cfg = handlers.OperatorConfig(
+        kubernetes=KubernetesSettings(pods=pods, startup_timeout_s=args.startup_timeout, cordon_nodes=args.cordon_nodes),
+        webhook_port=args.webhook_port if tls else None,
+        webhook_certfile=tls[0] if tls else None,
+        webhook_pkeyfile=tls[1] if tls else None,
+        webhook=tls is not None,
+        bind_address=args.bind_address,
+    )
+    leader = None
+    if args.lease_namespace:
+        import os
+
+        identity = os.environ.get("POD_NAME") or os.uname().nodename
+        leader = lease.LeaderLease(handlers.api_client(), lease.LeaseSettings(namespace=args.lease_namespace, identity=identity))
+    liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
+    try:
+        asyncio.run(handlers.serve(
+            cfg, namespaces=args.namespace, liveness_endpoint=liveness,
+            metrics_port=args.metrics_port or None, lease=leader,
+        ))
+    except lease.LeaseLost as e:
+        logging.getLogger("shardwright.operator").error(f"{e}; exiting for a fresh start")
+        return 1
+    return 0
+
+
+def _ray_head(args) -> int:
+    """The generation comes from the pod's env (see operator/backends/raypods.py)."""
+    import logging
+    import os
+
+    from shardwright.operator.backends import rayhead
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = rayhead.HeadSettings(port=args.port, join_timeout_s=args.join_timeout, ray_start_args=tuple(args.ray_start_arg))
+    return rayhead.main(os.environ, settings)
