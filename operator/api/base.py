@@ -35,12 +35,19 @@ class Condition(ApiModel):
     )
 
 
+#: An object's name: a DNS-1035 label, as a Service name must be (a TrainingJob's Service
+#: takes it, and an API server without relaxed Service names refuses a leading digit).
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_MAX = 63
+NAME_RULE = f"a DNS-1035 label: at most {NAME_MAX} lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
+
+
 class ObjectMeta(BaseModel):
     """The part of ``metadata`` Shardwright reads; everything else passes through."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
 
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     namespace: str = "default"
     generation: int | None = None
     uid: str | None = None

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from . import rules
 from .servingpool import ServingPool
 from .trainingjob import GROUP, VERSION, TrainingJob
 
@@ -103,6 +104,7 @@ def crd_for(kind: type) -> dict[str, Any]:
                             "type": "object",
                             "description": (kind.__doc__ or "").strip(),
                             "required": ["spec"],
+                            "x-kubernetes-validations": [rules.NAME],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

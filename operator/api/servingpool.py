@@ -19,7 +19,8 @@ from pydantic import Field
 
 from .base import ApiModel, Condition, ObjectMeta
 from .enums import AttentionKind
-from .trainingjob import DnsLabel, ModelSpec, ResourcesSpec
+from .resources import ResourcesSpec
+from .trainingjob import ModelSpec
 from . import validation
 from .validation import Problem
 from shardwright.workers.serve.config import EngineConfig
@@ -191,7 +192,7 @@ class ServingPoolSpec(ApiModel):
     model: ServedModelSpec = Field(default_factory=ServedModelSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     replicas: int = Field(default=1, ge=0, description="Replicas of a unified pool (the /scale subresource's spec path).")
-    roles: list[RoleSpec] = Field(default_factory=lambda: [RoleSpec()], min_length=1, description="unified, or prefill and decode.")
+    roles: list[RoleSpec] = Field(default_factory=lambda: [RoleSpec()], min_length=1, max_length=len(RoleName), description="unified, or prefill and decode.")
     router: RouterSpec = Field(default_factory=RouterSpec)
     autoscaling: AutoscalingSpec | None = Field(default=None, description="Unset: the replica counts stay as written.")
     slo: SLOSpec = Field(default_factory=SLOSpec)
@@ -299,6 +300,7 @@ def check_pool_spec(spec: ServingPoolSpec) -> Iterable[Problem]:
             yield Problem(f"{path}.name", f"{role.name} roles (disaggregated prefill/decode) are not supported yet; allowed: unified")
         elif role.replicas is not None:
             yield Problem(f"{path}.replicas", "a unified pool's size is spec.replicas (the /scale path); remove roles[].replicas")
+        yield from validation.check_resources(f"{path}.resources", role.resources)
         if role.parallelism.tensor != 1:
             yield Problem(f"{path}.parallelism.tensor", "tensor parallelism is not supported by the builtin engine yet; allowed: 1")
         if role.min_replicas > role.max_replicas:

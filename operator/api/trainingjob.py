@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from .base import ApiModel, Condition, ObjectMeta
@@ -25,18 +25,14 @@ from .enums import (
     SyntheticTask,
 )
 from .presets import PRESETS, ModelPreset
+from .resources import ResourcesSpec
+from . import rules
 from shardwright.workers.config import ModelConfig
 from shardwright.workers.hf import config as hf_config
 
 GROUP = "shardwright.io"
 VERSION = "v1alpha1"
 
-#: A Kubernetes resource quantity: users write ``cpu: 2`` as often as ``memory: 8Gi``.
-Quantity = Annotated[
-    str,
-    BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v),
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
-]
 DnsLabel = Annotated[
     str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ]
@@ -168,11 +164,6 @@ class ParallelismSpec(ApiModel):
     sequence: SequenceParallelSpec = Field(default_factory=SequenceParallelSpec)
 
 
-class ResourcesSpec(ApiModel):
-    requests: dict[str, Quantity] = Field(default_factory=dict)
-    limits: dict[str, Quantity] = Field(default_factory=dict)
-
-
 class WorkerGroupSpec(ApiModel):
     """Identical replicas (pods), each running ``ranksPerReplica`` rank processes."""
 
@@ -279,12 +270,27 @@ class StragglerPolicySpec(ApiModel):
     )
 
 
+#: What a running generation was started with: these change only while the job is
+#: suspended (the CRD's transition rules). Live: workers' replicas and the elastic bounds
+#: (a resize), parallelism.data (it follows the replicas), the failure and straggler
+#: policies, suspend, the deadlines.
+FROZEN = ("model", "data", "training", "parallelism.auto", "parallelism.tensor", "parallelism.pipeline",
+          "parallelism.sequence", "checkpoint", "runtime")
+#: A worker group's fields that are frozen like :data:`FROZEN` (all but replicas).
+FROZEN_GROUP = ("ranksPerReplica", "gpuType", "image", "nodeSelector", "resources")
+#: The most worker groups a job has (bounds the cost of the CRD's rule on them).
+MAX_GROUPS = 16
+
+
 class TrainingJobSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=rules.extra(
+        *rules.frozen(FROZEN), *rules.frozen_items("workers", "name", FROZEN_GROUP)))
+
     model: TrainingModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
-    workers: list[WorkerGroupSpec] = Field(min_length=1, description="Rank groups.")
+    workers: list[WorkerGroupSpec] = Field(min_length=1, max_length=MAX_GROUPS, description="Rank groups.")
     elastic: ElasticSpec | None = None
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec)

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 import yaml
 
+from .base import NAME_RULE
 from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
+from .resources import ResourcesSpec, problems as resource_problems
 from .trainingjob import TrainingJob, TrainingJobSpec
 from shardwright.workers.config import LINEAR_KINDS, sequence_layout, softmax_kernel
 
@@ -140,6 +142,9 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
         elif not el.min_replicas <= replicas <= el.max_replicas:
             yield Problem("spec.workers", f"{replicas} replicas in total is outside elastic bounds [{el.min_replicas}, {el.max_replicas}]")
 
+    for i, group in enumerate(spec.workers):
+        yield from check_resources(f"spec.workers[{i}].resources", group.resources)
+
     backoff = spec.failure_policy.backoff
     if backoff.max_seconds < backoff.initial_seconds:
         yield Problem("spec.failurePolicy.backoff.maxSeconds", f"must be >= initialSeconds ({backoff.initial_seconds})")
@@ -155,6 +160,12 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
     stragglers = spec.straggler_policy
     if stragglers.cordon and stragglers.action is not StragglerAction.REPLACE:
         yield Problem("spec.stragglerPolicy.cordon", f"only used with action: replace (only a replaced rank's node is cordoned); got action: {stragglers.action}")
+
+
+def check_resources(path: str, resources: ResourcesSpec) -> Iterable[Problem]:
+    """What pod validation would refuse in one container's ``resources`` at ``path``."""
+    for where, message in resource_problems(resources):
+        yield Problem(f"{path}.{where}", message)
 
 
 def _check_parallelism(spec: TrainingJobSpec, m) -> Iterable[Problem]:
@@ -225,8 +236,12 @@ def _problem(model: type[pydantic.BaseModel], err: dict[str, Any]) -> Problem:
         return Problem(path, f"must be a mapping (got {type(got).__name__})")
     if kind == "list_type":
         return Problem(path, f"must be a list (got {type(got).__name__})")
+    if kind == "too_long":
+        return Problem(path, f"must have at most {ctx.get('max_length')} item(s) (got {len(got)})")
     if kind == "too_short":
         return Problem(path, f"must have at least {ctx.get('min_length')} item(s)")
+    if kind == "string_pattern_mismatch" and path == "metadata.name":
+        return Problem(path, f"must be {NAME_RULE} (got {got!r})")
     if kind == "string_pattern_mismatch":
         return Problem(path, f"must be a DNS label: lowercase letters, digits and '-' (got {got!r})")
     if kind in ("string_too_long", "string_too_short"):
@@ -273,4 +288,4 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-__all__ = ["Problem", "InvalidManifest", "load_documents", "parse", "validate", "check_spec"]
+__all__ = ["Problem", "InvalidManifest", "load_documents", "parse", "validate", "check_spec", "check_resources"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import hashlib
 from collections.abc import Collection
 from typing import Any
 
@@ -44,6 +45,8 @@ MANAGED_BY = "shardwright"
 LOCAL_WORLD_SIZE_ENV = "LOCAL_WORLD_SIZE"
 #: Kueue reads this label on the workload; copied from the TrainingJob when present.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Longest DNS label (RFC 1123): a pod's hostname, a label value.
+DNS_LABEL_MAX = 63
 #: Node label the planner's ``RankPlacement.node`` names (the kubelet sets it on every node).
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 #: Container waiting reasons that will not clear on their own.
@@ -114,15 +117,37 @@ def job_labels(owner: Owner) -> dict[str, str]:
 
 
 def service_name(owner: Owner) -> str:
+    """The job's name: admission holds it to a DNS-1035 label, which a Service name must be."""
     return owner.name
 
 
 def pod_name(owner: Owner, generation: int, group: str, replica: int) -> str:
-    return f"{owner.name}-g{generation}-{group}-{replica}"
+    """``<job>-g<generation>-<group>-<replica>``, fitted to a DNS label (it is the pod's hostname)."""
+    return child_name(owner, f"-g{generation}-{group}-{replica}")
 
 
 def pod_group_name(owner: Owner, generation: int) -> str:
-    return f"{owner.name}-g{generation}"
+    """``<job>-g<generation>``, fitted to a DNS label (gang schedulers put it in a label value)."""
+    return child_name(owner, f"-g{generation}")
+
+
+def child_name(owner: Owner, suffix: str) -> str:
+    """``<job><suffix>`` when that fits a DNS label (63 characters); else the job part is cut
+    and ends in a hash of the whole job name, ``<job prefix>-<hash8><suffix>``, so every
+    generation a job reaches gets a valid hostname. Deterministic, as idempotent creates
+    need (a second create of the same pod is a 409), and unchanged for names that fit."""
+    name = owner.name + suffix
+    if len(name) <= DNS_LABEL_MAX:
+        return name
+    keep = DNS_LABEL_MAX - len(suffix) - 9  # room for "-<hash8>"
+    if keep >= 1:  # the job name starts with a letter, so its prefix is never empty
+        return f"{owner.name[:keep].rstrip('-')}-{_hash8(owner.name)}{suffix}"
+    # A suffix too long on its own (a 40-character group, huge numbers): cut the whole name.
+    return f"{name[:DNS_LABEL_MAX - 9].rstrip('-')}-{_hash8(name)}"
+
+
+def _hash8(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _meta(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]:

@@ -52,7 +52,8 @@ def decode_pods(text: str) -> list[RayPod]:
 
 
 def head_name(owner: render.Owner, generation: int) -> str:
-    return f"{owner.name}-g{generation}-head"
+    """``<job>-g<generation>-head``, fitted to a DNS label like the worker pods' names."""
+    return render.child_name(owner, f"-g{generation}-head")
 
 
 def render_pods(owner: render.Owner, action: StartGeneration, spec_groups: dict[str, Any], settings: render.PodSettings) -> list[dict[str, Any]]:

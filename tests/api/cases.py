@@ -43,6 +43,16 @@ CASES = [
     Bad("workers-mapping", {"spec.workers": {"replicas": 2}}, "spec.workers", "must be a list (got dict)", True),
     Bad("model-list", {"spec.model": ["tiny"]}, "spec.model", "must be a mapping (got list)", True),
     Bad("cpu-list", {"spec.workers[0].resources.requests.cpu": [1]}, "spec.workers[0].resources.requests.cpu", "must be a quantity", True),
+    Bad("cpu-float", {"spec.workers[0].resources.requests.cpu": 1.5}, "spec.workers[0].resources.requests.cpu", "must be a quantity: an integer or a string", True),
+    # resources as pod validation sees them
+    Bad("cpu-word", {"spec.workers[0].resources.requests.cpu": "abc"}, "spec.workers[0].resources.requests.cpu", "must be a quantity: a non-negative number"),
+    Bad("memory-bad-suffix", {"spec.workers[0].resources.limits.memory": "2GB"}, "spec.workers[0].resources.limits.memory", "such as 500m, 8Gi or 1e3 (got '2GB')"),
+    Bad("cpu-negative", {"spec.workers[0].resources.requests.cpu": -1}, "spec.workers[0].resources.requests.cpu", "between 0 and 2^63-1"),
+    Bad("resource-unknown", {"spec.workers[0].resources.requests.gpu": 1}, "spec.workers[0].resources.requests.gpu", "unknown resource name; allowed: cpu, memory"),
+    Bad("resource-reserved", {"spec.workers[0].resources.limits": {"kubernetes.io/gpu": 1}}, "spec.workers[0].resources.limits.kubernetes.io/gpu", "reserved"),
+    Bad("gpu-fraction", {"spec.workers[0].resources.limits": {"nvidia.com/gpu": "500m"}}, "spec.workers[0].resources.limits.nvidia.com/gpu", "must be a whole number"),
+    Bad("gpu-request-without-limit", {"spec.workers[0].resources.requests": {"cpu": 1, "nvidia.com/gpu": 1}}, "spec.workers[0].resources.requests.nvidia.com/gpu", "needs limits.nvidia.com/gpu equal"),
+    Bad("request-over-limit", {"spec.workers[0].resources.limits.memory": "1Gi"}, "spec.workers[0].resources.requests.memory", "must be <= limits.memory (1Gi); got 2Gi"),
     # counts out of range
     Bad("replicas-zero", {"spec.workers[0].replicas": 0}, "spec.workers[0].replicas", "must be >= 1 (got 0)", True),
     Bad("steps-negative", {"spec.training.steps": -1}, "spec.training.steps", "must be >= 1 (got -1)", True),
@@ -98,7 +108,8 @@ CASES = [
     # names and identity
     Bad("duplicate-group-names", {"spec.workers": [{"replicas": 1}, {"replicas": 1}]}, "spec.workers[1].name", "duplicate group name 'worker'"),
     Bad("bad-group-name", {"spec.workers[0].name": "GPU_Workers"}, "spec.workers[0].name", "must be a DNS label", True),
-    Bad("bad-metadata-name", {"metadata.name": "Tiny_Train"}, "metadata.name", "must be a DNS label"),
+    Bad("bad-metadata-name", {"metadata.name": "Tiny_Train"}, "metadata.name", "must be a DNS-1035 label"),
+    Bad("digit-first-metadata-name", {"metadata.name": "7b-run"}, "metadata.name", "starting with a letter"),
     Bad("long-metadata-name", {"metadata.name": "x" * 64}, "metadata.name", "at most 63 characters"),
     Bad("wrong-api-version", {"apiVersion": "shardwright.io/v1"}, "apiVersion/kind", "must be one of: shardwright.io/v1alpha1 TrainingJob, shardwright.io/v1alpha1 ServingPool (got shardwright.io/v1 TrainingJob)"),
     Bad("wrong-kind", {"kind": "Job"}, "apiVersion/kind", "(got shardwright.io/v1alpha1 Job)"),
