@@ -19,6 +19,9 @@ GO_VERSION=$(go env GOVERSION)
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${GO_VERSION}"
 BIN="$CACHE/cluster/$KEY/bin"
 TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+# The Argo CD and Flux CRDs that tests/cluster/test_gitops.py installs: a cache and key of
+# their own (gitops_crds.sh), so they never change this key.
+bash "$(dirname "${BASH_SOURCE[0]}")/gitops_crds.sh" >/dev/null
 
 complete() {
   for t in "${TOOLS[@]}"; do [[ -x "$BIN/$t" ]] || return 1; done
