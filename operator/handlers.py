@@ -24,13 +24,14 @@ import dataclasses
 import datetime
 import logging
 import os
+import random
 import time
 from typing import Any
 
 import kopf
 from kubernetes import client, config as kube_config
 
-from shardwright.operator.api import GROUP, VERSION, TrainingJob, TrainingJobStatus, validate
+from shardwright.operator.api import GROUP, VERSION, ConditionType, EventType, Phase, Reason, TrainingJob, TrainingJobStatus, validate
 from shardwright.operator import webhook
 from shardwright.operator.backends import probe
 from shardwright.operator.backends import pods as render
@@ -54,6 +55,8 @@ from shardwright.operator.controller import (
     StopGeneration,
     parse_time,
     reconcile,
+    rfc3339,
+    set_condition,
 )
 from shardwright.operator.lease import LeaseLost
 from shardwright.operator.metrics import OperatorMetrics
@@ -76,8 +79,10 @@ class OperatorConfig:
     #: Seconds between passes of a job when nothing happens (progress polling); events wake
     #: a job at once, so this bounds only how stale step and tokens/s may get.
     resync_seconds: float = 10.0
-    #: Seconds to wait after an API error the next attempt may fix (5xx, 409, 429).
+    #: Seconds to wait after a failed API call (5xx, 409, 429, or a rejected pod), doubled
+    #: with each failure in a row up to ``retry_max_seconds``, with +-20 % jitter.
     retry_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
     #: Threads running reconcile passes (the Kubernetes client blocks). asyncio's default
     #: pool has min(32, cores + 4) threads, shared with every other ``to_thread`` user: 6 on
     #: a 2-core pod, so at most 6 jobs could wait on the API server at once.
@@ -252,31 +257,62 @@ class _Memory:
     """What this loop knows beyond the watched object: the status it computed (used as the
     next input even if writing it failed) and the status the server has."""
 
+    #: The job's uid: a new object under the same name starts from nothing.
+    uid: str | None = None
     status: TrainingJobStatus | None = None
     written: dict[str, Any] | None = None
     #: The readmit annotation this loop has applied and told of, until it is gone.
     readmitted: list[str] | None = None
+    #: Failed passes in a row (the backoff's exponent) and the last rejection told of.
+    failures: int = 0
+    rejection: str | None = None
+
+    def backoff(self, cfg: OperatorConfig) -> float:
+        """Seconds until the next attempt after this many failures in a row: exponential
+        with jitter, so many jobs failing at once do not retry in step."""
+        self.failures += 1
+        return min(cfg.retry_max_seconds, cfg.retry_seconds * 2 ** (self.failures - 1)) * random.uniform(0.8, 1.2)
 
 
 async def run_job(key: tuple[str, str], memo: kopf.Memo, pods_by_job: kopf.Index, node_index: kopf.Index, logger: logging.Logger) -> None:
     """The job's loop: a pass, then wait for a wake-up or the next resync, until cancelled."""
     wake = memo.wakeups.setdefault(key, asyncio.Event())
-    memory = _Memory()
+    memory = _Memory(uid=memo.bodies[key].get("metadata", {}).get("uid"))
     cfg: OperatorConfig = memo.config
     try:
         while True:
             wake.clear()
+            body = memo.bodies[key]
+            if (uid := body.get("metadata", {}).get("uid")) != memory.uid:
+                memory = _Memory(uid=uid)  # deleted and created again under this name: a new job
             try:
-                delay = await _one_pass(memo.bodies[key], key, memo, memory, pods_by_job, node_index, logger)
+                delay = await _one_pass(body, key, memo, memory, pods_by_job, node_index, logger)
             except Exception:  # a bug must not end the job's loop for good
                 logger.exception("Reconcile pass failed unexpectedly; retrying")
-                delay = cfg.retry_seconds
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=min(delay, cfg.resync_seconds))
-            except TimeoutError:
-                pass
+                delay = memory.backoff(cfg)
+            await _wait(memo, key, wake, delay if memory.failures else min(delay, cfg.resync_seconds), backing_off=memory.failures > 0)
     finally:
         memo.wakeups.pop(key, None)
+
+
+async def _wait(memo: kopf.Memo, key: tuple[str, str], wake: asyncio.Event, seconds: float, *, backing_off: bool) -> None:
+    """Until ``seconds`` pass or a wake-up comes. While backing off after failures, only a
+    new spec (``metadata.generation``) cuts the wait short: the job's own status writes and
+    its pods' events would otherwise retry at once, every time."""
+    def spec() -> tuple:
+        meta = (memo.bodies.get(key) or {}).get("metadata", {})
+        return meta.get("uid"), meta.get("generation")
+
+    before = spec()
+    deadline = asyncio.get_running_loop().time() + seconds
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=left)
+        except TimeoutError:
+            return
+        if not backing_off or spec() != before:
+            return
+        wake.clear()
 
 
 async def _one_pass(body, key, memo, memory, pods_by_job, node_index, logger) -> float:
@@ -297,8 +333,9 @@ async def _one_pass(body, key, memo, memory, pods_by_job, node_index, logger) ->
         return requeue if requeue is not None else cfg.resync_seconds
     except kopf.TemporaryError as e:
         memo.metrics.reconcile_errors.labels(reason="temporary").inc()
-        logger.info(f"Retrying in {e.delay}s: {e}")
-        return e.delay or cfg.retry_seconds
+        delay = memory.backoff(cfg)
+        logger.info(f"Retrying in {delay:.1f}s: {e}")
+        return delay
     except kopf.PermanentError as e:
         memo.metrics.reconcile_errors.labels(reason="permanent").inc()
         kopf.warn(body, reason="ReconcileFailed", message=str(e))
@@ -311,7 +348,7 @@ def _reconcile_sync(doc: dict[str, Any], pods: list[dict], nodes: list[dict], me
         return _reconcile_job(doc, pods, nodes, memo, memory)
     except ApiFailure as e:
         if e.retryable:
-            raise kopf.TemporaryError(str(e), delay=memo.config.retry_seconds) from None
+            raise kopf.TemporaryError(str(e)) from None
         raise kopf.PermanentError(str(e)) from None
 
 
@@ -340,15 +377,20 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
     except ValueError as e:
         raise kopf.PermanentError(f"cannot plan: {e}") from None
     owner = render.Owner(name=job.metadata.name, namespace=job.metadata.namespace, uid=meta.get("uid") or "", labels=job.metadata.labels)
+    # Children by uid: pods labelled for this name but made for an earlier job of the same
+    # name (still being collected) are never adopted.
+    mine = [p for p in pods if p.get("owner") == owner.uid]
+    foreign = [p["name"] for p in pods if p.get("owner") != owner.uid]
     ckpt_dir = (spec.checkpoint.uri or "").removeprefix("file://") or f"{cfg.kubernetes.pods.checkpoint_mount}/{owner.namespace}/{owner.name}"
     ref = JobRef(
         name=owner.name, namespace=owner.namespace, checkpoint_dir=ckpt_dir,
         object_generation=job.metadata.generation, telemetry_port=cfg.kubernetes.pods.telemetry_port,
     )
     backend = KubernetesBackend(
-        memo.api, cfg.kubernetes, owner, spec, pods,
+        memo.api, cfg.kubernetes, owner, spec, mine,
         node_ready={n["metadata"]["name"]: _ready(n) for n in nodes},
         known_checkpoint=status.last_checkpoint, avoided_nodes=avoided, request_json=memo.request_json,
+        foreign=foreign, running=(status.generation, status.world_size) if status.phase is Phase.RUNNING else None,
     )
     result = reconcile(ref, spec, plan, status, backend.observe(now))
     notes: list[Event] = []
@@ -361,9 +403,14 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
             notes += backend.replace(action)
     # The core passes avoidedNodes through; the backend adds a replaced straggler's node.
     result.status.avoided_nodes = backend.avoided_nodes
-    for action in result.actions:
-        if isinstance(action, StartGeneration):
-            backend.start(action)
+    try:
+        for action in result.actions:
+            if isinstance(action, StartGeneration):
+                backend.start(action)
+    except ApiFailure as e:
+        if e.retryable:
+            raise
+        return _rejected(memo, owner, job.metadata.generation, status, memory, e)
     # Everything is applied: from now on the computed status is the truth, even if the
     # write below fails (the next pass retries the write and does not redo the actions).
     memory.status = result.status
@@ -383,6 +430,7 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
         notes += _readmitted(memo.api, owner, readmit, avoided_before, memory)
     elif not readmit:
         memory.readmitted = None
+    memory.failures, memory.rejection = 0, None
     memo.metrics.jobs.update(owner.namespace, owner.name, result.status, str(spec.runtime))
     st = result.status
     if st.phase.terminal and spec.ttl_seconds_after_finished is not None and st.completion_time:
@@ -393,6 +441,24 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
             requeue = left if requeue is None else min(requeue, left)
     return [a for a in result.actions if isinstance(a, Event)] + notes, requeue
 
+
+
+def _rejected(memo, owner: render.Owner, generation: int, status: TrainingJobStatus, memory: _Memory, error: ApiFailure):
+    """The API server refused the generation's objects (422 invalid, 403 forbidden): nothing
+    started. Say so in one condition with the server's message, tell it once, and try again
+    with exponential backoff (a fixed template or a lifted policy lets it through)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    status = status.model_copy(deep=True)
+    message = f"The API server refused this job's pods: {error}"
+    status.conditions = set_condition(status.conditions, ConditionType.RUNNING, False, Reason.API_REJECTED, message,
+                                      now=rfc3339(now), observed_generation=generation)
+    wire = status.to_wire()
+    if wire != memory.written:
+        patch_status(memo.api, owner.namespace, owner.name, memory.written, wire)
+        memory.written = wire
+    memory.status = status
+    told, memory.rejection = memory.rejection == message, message
+    return ([] if told else [Event(EventType.WARNING, Reason.API_REJECTED, message)]), memory.backoff(memo.config)
 
 
 def _readmitted(api, owner: render.Owner, readmit: list[str], avoided_before: list[str], memory: _Memory) -> list[Event]:

@@ -64,6 +64,8 @@ class Reason(StrEnum):
     CORDON_FAILED = "CordonFailed"
     NODE_READMITTED = "NodeReadmitted"
     READMIT_IGNORED = "ReadmitIgnored"
+    PREVIOUS_JOB_TERMINATING = "PreviousJobTerminating"
+    API_REJECTED = "ApiRejected"
 
 
 class EventType(StrEnum):

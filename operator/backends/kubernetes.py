@@ -4,11 +4,21 @@ One :class:`KubernetesBackend` serves one TrainingJob for one reconcile pass. It
 list pods itself: the handlers keep a Kopf index of every pod we manage and hand this
 backend the job's pod summaries (see ``pods.summarize``), so a pass costs no list request.
 
-Gang start: every pod of a generation is created, or none is (a failure deletes the ones
-already made and raises). Creates are idempotent: names are deterministic, and a 409 means
-the pod already exists (an earlier pass, or an operator restarted mid-start). Pods of
-older generations are deleted before a new generation's pods are created. A ``runtime: ray``
-generation is a Ray head pod and Ray worker pods (raypods.py), read back as one.
+Ownership is by uid: the pods handed in are the ones whose controller ownerReference is
+this job's uid (``pods.controller_uid``); a pod of an earlier job of the same name, still
+being collected, is ``foreign`` and never adopted. Gang start: every pod of a generation is
+created, or none is (a failure deletes the ones already made and raises). Creates are
+idempotent: names are deterministic, and a 409 is accepted only when the object there is
+this job's (an earlier pass, or an operator restarted mid-start); another owner's object
+makes the start wait. A ``runtime: ray`` generation is a Ray head pod and Ray worker pods
+(raypods.py), read back as one.
+
+Fencing: pods are deleted with their grace period, and a pod being deleted counts as alive
+until its containers have ended (``pods.classify``), so the core starts generation N+1 only
+once every pod of generation N has stopped. Only a pod stuck Terminating on a NotReady node
+is force-deleted, after ``force_delete_after_s``. A PodDisruptionBudget per generation lets
+voluntary evictions take at most one of its pods: one eviction restarts the gang once (its
+pods carry DisruptionTarget, so the budget is unspent), instead of a drain taking it apart.
 
 Errors are values until the handler boundary: :class:`ApiFailure` carries whether a retry
 can help; only ``handlers.py`` turns it into Kopf's TemporaryError/PermanentError.
@@ -28,7 +38,7 @@ from kubernetes.client.exceptions import ApiException
 # kubernetes 37 imports its API classes lazily, on first attribute access. Done here, at
 # operator start, rather than in the first reconcile passes, where every worker thread
 # contended for the import lock: about 1-3 s before the first job got its pods.
-CoreV1Api, CustomObjectsApi = client.CoreV1Api, client.CustomObjectsApi
+CoreV1Api, CustomObjectsApi, PolicyV1Api = client.CoreV1Api, client.CustomObjectsApi, client.PolicyV1Api
 
 from shardwright.operator.api import GROUP, VERSION, CheckpointRef, EventType, Reason, Runtime, TrainingJob, TrainingJobSpec
 from shardwright.operator.controller import Event, Observed, ReplaceRank, SetShares, StartGeneration, StopGeneration
@@ -54,6 +64,10 @@ class KubernetesSettings:
     cordon_nodes: bool = False
 
 
+#: Pod phases whose containers have all ended: nothing of the rank runs any more.
+ENDED = ("Succeeded", "Failed")
+
+
 class ApiFailure(Exception):
     """A Kubernetes API call failed; ``retryable``: a later attempt may succeed (5xx, 429,
     409 on update, connection errors), otherwise the request itself is wrong (403, 422)."""
@@ -66,8 +80,18 @@ class ApiFailure(Exception):
 
 def _failure(what: str, exc: Exception) -> ApiFailure:
     if isinstance(exc, ApiException):
-        return ApiFailure(what, exc.status, (exc.reason or "").strip() or str(exc.body)[:200])
+        return ApiFailure(what, exc.status, _server_message(exc))
     return ApiFailure(what, None, f"{type(exc).__name__}: {exc}")
+
+
+def _server_message(exc: ApiException) -> str:
+    """The API server's own words: the ``message`` of the Status it answered with (which
+    names the field or the policy), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body).get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return (message or exc.reason or str(exc.body) or "").strip()[:1000]
 
 
 class KubernetesBackend:
@@ -85,9 +109,12 @@ class KubernetesBackend:
         known_checkpoint: CheckpointRef | None = None,
         avoided_nodes: Sequence[str] = (),
         request_json: Callable[..., dict[str, Any] | None] = probe.request_json,
+        foreign: Sequence[str] = (),
+        running: tuple[int, int] | None = None,
     ) -> None:
         self.core = CoreV1Api(api)
         self.custom = CustomObjectsApi(api)
+        self.policy = PolicyV1Api(api)
         self.settings = settings
         self.owner = owner
         self.spec = spec
@@ -97,6 +124,12 @@ class KubernetesBackend:
         #: Nodes this job's pods keep off (``status.avoidedNodes``); ``replace`` adds to it.
         self.avoided_nodes = list(avoided_nodes)
         self.request_json = request_json
+        #: Names of pods with this job's labels but another controller (an earlier job of
+        #: the same name): a generation whose pod names they hold waits for them to go.
+        self.foreign = set(foreign)
+        #: (generation, world size) once every rank of that generation ran: a rank of it
+        #: that no pod shows any more was deleted from outside (``kubectl delete --force``).
+        self.running = running
         #: Pod names this pass created or deleted: what the caller's cache does not show yet.
         self.created: list[str] = []
         self.deleted: list[str] = []
@@ -104,38 +137,52 @@ class KubernetesBackend:
     # ------------------------------------------------------------------ actions
 
     def start(self, action: StartGeneration) -> None:
+        # The core starts a generation only once the older ones have stopped: what is left
+        # of them are ended pods, removed now (their containers are gone, so grace 0 is safe).
         for pod in self.pods:
-            if pod["generation"] < action.generation:
-                self._delete_pod(pod["name"], grace=0)
-        self._create("Service", lambda body: self.core.create_namespaced_service(self.owner.namespace, body, _preload_content=False),
-                     render.render_service(self.owner, self.settings.pods))
+            if pod["generation"] < action.generation and pod["phase"] in ENDED:
+                self._delete_pod(pod["name"], grace=0, quiet=True)
+        ns = self.owner.namespace
+        self._create("Service", lambda body: self.core.create_namespaced_service(ns, body, _preload_content=False),
+                     render.render_service(self.owner, self.settings.pods),
+                     lambda name: self.core.read_namespaced_service(name, ns, _preload_content=False))
         groups = {g.name: g for g in self.spec.workers}
         rendering = raypods.render_pods if self.spec.runtime is Runtime.RAY else render.render_pods
         manifests = rendering(self.owner, action, groups, self.settings.pods)
+        if held := sorted(self.foreign & {m["metadata"]["name"] for m in manifests}):
+            raise ApiFailure(f"start generation {action.generation}", 409, f"pods {', '.join(held)} belong to an earlier "
+                             f"TrainingJob named {self.owner.name} and are still being deleted; waiting for them to go")
         if (group := render.render_pod_group(self.owner, action, self.settings.pods, len(manifests))) is not None:
-            api_version = group["apiVersion"]
-            g, v = api_version.split("/")
-            self._create("PodGroup", lambda body: self.custom.create_namespaced_custom_object(g, v, self.owner.namespace, "podgroups", body, _preload_content=False), group)
+            g, v = group["apiVersion"].split("/")
+            self._create("PodGroup", lambda body: self.custom.create_namespaced_custom_object(g, v, ns, "podgroups", body, _preload_content=False), group,
+                         lambda name: self.custom.get_namespaced_custom_object(g, v, ns, "podgroups", name, _preload_content=False))
+        self._delete_budget(action.generation - 1)
+        if (budget := render.render_disruption_budget(self.owner, action.generation, len(manifests))) is not None:
+            self._create("PodDisruptionBudget", lambda body: self.policy.create_namespaced_pod_disruption_budget(ns, body, _preload_content=False), budget,
+                         lambda name: self.policy.read_namespaced_pod_disruption_budget(name, ns, _preload_content=False))
         manifests = [render.avoid_nodes(m, self.avoided_nodes) for m in manifests]
         made: list[str] = []
         try:
             for manifest in manifests:
-                self._create("Pod", lambda body: self.core.create_namespaced_pod(self.owner.namespace, body, _preload_content=False), manifest)
+                self._create("Pod", lambda body: self.core.create_namespaced_pod(ns, body, _preload_content=False), manifest,
+                             lambda name: self.core.read_namespaced_pod(name, ns, _preload_content=False))
                 made.append(manifest["metadata"]["name"])
         except ApiFailure:
-            # Gang: a partial generation would block in its rendezvous; take it back.
+            # Gang: a partial generation would block in its rendezvous; take it back (none
+            # of them ran yet, so nothing needs a grace period).
             for name in made:
                 self._delete_pod(name, grace=0, quiet=True)
             raise
         self.created += made
 
     def stop(self, action: StopGeneration) -> None:
-        # Graceful: SIGTERM, the launcher asks the ranks to checkpoint and exit (grace period
-        # from the pod spec). Otherwise the generation already failed: end it now.
-        grace = None if action.graceful else 0
+        """Delete the generation's pods with their grace period: SIGTERM, the launcher asks
+        the ranks to checkpoint at the next step and exit. Also when the generation failed:
+        its pods count as alive until they have stopped, so the next one waits for them.
+        Pods that already ended go at once: nothing runs in them."""
         for pod in self.pods:
             if pod["generation"] == action.generation and not pod.get("deleting"):
-                self._delete_pod(pod["name"], grace=grace)
+                self._delete_pod(pod["name"], grace=0 if pod["phase"] in ENDED else None)
 
     def set_shares(self, action: SetShares) -> None:
         """Hand new work shares to rank 0 (``POST /control`` on its pod); it tells the others
@@ -170,6 +217,8 @@ class KubernetesBackend:
     def observe(self, now: datetime.datetime) -> Observed:
         live = [pod for pod in self.pods if pod["name"] not in self.deleted]
         ranks = render.observe_pods(live, now, self.settings.startup_timeout_s)
+        if self.running is not None:
+            ranks += render.vanished_ranks(*self.running, ranks)
         if self.avoided_nodes:
             # Avoided nodes can leave too few for the generation: say so where users look.
             hint = f"; this job avoids nodes {', '.join(self.avoided_nodes)} (status.avoidedNodes)"
@@ -184,8 +233,12 @@ class KubernetesBackend:
         if status is not None:
             progress = probe.progress_from_status(status, status.get("generation", -1))
             checkpoint = probe.checkpoint_from_status(status) or checkpoint
+        blocked = ""
+        if self.foreign:
+            blocked = (f"Pods labelled for this job but made by another (an earlier TrainingJob named {self.owner.name}) "
+                       f"still exist: {', '.join(sorted(self.foreign))}; this job starts its pods once they are gone")
         return Observed(now=now, ranks=tuple(ranks), progress=progress, checkpoints=(checkpoint,) if checkpoint else (),
-                        stale_placement=self._stale_placement(live))
+                        stale_placement=self._stale_placement(live), blocked=blocked)
 
     def close(self) -> None:
         """Nothing to end: the pods outlive the operator process by design."""
@@ -230,17 +283,35 @@ class KubernetesBackend:
             return None
         return f"http://{rank0['ip']}:{self.settings.pods.telemetry_port}{path}"
 
-    def _create(self, kind: str, call: Callable[[dict], Any], body: dict[str, Any]) -> None:
-        # Responses are not read back (``_preload_content=False`` everywhere): nothing uses
-        # them, and parsing thousands of pods into client models costs the operator's CPU.
+    def _create(self, kind: str, call: Callable[[dict], Any], body: dict[str, Any], read: Callable[[str], Any]) -> None:
+        """Create; a 409 is fine when the object there is this job's (an earlier pass or a
+        restarted operator made it), and waits when it is another owner's."""
+        # Responses are not parsed into client models (``_preload_content=False``): nothing
+        # uses them, and parsing thousands of pods costs the operator's CPU.
+        name = body["metadata"]["name"]
         try:
             call(body)
+            return
         except ApiException as e:
-            if e.status == 409:  # already there: an earlier pass or a restarted operator made it
-                return
-            raise _failure(f"create {kind} {body['metadata']['name']}", e) from None
+            if e.status != 409:
+                raise _failure(f"create {kind} {name}", e) from None
         except Exception as e:  # connection errors
-            raise _failure(f"create {kind} {body['metadata']['name']}", e) from None
+            raise _failure(f"create {kind} {name}", e) from None
+        try:
+            there = json.loads(read(name).data)
+        except Exception as e:  # gone again in between: the next pass creates it
+            raise _failure(f"read {kind} {name} after a conflict", e) from None
+        if (uid := render.controller_uid(there.get("metadata") or {})) != self.owner.uid:
+            raise ApiFailure(f"create {kind} {name}", 409, f"it exists and belongs to {f'owner uid {uid}' if uid else 'no controller'}, "
+                             f"not to this TrainingJob (uid {self.owner.uid}); waiting for it to go")
+
+    def _delete_budget(self, generation: int) -> None:
+        """The PodDisruptionBudget of an ended generation (best effort: it selects no pod
+        any more, and the job's deletion takes it with the rest)."""
+        try:
+            self.policy.delete_namespaced_pod_disruption_budget(render.pod_group_name(self.owner, generation), self.owner.namespace, _preload_content=False)
+        except Exception:
+            pass
 
     def _delete_pod(self, name: str, *, grace: int | None, quiet: bool = False) -> None:
         try:

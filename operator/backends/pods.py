@@ -55,8 +55,10 @@ STUCK_WAITING = frozenset({
     "CreateContainerError", "CrashLoopBackOff",
 })
 
+#: Why a rank stopped: its pod was disrupted (DisruptionTarget), deleted, or has vanished.
+DISRUPTED, DELETED, VANISHED = "Disrupted", "PodDeleted", "PodVanished"
 #: Pod failures that came from outside the rank's run (see ``RankObservation.died``).
-DEATHS = frozenset({"OOMKilled", "Evicted", "NodeLost"})
+DEATHS = frozenset({"OOMKilled", "Evicted", "NodeLost", DISRUPTED, DELETED, VANISHED})
 #: Exit codes from here up are a signal's (128 + its number): SIGKILL gives 137.
 SIGNAL_EXIT = 128
 #: Where a pod's first rank leaves its final report (the container default terminationMessagePath).
@@ -337,8 +339,14 @@ def summarize(pod: dict[str, Any]) -> dict[str, Any]:
         None,
     )
     role = labels.get(LABEL_ROLE)
+    disruption = next(
+        (c.get("reason") or "Disrupted" for c in status.get("conditions") or []
+         if c.get("type") == "DisruptionTarget" and c.get("status") == "True"),
+        None,
+    )
     return {
         "name": meta.get("name"),
+        "owner": controller_uid(meta),
         "generation": int(labels.get(LABEL_GENERATION, 0)),
         "role": role,
         "rank": int(labels.get(LABEL_RANK, env.get("RANK") or 0)),
@@ -355,8 +363,16 @@ def summarize(pod: dict[str, Any]) -> dict[str, Any]:
         "waitingMessage": (state.get("waiting") or {}).get("message"),
         "terminated": state.get("terminated"),
         "unschedulable": unschedulable,
+        "disruption": disruption,
         "avoids": avoided_by(spec),
     }
+
+
+def controller_uid(meta: dict[str, Any]) -> str | None:
+    """The uid of the object's controller (its ``controller: true`` ownerReference): whose
+    child it is. A name or a label says which job it was made for; only the uid says that
+    this job, not an earlier one of the same name, made it."""
+    return next((ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")), None)
 
 
 def avoided_by(spec: dict[str, Any]) -> list[str]:
@@ -372,8 +388,17 @@ def avoided_by(spec: dict[str, Any]) -> list[str]:
 def classify(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: float | None) -> tuple[RankState, int | None, str]:
     """(state, exit code, why) of a pod summary: exit codes, OOMKilled, Evicted, node lost,
     image pulls and scheduling. A pod still not running after ``startup_timeout_s`` counts
-    as failed, with the waiting reason, so the generation is restarted with backoff."""
+    as failed, with the waiting reason, so the generation is restarted with backoff.
+
+    A pod that ended while being deleted or disrupted did not finish training, even when
+    it exited 0 (its ranks checkpoint and exit 0 on SIGTERM): it failed, as ``Disrupted``
+    when it carries the DisruptionTarget condition (eviction, preemption, node drain or
+    shutdown), else ``PodDeleted``."""
     phase, terminated = pod["phase"], pod.get("terminated") or {}
+    if phase in ("Succeeded", "Failed") and (cause := pod.get("disruption")):
+        return RankState.FAILED, terminated.get("exitCode"), f"{DISRUPTED}: {cause}; the pod stopped at its ranks' next step"
+    if phase == "Succeeded" and pod.get("deleting"):
+        return RankState.FAILED, 0, f"{DELETED}: the pod was deleted before its ranks finished training"
     if phase == "Succeeded":
         return RankState.SUCCEEDED, 0, ""
     if phase == "Failed":
@@ -386,6 +411,11 @@ def classify(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: flo
         if why == "OOMKilled":
             return RankState.FAILED, code, "OOMKilled: raise the group's memory limit or lower microBatch"
         return RankState.FAILED, code, f"{why}: {terminated.get('message') or pod.get('message') or 'rank process exited'}".rstrip(": ")
+    if phase == "Unknown" and pod.get("deleting"):
+        # Being deleted on a node that stopped reporting: its ranks may still run there
+        # (a partition), so it holds the next generation back until confirmed gone or
+        # force-deleted (``stuck_terminating``).
+        return RankState.RUNNING, None, f"NodeLost: node {pod.get('node')} stopped reporting; waiting for the pod to be gone"
     if phase == "Unknown":
         return RankState.FAILED, None, f"NodeLost: node {pod.get('node')} stopped reporting"
     if phase == "Running":
@@ -444,10 +474,39 @@ def observe_pod(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: 
     return [
         RankObservation(
             pod["generation"], pod["rank"] + i, state, exit_code=code, message=why, node=pod.get("node"),
-            reason=reason, died=died,
+            reason=reason, died=died, disrupted=reason == DISRUPTED,
         )
         for i in range(pod["ranks"])
     ]
+
+
+def vanished_ranks(generation: int, world_size: int, seen: list[RankObservation]) -> list[RankObservation]:
+    """Ranks of a generation that ran in full but that no pod shows any more: their pod was
+    deleted without a terminal phase (``kubectl delete --force``, the pod garbage collector
+    after its node left). They failed; the job restarts."""
+    have = {r.rank for r in seen if r.generation == generation}
+    return [
+        RankObservation(generation, rank, RankState.FAILED, message=f"{VANISHED}: the pod of rank {rank} is gone", reason=VANISHED, died=True)
+        for rank in range(world_size) if rank not in have
+    ]
+
+
+def render_disruption_budget(owner: Owner, generation: int, pods: int) -> dict[str, Any] | None:
+    """A PodDisruptionBudget over one generation's pods: voluntary evictions (a drain) may
+    take one of them, which restarts the gang once, and none more while it is down. An
+    integer ``minAvailable``: the only form the disruption controller accepts for pods
+    whose controller has no scale subresource. None for a one-pod generation."""
+    if pods < 2:
+        return None
+    labels = job_labels(owner) | {LABEL_GENERATION: str(generation)}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(owner, pod_group_name(owner, generation), labels),
+        # A pod not ready yet (scheduling, starting) may always go: a drain never waits on it.
+        "spec": {"minAvailable": pods - 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                 "selector": {"matchLabels": {LABEL_JOB: owner.name, LABEL_GENERATION: str(generation)}}},
+    }
 
 
 def stuck_terminating(pods: list[dict[str, Any]], node_ready: dict[str, bool], now: datetime.datetime, grace_s: float) -> list[str]:

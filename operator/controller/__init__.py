@@ -1,6 +1,7 @@
 """The reconcile core: pure functions from (spec, plan, status, observed) to actions."""
 
 from .actions import Action, Event, ReplaceRank, Result, SetShares, StartGeneration, StopGeneration
+from .conditions import set_condition
 from .observed import Observed, Progress, RankObservation, StepTiming, parse_time, rfc3339
 from .reconcile import decide, reconcile
 from .render import JobRef, worker_config
@@ -8,4 +9,5 @@ from .render import JobRef, worker_config
 __all__ = [
     "Action", "Event", "ReplaceRank", "Result", "SetShares", "StartGeneration", "StopGeneration", "Observed", "Progress",
     "RankObservation", "StepTiming", "parse_time", "rfc3339", "decide", "reconcile", "JobRef", "worker_config",
+    "set_condition",
 ]

@@ -25,6 +25,9 @@ class RankObservation:
     #: than by raising: when ranks fail together, such a rank is the cause and the others,
     #: whose collectives broke within milliseconds, its victims.
     died: bool = False
+    #: The platform took the rank away on purpose (eviction, preemption, a node drain or
+    #: shutdown): the job restarts without spending its restart budget.
+    disrupted: bool = False
 
     @property
     def alive(self) -> bool:
@@ -77,6 +80,9 @@ class Observed:
     #: Generation -> why some of its ranks wait for a placement that no longer holds (their
     #: pods keep off a node the job has since readmitted); such a generation starts again.
     stale_placement: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: Why no generation may start yet though none of this job runs (children of an earlier
+    #: job of the same name still being deleted); empty: nothing holds a start back.
+    blocked: str = ""
 
     def of_generation(self, generation: int) -> tuple[RankObservation, ...]:
         return tuple(r for r in self.ranks if r.generation == generation)

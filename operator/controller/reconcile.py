@@ -228,6 +228,9 @@ class _Reconcile:
         if self.plan is None:
             self.wait_for_capacity()
             return True
+        if self.seen.blocked:
+            self.condition(ConditionType.RUNNING, False, Reason.PREVIOUS_JOB_TERMINATING, self.seen.blocked)
+            return True
         self.start_generation()
         return True
 
@@ -239,7 +242,10 @@ class _Reconcile:
             first = next((r for r in failed if r.died), failed[0])
             code = f" (exit code {first.exit_code})" if first.exit_code is not None else ""
             message = f"Rank {first.rank} failed{code}: {first.message}".rstrip(": ")
-            self.restart_or_fail(first.reason or Reason.RANK_FAILED, message, decide(self.spec, failed))
+            # A disruption, or a generation that only ever waited for room, is not the
+            # job's failure: restart without spending the budget (failure rules still apply).
+            spend = not (first.disrupted or all(r.reason == "PodsReadyTimeout" and "Unschedulable" in r.message for r in failed))
+            self.restart_or_fail(first.reason or Reason.RANK_FAILED, message, decide(self.spec, failed), spend=spend)
         elif not ranks:
             # A generation just started may not be visible yet (a lagging cache): only
             # ranks that were running and vanished count as lost.
@@ -305,8 +311,9 @@ class _Reconcile:
             self.event(EventType.WARNING, Reason.INSUFFICIENT_CAPACITY, message)
         self.condition(ConditionType.RUNNING, False, Reason.INSUFFICIENT_CAPACITY, message)
 
-    def restart_or_fail(self, reason: str, message: str, action: FailureAction = FailureAction.RETRY) -> None:
-        """End the current generation; restart it from the last checkpoint or fail the job."""
+    def restart_or_fail(self, reason: str, message: str, action: FailureAction = FailureAction.RETRY, *, spend: bool = True) -> None:
+        """End the current generation; restart it from the last checkpoint or fail the job.
+        ``spend``: the restart counts against ``maxRestarts`` (not for a disruption)."""
         st = self.status
         latest = self.seen.latest_checkpoint
         st.steps_lost += max(st.step - (latest.step if latest else 0), 0)
@@ -319,19 +326,18 @@ class _Reconcile:
             self.fail(Reason.FAILED_BY_RULE, f"{message}; a failure rule says Fail")
             return
         limit = self.spec.failure_policy.max_restarts
-        if st.restarts >= limit:
+        if spend and st.restarts >= limit:
             self.fail(Reason.BACKOFF_LIMIT_EXCEEDED, f"{message}; restart budget of {limit} used up")
             return
-        st.restarts += 1
+        if spend:
+            st.restarts += 1
         st.phase = Phase.RESTARTING
         delay = self.spec.failure_policy.backoff.delay(st.restarts)
         st.next_start_time = rfc3339(self.seen.now + datetime.timedelta(seconds=delay))
         self.requeue(delay)
         self.condition(ConditionType.RUNNING, False, reason, message)
-        self.condition(
-            ConditionType.RESTARTING, True, reason,
-            f"Restart {st.restarts}/{limit} in {delay:g}s: {message}",
-        )
+        counted = f"Restart {st.restarts}/{limit}" if spend else f"Restart (budget unspent, {st.restarts}/{limit} used)"
+        self.condition(ConditionType.RESTARTING, True, reason, f"{counted} in {delay:g}s: {message}")
 
     def complete(self) -> None:
         st = self.status

@@ -13,6 +13,7 @@ from .kubeapi import (
 )
 
 pytestmark = pytest.mark.cluster
+PDBS = "policy/v1/poddisruptionbudgets"
 
 
 def env(pod: dict) -> dict[str, str]:
@@ -178,9 +179,10 @@ async def running_generation_one(cluster, job: dict) -> None:
     await eventually(lambda: job_status(cluster).get("phase") == "Running", what="Running")
 
 
-@pytest.mark.xfail(strict=True, reason="REVIEW-operator finding 3: the other pods of a failed generation are deleted with "
-                   "grace 0 and generation 2 is created at once, while their ranks may still hold the GPUs")
 async def test_a_failed_generations_other_pods_stop_gracefully_before_the_next_starts(cluster):
+    """REVIEW-operator finding 3 (fenced generations): the survivors of a failed generation
+    get their grace period, and generation 2 starts only once they have stopped, so two
+    generations never hold the same GPUs or write the same checkpoint."""
     job = tiny_job(failurePolicy={"maxRestarts": 1, "backoff": {"initialSeconds": 0, "maxSeconds": 0}})
     async with running_operator(cluster) as memo:
         await running_generation_one(cluster, job)
@@ -207,9 +209,9 @@ async def test_a_job_deleted_while_no_operator_runs_goes_with_its_children(clust
     await eventually(lambda: get(cluster, TJ, "tiny") is None and not live(cluster, PODS), timeout=10, what="the job and its pods gone")
 
 
-@pytest.mark.xfail(strict=True, reason="REVIEW-operator finding 10: a disruption (the Eviction API's condition "
-                   "DisruptionTarget) goes through restart_or_fail like a crash and spends the restart budget")
 async def test_an_evicted_pod_restarts_the_job_without_spending_the_budget(cluster):
+    """REVIEW-operator finding 10: a pod evicted through the Eviction API carries the
+    DisruptionTarget condition; the job restarts with ``maxRestarts: 0`` unspent."""
     job = tiny_job(failurePolicy={"maxRestarts": 0, "backoff": {"initialSeconds": 0, "maxSeconds": 0}})
     async with running_operator(cluster):
         await running_generation_one(cluster, job)
@@ -224,16 +226,47 @@ async def test_an_evicted_pod_restarts_the_job_without_spending_the_budget(clust
         outcome = await eventually(lambda: pods_of(cluster, 2) or job_status(cluster).get("phase") == "Failed", what="a restart or the end")
         assert outcome is not True, job_status(cluster)["conditions"]
         assert job_status(cluster)["restarts"] == 0
+        # One PodDisruptionBudget per generation: a drain may take one pod of it, no more.
+        budget = await eventually(lambda: get(cluster, PDBS, "tiny-g2"), what="generation 2's PodDisruptionBudget")
+        assert budget["spec"]["minAvailable"] == 1 and budget["spec"]["selector"]["matchLabels"]["shardwright.io/generation"] == "2"
+        assert get(cluster, PDBS, "tiny-g1") is None
 
 
-@pytest.mark.xfail(strict=True, reason="operator defect, not in REVIEW-operator.md (finding 14 names the Pending case): "
-                   "ensure_generation_outcome restarts only when every rank is gone; with one pod gone the job stays Running")
 async def test_a_pod_force_deleted_under_a_running_generation_restarts_the_job(cluster):
     """``kubectl delete pod --force``, or the pod garbage collector after its node was
-    deleted: the pod is gone without a terminal phase, and its ranks with it."""
+    deleted: the pod is gone without a terminal phase, and its ranks with it (a defect not
+    in REVIEW-operator.md: the job stayed Running while one of two pods was gone)."""
     job = tiny_job(failurePolicy={"maxRestarts": 1, "backoff": {"initialSeconds": 0, "maxSeconds": 0}})
     async with running_operator(cluster) as memo:
         await running_generation_one(cluster, job)
         await asyncio.to_thread(cluster.api.request, "DELETE", cluster.path(PODS, "tiny-g1-worker-1"), {"gracePeriodSeconds": 0})
         await passes(memo, 4)  # the first to see the pod gone ends the generation, the next starts one
         assert job_status(cluster)["generation"] == 2, job_status(cluster)["ranks"]
+
+
+async def test_a_job_created_again_under_its_name_never_adopts_the_old_jobs_pods(cluster):
+    """Issue 16, ownership by uid: the old job's pods, still Terminating while the garbage
+    collector takes them, carry the same name and labels as the new job's would. The new
+    job adopts none of them, waits with a condition saying why, then starts at generation 1."""
+    async with running_operator(cluster) as memo:
+        await running_generation_one(cluster, tiny_job())
+        old = {name: pod["metadata"]["uid"] for name, pod in pods_of(cluster, 1).items()}
+        cluster.kubelet.hold()  # the old pods' containers take their time to stop
+        await delete(cluster, TJ, "tiny")
+        await eventually(lambda: get(cluster, TJ, "tiny") is None, what="the old job gone")
+        await eventually(lambda: all(p["metadata"].get("deletionTimestamp") for p in pods_of(cluster, 1).values()),
+                         what="the garbage collector deleting the old pods")
+        job = await create_job(cluster, tiny_job())
+        waiting = await eventually(lambda: next((c for c in job_status(cluster).get("conditions", [])
+                                                 if c["reason"] == "PreviousJobTerminating"), None), what="the wait explained")
+        assert "tiny-g1-worker-0" in waiting["message"] and waiting["status"] == "False"
+        await passes(memo, 3)
+        assert {name: pod["metadata"]["uid"] for name, pod in pods_of(cluster, 1).items()} == old  # nothing adopted or replaced
+        assert job_status(cluster).get("generation", 0) == 0 and job_status(cluster).get("restarts", 0) == 0
+        await cluster.kubelet.release()
+        pods = await eventually(lambda: len(fresh := pods_of(cluster, 1)) == 2 and not set(old.values()) & {p["metadata"]["uid"] for p in fresh.values()}
+                                and fresh, what="the new job's generation 1")
+        assert {p["metadata"]["ownerReferences"][0]["uid"] for p in pods.values()} == {job["metadata"]["uid"]}
+        await run_all(cluster, 1)
+        status = await eventually(lambda: job_status(cluster).get("phase") == "Running" and job_status(cluster), what="Running")
+        assert status["generation"] == 1 and status["restarts"] == 0

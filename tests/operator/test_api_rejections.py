@@ -1,0 +1,70 @@
+"""A permanent API error on the local control plane: the API server refuses the job's pods
+(a ValidatingAdmissionPolicy answering 422 Invalid, as a bad pod template or a cluster
+policy would). Issue 16: one condition with the server's message, one event, and retries
+that back off instead of recreating the gang every few seconds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from .kubeapi import PODS, TJ, create_job, eventually, job_status, live, passes, path, pod_creates, posted_events, running_operator, tiny_job
+
+pytestmark = pytest.mark.cluster
+
+POLICIES = "admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+BINDINGS = "admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
+
+
+async def refuse_pods(cluster, *, message: str) -> None:
+    """Pods of ``shardwright.io/job=tiny`` in the test's namespace are refused with 422."""
+    name = f"{cluster.namespace}-refuse"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]},
+            "validations": [{"expression": "!has(object.metadata.labels) || !('shardwright.io/job' in object.metadata.labels)",
+                             "message": message, "reason": "Invalid"}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": cluster.namespace}}}},
+    }
+    for resource, body in ((POLICIES, policy), (BINDINGS, binding)):
+        await asyncio.to_thread(cluster.api.request, "POST", path(resource), body)
+        cluster.made.append((resource, name))
+    # Policies take effect once the API server has loaded them: probe with a pod of our own.
+    probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "labels": {"shardwright.io/job": "probe"}},
+             "spec": {"containers": [{"name": "c", "image": "none"}]}}
+
+    def refused() -> bool:
+        try:
+            cluster.api.request("POST", cluster.path(PODS), probe)
+        except Exception as e:
+            return "422" in str(e)
+        cluster.api.request("DELETE", cluster.path(PODS, "probe"))
+        return False
+
+    await eventually(refused, what="the policy in effect")
+
+
+async def test_a_refused_pod_becomes_one_condition_and_backed_off_retries(cluster):
+    await refuse_pods(cluster, message="pods of TrainingJobs need an approved image here")
+    async with running_operator(cluster) as memo:
+        await create_job(cluster, tiny_job())
+        condition = await eventually(lambda: next((c for c in job_status(cluster).get("conditions", []) if c["reason"] == "ApiRejected"), None),
+                                     what="the refusal in status")
+        assert condition["type"] == "Running" and condition["status"] == "False"
+        assert "422" in condition["message"] and "need an approved image here" in condition["message"]
+        first = pod_creates(cluster)
+        await asyncio.sleep(8)
+        # Backoff from 0.2 s doubling (+-20 %): at most about 6 attempts in 8 s, not 40 (resync 0.2 s).
+        assert pod_creates(cluster) - first <= 7, pod_creates(cluster) - first
+        assert len(posted_events(cluster, "ApiRejected")) == 1
+        assert not live(cluster, PODS) and job_status(cluster).get("generation", 0) == 0
+        assert job_status(cluster).get("restarts", 0) == 0
+        await passes(memo, 1)
