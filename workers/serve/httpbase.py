@@ -2,13 +2,17 @@
 
 ``OpenAIHandler`` reads a bounded body, answers JSON, opens a server-sent event stream and
 writes its events; ``PARSERS`` maps the generation routes to their ``protocol`` parsers;
-``model_list`` is the ``/v1/models`` body.
+``model_list`` is the ``/v1/models`` body; ``Server`` is the threaded server both run.
+
+Connections are kept alive (HTTP/1.1): an event stream is sent in chunked encoding, so one
+that ends cleanly leaves its connection open for the next request (the router keeps a few to
+each replica); a stream cut short (an error, a client gone) closes it.
 """
 
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import protocol
@@ -18,13 +22,29 @@ MAX_BODY = 8 << 20
 PARSERS = {"/v1/completions": protocol.parse_completion, "/v1/chat/completions": protocol.parse_chat}
 
 
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
 def model_list(model: protocol.ModelInfo, created: int) -> dict[str, Any]:
     card = {"id": model.name, "object": "model", "created": created, "owned_by": "shardwright", "max_model_len": model.max_model_len}
     return {"object": "list", "data": [card]}
 
 
+class Server(ThreadingHTTPServer):
+    """One thread per connection; threads die with the process."""
+
+    daemon_threads = True
+    #: Connections the kernel queues before they are accepted. The standard library's 5
+    #: drops the rest of a burst of clients, who then wait a second to retry (TCP's SYN timer).
+    request_queue_size = 256
+
+
 class OpenAIHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    #: Small writes go out at once: on a kept-alive connection Nagle's algorithm would hold
+    #: a response's body until the client's delayed ACK of its headers (40 ms).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass  # one line per request is noise at serving rates; metrics count them
@@ -41,22 +61,33 @@ class OpenAIHandler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _start_events(self, headers: dict[str, str] | None = None) -> None:
+        self._chunked = self.request_version == "HTTP/1.1"  # HTTP/1.0: the stream ends when the connection does
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")  # the stream ends when the connection does
+        self.send_header(*(("Transfer-Encoding", "chunked") if self._chunked else ("Connection", "close")))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
-        self.end_headers()
-        self.close_connection = True
+        self._end_head()
+        self.close_connection = True  # until the stream ends cleanly (``_done``)
 
     def _event(self, payload: dict[str, Any]) -> None:
-        self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
-        self.wfile.flush()
+        self._write_events(_sse(payload))
 
-    def _done(self) -> None:
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+    def _done(self, last: list[dict[str, Any]] | tuple = ()) -> None:
+        """The ``last`` events, ``[DONE]`` and the stream's end in one write; the connection
+        stays open for the next request."""
+        self._write_events(b"".join(map(_sse, last)) + b"data: [DONE]\n\n", end=True)
+        self.close_connection = not self._chunked
+
+    def _error_event(self, error: protocol.APIError) -> None:
+        """An error after the stream's 200: one event saying so, then the connection closes."""
+        self._write_events(_sse(error.body()), end=True)
+
+    def _write_events(self, data: bytes, *, end: bool = False) -> None:
+        if self._chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data) + (b"0\r\n\r\n" if end else b"")
+        self._write(data)
 
     def _error(self, error: protocol.APIError) -> None:
         self._json(error.status, error.body())
@@ -70,5 +101,15 @@ class OpenAIHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
+        self._end_head()
+        self._write(body)
+
+    def _end_head(self) -> None:
+        """End the head without sending it: it goes out with the first data (``_write``)."""
+        self._headers_buffer.append(b"\r\n")
+
+    def _write(self, data: bytes) -> None:
+        """The head, if not sent yet, and ``data`` in one write: one TCP segment, not two
+        (each costs the peer a wake-up, which a loaded machine pays in milliseconds)."""
+        self.wfile.write(b"".join(self._headers_buffer) + data)
+        self._headers_buffer = []

@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +49,7 @@ class ReplicaServer:
         self.model = protocol.ModelInfo(config.model_name, self.engine.config.max_model_len, self.tokenizer)
         self.metrics = ServingMetrics(model_name=config.model_name, pool=config.pool, namespace=config.namespace, replica=config.replica)
         self.engine_thread = EngineThread(self.engine, self.metrics)
-        self.httpd = ThreadingHTTPServer((config.host, config.port), _Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = httpbase.Server((config.host, config.port), _Handler)
         self.httpd.replica = self  # type: ignore[attr-defined]
         self.created = int(time.time())
         self._serving: threading.Thread | None = None
@@ -171,7 +169,7 @@ class _Handler(httpbase.OpenAIHandler):
     def _stream(self, req: protocol.GenerationRequest, stream: RequestStream) -> None:
         self._start_events()
         created, name = int(time.time()), self.replica.model.name
-        text, count, first, output = TextStream(self.replica.tokenizer, req.stop), 0, True, None
+        text, count, first, output, last = TextStream(self.replica.tokenizer, req.stop), 0, True, None, []
         try:
             for output in stream:
                 count += len(output.new_token_ids)
@@ -181,18 +179,22 @@ class _Handler(httpbase.OpenAIHandler):
                     self.replica.engine_thread.abort(stream.request_id, "stop")
                 if delta or finish or first or req.return_token_ids:
                     choice = protocol.choice(req, delta, list(output.new_token_ids), finish, delta=True, first=first)
-                    self._event(protocol.envelope(req, stream.request_id, created, name, [choice], chunk=True))
+                    event = protocol.envelope(req, stream.request_id, created, name, [choice], chunk=True)
+                    if finish:  # the last event goes out with the stream's end, in one write
+                        last.append(event)
+                    else:
+                        self._event(event)
                     first = False
                 if finish:
                     break
             if req.include_usage and output is not None:
                 usage = protocol.usage(stream.num_prompt_tokens, count, output.num_cached_tokens)
-                self._event(protocol.envelope(req, stream.request_id, created, name, [], chunk=True, usage=usage))
-            self._done()
+                last.append(protocol.envelope(req, stream.request_id, created, name, [], chunk=True, usage=usage))
+            self._done(last)
         except (BrokenPipeError, ConnectionResetError):
             self.replica.engine_thread.abort(stream.request_id)  # the client left: free its blocks
         except EngineFailed as e:
-            self._event(protocol.APIError(500, f"the engine failed: {e}", type="server_error").body())
+            self._error_event(protocol.APIError(500, f"the engine failed: {e}", type="server_error"))
 
     def _error(self, error: protocol.APIError) -> None:
         self.replica.metrics.rejected(error.status)

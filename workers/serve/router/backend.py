@@ -6,6 +6,11 @@ the text itself, so a stop string split by a migration is still found). Each eve
 new token ids, so the router knows at every moment exactly which tokens the client has, and
 a migration can continue from them.
 
+Connections are kept alive: ``Connections`` holds a few idle ones per replica, reused by the
+next request there, so a request pays no TCP handshake and no new server thread. A connection
+goes back only after a stream that ended cleanly; any failure closes it and drops every idle
+one to that replica, so failover never waits on a dead replica's sockets.
+
 Errors become two values: ``BackendFailed`` (another replica may succeed: refused
 connection, timeout, 5xx, a stream cut short) and ``BackendRefused`` (the request itself is
 wrong: another replica would say the same).
@@ -17,8 +22,9 @@ import dataclasses
 import http.client
 import json
 import socket
+import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 
@@ -45,34 +51,99 @@ class Chunk:
     cached_tokens: int | None = None
 
 
-def stream(url: str, body: dict[str, Any], *, connect_timeout: float, read_timeout: float) -> Iterator[Chunk]:
+class Connections:
+    """Idle keep-alive connections per replica URL (thread-safe)."""
+
+    def __init__(self, per_replica: int = 8) -> None:
+        #: Idle connections kept per replica; beyond them a finished one is closed.
+        self.per_replica = per_replica
+        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, url: str) -> http.client.HTTPConnection | None:
+        with self._lock:
+            idle = self._idle.get(url)
+            return idle.pop() if idle else None
+
+    def give(self, url: str, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(url, [])
+            if len(idle) < self.per_replica:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def idle(self, url: str) -> int:
+        with self._lock:
+            return len(self._idle.get(url, ()))
+
+    def drop(self, url: str) -> None:
+        """Close every idle connection to ``url`` (it failed, or it left the pool)."""
+        with self._lock:
+            idle = self._idle.pop(url, [])
+        for conn in idle:
+            conn.close()
+
+
+def stream(url: str, body: dict[str, Any], *, connect_timeout: float, read_timeout: float,
+           connections: Connections | None = None) -> Iterator[Chunk]:
     """The replica's new tokens as ``Chunk``s, then one empty ``Chunk`` with the finish reason.
 
-    Closing the generator closes the connection: the replica aborts the request and frees
-    its blocks. Raises ``BackendFailed`` when the stream ends without a finish reason.
+    Closing the generator early closes the connection: the replica aborts the request and
+    frees its blocks. Raises ``BackendFailed`` when the stream ends without a finish reason.
     """
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=connect_timeout)
+    connections = connections or Connections(per_replica=0)
+    conn = None
     try:
-        try:
-            conn.connect()
-            conn.sock.settimeout(read_timeout)  # from now on: silence for this long is a failure
-            conn.request("POST", "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as e:
-            raise BackendFailed(f"{url}: {type(e).__name__}: {e}") from None
+        conn, resp = _open(url, body, connections, connect_timeout, read_timeout)
         if resp.status != 200:
             raw = _read(resp)
             if 400 <= resp.status < 500 and resp.status != 429:
                 raise BackendRefused(resp.status, raw)
             code = (raw.get("error") or {}).get("code") if isinstance(raw.get("error"), dict) else None
             raise BackendFailed(f"{url}: HTTP {resp.status}: {raw}", draining=code == "draining")
-        yield from _events(url, resp)
+        last = yield from _events(url, resp)
+        if _read_to_end(resp) and not resp.will_close:  # read to its end: the connection can take the next request
+            connections.give(url, conn)
+            conn = None
+        yield last
+    except BackendFailed:
+        connections.drop(url)
+        raise
     finally:
+        if conn is not None:
+            conn.close()
+
+
+def _open(url: str, body: dict[str, Any], connections: Connections, connect_timeout: float,
+          read_timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """The request sent on an idle connection, or on a new one when there is none or the
+    replica closed the idle one (that fails at once, so the new one costs no timeout)."""
+    payload, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+    if (conn := connections.take(url)) is not None:
+        try:
+            conn.request("POST", "/v1/completions", payload, headers)
+            return conn, conn.getresponse()
+        except ConnectionError:
+            conn.close()
+        except (OSError, http.client.HTTPException) as e:  # a timeout: the replica, not the connection
+            conn.close()
+            raise BackendFailed(f"{url}: {type(e).__name__}: {e}") from None
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=connect_timeout)
+    try:
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock.settimeout(read_timeout)  # from now on: silence for this long is a failure
+        conn.request("POST", "/v1/completions", payload, headers)
+        return conn, conn.getresponse()
+    except (OSError, http.client.HTTPException) as e:
         conn.close()
+        raise BackendFailed(f"{url}: {type(e).__name__}: {e}") from None
 
 
-def _events(url: str, resp: http.client.HTTPResponse) -> Iterator[Chunk]:
+def _events(url: str, resp: http.client.HTTPResponse) -> Generator[Chunk, None, Chunk]:
+    """Yields the token chunks; returns the last one (no tokens, the finish reason)."""
     finish, cached = None, None
     while True:
         try:
@@ -100,7 +171,16 @@ def _events(url: str, resp: http.client.HTTPResponse) -> Iterator[Chunk]:
             if ids := tuple(choice.get("token_ids") or ()):
                 yield Chunk(ids)
             finish = finish or choice.get("finish_reason")
-    yield Chunk((), finish, cached)
+    return Chunk((), finish, cached)
+
+
+def _read_to_end(resp: http.client.HTTPResponse) -> bool:
+    """Whether the rest of the response (the chunked stream's end) was read without error."""
+    try:
+        resp.read()
+    except (OSError, http.client.HTTPException):
+        return False
+    return resp.isclosed()
 
 
 def _read(resp: http.client.HTTPResponse) -> dict[str, Any]:

@@ -52,9 +52,9 @@ class Counters:
 
 
 class Generation:
-    def __init__(self, config: RouterConfig, endpoints: Endpoints, pipeline: Pipeline, pipeline_lock: threading.Lock,
-                 counters: Counters, req: protocol.GenerationRequest) -> None:
-        self.config, self.endpoints, self.pipeline, self.counters, self.req = config, endpoints, pipeline, counters, req
+    def __init__(self, config: RouterConfig, endpoints: Endpoints, connections: backend.Connections, pipeline: Pipeline,
+                 pipeline_lock: threading.Lock, counters: Counters, req: protocol.GenerationRequest) -> None:
+        self.config, self.endpoints, self.connections, self.pipeline, self.counters, self.req = config, endpoints, connections, pipeline, counters, req
         self._pipeline_lock = pipeline_lock
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
@@ -74,7 +74,7 @@ class Generation:
             self.endpoints.opened(name)
             broke = False  # the replica's fault (not the client leaving, not a bad request)
             try:
-                for chunk in backend.stream(url, self._body(max_tokens - len(self.tokens)),
+                for chunk in backend.stream(url, self._body(max_tokens - len(self.tokens)), connections=self.connections,
                                             connect_timeout=self.config.connect_timeout_s, read_timeout=self.config.request_timeout_s):
                     if chunk.cached_tokens is not None and len(self.replicas) == 1:
                         self.cached_tokens = chunk.cached_tokens

@@ -17,11 +17,11 @@ import itertools
 import threading
 import time
 import uuid
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from .. import httpbase, protocol
 from ..tokenizer import ByteTokenizer, TextStream
+from .backend import Connections
 from .config import RouterConfig
 from .endpoints import Endpoints
 from .generation import Counters, Generation
@@ -39,9 +39,10 @@ class Router:
         self.pipeline = pipeline_for(config.policy, block_size=config.block_size)
         self.pipeline_lock = threading.Lock()
         self.counters = Counters()
+        #: Kept-alive connections to the replicas, shared by every request.
+        self.connections = Connections()
         self.model = protocol.ModelInfo(config.model_name, config.max_model_len, ByteTokenizer(config.vocab_size))
-        self.httpd = ThreadingHTTPServer((config.host, config.port), _Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = httpbase.Server((config.host, config.port), _Handler)
         self.httpd.router = self  # type: ignore[attr-defined]
         self.created = int(time.time())
         self._stop = threading.Event()
@@ -60,6 +61,8 @@ class Router:
         self.endpoints.route_away(name)
 
     def remove(self, name: str) -> None:
+        if ep := self.endpoints.get(name):
+            self.connections.drop(ep.url)
         self.endpoints.remove(name)
         with self.pipeline_lock:
             self.pipeline.forget(name)
@@ -78,7 +81,8 @@ class Router:
         return {
             "url": self.url, "policy": self.config.policy, "routable": sorted(e.name for e in eps if e.routable),
             "replicas": [{"name": e.name, "url": e.url, "routable": e.routable, "serving": e.serving, "routedAway": e.routed_away,
-                          "inFlight": e.in_flight, "waiting": e.waiting} for e in sorted(eps, key=lambda e: e.name)],
+                          "inFlight": e.in_flight, "waiting": e.waiting,
+                          "idleConnections": self.connections.idle(e.url)} for e in sorted(eps, key=lambda e: e.name)],
         } | self.counters.as_dict()
 
     def start(self) -> Router:
@@ -110,7 +114,7 @@ class Router:
 
     def generation(self, req: protocol.GenerationRequest) -> Generation:
         self.counters.add(requests=1)
-        return Generation(self.config, self.endpoints, self.pipeline, self.pipeline_lock, self.counters, req)
+        return Generation(self.config, self.endpoints, self.connections, self.pipeline, self.pipeline_lock, self.counters, req)
 
 
 class _Handler(httpbase.OpenAIHandler):
@@ -180,7 +184,7 @@ class _Handler(httpbase.OpenAIHandler):
     def _stream(self, req, gen: Generation, first, chunks, request_id: str) -> None:
         self._start_events({REPLICA_HEADER: gen.replicas[0]})
         created, name = int(time.time()), self.router.model.name
-        text, count, is_first = TextStream(self.router.model.tokenizer, req.stop), 0, True
+        text, count, is_first, last = TextStream(self.router.model.tokenizer, req.stop), 0, True, []
         try:
             for ids, finish in itertools.chain([first], chunks):
                 count += len(ids)
@@ -188,17 +192,21 @@ class _Handler(httpbase.OpenAIHandler):
                 finish = "stop" if text.stopped else finish
                 if delta or finish or is_first or (req.return_token_ids and ids):
                     choice = protocol.choice(req, delta, list(ids), finish, delta=True, first=is_first)
-                    self._event(protocol.envelope(req, request_id, created, name, [choice], chunk=True))
+                    event = protocol.envelope(req, request_id, created, name, [choice], chunk=True)
+                    if finish:  # the last event goes out with the stream's end, in one write
+                        last.append(event)
+                    else:
+                        self._event(event)
                     is_first = False
                 if finish:
                     break
             chunks.close()  # the replica is let go of before the client hears the end
             if req.include_usage:
                 usage = protocol.usage(len(req.prompt_token_ids), count, gen.cached_tokens)
-                self._event(protocol.envelope(req, request_id, created, name, [], chunk=True, usage=usage))
-            self._done()
+                last.append(protocol.envelope(req, request_id, created, name, [], chunk=True, usage=usage))
+            self._done(last)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client left; closing ``chunks`` aborts the request on its replica
         except protocol.APIError as e:
             self.router.counters.add(failed=1)
-            self._event(e.body())
+            self._error_event(e)
