@@ -33,6 +33,7 @@ from shardwright.operator import jobdir
 from shardwright.operator.api import EventType
 from shardwright.operator.api.servingpool import PoolConditionType, PoolPhase, PoolReason, ReplicaState, ServingPool, ServingPoolStatus
 from shardwright.operator.api.validation import InvalidManifest, load_documents, validate
+from shardwright.operator.backends.pooltable import LiveTable
 from shardwright.operator.controller import Event, rfc3339
 from shardwright.operator.controller.conditions import set_condition
 from shardwright.operator.controller.pool import (
@@ -52,8 +53,8 @@ from shardwright.workers.serve.router.server import Router
 
 #: Seconds a replica process gets to exit after SIGKILL before it is given up on.
 KILL_WAIT_S = 10.0
-#: Seconds between status lines when only the load figures change (replica counts print at once).
-LINE_EVERY_S = 5.0
+#: Seconds between two tables printed into a pipe when only the figures change (a replica or a count changing prints at once).
+TABLE_EVERY_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,15 +263,13 @@ def serve(pool: ServingPool, settings: LocalPoolSettings, out: TextIO = sys.stdo
     stops = _Stops()
     spec, status, memory = pool.spec, None, PoolMemory()
     watched = _mtime(settings.manifest)
-
-    def say(line: str) -> None:
-        print(line, file=out, flush=True)
+    table = LiveTable(out, every_s=TABLE_EVERY_S)
+    say = table.say
 
     try:
         with stops:
             url = backend.start()
             say(f"ServingPool {backend.ref.namespace}/{backend.ref.name}: router at {url} (Ctrl-C drains and stops)")
-            shown, shown_key, shown_at = "", None, 0.0
             while not stops.count:
                 if (mtime := _mtime(settings.manifest)) != watched:
                     watched = mtime
@@ -278,7 +277,8 @@ def serve(pool: ServingPool, settings: LocalPoolSettings, out: TextIO = sys.stdo
                     backend.router.reconfigure(router_config(backend.ref, spec))
                 for note in backend.inject():
                     say(note)
-                result = reconcile_pool(backend.ref, spec, status, backend.observe(datetime.datetime.now(datetime.timezone.utc)), memory)
+                observed = backend.observe(datetime.datetime.now(datetime.timezone.utc))
+                result = reconcile_pool(backend.ref, spec, status, observed, memory)
                 for action in result.actions:
                     if isinstance(action, Event):
                         events.write(json.dumps({"time": time.time(), "type": action.type, "reason": action.reason, "message": action.message}) + "\n")
@@ -290,11 +290,7 @@ def serve(pool: ServingPool, settings: LocalPoolSettings, out: TextIO = sys.stdo
                     _write_json(workdir / "status.json", result.status.to_wire())
                     backend.write_replicas(workdir / "replicas.json")
                 status, memory = result.status, result.memory
-                key = (status.phase, status.replicas, status.ready_replicas, status.routable_replicas, status.updated_replicas)
-                line = _line(status)
-                if key != shown_key or (line != shown and time.monotonic() - shown_at > LINE_EVERY_S):
-                    shown, shown_key, shown_at = line, key, time.monotonic()
-                    say(line)
+                table.show(status, observed.replicas)
                 time.sleep(settings.poll_seconds)
             say("Draining: the router takes no new requests; running ones finish (Ctrl-C again to stop now)")
             backend.close(spec.rollout.drain_timeout_seconds, hurry=lambda: stops.count > 1)
@@ -317,16 +313,6 @@ def _stopped(status: ServingPoolStatus) -> ServingPoolStatus:
                                "shardwright serve was stopped", now=now, observed_generation=status.observed_generation)
     return status.model_copy(update={"replicas": 0, "ready_replicas": 0, "routable_replicas": 0, "updated_replicas": 0, "roles": [],
                                      "queue_depth": 0, "tokens_per_second": None, "endpoint": None, "phase": PoolPhase.PENDING, "conditions": conditions})
-
-
-def _line(status) -> str:
-    def sec(v: float | None) -> str:
-        return f"{v * 1000:.0f}ms" if v is not None else "-"
-
-    tps = f"{status.tokens_per_second:.0f}" if status.tokens_per_second is not None else "-"
-    return (f"{status.phase:<9} replicas {status.replicas}  ready {status.ready_replicas}  routable {status.routable_replicas}  "
-            f"updated {status.updated_replicas}  queue {status.queue_depth}  TTFT p99 {sec(status.ttft_seconds.p99)}  "
-            f"TPOT p99 {sec(status.tpot_seconds.p99)}  tokens/s {tps}")
 
 
 def _mtime(path: Path | None) -> float | None:

@@ -15,17 +15,14 @@ import http.client as httpclient
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 import yaml
 
 from . import http
+from .serve_process import Clients, serving
 
-START_TIMEOUT = 150  # two or three torch imports on a busy 2-core machine
 N = 40
 POOL = {
     "apiVersion": "shardwright.io/v1alpha1", "kind": "ServingPool", "metadata": {"name": "cli-pool"},
@@ -39,69 +36,10 @@ POOL = {
 }
 
 
-class Pool:
-    def __init__(self, tmp) -> None:
-        self.file, self.workdir = tmp / "pool.yaml", tmp / "wd"
-        self.file.write_text(yaml.safe_dump(POOL))
-        self.log = (tmp / "serve.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from shardwright.operator.cli import main; sys.exit(main())", "serve", str(self.file),
-             "--port", "0", "--workdir", str(self.workdir), "--inject", "slow:delay=0.02",
-             "--inject", "kill:replica=2:after=0.5"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def status(self) -> dict:
-        try:
-            return json.loads((self.workdir / "status.json").read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def pids(self) -> dict[str, int]:
-        rows = json.loads((self.workdir / "replicas.json").read_text())["replicas"]
-        return {r["name"]: r["pid"] for r in rows}
-
-    def events(self) -> list[str]:
-        return [json.loads(line)["reason"] for line in (self.workdir / "events.jsonl").read_text().splitlines()]
-
-    def wait(self, what, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while not what():
-            assert self.proc.poll() is None, (self.workdir.parent / "serve.log").read_text()
-            assert time.monotonic() < deadline, f"not reached; status {self.status()}"
-            time.sleep(0.1)
-
-    @property
-    def url(self) -> str:
-        return self.status()["endpoint"]
-
-
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    p = Pool(tmp_path_factory.mktemp("serve"))
-    try:
-        p.wait(lambda: p.status().get("routableReplicas") == 2)
+    with serving(tmp_path_factory.mktemp("serve"), POOL, ["slow:delay=0.02", "kill:replica=2:after=0.5"], routable=2) as p:
         yield p
-    finally:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(30)
-        for pid in _replica_pids(p):
-            _kill(pid)
-        p.log.close()
-
-
-def _replica_pids(p: Pool) -> list[int]:
-    try:
-        return list(p.pids().values())
-    except (OSError, ValueError, KeyError):
-        return []
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _body(i: int) -> dict:
@@ -167,28 +105,14 @@ def test_scaling_down_while_streams_run_fails_no_request(pool):
 
 def test_a_rollout_under_load_replaces_the_replica_and_fails_no_request(pool):
     before = set(pool.pids())
-    done, results, errors = threading.Event(), [], []
-
-    def client(i: int) -> None:
-        while not done.is_set():
-            try:
-                events = http.events(f"{pool.url}/v1/completions", _body(i))
-                results.append(len([t for e in events[:-1] for t in e["choices"][0].get("token_ids", [])]))
-            except AssertionError as e:  # a non-200 answer
-                errors.append(str(e))
-
-    clients = [threading.Thread(target=client, args=(i,)) for i in (1, 2)]
-    for c in clients:
-        c.start()
+    clients = Clients(pool.url, _body, 2)
     spec = POOL["spec"] | {"replicas": 1, "engine": POOL["spec"]["engine"] | {"maxBatchTokens": 32}}
     pool.file.write_text(yaml.safe_dump(POOL | {"spec": spec}))
     try:
-        pool.wait(lambda: "RolloutComplete" in pool.events() and not before & set(pool.pids()), timeout=START_TIMEOUT)
+        pool.wait(lambda: "RolloutComplete" in pool.events() and not before & set(pool.pids()))
     finally:
-        done.set()
-        for c in clients:
-            c.join(120)
-    assert errors == [] and results and set(results) == {N}
+        clients.stop()
+    assert clients.errors == [] and clients.tokens and set(clients.tokens) == {N}
     status = pool.status()
     assert status["updatedReplicas"] == 1 and status["routableReplicas"] == 1 and "RolloutStarted" in pool.events()
 
