@@ -185,6 +185,16 @@ def tool_apply(kube, tool: str, doc: dict, *extra: str) -> subprocess.CompletedP
     return kube.kubectl(*extra, "--server-side", f"--field-manager={TOOLS[tool][0]}", "-f", "-", input=json.dumps(doc), check=False)
 
 
+def applied_by(obj: dict, tool: str) -> list[dict]:
+    """The managedFields entries of the tool's field manager on ``obj``."""
+    return [m for m in obj["metadata"]["managedFields"] if m["manager"] == TOOLS[tool][0]]
+
+
+def without_status(obj: dict) -> dict:
+    """``obj`` without what the operator writes: ``.status`` and the version it bumps."""
+    return {**obj, "status": None, "metadata": {**obj["metadata"], "resourceVersion": None}}
+
+
 @contextlib.contextmanager
 def operator(kube, namespace: str, log: Path) -> Iterator[None]:
     """``shardwright operator`` out of cluster, watching ``namespace`` (no webhook, no lease)."""
@@ -207,8 +217,12 @@ def test_reapplying_an_unchanged_example_to_a_finished_job_changes_nothing(kube,
     with operator(kube, namespace, tmp_path / "operator.log"):
         out = tool_apply(kube, tool, doc, "apply")
         assert out.returncode == 0, out.stderr
-        final = wait_for(lambda: (s := get_json(kube, "-n", namespace, "get", "tj", "tiny-train").get("status") or {})
-                         .get("phase") in ("Complete", "Failed") and s, 300, "a terminal phase", every=1.0)
+        try:  # minutes on a loaded machine: the ranks import torch and train 120 steps
+            final = wait_for(lambda: (s := get_json(kube, "-n", namespace, "get", "tj", "tiny-train").get("status") or {})
+                             .get("phase") in ("Complete", "Failed") and s, 600, "a terminal phase", every=2.0)
+        except AssertionError as e:
+            pods = kube.kubectl("-n", namespace, "get", "pods,events", "-o", "wide", check=False).stdout
+            raise AssertionError(f"{e}\n{pods}") from None
         assert final["phase"] == "Complete" and final["step"] == 120, final
         live = get_json(kube, "-n", namespace, "get", "tj", "tiny-train", "--show-managed-fields")
         assert not live["metadata"].get("finalizers")
@@ -222,14 +236,16 @@ def test_reapplying_an_unchanged_example_to_a_finished_job_changes_nothing(kube,
         assert diff.returncode == 0, f"kubectl diff shows drift:\n{diff.stdout}{diff.stderr}"
         assert tool_apply(kube, tool, doc, "apply").returncode == 0
         again = get_json(kube, "-n", namespace, "get", "tj", "tiny-train", "--show-managed-fields")
-        assert again["metadata"]["resourceVersion"] == live["metadata"]["resourceVersion"], differing(live, again)  # not even a write
-        assert again["metadata"]["generation"] == live["metadata"]["generation"]
+        # Not even a write: the tool's managedFields entry (its time included) is as it was.
+        # (The resourceVersion is no measure: the operator may still write .status.)
+        assert applied_by(again, tool) == applied_by(live, tool)
+        assert differing(without_status(live), without_status(again)) == []
 
         # Known drift, shown rather than hidden (docs/gitops.md): the operator removes the
         # readmit annotation once handled, so a copy committed to git is re-added on every sync.
         committed = as_applied_by(tool, namespace, **{READMIT: process_nodes[0]})
         assert tool_apply(kube, tool, committed, "apply").returncode == 0
         wait_for(lambda: READMIT not in (get_json(kube, "-n", namespace, "get", "tj", "tiny-train")["metadata"].get("annotations") or {}),
-                 60, "the operator to remove the readmit annotation", every=1.0)
+                 180, "the operator to remove the readmit annotation", every=1.0)
         drift = tool_apply(kube, tool, committed, "diff")
         assert drift.returncode == 1 and f"+    {READMIT}: {process_nodes[0]}" in drift.stdout, drift.stdout + drift.stderr
