@@ -390,7 +390,7 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
         memo.api, cfg.kubernetes, owner, spec, mine,
         node_ready={n["metadata"]["name"]: _ready(n) for n in nodes},
         known_checkpoint=status.last_checkpoint, avoided_nodes=avoided, request_json=memo.request_json,
-        foreign=foreign, running=(status.generation, status.world_size) if status.phase is Phase.RUNNING else None,
+        foreign=foreign, expected=_expected_ranks(status, now, cfg.kubernetes.vanished_after_s),
     )
     result = reconcile(ref, spec, plan, status, backend.observe(now))
     notes: list[Event] = []
@@ -403,14 +403,19 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
             notes += backend.replace(action)
     # The core passes avoidedNodes through; the backend adds a replaced straggler's node.
     result.status.avoided_nodes = backend.avoided_nodes
-    try:
-        for action in result.actions:
-            if isinstance(action, StartGeneration):
+    if starts := [a for a in result.actions if isinstance(a, StartGeneration)]:
+        # Intent first: the status names the new generation before any of its pods exists,
+        # so an operator that dies in between finds them as its own after a restart.
+        intent = result.status.to_wire()
+        try:
+            _write_status(memo, owner, memory, intent)
+            for action in starts:
                 backend.start(action)
-    except ApiFailure as e:
-        if e.retryable:
+        except ApiFailure as e:
+            if not e.retryable:
+                return _rejected(memo, owner, job.metadata.generation, status, memory, e)
+            _take_back(memo, owner, memory, intent, status.to_wire())
             raise
-        return _rejected(memo, owner, job.metadata.generation, status, memory, e)
     # Everything is applied: from now on the computed status is the truth, even if the
     # write below fails (the next pass retries the write and does not redo the actions).
     memory.status = result.status
@@ -443,6 +448,36 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
 
 
 
+def _expected_ranks(status: TrainingJobStatus, now: datetime.datetime, grace_s: float) -> tuple[int, int, bool] | None:
+    """(generation, world size, ran) when every rank of the current generation should have a
+    pod: once it ran in full, or once it has been Pending for ``grace_s`` (its pods were all
+    created in one pass; a cache catches up in well under that)."""
+    if status.phase is Phase.RUNNING:
+        return status.generation, status.world_size, True
+    if status.phase is Phase.PENDING and status.generation_start_time:
+        if (now - parse_time(status.generation_start_time)).total_seconds() >= grace_s:
+            return status.generation, status.world_size, False
+    return None
+
+
+def _write_status(memo, owner: render.Owner, memory: _Memory, wire: dict[str, Any]) -> None:
+    if wire != memory.written:
+        patch_status(memo.api, owner.namespace, owner.name, memory.written, wire)
+        memory.written = wire
+
+
+def _take_back(memo, owner: render.Owner, memory: _Memory, intent: dict[str, Any], before: dict[str, Any]) -> None:
+    """Nothing of the new generation started: write the status from before the intent back,
+    even when the intent's write seemed to fail (its response may be what was lost). Best
+    effort: if this fails too, the generation's missing pods are noticed after
+    ``vanished_after_s`` and it starts again."""
+    try:
+        patch_status(memo.api, owner.namespace, owner.name, {**memory.written, **intent}, before)
+        memory.written = before
+    except ApiFailure as e:
+        log.info(f"Status of {owner.namespace}/{owner.name} not taken back: {e}")
+
+
 def _rejected(memo, owner: render.Owner, generation: int, status: TrainingJobStatus, memory: _Memory, error: ApiFailure):
     """The API server refused the generation's objects (422 invalid, 403 forbidden): nothing
     started. Say so in one condition with the server's message, tell it once, and try again
@@ -452,10 +487,7 @@ def _rejected(memo, owner: render.Owner, generation: int, status: TrainingJobSta
     message = f"The API server refused this job's pods: {error}"
     status.conditions = set_condition(status.conditions, ConditionType.RUNNING, False, Reason.API_REJECTED, message,
                                       now=rfc3339(now), observed_generation=generation)
-    wire = status.to_wire()
-    if wire != memory.written:
-        patch_status(memo.api, owner.namespace, owner.name, memory.written, wire)
-        memory.written = wire
+    _write_status(memo, owner, memory, status.to_wire())
     memory.status = status
     told, memory.rejection = memory.rejection == message, message
     return ([] if told else [Event(EventType.WARNING, Reason.API_REJECTED, message)]), memory.backoff(memo.config)

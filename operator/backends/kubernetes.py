@@ -57,6 +57,8 @@ class KubernetesSettings:
     startup_timeout_s: float | None = 600.0
     #: Seconds a pod may sit Terminating on a NotReady node before it is force-deleted.
     force_delete_after_s: float = 300.0
+    #: Seconds after a generation started from which a rank without a pod counts as lost.
+    vanished_after_s: float = 30.0
     #: Poll rank 0's /status for step, throughput and the last committed checkpoint.
     probe_progress: bool = True
     #: May cordon the node of a replaced straggler when the job's ``stragglerPolicy.cordon``
@@ -110,7 +112,7 @@ class KubernetesBackend:
         avoided_nodes: Sequence[str] = (),
         request_json: Callable[..., dict[str, Any] | None] = probe.request_json,
         foreign: Sequence[str] = (),
-        running: tuple[int, int] | None = None,
+        expected: tuple[int, int, bool] | None = None,
     ) -> None:
         self.core = CoreV1Api(api)
         self.custom = CustomObjectsApi(api)
@@ -127,9 +129,10 @@ class KubernetesBackend:
         #: Names of pods with this job's labels but another controller (an earlier job of
         #: the same name): a generation whose pod names they hold waits for them to go.
         self.foreign = set(foreign)
-        #: (generation, world size) once every rank of that generation ran: a rank of it
-        #: that no pod shows any more was deleted from outside (``kubectl delete --force``).
-        self.running = running
+        #: (generation, world size, ran) when every rank of that generation should have a
+        #: pod: a rank that none shows was deleted from outside (``kubectl delete --force``),
+        #: or never made (an operator that died mid-start).
+        self.expected = expected
         #: Pod names this pass created or deleted: what the caller's cache does not show yet.
         self.created: list[str] = []
         self.deleted: list[str] = []
@@ -217,8 +220,8 @@ class KubernetesBackend:
     def observe(self, now: datetime.datetime) -> Observed:
         live = [pod for pod in self.pods if pod["name"] not in self.deleted]
         ranks = render.observe_pods(live, now, self.settings.startup_timeout_s)
-        if self.running is not None:
-            ranks += render.vanished_ranks(*self.running, ranks)
+        if self.expected is not None:
+            ranks += render.vanished_ranks(*self.expected, ranks)
         if self.avoided_nodes:
             # Avoided nodes can leave too few for the generation: say so where users look.
             hint = f"; this job avoids nodes {', '.join(self.avoided_nodes)} (status.avoidedNodes)"

@@ -480,13 +480,16 @@ def observe_pod(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: 
     ]
 
 
-def vanished_ranks(generation: int, world_size: int, seen: list[RankObservation]) -> list[RankObservation]:
-    """Ranks of a generation that ran in full but that no pod shows any more: their pod was
-    deleted without a terminal phase (``kubectl delete --force``, the pod garbage collector
-    after its node left). They failed; the job restarts."""
+def vanished_ranks(generation: int, world_size: int, ran: bool, seen: list[RankObservation]) -> list[RankObservation]:
+    """Ranks of a generation that no pod shows: their pod was deleted without a terminal
+    phase (``kubectl delete --force``, the pod garbage collector after its node left), or,
+    in a generation that never ran (``ran`` false), never made (an operator that died
+    mid-start). They failed and the job restarts; the budget pays only if they had run."""
     have = {r.rank for r in seen if r.generation == generation}
+    why = "is gone" if ran else "is missing from a generation that never ran"
     return [
-        RankObservation(generation, rank, RankState.FAILED, message=f"{VANISHED}: the pod of rank {rank} is gone", reason=VANISHED, died=True)
+        RankObservation(generation, rank, RankState.FAILED, message=f"{VANISHED}: the pod of rank {rank} {why}",
+                        reason=VANISHED, died=True, disrupted=not ran)
         for rank in range(world_size) if rank not in have
     ]
 

@@ -368,7 +368,7 @@ class Telemetry:
 
 
 FAST = handlers.OperatorConfig(
-    kubernetes=KubernetesSettings(startup_timeout_s=None, force_delete_after_s=1.0),
+    kubernetes=KubernetesSettings(startup_timeout_s=None, force_delete_after_s=1.0, vanished_after_s=10.0),
     resync_seconds=0.5, retry_seconds=0.2, webhook_port=None, webhook_insecure=True, bind_address="127.0.0.1",
 )
 

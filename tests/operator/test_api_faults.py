@@ -29,7 +29,8 @@ async def test_api_conflicts_and_server_errors_are_retried(kmock_cluster):
     async with running_operator() as memo:
         await create_job(kmock_cluster, tiny_job())
         await eventually(lambda: job_status(kmock_cluster).get("generation") == 1, what="status written after retries")
-        assert sorted(live(kmock_cluster, PODS)) == ["tiny-g1-worker-0", "tiny-g1-worker-1"]
+        # The status names the generation before its pods are made (intent first).
+        await eventually(lambda: sorted(live(kmock_cluster, PODS)) == ["tiny-g1-worker-0", "tiny-g1-worker-1"], what="the pods")
         await eventually(lambda: posted_events(kmock_cluster, "GenerationStarted"), what="event posted")
         await passes(memo, 3)
         assert len(posted_events(kmock_cluster, "GenerationStarted")) == 1  # the retry did not start it twice

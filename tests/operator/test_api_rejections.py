@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from .kubeapi import PODS, TJ, create_job, eventually, job_status, live, passes, path, pod_creates, posted_events, running_operator, tiny_job
+from .kubeapi import PODS, create_job, eventually, job_status, live, passes, path, pod_creates, posted_events, running_operator, tiny_job
 
 pytestmark = pytest.mark.cluster
 

@@ -19,7 +19,8 @@ async def test_elastic_job_fits_the_ready_gpu_nodes(cluster):
     async with running_operator(cluster):
         await create_job(cluster, tiny_job(workers=[GROUP], elastic={"minReplicas": 2, "maxReplicas": 4}))
         await eventually(lambda: job_status(cluster).get("worldSize") == 2, what="world size 2 on one 2-GPU node")
-        assert sorted(live(cluster, PODS)) == ["tiny-g1-worker-0", "tiny-g1-worker-1"]
+        # The status names the generation before its pods are made (intent first).
+        await eventually(lambda: sorted(live(cluster, PODS)) == ["tiny-g1-worker-0", "tiny-g1-worker-1"], what="its 2 pods")
 
 
 async def test_rigid_job_asks_for_all_its_pods(cluster):

@@ -111,37 +111,6 @@ async def test_deleted_job_lets_the_garbage_collector_take_its_children(cluster)
         await never(lambda: pod_creates(cluster) > created or live(cluster, PODS), 1.0, "a pod created for a deleted job")
 
 
-async def test_a_job_recreated_while_its_old_pods_terminate_gets_pods_of_its_own(cluster):
-    """``kubectl delete tj tiny; kubectl apply -f tiny.yaml``: the garbage collector is still
-    stopping the old pods (same names, same labels) when the new job arrives. The new job
-    waits for them and then starts with pods whose owner is its own uid (REVIEW-operator
-    finding 1 names the risk)."""
-    async with running_operator(cluster) as memo:
-        old = await create_job(cluster, tiny_job())
-        await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
-        await run_all(cluster, 1)
-        cluster.kubelet.hold()  # the old ranks take their grace period to stop
-        await delete(cluster, TJ, "tiny")
-        await eventually(lambda: get(cluster, TJ, "tiny") is None and all(terminating(p) for p in live(cluster, PODS).values()),
-                         what="the garbage collector stopping the old pods")
-        new = await create_job(cluster, tiny_job())
-        await passes(memo, 3)
-        assert all(owner_uid(p) == old["metadata"]["uid"] for p in live(cluster, PODS).values())
-        await cluster.kubelet.release()
-        await eventually(lambda: {owner_uid(p) for p in pods_of(cluster, 1).values() if not terminating(p)} == {new["metadata"]["uid"]}
-                         and len(pods_of(cluster, 1)) == 2, what="generation 1 of the new job")
-        status = await eventually(lambda: job_status(cluster).get("generation") == 1 and job_status(cluster), what="status generation 1")
-        assert status["restarts"] == 0
-
-
-def terminating(pod: dict) -> bool:
-    return bool(pod["metadata"].get("deletionTimestamp"))
-
-
-def owner_uid(pod: dict) -> str:
-    return pod["metadata"]["ownerReferences"][0]["uid"]
-
-
 async def test_status_is_written_only_when_it_changes(cluster):
     """The pass that starts generation 1 writes the status with every rank Pending; later
     passes write only what is new (the scheduler's verdict on the pods), never the same

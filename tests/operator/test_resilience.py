@@ -3,12 +3,17 @@ and 409 on cue: test_api_faults.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 
 import pytest
+import urllib3
+
+from shardwright.operator import handlers
 
 from .kubeapi import (
-    PODS, TJ, Telemetry, create_job, eventually, job_status, live, pod_creates, pods_of, run_all, running_operator, sent,
-    set_pod_phase, tiny_job,
+    FAST, PODS, RecordingClient, Telemetry, create_job, eventually, job_status, kopf_in_loop, live, pod_creates, pods_of, run_all,
+    running_operator, sent, set_pod_phase, tiny_job,
 )
 
 pytestmark = pytest.mark.cluster
@@ -31,25 +36,54 @@ async def test_restarted_operator_adopts_its_pods_without_duplicates(cluster):
         assert pod_creates(cluster) == creates and job_status(cluster)["restarts"] == 0
 
 
-async def test_stopped_between_creating_pods_and_writing_status(cluster):
-    """The operator stops after creating the pods but before its status write landed (the
-    test erases the written status while no operator runs). The next operator sees pods of a
-    generation its status does not know: it stops them and starts that generation again
-    under the same names, so there are never two live copies of a pod."""
-    async with running_operator(cluster):
+class DyingClient(RecordingClient):
+    """The operator's client until ``dead`` is set: then every request fails as if the
+    process had died there (nothing it sends arrives)."""
+
+    dead = False
+
+    def call_api(self, method, url, *args, **kwargs):
+        if self.dead:
+            raise urllib3.exceptions.ProtocolError("the operator is dead")
+        response = super().call_api(method, url, *args, **kwargs)
+        if method == "POST" and url.endswith("/pods") and len([r for r in self.requests if r.method == "POST" and r.path.endswith("/pods")]) == 2:
+            self.dead = True  # killed right after the gang's last pod create, before the pass's status write
+        return response
+
+
+async def test_killed_between_creating_pods_and_writing_status(cluster):
+    """Crash-safe intent (issue 16): the status names generation 1 before its first pod is
+    created, so an operator killed right after the creates leaves pods that the next one
+    adopts: no pod deleted or made again, the gang left running, no restart counted."""
+    telemetry = Telemetry()
+    dying = DyingClient(cluster.client.configuration)
+    async with kopf_in_loop(handlers.make_memo(FAST, api=dying, request_json=telemetry), clusterwide=False, namespaces=[cluster.namespace]):
         await create_job(cluster, tiny_job())
-        await eventually(lambda: len(live(cluster, PODS)) == 2 and job_status(cluster).get("generation") == 1)
-    cluster.api.merge(cluster.path(TJ, "tiny", "status"), {"status": None})
-    assert job_status(cluster) == {}
+        await eventually(lambda: dying.dead and len(live(cluster, PODS)) == 2, what="the gang created, then the operator dead")
+    order = [(r.method, r.path.split("?")[0].rsplit("/", 1)[1]) for r in dying.requests if r.method in ("POST", "PATCH")]
+    assert order.index(("PATCH", "status")) < order.index(("POST", "pods")), order
+    assert job_status(cluster)["generation"] == 1
     before = uids(cluster)
+    async with running_operator(cluster, telemetry=telemetry):
+        await run_all(cluster, 1, step=40, telemetry=telemetry)
+        status = await eventually(lambda: job_status(cluster).get("phase") == "Running" and job_status(cluster), what="Running")
+        assert uids(cluster) == before and status["generation"] == 1 and status["restarts"] == 0
+        assert pod_creates(cluster) == 0 and not sent(cluster, "DELETE", lambda p: "/pods/" in p)
+
+
+async def test_a_pending_generation_whose_pod_vanished_starts_again(cluster):
+    """An operator that died mid-start, or a pod deleted before it ran: the generation's
+    status says Pending, one pod is missing. Instead of waiting forever, the job starts the
+    next generation in full, without spending the restart budget (nothing had run)."""
     async with running_operator(cluster):
-        await eventually(lambda: job_status(cluster).get("generation") == 1 and len(live(cluster, PODS)) == 2, what="generation 1")
-        await eventually(lambda: not set(uids(cluster).values()) & set(before.values()), what="the pods made again")
-    assert sorted(live(cluster, PODS)) == ["tiny-g1-worker-0", "tiny-g1-worker-1"]
-    creates = [r.body["metadata"]["name"] for r in sent(cluster, "POST", lambda p: p.endswith("/pods"))]
-    deletes = [r.path.split("?")[0].rsplit("/", 1)[1] for r in sent(cluster, "DELETE", lambda p: "/pods/" in p)]
-    # Every create after the first pair followed the delete of the same name.
-    assert len(creates) - len(deletes) == 2 and sorted(creates[2:]) == sorted(deletes)
+        await create_job(cluster, tiny_job(failurePolicy={"maxRestarts": 0, "backoff": {"initialSeconds": 0, "maxSeconds": 0}}))
+        await eventually(lambda: len(pods_of(cluster, 1)) == 2 and job_status(cluster).get("generation") == 1, what="generation 1")
+    await asyncio.to_thread(cluster.api.request, "DELETE", cluster.path(PODS, "tiny-g1-worker-1"), {"gracePeriodSeconds": 0})
+    soon = dataclasses.replace(FAST, kubernetes=dataclasses.replace(FAST.kubernetes, vanished_after_s=1.0))
+    async with running_operator(cluster, soon):
+        await eventually(lambda: len(pods_of(cluster, 2)) == 2 and not pods_of(cluster, 1), what="generation 2 in full")
+        status = job_status(cluster)
+        assert status["generation"] == 2 and status["restarts"] == 0 and status["phase"] != "Failed"
 
 
 async def test_the_operator_carries_on_after_the_api_server_restarts(cluster):
