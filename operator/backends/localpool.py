@@ -6,7 +6,7 @@ goes to ``logs/<replica>.log``. The router runs on threads of this process (it i
 torch). ``LocalPoolBackend`` turns processes and the router's view into a ``PoolObserved``
 and carries out the pool core's actions; ``serve`` is the loop: observe, reconcile, apply,
 write ``status.json`` and ``events.jsonl`` (and ``replicas.json``: name, pid, url, state),
-as ``shardwright run`` does for a job. Editing the file while it runs applies the new spec
+as ``shardwright run`` does for a job, and show the live table (``pooltable``). Editing the file while it runs applies the new spec
 (a new model or engine rolls the replicas). Ctrl-C routes every replica away, drains them
 (SIGTERM: running requests finish) and stops the router; a second Ctrl-C kills at once.
 

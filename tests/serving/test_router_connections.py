@@ -4,6 +4,7 @@ replica never leave one behind."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -95,3 +96,14 @@ def test_the_router_keeps_one_connection_per_sequential_client(replica):
         assert [r["idleConnections"] for r in status["replicas"]] == [1]
     finally:
         router.stop()
+
+
+def test_an_http_1_0_client_gets_the_stream_ended_by_the_connection(replica):
+    """No chunked encoding for HTTP/1.0: the events as they are, then the replica closes."""
+    with socket.create_connection(("127.0.0.1", replica.httpd.server_address[1]), timeout=10) as sock:
+        body = json.dumps(_body()).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        raw = b"".join(iter(lambda: sock.recv(65536), b""))  # read until the replica closes
+    head, _, events = raw.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+    assert events.endswith(b"data: [DONE]\n\n") and events.count(b"data: {") == 3  # three tokens, the last with its finish reason
