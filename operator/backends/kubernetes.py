@@ -368,15 +368,38 @@ def clear_annotation(api: client.ApiClient, namespace: str, name: str, key: str)
         raise _failure(f"patch TrainingJob {namespace}/{name} annotation {key}", e) from None
 
 
-def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """Merge-patch ``.status`` to ``new``; keys present in ``old`` but gone from ``new`` become null."""
-    body = {"status": {**{k: None for k in old if k not in new}, **new}}
+def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any],
+                 resource_version: str | None = None) -> str | None:
+    """Merge-patch ``.status`` to ``new``; keys present in ``old`` but gone from ``new`` become
+    null. With ``resource_version`` the write is conditional (optimistic concurrency): the
+    server answers 409 when the object changed since that version, so a status computed from
+    an older object never overwrites what another writer put there. Returns the object's
+    new resourceVersion."""
+    body: dict[str, Any] = {"status": {**{k: None for k in old if k not in new}, **new}}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
     try:
-        CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        response = CustomObjectsApi(api).patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, TrainingJob.PLURAL, name, body, _preload_content=False,
         )
     except Exception as e:
         raise _failure(f"patch TrainingJob {namespace}/{name} status", e) from None
+    try:
+        return json.loads(response.data)["metadata"]["resourceVersion"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_job(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    """The TrainingJob as the server has it now (after a conflict); None when it is gone."""
+    try:
+        return json.loads(CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, TrainingJob.PLURAL, name, _preload_content=False).data)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise _failure(f"read TrainingJob {namespace}/{name}", e) from None
+    except Exception as e:
+        raise _failure(f"read TrainingJob {namespace}/{name}", e) from None
 
 
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:

@@ -13,7 +13,7 @@ from shardwright.operator import handlers
 
 from .kubeapi import (
     FAST, PODS, RecordingClient, Telemetry, create_job, eventually, job_status, kopf_in_loop, live, pod_creates, pods_of, run_all,
-    running_operator, sent, set_pod_phase, tiny_job,
+    passes, running_operator, sent, set_pod_phase, tiny_job,
 )
 
 pytestmark = pytest.mark.cluster
@@ -99,3 +99,27 @@ async def test_the_operator_carries_on_after_the_api_server_restarts(cluster):
         await set_pod_phase(cluster, "tiny-g1-worker-1", "Failed", exit_code=1)
         await eventually(lambda: job_status(cluster).get("generation") == 2 and len(pods_of(cluster, 2)) == 2, timeout=60,
                          what="generation 2 after the restart")
+
+
+async def test_a_condition_another_writer_adds_to_status_is_never_lost(cluster):
+    """Optimistic concurrency (issue 16): another controller adds its own condition to the
+    job's status while the operator runs it. Every later status write of the operator is
+    conditional on the resourceVersion it was computed from (a 409 makes it read again), so
+    the condition survives the operator's next writes."""
+    telemetry = Telemetry()
+    async with running_operator(cluster, telemetry=telemetry) as memo:
+        await create_job(cluster, tiny_job())
+        await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
+        await run_all(cluster, 1, step=40, telemetry=telemetry)
+        await eventually(lambda: job_status(cluster).get("step") == 40, what="step 40")
+        conditions = job_status(cluster)["conditions"]
+        audited = {"type": "Audited", "status": "True", "reason": "PolicyChecked", "message": "by another controller",
+                   "lastTransitionTime": "2026-12-06T00:00:00Z"}
+        await asyncio.to_thread(cluster.api.merge, cluster.path("shardwright.io/v1alpha1/trainingjobs", "tiny", "status"),
+                                {"status": {"conditions": [*conditions, audited]}})
+        for step in (41, 42, 43):  # the operator writes the new step each time
+            telemetry.answers["10.0.1.0"]["step"] = step
+            await eventually(lambda: job_status(cluster).get("step") == step, what=f"step {step} written")
+        await passes(memo, 2)
+        assert any(c["type"] == "Audited" for c in job_status(cluster)["conditions"]), job_status(cluster)["conditions"]
+        assert job_status(cluster)["generation"] == 1
