@@ -40,8 +40,6 @@ _BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
 _SPLIT = re.compile(r"^\+?([0-9.]+)(.*)$")
 #: Exact enough to compare any two quantities, wide enough for any exponent written.
 _WIDE = decimal.Context(prec=60, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
-#: Largest integer the API server stores in an int-or-string field (int64).
-_INT64 = 2**63 - 1
 
 
 def _quantity(value: str) -> str:
@@ -53,8 +51,8 @@ def _quantity(value: str) -> str:
 def _from_int(value: object) -> object:
     """``cpu: 2`` is as common as ``memory: 8Gi``; floats stay floats (the API server refuses them)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value <= _INT64:
-            raise PydanticCustomError("quantity", "must be a quantity between 0 and 2^63-1 (got {value})", {"value": value})
+        if value < 0:
+            raise PydanticCustomError("quantity", "must be a quantity, 0 or more (got {value})", {"value": value})
         return str(value)
     return value
 

@@ -70,7 +70,29 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
         raise InvalidManifest([Problem("yaml", f"{where}{problem}")], str(path)) from None
     if not docs:
         raise InvalidManifest([Problem("yaml", "no documents in file")], str(path))
+    if any(_too_big(d) for d in docs):
+        raise InvalidManifest([Problem("yaml", f"more than {MAX_NODES} values once its aliases are expanded; write the values out")], str(path))
     return docs
+
+
+#: Most values a document may hold with its YAML aliases expanded: nested aliases (a
+#: "billion laughs") are a few lines of YAML and more JSON than any memory holds.
+MAX_NODES = 100_000
+
+
+def _too_big(doc: Any) -> bool:
+    """Whether ``doc`` holds more than :data:`MAX_NODES` values, counting shared ones again."""
+    stack, seen = [doc], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            return True
+        if isinstance(node, dict):
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+    return False
 
 
 def parse(doc: Any, source: str = "") -> TrainingJob | ServingPool:
@@ -84,28 +106,73 @@ def parse(doc: Any, source: str = "") -> TrainingJob | ServingPool:
 
 def validate(doc: Any) -> tuple[TrainingJob | ServingPool | None, list[Problem]]:
     """Schema checks first, then cross-field rules on a schema-valid spec."""
+    obj, problems = check_schema(doc)
+    if obj is None:
+        return None, problems
+    if obj.kind == "ServingPool":
+        from .servingpool import check_pool_spec  # servingpool imports this module
+
+        problems = list(check_pool_spec(obj.spec))
+    else:
+        problems = list(check_spec(obj.spec))
+    return (None, problems) if problems else (obj, [])
+
+
+def check_schema(doc: Any) -> tuple[TrainingJob | ServingPool | None, list[Problem]]:
+    """The kind's schema alone (what the CRD's schema checks too): types, bounds, enums,
+    required and unknown fields, names and quantities; no cross-field rule."""
     if not isinstance(doc, dict):
         return None, [Problem("(document)", f"must be a mapping (got {type(doc).__name__})")]
-    key = (doc.get("apiVersion"), doc.get("kind"))
+    got = (doc.get("apiVersion"), doc.get("kind"))
+    key = got if all(isinstance(part, str) for part in got) else None  # a list or mapping there is no kind (nor hashable)
     if key == POOL_KEY:
-        from .servingpool import ServingPool, check_pool_spec  # servingpool imports this module
+        from .servingpool import ServingPool
 
-        model, checks = ServingPool, check_pool_spec
+        model: type[pydantic.BaseModel] = ServingPool
     elif key in SUPPORTED:
-        model, checks = SUPPORTED[key], check_spec
+        model = SUPPORTED[key]
     else:
         allowed = ", ".join(f"{v} {k}" for v, k in [*SUPPORTED, POOL_KEY])
-        return None, [Problem("apiVersion/kind", f"must be one of: {allowed} (got {key[0]} {key[1]})")]
+        return None, [Problem("apiVersion/kind", f"must be one of: {allowed} (got {got[0]} {got[1]})")]
+    doc = _whole_numbers(doc)
+    if huge := list(_huge_integers(doc)):
+        return None, huge
     try:
         # Strict JSON-mode validation: the types the CRD schema (and so the API server)
         # accepts, no more. Lax mode would take `steps: "5"`, `suspend: "yes"` or
         # `heads: true` here while `kubectl apply` rejects them; JSON mode still reads
         # enum values from their strings.
-        obj = model.model_validate_json(json.dumps(doc, default=str), strict=True)
+        return model.model_validate_json(json.dumps(doc, default=str), strict=True), []  # type: ignore[return-value]
     except pydantic.ValidationError as e:
         return None, [_problem(model, err) for err in e.errors()]
-    problems = list(checks(obj.spec))
-    return (None, problems) if problems else (obj, [])
+
+
+#: The API server holds integers as int64; a larger one is a float there, which no integer field takes.
+INT64 = range(-(2**63), 2**63)
+
+
+def _whole_numbers(node: Any) -> Any:
+    """``node`` with every float that is a whole int64 (``2.0``) an int, as the API server
+    reads JSON numbers: ``steps: 2.0`` is ``steps: 2`` there, so it is here."""
+    if isinstance(node, float) and node.is_integer() and int(node) in INT64:
+        return int(node)
+    if isinstance(node, dict):
+        return {key: _whole_numbers(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_whole_numbers(value) for value in node]
+    return node
+
+
+def _huge_integers(node: Any, loc: tuple = ()) -> Iterable[Problem]:
+    """An integer the API server cannot hold, anywhere in the document."""
+    if isinstance(node, int) and not isinstance(node, bool) and node not in INT64:
+        yield Problem(_format_loc(loc), f"must be between -2^63 and 2^63-1 (got {node})")
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _huge_integers(value, (*loc, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _huge_integers(value, (*loc, index))
 
 
 # ----------------------------------------------------------------------------- cross-field rules
@@ -288,4 +355,4 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-__all__ = ["Problem", "InvalidManifest", "load_documents", "parse", "validate", "check_spec", "check_resources"]
+__all__ = ["Problem", "InvalidManifest", "load_documents", "parse", "validate", "check_schema", "check_spec", "check_resources"]

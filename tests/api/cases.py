@@ -47,7 +47,8 @@ CASES = [
     # resources as pod validation sees them
     Bad("cpu-word", {"spec.workers[0].resources.requests.cpu": "abc"}, "spec.workers[0].resources.requests.cpu", "must be a quantity: a non-negative number"),
     Bad("memory-bad-suffix", {"spec.workers[0].resources.limits.memory": "2GB"}, "spec.workers[0].resources.limits.memory", "such as 500m, 8Gi or 1e3 (got '2GB')"),
-    Bad("cpu-negative", {"spec.workers[0].resources.requests.cpu": -1}, "spec.workers[0].resources.requests.cpu", "between 0 and 2^63-1"),
+    Bad("cpu-negative", {"spec.workers[0].resources.requests.cpu": -1}, "spec.workers[0].resources.requests.cpu", "must be a quantity, 0 or more (got -1)"),
+    Bad("steps-beyond-int64", {"spec.training.steps": 2**63}, "spec.training.steps", "must be between -2^63 and 2^63-1"),
     Bad("resource-unknown", {"spec.workers[0].resources.requests.gpu": 1}, "spec.workers[0].resources.requests.gpu", "unknown resource name; allowed: cpu, memory"),
     Bad("resource-reserved", {"spec.workers[0].resources.limits": {"kubernetes.io/gpu": 1}}, "spec.workers[0].resources.limits.kubernetes.io/gpu", "reserved"),
     Bad("gpu-fraction", {"spec.workers[0].resources.limits": {"nvidia.com/gpu": "500m"}}, "spec.workers[0].resources.limits.nvidia.com/gpu", "must be a whole number"),
