@@ -503,6 +503,7 @@ def _rejected(memo, owner: render.Owner, generation: int, status: TrainingJobSta
     """The API server refused the generation's objects (422 invalid, 403 forbidden): nothing
     started. Say so in one condition with the server's message, tell it once, and try again
     with exponential backoff (a fixed template or a lifted policy lets it through)."""
+    memo.metrics.reconcile_errors.labels(reason="permanent").inc()
     now = datetime.datetime.now(datetime.timezone.utc)
     status = status.model_copy(deep=True)
     message = f"The API server refused this job's pods: {error}"
