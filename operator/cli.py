@@ -316,7 +316,7 @@ def _plot(args) -> int:
     try:
         from shardwright.operator import plot
     except ImportError as e:
-        print(f"shardwright plot needs matplotlib ({e}); install it with: pip install 'shardwright[bench]'", file=sys.stderr)
+        print(f"shardwright plot needs matplotlib ({e}); install it with: pip install 'matplotlib>=3.8'", file=sys.stderr)
         return 1
     out = args.out or job.path / "plot.png"
     try:

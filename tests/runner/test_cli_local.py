@@ -186,7 +186,7 @@ def test_plot_without_matplotlib_says_so_in_one_line(finished, capsys, monkeypat
     monkeypatch.delitem(sys.modules, "shardwright.operator.plot", raising=False)
     assert main(["plot", "tiny-train"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "needs matplotlib" in err and "pip install 'shardwright[bench]'" in err
+    assert err.count("\n") == 1 and "needs matplotlib" in err and "pip install 'matplotlib>=3.8'" in err
 
 
 def test_plot_writes_a_png(finished, capsys):
