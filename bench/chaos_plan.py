@@ -1,0 +1,161 @@
+"""A seeded fault plan for one chaos run: which job, which faults at which steps, what must
+happen. Pure (no Ray, no torch), so a plan is reproduced from its seed alone and unit-tested.
+
+A plan is a list of ``workers/faults.py`` faults, written out as the ``--inject`` texts the
+CLI parses, plus the job they strike and the outcome they must lead to. Constraints keep a
+plan meaningful rather than merely random:
+
+- restart-causing faults (kill, kill while a checkpoint is written, hang, shrink) fire one
+  per generation, in step order, so each generation reaches the step of its fault;
+- a damaged checkpoint is one the generation about to fail wrote last (or before), so the
+  restart has to skip it;
+- an elastic job shrinks and grows after its other faults, ``CAPACITY_GAP`` steps apart:
+  shrink and grow act on the controller's last poll of the step, which lags the ranks, so
+  a fault after them could not know its generation;
+- the restart budget equals the restarts the plan needs, or, in a ``budget`` plan, one
+  less: then the job must fail with ``BackoffLimitExceeded`` at the last restart fault.
+
+The embedded default is the only target built so far; a cluster target adds its own kinds
+(node heartbeat lost, operator killed, ...) to ``KINDS`` and its own ``Target`` job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import yaml
+
+from shardwright.workers.faults import Fault, parse_fault
+
+#: Fault kinds a plan draws from, by target, with their weights.
+KINDS = {"local": {"kill": 4, "kill-during-checkpoint": 2, "hang": 2, "corrupt-checkpoint": 3}}
+#: Kinds that end a generation with a failure (each spends one restart).
+RESTARTING = ("kill", "kill-during-checkpoint", "hang", "shrink")
+#: Share of runs on the elastic job (shrink and grow); the rest run at a fixed size.
+ELASTIC_SHARE = 0.3
+#: Share of fixed-size runs whose restart budget is one short of what the plan needs.
+BUDGET_SHARE = 0.15
+#: Steps between a restart fault and the next (the next generation resumes from at most the first).
+GAP = 4
+#: Steps from a shrink to the grow, and kept free for both at the end of an elastic job.
+CAPACITY_GAP = 15
+#: A damaged checkpoint is at least this many steps before the fault that makes a restart
+#: load it, so rank 0 has seen the (asynchronous) commit and damaged it in time.
+COMMIT_LAG = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The job a plan strikes: the embedded default's tiny example, made longer-lived."""
+
+    name: str
+    replicas: int
+    steps: int
+    interval: int = 10
+    keep: int = 3
+    #: Seconds without a step before a generation counts as hung.
+    deadline_s: int = 8
+    #: Elastic lower bound (None: a fixed-size job).
+    min_replicas: int | None = None
+
+    def manifest(self, example: dict[str, Any], max_restarts: int) -> dict[str, Any]:
+        """``example`` (a TrainingJob document) with this target's size, length and policy."""
+        doc = yaml.safe_load(yaml.safe_dump(example))
+        spec = doc["spec"]
+        doc["metadata"]["name"] = f"chaos-{self.name}"
+        spec["workers"][0]["replicas"] = self.replicas
+        spec["training"]["steps"] = self.steps
+        spec["checkpoint"] = {"intervalSteps": self.interval, "keep": self.keep}
+        spec["failurePolicy"] = {"maxRestarts": max_restarts, "progressDeadlineSeconds": self.deadline_s, "backoff": {"initialSeconds": 0.5}}
+        if self.min_replicas is not None:
+            spec["elastic"] = {"minReplicas": self.min_replicas, "maxReplicas": self.replicas}
+        return doc
+
+
+FIXED = Target("fixed", replicas=2, steps=60)
+ELASTIC = Target("elastic", replicas=4, steps=60, min_replicas=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    seed: int
+    target: Target
+    faults: tuple[Fault, ...]
+    max_restarts: int
+
+    @property
+    def restarts_needed(self) -> int:
+        return sum(kind_of(f) in RESTARTING for f in self.faults)
+
+    @property
+    def expect_failure(self) -> bool:
+        return self.max_restarts < self.restarts_needed
+
+    @property
+    def injects(self) -> list[str]:
+        return [fault_text(f) for f in self.faults]
+
+    def describe(self) -> str:
+        budget = f"maxRestarts {self.max_restarts}" + (" (one short: must fail)" if self.expect_failure else "")
+        return f"seed {self.seed}: {self.target.name} job, {budget}: " + " ".join(f"--inject {t}" for t in self.injects)
+
+
+def kind_of(fault: Fault) -> str:
+    """The table's name for a fault: a kill during a checkpoint write is its own kind."""
+    return "kill-during-checkpoint" if fault.kind == "kill" and fault.during else fault.kind
+
+
+def fault_text(fault: Fault) -> str:
+    """The ``--inject`` text of ``fault``: its kind and every setting away from the default."""
+    defaults = Fault(kind=fault.kind)
+    pairs = [f"{key}={value}" for key, value in fault.model_dump(exclude={"kind"}).items() if value != getattr(defaults, key)]
+    text = ":".join([fault.kind, *pairs])
+    assert parse_fault(text) == fault, text  # the CLI must read back exactly this fault
+    return text
+
+
+def draw(seed: int, faults: int, target: str = "local") -> Plan:
+    """The plan of run ``seed`` with ``faults`` faults; the same arguments give the same plan."""
+    rng = random.Random(seed)
+    job = ELASTIC if faults >= 2 and rng.random() < ELASTIC_SHARE else FIXED
+    resizes = 2 if job is ELASTIC else 0
+    kinds = rng.choices(list(KINDS[target]), weights=list(KINDS[target].values()), k=faults - resizes)
+    if kinds and all(k == "corrupt-checkpoint" for k in kinds):
+        kinds[0] = "kill"  # a damaged checkpoint matters only to a restart
+    # An elastic job resizes after its other faults: a fault after a capacity change would
+    # have to guess the generation, as shrink and grow take effect a poll or two late.
+    end = job.steps - 2 - (2 * CAPACITY_GAP if resizes else 0)
+    plan = _restarts(rng, job, [k for k in kinds if k != "corrupt-checkpoint"], kinds.count("corrupt-checkpoint"), end)
+    if resizes:
+        shrink = max((f.step for f in plan), default=0) + GAP + rng.randrange(GAP)
+        plan += [Fault(kind="shrink", ranks=rng.choice((1, 2)), step=shrink), Fault(kind="grow", step=shrink + CAPACITY_GAP + rng.randrange(GAP))]
+    needed = sum(kind_of(f) in RESTARTING for f in plan)
+    budget = max(needed - 1, 0) if not resizes and rng.random() < BUDGET_SHARE else needed
+    return Plan(seed, job, tuple(plan), budget)
+
+
+def _restarts(rng: random.Random, job: Target, kinds: list[str], corrupt: int, end: int) -> list[Fault]:
+    """Restart faults of ``kinds`` at increasing steps before ``end``, one per generation, and
+    ``corrupt`` damaged checkpoints among those the failing generations write (the newest
+    first). A fault with no room left is dropped."""
+    faults, damaged, previous = [], set(), 0
+    for i, kind in enumerate(kinds):
+        room = range(previous + GAP, end - GAP * (len(kinds) - i - 1))
+        choices = [s for s in room if s % job.interval == 0] if kind == "kill-during-checkpoint" else list(room)
+        if not choices:
+            continue
+        step = rng.choice(choices)
+        gen = 1 + sum(f.kind != "corrupt-checkpoint" for f in faults)
+        faults.append(Fault(kind="hang" if kind == "hang" else "kill", rank=rng.randrange(job.replicas), step=step, gen=gen,
+                            during="checkpoint" if kind == "kill-during-checkpoint" else None))
+        # Only as many as the job keeps: retention would delete an older one unseen.
+        written = [c for c in range(step - COMMIT_LAG, previous, -1) if c % job.interval == 0 and c not in damaged][: job.keep]
+        last = i == len(kinds) - 1
+        for c in written[: corrupt if last else rng.randint(0, corrupt)]:
+            damaged.add(c)
+            corrupt -= 1
+            faults.append(Fault(kind="corrupt-checkpoint", step=c, gen=gen))
+        previous = step
+    return sorted(faults, key=lambda f: (f.step, f.kind))
