@@ -424,7 +424,9 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
                 backend.start(action)
         except ApiFailure as e:
             if not e.retryable:
-                return _rejected(memo, owner, job.metadata.generation, status, memory, e, body_rv)
+                refused = _rejected(memo, owner, job.metadata.generation, status, memory, e, body_rv)
+                memo.metrics.jobs.update(owner.namespace, owner.name, memory.status, str(spec.runtime))
+                return refused
             _take_back(memo, owner, memory, intent, status.to_wire(), body_rv)
             raise
     # Everything is applied: from now on the computed status is the truth, even if the
