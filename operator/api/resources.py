@@ -62,7 +62,8 @@ Quantity = Annotated[
     str,
     BeforeValidator(_from_int),
     AfterValidator(_quantity),
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY_PATTERN}),
+    # minimum: for an integer, as the pattern is for a string (each applies to its own type).
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY_PATTERN, "minimum": 0}),
 ]
 
 

@@ -64,7 +64,7 @@ def test_an_unknown_resource_name_is_refused(kube, namespace, name):
     assert "spec.workers[0].resources.requests" in told and "unknown resource name" in told, told
 
 
-@pytest.mark.parametrize("quantity", ["abc", "1.5.5", "-1", "1Kb", "", " 1"])
+@pytest.mark.parametrize("quantity", ["abc", "1.5.5", "-1", "1Kb", "", " 1", -1, 1.5])
 def test_a_malformed_quantity_is_refused(kube, namespace, quantity):
     told = refusal(kube, namespace, edited({"spec.workers[0].resources.requests": {"cpu": quantity}}))
     assert "spec.workers[0].resources.requests.cpu" in told, told

@@ -33,6 +33,10 @@ async def test_webhook_rejects_a_bad_object_naming_the_field(cluster):
         bad["spec"]["model"]["heads"] = 5  # does not divide dim 64
         denied = await eventually(lambda: denial(cluster, bad), what="the webhook's answer (it starts after the operator)")
         assert denied.status == 422 and "spec.model.heads" in str(denied) and "trainingjobs.shardwright.io" in str(denied)
+        over = tiny_job()  # what the CRD's schema cannot see: two values compared
+        over["spec"]["workers"][0]["resources"] = {"requests": {"cpu": 2}, "limits": {"cpu": "1500m"}}
+        denied = await eventually(lambda: denial(cluster, over), what="the webhook's answer (a loaded machine may time a call out)")
+        assert denied.status == 422 and "spec.workers[0].resources.requests.cpu: must be \\u003c= limits.cpu (1500m)" in str(denied), denied  # JSON escapes <
         assert (await create_job(cluster, tiny_job()))["metadata"]["name"] == "tiny"
 
 
