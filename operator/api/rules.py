@@ -19,8 +19,11 @@ from typing import Any
 
 from .base import NAME_MAX, NAME_PATTERN, NAME_RULE
 
-NAME: dict[str, str] = {
-    "rule": f"self.metadata.name.size() <= {NAME_MAX} && self.metadata.name.matches('{NAME_PATTERN}')",
+NAME: dict[str, Any] = {
+    # Judged at create only (a name never changes): a job made before this rule keeps
+    # taking updates, its status ones included.
+    "rule": f"oldSelf.hasValue() || (self.metadata.name.size() <= {NAME_MAX} && self.metadata.name.matches('{NAME_PATTERN}'))",
+    "optionalOldSelf": True,
     "message": f"metadata.name must be {NAME_RULE}",
 }
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tests.support.cluster import apply
-from tests.support.manifests import edited, example
+from tests.support.cluster import apply, wait_for
+from tests.support.manifests import REPO, edited, example
 
 pytestmark = pytest.mark.cluster
 
@@ -25,6 +25,22 @@ def test_the_job_name_is_a_dns_1035_label(kube, namespace):
     told = refusal(kube, namespace, edited({"metadata.name": "7b-run"}))
     assert "metadata.name must be a DNS-1035 label" in told and "starting with a letter" in told, told
     apply(kube, edited({"metadata.name": "b7-run"}), "-n", namespace)
+
+
+def test_a_job_named_before_the_rule_still_takes_updates(kube, namespace):
+    """The name is judged at create only: a "7b-run" made under an older CRD (the rule taken
+    out here, then put back) is still suspended, and its status still written."""
+    crd = "crd/trainingjobs.shardwright.io"
+    kube.kubectl("patch", crd, "--type=json", "-p", json.dumps([{"op": "remove", "path": "/spec/versions/0/schema/openAPIV3Schema/x-kubernetes-validations"}]))
+    try:
+        wait_for(lambda: kube.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(edited({"metadata.name": "7b-run"})), check=False).returncode == 0,
+                 30, "the CRD without the name rule")
+    finally:
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "trainingjobs.shardwright.io.yaml"))
+    wait_for(lambda: "DNS-1035" in kube.kubectl("-n", namespace, "create", "--dry-run=server", "-f", "-",
+                                                 input=json.dumps(edited({"metadata.name": "8b-run"})), check=False).stderr, 30, "the name rule back")
+    kube.kubectl("-n", namespace, "patch", "tj", "7b-run", "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    kube.kubectl("-n", namespace, "patch", "tj", "7b-run", "--subresource=status", "--type=merge", "-p", '{"status": {"phase": "Suspended"}}')
 
 
 @pytest.mark.parametrize("edits, field", [
