@@ -7,8 +7,8 @@ plan meaningful rather than merely random:
 
 - restart-causing faults (kill, kill while a checkpoint is written, hang, shrink) fire one
   per generation, in step order, so each generation reaches the step of its fault;
-- a damaged checkpoint is one the generation about to fail wrote last (or before), so the
-  restart has to skip it;
+- damaged checkpoints are the newest ones the generation about to fail surely committed,
+  so the restart has to skip every one of them;
 - an elastic job shrinks and grows after its other faults, ``CAPACITY_GAP`` steps apart:
   shrink and grow act on the controller's last poll of the step, which lags the ranks, so
   a fault after them could not know its generation;
@@ -42,8 +42,9 @@ GAP = 4
 #: Steps from a shrink to the grow, and kept free for both at the end of an elastic job.
 CAPACITY_GAP = 15
 #: A damaged checkpoint is at least this many steps before the fault that makes a restart
-#: load it, so rank 0 has seen the (asynchronous) commit and damaged it in time.
-COMMIT_LAG = 3
+#: load it, so rank 0 has seen the (asynchronous) commit and damaged it in time; a fault
+#: closer to a checkpoint damages none (which one the restart loads is not certain).
+COMMIT_LAG = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +151,9 @@ def _restarts(rng: random.Random, job: Target, kinds: list[str], corrupt: int, e
         gen = 1 + sum(f.kind != "corrupt-checkpoint" for f in faults)
         faults.append(Fault(kind="hang" if kind == "hang" else "kill", rank=rng.randrange(job.replicas), step=step, gen=gen,
                             during="checkpoint" if kind == "kill-during-checkpoint" else None))
+        newest = _newest_before(job, step)
         # Only as many as the job keeps: retention would delete an older one unseen.
-        written = [c for c in range(step - COMMIT_LAG, previous, -1) if c % job.interval == 0 and c not in damaged][: job.keep]
+        written = [c for c in range(newest, previous, -job.interval) if c not in damaged][: job.keep] if newest else []
         last = i == len(kinds) - 1
         for c in written[: corrupt if last else rng.randint(0, corrupt)]:
             damaged.add(c)
@@ -159,3 +161,12 @@ def _restarts(rng: random.Random, job: Target, kinds: list[str], corrupt: int, e
             faults.append(Fault(kind="corrupt-checkpoint", step=c, gen=gen))
         previous = step
     return sorted(faults, key=lambda f: (f.step, f.kind))
+
+
+def _newest_before(job: Target, step: int) -> int | None:
+    """The newest checkpoint surely committed (and seen by rank 0) when a fault strikes after
+    ``step``: a kill fires before that step's own checkpoint is written; None when the
+    newest may still be in flight, as a restart could then load it or the one before."""
+    if step % job.interval == 0:
+        return step - job.interval
+    return step - step % job.interval if step % job.interval >= COMMIT_LAG else None

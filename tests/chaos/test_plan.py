@@ -27,13 +27,17 @@ def test_plans_keep_their_constraints(faults):
         assert [f.gen for f in restarts] == list(range(1, len(restarts) + 1))
         assert all(b.step - a.step >= chaos_plan.GAP for a, b in zip(restarts, restarts[1:]))
         assert all(f.step < plan.target.steps for f in plan.faults)
-        for f in plan.faults:
-            if f.kind == "corrupt-checkpoint":
-                # a checkpoint its generation writes before the fault that makes a restart load it
-                failing = next(r for r in restarts if r.gen == f.gen)
-                assert f.step % plan.target.interval == 0 and f.step <= failing.step - chaos_plan.COMMIT_LAG
-            if f.during:
-                assert f.step % plan.target.interval == 0
+        interval = plan.target.interval
+        for failing in restarts:
+            # The damaged ones are the newest its generation surely committed before it.
+            damaged = [f.step for f in plan.faults if f.kind == "corrupt-checkpoint" and f.gen == failing.gen]
+            if failing.step % interval == 0:
+                newest = failing.step - interval  # a kill strikes before its step's checkpoint
+            else:
+                newest = failing.step - failing.step % interval
+                assert not damaged or failing.step - newest >= chaos_plan.COMMIT_LAG
+            assert damaged == sorted(range(newest, newest - len(damaged) * interval, -interval))
+            assert failing.step % interval == 0 or not failing.during
         if plan.target is chaos_plan.ELASTIC:
             shrink, grow = plan.faults[-2:]
             assert (shrink.kind, grow.kind) == ("shrink", "grow")
