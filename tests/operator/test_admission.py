@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 
+import kopf
 import pytest
 
+from shardwright.operator import handlers
 from shardwright.operator.backends.pods import LABEL_REPLICA
 from shardwright.operator.backends.ports import free_port
 
@@ -101,3 +103,16 @@ async def test_a_job_whose_name_starts_with_a_digit_is_refused_naming_the_field(
     with pytest.raises(ApiError) as refused:
         await create_job(cluster, tiny_job("7b-run"))
     assert refused.value.status == 422 and "metadata.name must be a DNS-1035 label" in str(refused.value), refused.value
+
+
+def test_an_update_is_not_judged_on_the_name():
+    """As the CRD's rule, the webhook judges a name at create only: a job named before the
+    rule ("7b-run") keeps taking edits, and the rest of an edit is still checked."""
+    job = tiny_job("7b-run")
+    with pytest.raises(kopf.AdmissionError, match="metadata.name: must be a DNS-1035 label"):
+        handlers.admit(body=job)
+    assert handlers.admit(body=job, old=job) is None
+    broken = tiny_job("7b-run")
+    broken["spec"]["model"]["heads"] = 5
+    with pytest.raises(kopf.AdmissionError, match=r"^spec.model.heads: must divide dim"):
+        handlers.admit(body=broken, old=job)
