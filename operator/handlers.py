@@ -400,6 +400,7 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
     ref = JobRef(
         name=owner.name, namespace=owner.namespace, checkpoint_dir=ckpt_dir,
         object_generation=job.metadata.generation, telemetry_port=cfg.kubernetes.pods.telemetry_port,
+        resume_newest=True, uid=owner.uid,
     )
     backend = KubernetesBackend(
         memo.api, cfg.kubernetes, owner, spec, mine,

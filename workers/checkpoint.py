@@ -72,6 +72,7 @@ class Checkpointer:
         manifest = {
             "step": step, "worldSize": self.world_size, "layout": self.layout,
             "generation": self.generation, "dataPosition": data_position,
+            **({"owner": self.cfg.owner} if self.cfg.owner else {}),
         }
         if self._group is None:
             dcp.save(state, checkpoint_id=partial)
@@ -122,6 +123,19 @@ class Checkpointer:
         self._committed.append({**manifest, "path": str(final)})
 
     # ------------------------------------------------------------------ loading
+
+    def resume_point(self) -> str | None:
+        """The checkpoint to load: the controller's choice, or with ``resume_newest`` the
+        newest one this job committed in storage if that is newer (never one an earlier job
+        of the same name left there). Every rank lists the same storage, and the previous
+        generation has stopped (fenced), so they all name the same one."""
+        chosen = self.cfg.resume_from
+        found = [m for m in committed(self.root) if m.get("owner") == self.cfg.owner] if self.cfg.resume_newest else []
+        if found:
+            newest = found[-1]["path"]
+            if chosen is None or _step_of(Path(newest)) > _step_of(Path(chosen)):
+                return newest
+        return chosen
 
     def load(self, path: str | Path, model: nn.Module, optimizer) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Load ``path``, or the newest older committed checkpoint if it is damaged.

@@ -138,6 +138,13 @@ class CheckpointConfig(_Config):
     keep: int = 3
     async_save: bool = False
     resume_from: str | None = Field(default=None, description="Committed checkpoint to load.")
+    owner: str | None = Field(
+        default=None, description="uid of the job writing here (recorded in each manifest; resume_newest loads only its own).")
+    resume_newest: bool = Field(
+        default=False,
+        description="Load the newest committed checkpoint in dir when it is newer than resume_from: a restart "
+                    "whose controller may not have seen the last commit (rank 0 killed, its probes blocked).",
+    )
 
 
 class WorkerConfig(_Config):

@@ -153,8 +153,8 @@ class Trainer:
         self.ddp.register_comm_hook(self.grad_wait, GradientWaitHook.hook)
         self.step = 0
         resumed, rejected = None, []
-        if cfg.checkpoint.resume_from:
-            manifest, rejected = self.checkpointer.load(cfg.checkpoint.resume_from, self.model, self.optimizer)
+        if resume := self.checkpointer.resume_point():
+            manifest, rejected = self.checkpointer.load(resume, self.model, self.optimizer)
             if manifest is None:  # every checkpoint damaged: from the start, as a fresh run would
                 resumed = 0
             else:

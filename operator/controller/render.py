@@ -30,6 +30,12 @@ class JobRef:
     step_log: str | None = None
     #: Faults injected into the ranks (``shardwright run --inject``); empty in production.
     faults: tuple[Fault, ...] = ()
+    #: A restarted generation loads the newest checkpoint committed in storage when it is
+    #: newer than the one the controller knows: on a cluster the controller learns commits
+    #: from rank 0's probes and final report, which a killed rank 0 or a NetworkPolicy stop.
+    resume_newest: bool = False
+    #: The job's uid, recorded in its checkpoints' manifests (``resume_newest`` loads only those).
+    uid: str | None = None
 
 
 def worker_config(
@@ -74,6 +80,9 @@ def worker_config(
             keep=spec.checkpoint.keep,
             async_save=spec.checkpoint.async_,
             resume_from=resume_from.uri if resume_from else None,
+            # Not generation 1: a job created again under an old name starts afresh.
+            resume_newest=job.resume_newest and generation > 1,
+            owner=job.uid,
         ),
         telemetry_port=job.telemetry_port,
         step_log=job.step_log,
