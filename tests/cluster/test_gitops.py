@@ -212,11 +212,16 @@ def operator(kube, namespace: str, log: Path) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_reapplying_an_unchanged_example_to_a_finished_job_changes_nothing(kube, namespace, process_nodes, tmp_path, tool):
+def test_reapplying_an_unchanged_example_to_a_running_then_finished_job_changes_nothing(kube, namespace, process_nodes, tmp_path, tool):
     doc = as_applied_by(tool, namespace)
     with operator(kube, namespace, tmp_path / "operator.log"):
         out = tool_apply(kube, tool, doc, "apply")
         assert out.returncode == 0, out.stderr
+        # While the operator runs it (generation 1 started, status written), nothing drifts.
+        wait_for(lambda: (get_json(kube, "-n", namespace, "get", "tj", "tiny-train").get("status") or {}).get("generation") == 1,
+                 120, "generation 1 started", every=0.5)
+        running = tool_apply(kube, tool, doc, "diff")
+        assert running.returncode == 0, f"kubectl diff shows drift on the running job:\n{running.stdout}{running.stderr}"
         try:  # minutes on a loaded machine: the ranks import torch and train 120 steps
             final = wait_for(lambda: (s := get_json(kube, "-n", namespace, "get", "tj", "tiny-train").get("status") or {})
                              .get("phase") in ("Complete", "Failed") and s, 600, "a terminal phase", every=2.0)
