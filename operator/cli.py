@@ -116,10 +116,13 @@ def _load(files: list[Path]):
 
 
 def _doc_name(doc, index: int) -> str:
+    """``KIND/NAME`` of a document for a message line; escaped when it holds a line break or
+    another unprintable character, so each problem stays one line."""
     meta = doc.get("metadata") if isinstance(doc, dict) else None
     name = meta.get("name") if isinstance(meta, dict) else None
     kind = doc.get("kind", "document") if isinstance(doc, dict) else "document"
-    return f"{kind}/{name}" if name else f"{kind} #{index + 1}"
+    label = f"{kind}/{name}" if name else f"{kind} #{index + 1}"
+    return label if label.isprintable() else ascii(label)
 
 
 def _validate(args) -> int:

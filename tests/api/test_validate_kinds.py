@@ -35,3 +35,13 @@ def test_shardwright_validate_takes_pools_and_run_refuses_them(capsys):
     assert "ServingPool/tiny-serve: valid" in capsys.readouterr().out
     assert cli.main(["run", str(EXAMPLES / "tiny-serve.yaml")]) == cli.EXIT_INVALID
     assert "expected exactly one TrainingJob, found 0" in capsys.readouterr().err
+
+
+def test_a_name_with_a_line_break_keeps_each_problem_on_one_line(tmp_path, capsys):
+    doc = yaml.safe_load((EXAMPLES / "tiny-train.yaml").read_text())
+    doc["metadata"]["name"] = "tiny\rtrain"
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert cli.main(["validate", str(path)]) == cli.EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("\n") == 1 and "'TrainingJob/tiny\\rtrain'" in err and "metadata.name" in err, err
