@@ -267,9 +267,10 @@ class _Memory:
     status: TrainingJobStatus | None = None
     written: dict[str, Any] | None = None
     #: resourceVersion the next status write is conditional on: the body's, or that of our
-    #: own last write while the watched body still shows the version before it (``behind``).
+    #: own last write while the watched body still shows a version before it (``lagging``:
+    #: every version our writes replaced since the body last caught up).
     rv: str | None = None
-    behind: str | None = None
+    lagging: set[str] = dataclasses.field(default_factory=set)
     #: The readmit annotation this loop has applied and told of, until it is gone.
     readmitted: list[str] | None = None
     #: Failed passes in a row (the backoff's exponent) and the last rejection told of.
@@ -371,10 +372,11 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
         raise kopf.PermanentError("; ".join(str(p) for p in problems))
     spec, now = job.spec, datetime.datetime.now(datetime.timezone.utc)
     server_status = job.status or TrainingJobStatus()
-    if (body_rv := meta.get("resourceVersion")) != memory.behind:
+    if (body_rv := meta.get("resourceVersion")) not in memory.lagging:
         # The body shows our last write or a newer version. If the server has everything we
         # computed, its status is the input, with whatever another writer added to it.
-        memory.rv, memory.behind = body_rv, None
+        memory.rv = body_rv
+        memory.lagging.clear()
         if memory.status is None or memory.status.to_wire() == memory.written:
             memory.status, memory.written = None, server_status.to_wire()
     if memory.written is None:
@@ -424,15 +426,15 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
         # so an operator that dies in between finds them as its own after a restart.
         intent = result.status.to_wire()
         try:
-            _write_status(memo, owner, memory, intent, body_rv)
+            _write_status(memo, owner, memory, intent)
             for action in starts:
                 backend.start(action)
         except ApiFailure as e:
             if not e.retryable:
-                refused = _rejected(memo, owner, job.metadata.generation, status, memory, e, body_rv)
+                refused = _rejected(memo, owner, job.metadata.generation, status, memory, e)
                 memo.metrics.jobs.update(owner.namespace, owner.name, memory.status, str(spec.runtime))
                 return refused
-            _take_back(memo, owner, memory, intent, status.to_wire(), body_rv)
+            _take_back(memo, owner, memory, intent, status.to_wire())
             raise
     # Everything is applied: from now on the computed status is the truth, even if the
     # write below fails (the next pass retries the write and does not redo the actions).
@@ -441,7 +443,7 @@ def _reconcile_job(doc, pods, nodes, memo, memory: _Memory):
     requeue = result.requeue_after
     if wire != memory.written:
         try:
-            _write_status(memo, owner, memory, wire, body_rv)
+            _write_status(memo, owner, memory, wire)
         except ApiFailure as e:
             if not e.retryable:
                 raise
@@ -477,8 +479,7 @@ def _expected_ranks(status: TrainingJobStatus, now: datetime.datetime, grace_s: 
     return None
 
 
-def _write_status(memo, owner: render.Owner, memory: _Memory, wire: dict[str, Any], body_rv: str | None,
-                  *, old: dict[str, Any] | None = None) -> None:
+def _write_status(memo, owner: render.Owner, memory: _Memory, wire: dict[str, Any], *, old: dict[str, Any] | None = None) -> None:
     """Write the status, conditional on the version it was computed from. A 409 means
     someone else wrote in between: forget what this loop computed, read the object again,
     and let the next pass start from the server's status."""
@@ -488,25 +489,28 @@ def _write_status(memo, owner: render.Owner, memory: _Memory, wire: dict[str, An
         rv = patch_status(memo.api, owner.namespace, owner.name, old if old is not None else memory.written or {}, wire, memory.rv)
     except ApiFailure as e:
         if e.status == 409:
-            memory.status, memory.written, memory.behind = None, None, None
+            memory.status, memory.written = None, None
+            memory.lagging.clear()
             if (fresh := read_job(memo.api, owner.namespace, owner.name)) is not None:
                 memo.bodies[(owner.namespace, owner.name)] = fresh
         raise
-    memory.written, memory.rv, memory.behind = wire, rv, body_rv
+    if memory.rv is not None:
+        memory.lagging.add(memory.rv)
+    memory.written, memory.rv = wire, rv
 
 
-def _take_back(memo, owner: render.Owner, memory: _Memory, intent: dict[str, Any], before: dict[str, Any], body_rv: str | None) -> None:
+def _take_back(memo, owner: render.Owner, memory: _Memory, intent: dict[str, Any], before: dict[str, Any]) -> None:
     """Nothing of the new generation started: write the status from before the intent back,
     even when the intent's write seemed to fail (its response may be what was lost). Best
     effort: if this fails too, the generation's missing pods are noticed after
     ``vanished_after_s`` and it starts again."""
     try:
-        _write_status(memo, owner, memory, before, body_rv, old={**(memory.written or {}), **intent})
+        _write_status(memo, owner, memory, before, old={**(memory.written or {}), **intent})
     except ApiFailure as e:
         log.info(f"Status of {owner.namespace}/{owner.name} not taken back: {e}")
 
 
-def _rejected(memo, owner: render.Owner, generation: int, status: TrainingJobStatus, memory: _Memory, error: ApiFailure, body_rv: str | None):
+def _rejected(memo, owner: render.Owner, generation: int, status: TrainingJobStatus, memory: _Memory, error: ApiFailure):
     """The API server refused the generation's objects (422 invalid, 403 forbidden): nothing
     started. Say so in one condition with the server's message, tell it once, and try again
     with exponential backoff (a fixed template or a lifted policy lets it through)."""
@@ -516,7 +520,7 @@ def _rejected(memo, owner: render.Owner, generation: int, status: TrainingJobSta
     message = f"The API server refused this job's pods: {error}"
     status.conditions = set_condition(status.conditions, ConditionType.RUNNING, False, Reason.API_REJECTED, message,
                                       now=rfc3339(now), observed_generation=generation)
-    _write_status(memo, owner, memory, status.to_wire(), body_rv)
+    _write_status(memo, owner, memory, status.to_wire())
     memory.status = status
     told, memory.rejection = memory.rejection == message, message
     return ([] if told else [Event(EventType.WARNING, Reason.API_REJECTED, message)]), memory.backoff(memo.config)

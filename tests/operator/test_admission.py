@@ -30,6 +30,9 @@ async def test_webhook_rejects_a_bad_object_naming_the_field(cluster):
     config = webhook_configuration(cluster, port)
     cluster.api.request("POST", path(WEBHOOKS), config)
     cluster.made.append((WEBHOOKS, config["metadata"]["name"]))
+    # The API server loads a new webhook configuration a moment later: until it calls the
+    # (not yet started) webhook and fails, a create is not judged by it at all.
+    await eventually(lambda: webhook_in_effect(cluster), what="the webhook configuration in effect")
     async with running_operator(cluster, tls):
         bad = tiny_job()
         bad["spec"]["model"]["heads"] = 5  # does not divide dim 64
@@ -58,6 +61,18 @@ def webhook_configuration(cluster, port: int) -> dict:
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": cluster.namespace}},
         }],
     }
+
+
+def webhook_in_effect(cluster) -> bool:
+    """The API server calls the webhook for this namespace's TrainingJobs (and, with no
+    operator listening yet, fails the create); a job created meanwhile is deleted again."""
+    probe = tiny_job("probe")
+    try:
+        cluster.api.request("POST", cluster.path(TJ), probe)
+    except ApiError as e:
+        return "failed calling webhook" in str(e)
+    cluster.api.request("DELETE", cluster.path(TJ, "probe"))
+    return False
 
 
 def denial(cluster, doc: dict) -> ApiError | None:
