@@ -297,6 +297,18 @@ def pod_creates(c: Cluster) -> int:
 # ----------------------------------------------------------------------------- acting
 
 
+def refused(c: Cluster, resource: str, body: dict[str, Any], because: str) -> bool:
+    """Create ``body``: True when the API server refuses it with ``because`` in its answer;
+    an object it creates instead is deleted again (False). Probes whether an admission
+    webhook or policy just registered is in effect yet."""
+    try:
+        c.api.request("POST", c.path(resource), body)
+    except ApiError as e:
+        return because in str(e)
+    c.api.request("DELETE", c.path(resource, body["metadata"]["name"]))
+    return False
+
+
 async def create_job(c: Cluster, doc: dict[str, Any]) -> dict[str, Any]:
     """Create the TrainingJob; returns the object as the server stored it (uid and all)."""
     return await asyncio.to_thread(c.api.request, "POST", c.path(TJ), doc)

@@ -15,7 +15,7 @@ from shardwright.operator.backends.pods import LABEL_REPLICA
 from shardwright.operator.backends.ports import free_port
 
 from .kubeapi import (
-    FAST, SERVICES, TJ, WEBHOOKS, ApiError, create_job, eventually, get, path, passes, pods_of, posted_events, running_operator, tiny_job,
+    FAST, SERVICES, TJ, WEBHOOKS, ApiError, create_job, eventually, get, path, passes, pods_of, posted_events, refused, running_operator, tiny_job,
 )
 
 pytestmark = pytest.mark.cluster
@@ -32,7 +32,7 @@ async def test_webhook_rejects_a_bad_object_naming_the_field(cluster):
     cluster.made.append((WEBHOOKS, config["metadata"]["name"]))
     # The API server loads a new webhook configuration a moment later: until it calls the
     # (not yet started) webhook and fails, a create is not judged by it at all.
-    await eventually(lambda: webhook_in_effect(cluster), what="the webhook configuration in effect")
+    await eventually(lambda: refused(cluster, TJ, tiny_job("probe"), "failed calling webhook"), what="the webhook configuration in effect")
     async with running_operator(cluster, tls):
         bad = tiny_job()
         bad["spec"]["model"]["heads"] = 5  # does not divide dim 64
@@ -61,18 +61,6 @@ def webhook_configuration(cluster, port: int) -> dict:
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": cluster.namespace}},
         }],
     }
-
-
-def webhook_in_effect(cluster) -> bool:
-    """The API server calls the webhook for this namespace's TrainingJobs (and, with no
-    operator listening yet, fails the create); a job created meanwhile is deleted again."""
-    probe = tiny_job("probe")
-    try:
-        cluster.api.request("POST", cluster.path(TJ), probe)
-    except ApiError as e:
-        return "failed calling webhook" in str(e)
-    cluster.api.request("DELETE", cluster.path(TJ, "probe"))
-    return False
 
 
 def denial(cluster, doc: dict) -> ApiError | None:

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from .kubeapi import PODS, create_job, eventually, job_status, live, passes, path, pod_creates, posted_events, running_operator, tiny_job
+from .kubeapi import PODS, create_job, eventually, job_status, live, passes, path, pod_creates, posted_events, refused, running_operator, tiny_job
 
 pytestmark = pytest.mark.cluster
 
@@ -40,16 +40,7 @@ async def refuse_pods(cluster, *, message: str) -> None:
     # Policies take effect once the API server has loaded them: probe with a pod of our own.
     probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "labels": {"shardwright.io/job": "probe"}},
              "spec": {"containers": [{"name": "c", "image": "none"}]}}
-
-    def refused() -> bool:
-        try:
-            cluster.api.request("POST", cluster.path(PODS), probe)
-        except Exception as e:
-            return "422" in str(e)
-        cluster.api.request("DELETE", cluster.path(PODS, "probe"))
-        return False
-
-    await eventually(refused, what="the policy in effect")
+    await eventually(lambda: refused(cluster, PODS, probe, "422"), what="the policy in effect")
 
 
 async def test_a_refused_pod_becomes_one_condition_and_backed_off_retries(cluster):
