@@ -55,3 +55,28 @@ def cluster(request, tmp_path_factory) -> Cluster:
 
     wait_for(lambda: not others(), 60, "the scenario's pods to have only process-backed nodes to go to")
     return Cluster(session.environ(cp), "shardwright:dev", tmp_path_factory.mktemp("volumes"))
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster):
+    """The chart in its namespace; a namespace for jobs with a shared checkpoint claim."""
+    from e2e.jobs import CLAIM, NS, SYSTEM, wait
+
+    cluster.kubectl("create", "namespace", NS)
+    if cluster.storage is not None:  # process-backed nodes: a hostPath volume all of them see
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-checkpoints"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                     "hostPath": {"path": str(cluster.storage)}, "claimRef": {"namespace": NS, "name": CLAIM}}}))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM, "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}}))
+    cluster.run("helm", "install", "sw", str(ROOT / "helm" / "shardwright"), "-n", SYSTEM, "--create-namespace",
+                "--wait", "--timeout=3m", "--take-ownership", "--set", f"image.repository={cluster.image.rsplit(':', 1)[0]}",
+                "--set", f"image.tag={cluster.image.rsplit(':', 1)[1]}", "--set", f"checkpoints.claim={CLAIM}")
+    # The webhook answers once the operator leads: a valid object is admitted.
+    wait(lambda: cluster.kubectl("-n", NS, "apply", "--dry-run=server", "-f", str(ROOT / "examples" / "tiny-train.yaml"),
+                                 check=False).returncode == 0, 120, "webhook serving")
+    yield
+    cluster.run("helm", "uninstall", "sw", "-n", SYSTEM, "--wait", "--timeout=2m", check=False)
+    cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)

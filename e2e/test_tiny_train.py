@@ -9,51 +9,15 @@ this project's installed code, see docs/testing.md); on any cluster with
 
 from __future__ import annotations
 
-import functools
-import json
 import re
 
 import pytest
 import yaml
 
-from e2e.conftest import ROOT, Cluster
-from tests.support.cluster import wait_for
+from e2e.conftest import ROOT
+from e2e.jobs import NS, example, status, wait
 
 pytestmark = pytest.mark.cluster
-SYSTEM = "shardwright-system"
-NS = "e2e-train"
-CLAIM = "checkpoints"
-#: Polls through kubectl once a second: the pods training beside the test share its cores.
-wait = functools.partial(wait_for, every=1.0)
-
-
-@pytest.fixture(scope="module")
-def installed(cluster: Cluster):
-    """The chart in its namespace; a namespace for jobs with a shared checkpoint claim."""
-    cluster.kubectl("create", "namespace", NS)
-    if cluster.storage is not None:  # process-backed nodes: a hostPath volume all of them see
-        cluster.kubectl("apply", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-checkpoints"},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                     "hostPath": {"path": str(cluster.storage)}, "claimRef": {"namespace": NS, "name": CLAIM}}}))
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM, "namespace": NS},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}}))
-    cluster.run("helm", "install", "sw", str(ROOT / "helm" / "shardwright"), "-n", SYSTEM, "--create-namespace",
-                "--wait", "--timeout=3m", "--take-ownership", "--set", f"image.repository={cluster.image.rsplit(':', 1)[0]}",
-                "--set", f"image.tag={cluster.image.rsplit(':', 1)[1]}", "--set", f"checkpoints.claim={CLAIM}")
-    # The webhook answers once the operator leads: a valid object is admitted.
-    wait(lambda: cluster.kubectl("-n", NS, "apply", "--dry-run=server", "-f", str(ROOT / "examples" / "tiny-train.yaml"),
-                                 check=False).returncode == 0, 120, "webhook serving")
-    yield
-    cluster.run("helm", "uninstall", "sw", "-n", SYSTEM, "--wait", "--timeout=2m", check=False)
-    cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-
-
-def status(cluster: Cluster, name: str = "tiny-train") -> dict:
-    return cluster.json("-n", NS, "get", "tj", name).get("status") or {}
-
-
 def test_a_bad_manifest_is_rejected_by_the_webhook_naming_the_field(cluster, installed):
     doc = yaml.safe_load((ROOT / "examples" / "tiny-train.yaml").read_text())
     doc["metadata"]["name"] = "bad-batch"
@@ -62,14 +26,6 @@ def test_a_bad_manifest_is_rejected_by_the_webhook_naming_the_field(cluster, ins
     assert out.returncode != 0
     assert 'admission webhook "trainingjobs.shardwright.io" denied the request' in out.stderr
     assert "spec.data.microBatch: must be <= globalBatch (16); got 32" in out.stderr
-
-
-def example(name: str, **training) -> str:
-    """examples/tiny-train.yaml under another name, its training settings overridden."""
-    doc = yaml.safe_load((ROOT / "examples" / "tiny-train.yaml").read_text())
-    doc["metadata"]["name"] = name
-    doc["spec"]["training"].update(training)
-    return yaml.safe_dump(doc)
 
 
 def test_tiny_train_completes_with_a_falling_loss_and_its_children_are_collected(cluster, installed):
