@@ -21,7 +21,7 @@ voluntary evictions take at most one of its pods: one eviction restarts the gang
 pods carry DisruptionTarget, so the budget is unspent), instead of a drain taking it apart.
 
 Errors are values until the handler boundary: :class:`ApiFailure` carries whether a retry
-can help; only ``handlers.py`` turns it into Kopf's TemporaryError/PermanentError.
+can help; only ``jobpass.py`` turns it into Kopf's TemporaryError/PermanentError.
 """
 
 from __future__ import annotations

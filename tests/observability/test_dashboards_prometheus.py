@@ -110,7 +110,7 @@ def test_every_dashboard_panel_returns_series_from_a_real_run(tmp_path, capsys):
             prom.alive()
             try:
                 status = TrainingJobStatus.model_validate_json((workdir / "status.json").read_text())
-                metrics.jobs.update("default", JOB, status, "torch")  # as handlers.py does after each pass
+                metrics.jobs.update("default", JOB, status, "torch")  # as jobpass.py does after each pass
             except (OSError, ValidationError):
                 pass  # not written yet, or caught mid-write
             if len(rank_ports) < 2:
