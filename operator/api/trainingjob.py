@@ -346,7 +346,11 @@ class StragglerStatus(ApiModel):
 class TrainingJobStatus(ApiModel):
     phase: Phase = Phase.PENDING
     conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = None
+    observed_generation: int | None = Field(
+        default=None,
+        description="metadata.generation of the spec that runs: a policy edit is observed at once, new "
+        "replicas once a generation of that size starts.",
+    )
     generation: int = Field(default=0, description="Run generation: one world size and plan.")
     world_size: int = 0
     ready_ranks: int = 0

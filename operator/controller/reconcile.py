@@ -80,8 +80,19 @@ class _Reconcile:
             if step():
                 break
         self.summarize_ranks()
-        self.status.observed_generation = self.job.object_generation
+        if self.runs_current_spec():
+            self.status.observed_generation = self.job.object_generation
         return Result(tuple(self.actions), self.status, self.requeue_after)
+
+    def runs_current_spec(self) -> bool:
+        """``observedGeneration`` means "this spec is what runs". Every field a running
+        generation may take while it runs is applied by the operator at once (policies,
+        suspend, deadlines); a new world size (replicas, elastic bounds) only runs once a
+        generation of that size starts, so until then the older generation stays observed."""
+        st = self.status
+        if st.phase not in (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING) or self.plan is None or not st.generation:
+            return True
+        return st.world_size == self.plan.world_size
 
     # ------------------------------------------------------------------ steps
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -41,6 +42,7 @@ class Driver:
     def __init__(self, job_spec: TrainingJobSpec | None = None) -> None:
         self.spec = job_spec or spec()
         self.plan = plan_uniform(self.spec)
+        self.job = JOB
         self.status = None
         self.history: list[Result] = []
 
@@ -53,7 +55,7 @@ class Driver:
         stale_placement: dict[int, str] | None = None,
     ) -> Result:
         seen = Observed(T0 + datetime.timedelta(seconds=at), ranks, progress, checkpoints, stale_placement or {})
-        result = reconcile(JOB, self.spec, self.plan, self.status, seen)
+        result = reconcile(self.job, self.spec, self.plan, self.status, seen)
         self.status = result.status
         self.history.append(result)
         return result
@@ -62,6 +64,12 @@ class Driver:
         """First tick, then the ranks of generation 1 come up: phase Running."""
         self.tick()
         return self.tick(1, running(1))
+
+    def edit(self, **edits: Any) -> None:
+        """The user changed the spec: ``metadata.generation`` goes up by one."""
+        self.spec = spec(**edits)
+        self.plan = plan_uniform(self.spec)
+        self.job = dataclasses.replace(self.job, object_generation=self.job.object_generation + 1)
 
     def starts(self) -> list[StartGeneration]:
         return [a for r in self.history for a in r.of_type(StartGeneration)]

@@ -72,6 +72,22 @@ def test_capacity_change_resizes_gracefully_without_spending_the_budget():
     assert restart.status.restarts == 0 and restart.status.phase is Phase.PENDING
 
 
+def test_observed_generation_is_the_spec_that_runs():
+    """A new world size runs once a generation of that size starts: until then the spec of
+    the running generation stays observed. A policy edit is applied at once."""
+    d = Driver()
+    d.start()
+    assert d.status.observed_generation == 7
+    d.edit(workers=[{"name": "worker", "replicas": 3}])
+    resize = d.tick(2, running(1), Progress(generation=1, step=7), (checkpoint(5),))
+    assert resize.status.phase is Phase.RESTARTING and resize.status.observed_generation == 7
+    done = ranks(1, RankState.SUCCEEDED, RankState.SUCCEEDED)
+    assert d.tick(3, done, None, (checkpoint(8),)).of_type(StartGeneration)[0].plan.world_size == 3
+    assert d.status.observed_generation == 8  # its pods are the new spec's
+    d.edit(workers=[{"name": "worker", "replicas": 3}], **{"failurePolicy.maxRestarts": 9})
+    assert d.tick(4, running(2, world=3)).status.observed_generation == 9
+
+
 def test_a_generation_waiting_for_a_readmitted_node_starts_again_without_spending_the_budget():
     d = Driver()
     d.tick()

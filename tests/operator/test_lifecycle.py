@@ -166,6 +166,27 @@ async def test_a_failed_generations_other_pods_stop_gracefully_before_the_next_s
         await eventually(lambda: len(pods_of(cluster, 2)) == 2, what="generation 2 once generation 1 is gone")
 
 
+async def test_observed_generation_advances_when_the_edited_spec_runs(cluster):
+    """observedGeneration means "this spec is what runs": a policy edit runs at once; new
+    replicas run only once the resized generation starts, and until then generation 1's
+    spec stays observed."""
+    async with running_operator(cluster) as memo:
+        await running_generation_one(cluster, tiny_job())
+        assert job_status(cluster)["observedGeneration"] == 1
+        await patch_job(cluster, "tiny", {"spec": {"failurePolicy": {"maxRestarts": 5}}})
+        await eventually(lambda: job_status(cluster).get("observedGeneration") == 2, what="the policy edit observed")
+        cluster.kubelet.hold()  # generation 1's ranks take their time to checkpoint and stop
+        workers = [{**tiny_job()["spec"]["workers"][0], "replicas": 3}]
+        await patch_job(cluster, "tiny", {"spec": {"workers": workers}})
+        restarting = await eventually(lambda: (s := job_status(cluster)).get("phase") == "Restarting" and s, what="the resize")
+        await passes(memo, 3)
+        assert restarting["observedGeneration"] == job_status(cluster)["observedGeneration"] == 2
+        await cluster.kubelet.release()
+        await eventually(lambda: len(pods_of(cluster, 2)) == 3, what="generation 2 at 3 ranks")
+        status = await eventually(lambda: (s := job_status(cluster)).get("generation") == 2 and s, what="status generation 2")
+        assert status["observedGeneration"] == 3 and status["worldSize"] == 3
+
+
 async def test_a_job_deleted_while_no_operator_runs_goes_with_its_children(cluster):
     """REVIEW-operator finding 8: no finalizer, so deleting a job (or its namespace) never
     waits for an operator; the garbage collector takes the pods by their ownerReferences."""
