@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 
 import pytest
 import urllib3
@@ -123,3 +124,61 @@ async def test_a_condition_another_writer_adds_to_status_is_never_lost(cluster):
         await passes(memo, 2)
         assert any(c["type"] == "Audited" for c in job_status(cluster)["conditions"]), job_status(cluster)["conditions"]
         assert job_status(cluster)["generation"] == 1
+
+
+class PartitionedClient(RecordingClient):
+    """An operator's client while ``healed`` is clear: its requests wait, as on a network cut
+    off from the API server, and go out once it is set again (at most 60 s later)."""
+
+    def __init__(self, configuration) -> None:
+        super().__init__(configuration)
+        self.healed = threading.Event()
+        self.healed.set()
+
+    def call_api(self, method, url, *args, **kwargs):
+        self.healed.wait(60)
+        return super().call_api(method, url, *args, **kwargs)
+
+
+async def test_a_stale_leader_never_sets_the_generation_back(cluster):
+    """Leader handover (issue 16): operator a runs generation 1 and is cut off from the API
+    server; b takes over, sees a rank fail and starts generation 2. a's pass from before the
+    takeover (it saw the same failure) goes out late, computed from generation 1's status:
+    the server refuses it (409, stale resourceVersion), so status.generation never goes
+    back, no pod of b's generation is touched and none is made twice."""
+    telemetry = Telemetry()
+    stale = PartitionedClient(cluster.client.configuration)
+    job = tiny_job(failurePolicy={"maxRestarts": 3, "backoff": {"initialSeconds": 0, "maxSeconds": 0}})
+    async with kopf_in_loop(handlers.make_memo(FAST, api=stale, request_json=telemetry), clusterwide=False, namespaces=[cluster.namespace]) as a:
+        await create_job(cluster, job)
+        await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="generation 1")
+        await run_all(cluster, 1, step=40, telemetry=telemetry)
+        await eventually(lambda: job_status(cluster).get("phase") == "Running", what="Running")
+        await passes(a, 2)
+        stale.healed.clear()
+        generations: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                generations.append((await asyncio.to_thread(job_status, cluster)).get("generation", 0))
+                await asyncio.sleep(0.05)
+
+        watching = asyncio.create_task(watch())
+        try:
+            async with running_operator(cluster, telemetry=telemetry):
+                await set_pod_phase(cluster, "tiny-g1-worker-1", "Failed", exit_code=1)
+                await eventually(lambda: job_status(cluster).get("generation") == 2 and len(pods_of(cluster, 2)) == 2,
+                                 what="b starts generation 2")
+                await run_all(cluster, 2, step=40, telemetry=telemetry)
+                await eventually(lambda: job_status(cluster).get("phase") == "Running", what="generation 2 Running")
+                before, sent_before = uids(cluster), len(stale.requests)
+                stale.healed.set()  # a's requests from before the takeover go out now
+                await eventually(lambda: any(r.status == 409 for r in stale.requests), what="a's stale status write refused")
+                await passes(a, 3)
+                assert uids(cluster) == before
+                late = [(r.method, r.path.split("?")[0], r.status) for r in stale.requests[sent_before:]]
+                assert not [r for r in late if r[0] in ("POST", "DELETE") and r[2] < 300], late
+        finally:
+            watching.cancel()
+    since_two = generations[generations.index(2):]
+    assert min(since_two) == 2 and job_status(cluster)["generation"] == 2, generations
