@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -24,6 +26,10 @@ class ApiModel(BaseModel):
 
 class Condition(ApiModel):
     """The Kubernetes ``metav1.Condition`` shape."""
+
+    #: What a list of conditions is in the CRD, as Kubernetes' own lists of them: a map keyed
+    #: by ``type``, so server-side apply merges by type and each writer owns the types it sets.
+    LIST_TYPE: ClassVar[dict[str, Any]] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 
     type: str = Field(description="Condition type, e.g. Running, Complete, Failed.")
     status: str = Field(description='"True", "False" or "Unknown".')

@@ -3,9 +3,10 @@
 The models are the single source of truth: ``shardwright crds`` writes ``crds/*.yaml`` and
 a test fails when the checked-in files drift. pydantic emits JSON Schema; Kubernetes wants a
 *structural* OpenAPI v3 schema, so references are inlined, ``X | None`` becomes
-``nullable``, exclusive bounds become booleans, and titles and ``additionalProperties:
-false`` are dropped (unknown fields are pruned by the API server and rejected by
-``kubectl --validate=strict`` and by our webhook).
+``nullable``, exclusive bounds become booleans, a list of conditions becomes a map list
+keyed by ``type``, and titles and ``additionalProperties: false`` are dropped (unknown
+fields are pruned by the API server and rejected by ``kubectl --validate=strict`` and by
+our webhook).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from . import rules
+from .base import Condition
 from .servingpool import ServingPool
 from .trainingjob import GROUP, VERSION, TrainingJob
 
@@ -47,6 +49,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
             out[key] = {name: structural(sub, defs) for name, sub in value.items()}
         elif key == "items":
             out[key] = structural(value, defs)
+            if value.get("$ref", "").endswith(f"/{Condition.__name__}"):
+                out.update(Condition.LIST_TYPE)
         elif key == "additionalProperties":
             if isinstance(value, dict):
                 out[key] = structural(value, defs)
