@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from shardwright.operator.api import ConditionType, EventType, Phase, Reason, TrainingJobStatus, validate
+from shardwright.operator.api import ConditionType, EventType, Phase, Reason, TrainingJobStatus, lenient
 from shardwright.operator.backends import pods as render
 from shardwright.operator.backends.kubernetes import (
     READMIT_ANNOTATION,
@@ -60,7 +60,12 @@ def _reconcile_job(doc, pods, nodes, memo, memory: StatusMemory):
     meta = doc.get("metadata", {})
     if meta.get("deletionTimestamp"):
         return [], None  # children go with the ownerReferences; start nothing now
-    job, problems = validate(doc)
+    job, problems, unknown = lenient.read(doc)
+    if unknown != memory.unknown_fields:  # told once per job (again only if the set changes)
+        memory.unknown_fields = unknown
+        if unknown:
+            log.warning(f"{meta.get('namespace')}/{meta.get('name')}: ignoring fields this operator does not know "
+                        f"(a newer CRD's): {', '.join(unknown)}")
     if job is None:
         raise kopf.PermanentError("; ".join(str(p) for p in problems))
     spec, now = job.spec, datetime.datetime.now(datetime.timezone.utc)

@@ -43,6 +43,8 @@ class StatusMemory:
     #: Failed passes in a row (the backoff's exponent) and the last rejection told of.
     failures: int = 0
     rejection: str | None = None
+    #: Fields of the object this operator does not know (a newer CRD's), already logged.
+    unknown_fields: list[str] = dataclasses.field(default_factory=list)
 
     def backoff(self, cfg: OperatorConfig) -> float:
         """Seconds until the next attempt after this many failures in a row: exponential
