@@ -23,6 +23,7 @@ import concurrent.futures
 import copy
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -34,7 +35,7 @@ from shardwright.operator import webhook
 from shardwright.operator.backends import probe
 from shardwright.operator.backends import pods as render
 from shardwright.operator.jobpass import run_pass
-from shardwright.operator.lease import LeaseLost
+from shardwright.operator.lease import FencedApiClient, LeaseLost
 from shardwright.operator.metrics import OperatorMetrics
 from shardwright.operator.operatorconfig import OperatorConfig
 from shardwright.operator.statuswrite import StatusMemory
@@ -52,7 +53,7 @@ def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, reque
     ``request_json``: how ranks' telemetry is asked (tests answer for the ranks)."""
     executor = concurrent.futures.ThreadPoolExecutor(cfg.reconcile_threads, thread_name_prefix="reconcile")
     return kopf.Memo(config=cfg, api=api, request_json=request_json, metrics=OperatorMetrics(), wakeups={}, executor=executor,
-                     jobs={}, bodies={})
+                     jobs={}, bodies={}, fenced=threading.Event())
 
 
 def api_client() -> client.ApiClient:
@@ -65,7 +66,7 @@ def api_client() -> client.ApiClient:
         # The path is passed explicitly: the client reads KUBECONFIG only at its import.
         kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
     configuration.connection_pool_maxsize = 32  # one per reconcile thread (OperatorConfig.reconcile_threads)
-    return client.ApiClient(configuration)
+    return FencedApiClient(configuration)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -163,6 +164,8 @@ async def job_changed(
     """Hand the job's latest body to its loop, starting the loop on the first event (also
     the listing after an operator start) and ending it when the object is gone."""
     key = (namespace, name)
+    if memo.fenced.is_set():  # the Lease is lost: Kopf is winding down; start nothing
+        return
     if event.get("type") == "DELETED":
         if (task := memo.jobs.pop(key, None)) is not None:
             task.cancel()
@@ -289,7 +292,7 @@ async def serve(
     if lease is not None:
         await lease.acquire()
     lost = asyncio.Event()
-    holder = asyncio.create_task(lease.hold(lost)) if lease is not None else None
+    holder = asyncio.create_task(_lead(lease, lost, memo)) if lease is not None else None
     if metrics_port is not None:
         memo.metrics.serve(metrics_port, cfg.bind_address)
     try:
@@ -300,5 +303,18 @@ async def serve(
     finally:
         if holder is not None:
             holder.cancel()
+            if not lost.is_set():  # a clean exit: the next candidate need not wait out the Lease
+                await asyncio.to_thread(lease.release)
     if lost.is_set():
         raise LeaseLost(f"stopped reconciling: the leader Lease {lease.settings.namespace}/{lease.settings.name} is lost")
+
+
+async def _lead(lease: Any, lost: asyncio.Event, memo: kopf.Memo) -> None:
+    """Renew the Lease; the moment it is lost, fence: no job loop runs on and no request of
+    this operator is sent any more, before Kopf has wound down (which takes seconds)."""
+    await lease.hold(lost)
+    memo.fenced.set()
+    if isinstance(memo.api, FencedApiClient):
+        memo.api.fence.set()
+    for task in memo.jobs.values():
+        task.cancel()
