@@ -41,18 +41,20 @@ class LeaseLost(Exception):
 
 
 class FencedApiClient(client.ApiClient):
-    """The operator's Kubernetes client. Once ``fence`` is set (the Lease is lost) every
+    """The operator's Kubernetes client. Every request has a timeout (a hung connection
+    never stalls a job's loop for good). Once ``fence`` is set (the Lease is lost) every
     request fails before it is sent: a reconcile pass still running in a thread cannot act
     for a former leader while Kopf winds down."""
 
-    def __init__(self, configuration: client.Configuration | None = None) -> None:
+    def __init__(self, configuration: client.Configuration | None = None, *, timeout_s: float = 30.0) -> None:
         super().__init__(configuration)
         self.fence = threading.Event()
+        self.timeout_s = timeout_s
 
-    def call_api(self, *args, **kwargs):
+    def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
         if self.fence.is_set():
             raise ApiException(status=0, reason="not sent: this operator no longer holds the leader Lease")
-        return super().call_api(*args, **kwargs)
+        return super().call_api(method, url, header_params, body, post_params, _request_timeout or self.timeout_s)
 
 
 @dataclasses.dataclass(frozen=True)

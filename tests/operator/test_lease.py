@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
+import socket
 import threading
 import time
 
 import pytest
+import urllib3
 from kubernetes import client
 
 from shardwright.operator import handlers
-from shardwright.operator.lease import LeaderLease, LeaseLost, LeaseSettings
+from shardwright.operator.lease import FencedApiClient, LeaderLease, LeaseLost, LeaseSettings
 
 from .kubeapi import FAST, LEASES, PODS, create_job, eventually, get, live, never, pods_of, tiny_job
 from .test_resilience import PartitionedClient
@@ -182,3 +184,23 @@ async def test_a_leader_that_exits_cleanly_releases_the_lease(cluster):
         assert b.lease.leads_since - stopped < 2.0
     finally:
         await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
+
+
+def test_the_operators_client_times_out_and_sends_nothing_once_fenced(cluster):
+    """Every request of the operator's client has a timeout, and a fenced client sends none."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections, never answers
+    try:
+        configuration = client.Configuration(host=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        began = time.monotonic()
+        with pytest.raises(urllib3.exceptions.HTTPError):
+            client.CoreV1Api(FencedApiClient(configuration, timeout_s=0.5)).list_namespace()
+        assert time.monotonic() - began < 5
+    finally:
+        silent.close()
+    api = FencedApiClient(handlers.api_client().configuration)
+    assert client.CoreV1Api(api).read_namespace(cluster.namespace).metadata.name == cluster.namespace
+    api.fence.set()
+    with pytest.raises(client.exceptions.ApiException, match="no longer holds the leader Lease"):
+        client.CoreV1Api(api).read_namespace(cluster.namespace)
