@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast crds bench clean cluster cluster-down cluster-bin
+.PHONY: run test test-fast crds bench clean cluster cluster-down cluster-bin s3-bin
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml setup.py
 run: $(STAMP)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/shardwright run examples/tiny-train.yaml
 
-test: $(STAMP) cluster-bin
+test: $(STAMP) cluster-bin s3-bin
 	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest
 
 test-fast: $(STAMP)
@@ -26,6 +26,10 @@ crds: $(STAMP)
 # ~/.cache/shardwright (a no-op when cached), then started on loopback until cluster-down.
 cluster-bin:
 	bash e2e/cluster/build.sh >/dev/null
+
+# The S3-compatible server the checkpoint tests start (e2e/s3server: gofakes3), cached the same way.
+s3-bin:
+	bash e2e/s3server/build.sh >/dev/null
 
 cluster: $(STAMP) cluster-bin
 	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m e2e.cluster up

@@ -53,7 +53,7 @@ class Console:
             self.last_line_step = status.step
             self._write(f"step {status.step}/{self.total}  loss {loss}  tokens/s {rate}  generation {status.generation}")
 
-    def summary(self, status: TrainingJobStatus, wall_seconds: float, checkpoint_dir: Path) -> None:
+    def summary(self, status: TrainingJobStatus, wall_seconds: float, checkpoint_dir: Path | str) -> None:
         first, last = self._loss_span()
         ckpt = status.last_checkpoint
         lines = [

@@ -28,6 +28,7 @@ from shardwright.operator.backends.local import LocalRayBackend, LocalSettings
 from shardwright.operator.console import Console
 from shardwright.operator.controller import Event, JobRef, ReplaceRank, SetShares, StartGeneration, StopGeneration, reconcile
 from shardwright.operator.planner import plan_for_capacity
+from shardwright.workers import storage
 from shardwright.workers.faults import CAPACITY_KINDS, Fault
 
 
@@ -59,11 +60,13 @@ class RunOutcome:
         return 130 if self.interrupted else 1
 
 
-def checkpoint_dir(job: TrainingJob, workdir: Path) -> Path:
+def checkpoint_dir(job: TrainingJob, workdir: Path) -> Path | str:
+    """The job's checkpoint folder: its uri (an s3:// one unchanged: the ranks and this process
+    reach it with this process's AWS environment), else ``checkpoints`` in the work directory."""
     uri = job.spec.checkpoint.uri
     if uri is None:
         return workdir / "checkpoints"
-    return Path(uri.removeprefix("file://"))
+    return uri if storage.is_url(uri) else Path(uri.removeprefix("file://"))
 
 
 def run(job: TrainingJob, settings: RunSettings) -> RunOutcome:

@@ -5,6 +5,11 @@ coordinator only after all ranks finished, then rank 0 records every file's size
 CRC-32 in ``manifest.json`` and renames the folder to ``step-N/`` (layout in
 ``manifest.py``). A folder without a manifest is not committed and never loaded.
 
+On an object store (``s3://bucket/prefix``, ``storage.py``) there is no atomic folder
+rename: the shards go straight into ``step-N/`` through DCP's fsspec writer, and writing
+``manifest.json`` last is the commit. Pruning deletes the manifest first, so a checkpoint
+half deleted is never loaded.
+
 Asynchronous saves (DataStates-style): parameters and optimizer state do not change
 until the next optimizer step, so ``save`` with ``async_save`` only copies them to host
 memory (the stall) and a background thread writes and commits; the copy runs on a
@@ -12,8 +17,9 @@ dedicated gloo group so it never shares a communicator with training. At most on
 is in flight: the next one first waits for the previous commit.
 
 Loading verifies the manifest's checksums first; a damaged checkpoint is renamed
-``step-N.corrupt`` (so nothing lists it again) and the previous committed one is loaded
-instead. DCP reshards at load, so a checkpoint written at one world size loads at another.
+``step-N.corrupt`` (so nothing lists it again; on an object store its objects are copied
+there, manifest first) and the previous committed one is loaded instead. DCP reshards at
+load, so a checkpoint written at one world size loads at another.
 """
 
 from __future__ import annotations
@@ -21,10 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import json
-import os
-import shutil
 import zlib
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,10 +36,9 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from . import storage
 from .config import CheckpointConfig
-from .manifest import INCOMPLETE, MANIFEST, committed, step_dir
-
-CORRUPT = ".corrupt"
+from .manifest import CORRUPT, INCOMPLETE, MANIFEST, committed, step_dir, uncommitted
 
 
 class Checkpointer:
@@ -44,7 +46,8 @@ class Checkpointer:
 
     def __init__(self, cfg: CheckpointConfig, *, layout: str, generation: int) -> None:
         self.cfg = cfg
-        self.root = Path(cfg.dir)
+        self.root = cfg.dir
+        self.store = storage.at(cfg.dir)
         self.layout = layout
         self.generation = generation
         self.rank = dist.get_rank()
@@ -53,9 +56,9 @@ class Checkpointer:
         self._in_flight: concurrent.futures.Future | None = None
         self._committed: list[dict[str, Any]] = []
         if self.rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(f"step-*{INCOMPLETE}"):
-                shutil.rmtree(stale, ignore_errors=True)
+            self.store.makedirs()
+            for stale in uncommitted(self.root):
+                self.store.remove(stale, first=MANIFEST)
         dist.barrier()
 
     def due(self, step: int, total: int) -> bool:
@@ -68,17 +71,21 @@ class Checkpointer:
         self.wait()
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        partial = step_dir(self.root, step).with_name(step_dir(self.root, step).name + INCOMPLETE)
+        partial = step_dir(self.root, step) + (INCOMPLETE if self.store.atomic_rename else "")
+        if not self.store.atomic_rename and self.rank == 0:
+            # Written in place: an older step-N (another job's, an earlier run's) goes first.
+            # No rank writes before rank 0 joins DCP's planning collective, so after this.
+            self.store.remove(partial, first=MANIFEST)
         manifest = {
             "step": step, "worldSize": self.world_size, "layout": self.layout,
             "generation": self.generation, "dataPosition": data_position,
             **({"owner": self.cfg.owner} if self.cfg.owner else {}),
         }
         if self._group is None:
-            dcp.save(state, checkpoint_id=partial)
+            dcp.save(state, checkpoint_id=partial, storage_writer=_fsspec(self.store, partial, reading=False))
             self._commit(partial, manifest)
             return
-        written = dcp.async_save(state, checkpoint_id=partial, process_group=self._group)
+        written = dcp.async_save(state, checkpoint_id=partial, storage_writer=_fsspec(self.store, partial, reading=False), process_group=self._group)
         written = getattr(written, "upload_completion", written)  # AsyncSaveResponse in newer torch
         committed_ = concurrent.futures.Future()
 
@@ -105,22 +112,23 @@ class Checkpointer:
         out, self._committed = self._committed, []
         return out
 
-    def _commit(self, partial: Path, manifest: dict[str, Any]) -> None:
+    def _commit(self, partial: str, manifest: dict[str, Any]) -> None:
         if self.rank != 0:
             return
+        files = self.store.files(partial)
         manifest = {
             **manifest,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "files": {p.name: {"size": p.stat().st_size, "crc32": _crc32(p)} for p in sorted(partial.iterdir())},
+            "files": {name: {"size": size, "crc32": _crc32(self.store, self.store.join(partial, name))}
+                      for name, size in files.items()},
         }
-        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        final = partial.with_name(partial.name.removesuffix(INCOMPLETE))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        self.store.write_bytes(self.store.join(partial, MANIFEST), json.dumps(manifest, indent=1).encode())
+        final = partial.removesuffix(INCOMPLETE)
+        if final != partial:
+            self.store.move(partial, final, first=MANIFEST)
         for old in committed(self.root)[: -self.cfg.keep]:
-            shutil.rmtree(old["path"], ignore_errors=True)
-        self._committed.append({**manifest, "path": str(final)})
+            self.store.remove(old["path"], first=MANIFEST)
+        self._committed.append({**manifest, "path": final})
 
     # ------------------------------------------------------------------ loading
 
@@ -133,11 +141,11 @@ class Checkpointer:
         found = [m for m in committed(self.root) if m.get("owner") == self.cfg.owner] if self.cfg.resume_newest else []
         if found:
             newest = found[-1]["path"]
-            if chosen is None or _step_of(Path(newest)) > _step_of(Path(chosen)):
+            if chosen is None or _step_of(newest) > _step_of(chosen):
                 return newest
         return chosen
 
-    def load(self, path: str | Path, model: nn.Module, optimizer) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    def load(self, path: str, model: nn.Module, optimizer) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Load ``path``, or the newest older committed checkpoint if it is damaged.
 
         Returns the manifest loaded and the checkpoints rejected on the way (step, reason).
@@ -146,7 +154,7 @@ class Checkpointer:
         generation), the manifest is None: the caller starts from step 0 and reports what it
         rejected, so the controller remembers it instead of naming the same step again.
         """
-        wanted = _step_of(Path(path))
+        wanted = _step_of(path)
         rejected = []
         for manifest in reversed([m for m in committed(self.root) if m["step"] <= wanted]):
             problem = verify(manifest)
@@ -154,11 +162,11 @@ class Checkpointer:
                 rejected.append({"step": manifest["step"], "reason": problem or "damaged on another rank"})
                 dist.barrier()
                 if self.rank == 0:
-                    os.replace(manifest["path"], manifest["path"] + CORRUPT)
+                    self.store.move(manifest["path"], manifest["path"] + CORRUPT, first=MANIFEST)
                 continue
             model_sd, optim_sd = get_state_dict(model, optimizer)
             state = {"model": model_sd, "optim": optim_sd}
-            dcp.load(state, checkpoint_id=manifest["path"])
+            dcp.load(state, checkpoint_id=manifest["path"], storage_reader=_fsspec(self.store, manifest["path"], reading=True))
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
             return manifest, rejected
         if not any(r["step"] == wanted for r in rejected):  # set aside by an earlier generation
@@ -166,43 +174,57 @@ class Checkpointer:
         return None, rejected
 
 
-def _step_of(path: Path) -> int:
+def _fsspec(store: storage.Store, path: str, *, reading: bool):
+    """DCP's fsspec reader or writer for an object store (writes without fsync: an upload
+    is durable once it completes); None for a local folder, which DCP handles itself."""
+    if store.atomic_rename:
+        return None
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter  # not re-exported in torch 2.13
+
+    return FsspecReader(path) if reading else FsspecWriter(path, sync_files=False)
+
+
+def _step_of(path: str) -> int:
     """The step of the checkpoint at ``path``: its manifest's, else its folder name's
     (``step-00000080``; a damaged one may already be set aside under another name)."""
+    store = storage.at(path)
     try:
-        return json.loads((path / MANIFEST).read_text())["step"]
+        return json.loads(store.read_bytes(store.join(path, MANIFEST)))["step"]
     except (OSError, ValueError, KeyError):
-        return int(path.name.split("-")[-1].split(".")[0])
+        return int(storage.name_of(path).split("-")[-1].split(".")[0])
 
 
 def verify(manifest: dict[str, Any]) -> str | None:
     """None if every file the manifest lists has its size and CRC-32; else what is wrong."""
-    root = Path(manifest["path"])
+    store = storage.at(manifest["path"])
+    found = store.files(manifest["path"])
     for name, expected in manifest.get("files", {}).items():
-        path = root / name
-        if not path.is_file():
+        if name not in found:
             return f"{name} is missing"
-        if path.stat().st_size != expected["size"]:
-            return f"{name} has {path.stat().st_size} bytes, manifest says {expected['size']}"
-        if _crc32(path) != expected["crc32"]:
+        if found[name] != expected["size"]:
+            return f"{name} has {found[name]} bytes, manifest says {expected['size']}"
+        if _crc32(store, store.join(manifest["path"], name)) != expected["crc32"]:
             return f"{name} fails its CRC-32"
     return None
 
 
 def damage(manifest: dict[str, Any]) -> str:
-    """Flip bytes in the largest shard of a committed checkpoint (fault injection)."""
-    shard = max((p for p in Path(manifest["path"]).iterdir() if p.name != MANIFEST), key=lambda p: p.stat().st_size)
-    with shard.open("r+b") as f:
-        f.seek(shard.stat().st_size // 2)
-        chunk = f.read(16)
-        f.seek(-len(chunk), os.SEEK_CUR)
-        f.write(bytes(b ^ 0xFF for b in chunk))
-    return shard.name
+    """Flip bytes in the middle of the largest shard of a committed checkpoint (fault
+    injection); on an object store the object is written again with them flipped."""
+    store = storage.at(manifest["path"])
+    sizes = {name: size for name, size in store.files(manifest["path"]).items() if name != MANIFEST}
+    name = max(sizes, key=sizes.__getitem__)
+    path = store.join(manifest["path"], name)
+    data = bytearray(store.read_bytes(path))
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    store.write_bytes(path, bytes(data))
+    return name
 
 
-def _crc32(path: Path) -> int:
+def _crc32(store: storage.Store, path: str) -> int:
     crc = 0
-    with path.open("rb") as f:
+    with store.open(path, "rb") as f:
         while block := f.read(1 << 20):
             crc = zlib.crc32(block, crc)
     return crc

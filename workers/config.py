@@ -133,7 +133,7 @@ class ParallelConfig(_Config):
 
 
 class CheckpointConfig(_Config):
-    dir: str = Field(description="Directory holding step-NNNNNNNN checkpoint folders.")
+    dir: str = Field(description="Directory (or s3://bucket/prefix) holding step-NNNNNNNN checkpoint folders.")
     interval_steps: int = 50
     keep: int = 3
     async_save: bool = False
@@ -145,6 +145,13 @@ class CheckpointConfig(_Config):
         description="Load the newest committed checkpoint in dir when it is newer than resume_from: a restart "
                     "whose controller may not have seen the last commit (rank 0 killed, its probes blocked).",
     )
+    # Where the pods that run the ranks get their storage (the operator renders these; the
+    # ranks reach an object store through the environment they make, never read them).
+    endpoint: str | None = Field(default=None, description="S3-compatible server of an s3:// dir: AWS_ENDPOINT_URL in every rank pod.")
+    credentials_secret: str | None = Field(
+        default=None, description="Secret whose keys become the environment of every rank pod (envFrom): the store's keys.")
+    volume_claim: str | None = Field(
+        default=None, description="PersistentVolumeClaim mounted at the checkpoint mount of every rank pod instead of the operator's.")
 
 
 class WorkerConfig(_Config):

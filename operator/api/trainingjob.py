@@ -7,9 +7,12 @@ so both ``shardwright validate`` and the admission webhook apply the same checks
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic.alias_generators import to_camel
 
 from .base import ApiModel, Condition, ObjectMeta
@@ -35,6 +38,10 @@ VERSION = "v1alpha1"
 
 DnsLabel = Annotated[
     str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+]
+#: The name of a Secret or PersistentVolumeClaim: a DNS label of up to 63 characters.
+DnsLabel63 = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ]
 
 
@@ -189,11 +196,69 @@ class ElasticSpec(ApiModel):
     max_replicas: int = Field(ge=1, description="Most replicas the job grows back to.")
 
 
+#: An S3 bucket name (AWS's rules; dots, no two in a row, and the not-an-IP rule checked apart).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_URI_FORMS = "a path, a file:// URI or s3://bucket/prefix"
+
+
+def _storage_uri(uri: str | None) -> str | None:
+    """``uri`` if it is a path, a ``file://`` URI or ``s3://bucket[/prefix]`` naming no
+    credentials (they come from credentialsSecret); else a clear error."""
+    if uri is None or "://" not in uri or uri.startswith("file://"):
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme != "s3":
+        raise PydanticCustomError("storage_uri", f"must be {_URI_FORMS} (got {{got}})", {"got": repr(uri)})
+    if "@" in parts.netloc or ":" in parts.netloc:
+        raise PydanticCustomError("storage_uri", "must not carry credentials or a port: give keys in credentialsSecret "
+                                  "and the server in endpoint (got {got})", {"got": repr(uri)})
+    if parts.query or parts.fragment:
+        raise PydanticCustomError("storage_uri", "must be s3://bucket/prefix without '?' or '#' (got {got})", {"got": repr(uri)})
+    bucket = parts.netloc
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket or re.fullmatch(r"[0-9.]+", bucket):
+        raise PydanticCustomError("storage_uri", "s3 bucket {bucket} is not a valid bucket name: 3-63 lowercase letters, "
+                                  "digits, '.' and '-', starting and ending with a letter or digit, no '..', not an IP address",
+                                  {"bucket": repr(bucket)})
+    return uri
+
+
+def _endpoint(url: str | None) -> str | None:
+    """``url`` if it is an http(s) server address without credentials, path or query."""
+    if url is None:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or parts.path.strip("/") or parts.query:
+        raise PydanticCustomError("endpoint", "must be an http:// or https:// server address such as "
+                                  "https://s3.example.com:9000, without credentials or a path (got {got})", {"got": repr(url)})
+    return url
+
+
 class CheckpointSpec(ApiModel):
-    uri: str | None = Field(
+    """Where checkpoints go: a folder every rank mounts, or an object store (docs/operator.md)."""
+
+    uri: Annotated[str | None, AfterValidator(_storage_uri)] = Field(
         default=None,
-        description="Directory (path or file:// URI) for checkpoints; the runner's "
-        "work directory when unset.",
+        description="Where checkpoints go: a directory (path or file:// URI) every rank mounts, or "
+        "s3://bucket/prefix on S3 or an S3-compatible store (keys from credentialsSecret, never in "
+        "the URI). Unset: the runner's work directory, or on Kubernetes the checkpoint volume's "
+        "<namespace>/<name> folder.",
+    )
+    credentials_secret: DnsLabel63 | None = Field(
+        default=None,
+        description="With an s3:// uri: a Secret in the job's namespace whose keys become the "
+        "environment of every rank (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optionally "
+        "AWS_SESSION_TOKEN, AWS_DEFAULT_REGION). Unset: the ranks' own AWS credentials chain.",
+    )
+    endpoint: Annotated[str | None, AfterValidator(_endpoint)] = Field(
+        default=None,
+        description="With an s3:// uri: the URL of an S3-compatible server "
+        "(https://host:port); unset: AWS S3.",
+    )
+    volume_claim: DnsLabel63 | None = Field(
+        default=None,
+        description="A PersistentVolumeClaim in the job's namespace mounted into every rank pod "
+        "at the operator's checkpoint mount (/checkpoints by default) instead of its shared "
+        "claim; ReadWriteMany, or ReadWriteOnce with every rank on one node. Not with s3://.",
     )
     interval_steps: int = Field(default=50, ge=1, description="Steps between checkpoints.")
     async_: bool = Field(

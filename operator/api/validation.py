@@ -24,7 +24,7 @@ import yaml
 from .base import NAME_RULE
 from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
 from .resources import ResourcesSpec, problems as resource_problems
-from .trainingjob import TrainingJob, TrainingJobSpec
+from .trainingjob import CheckpointSpec, TrainingJob, TrainingJobSpec
 from shardwright.workers.config import LINEAR_KINDS, sequence_layout, softmax_kernel
 
 if TYPE_CHECKING:
@@ -211,6 +211,7 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
 
     for i, group in enumerate(spec.workers):
         yield from check_resources(f"spec.workers[{i}].resources", group.resources)
+    yield from _check_checkpoint(spec.checkpoint)
 
     backoff = spec.failure_policy.backoff
     if backoff.max_seconds < backoff.initial_seconds:
@@ -227,6 +228,16 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
     stragglers = spec.straggler_policy
     if stragglers.cordon and stragglers.action is not StragglerAction.REPLACE:
         yield Problem("spec.stragglerPolicy.cordon", f"only used with action: replace (only a replaced rank's node is cordoned); got action: {stragglers.action}")
+
+
+def _check_checkpoint(ckpt: CheckpointSpec) -> Iterable[Problem]:
+    """Object-store settings go with an s3:// uri; a volume claim with a path."""
+    on_s3 = (ckpt.uri or "").startswith("s3://")
+    for field, value in (("credentialsSecret", ckpt.credentials_secret), ("endpoint", ckpt.endpoint)):
+        if value is not None and not on_s3:
+            yield Problem(f"spec.checkpoint.{field}", f"only used with an s3:// uri; got uri: {ckpt.uri!r}")
+    if ckpt.volume_claim is not None and on_s3:
+        yield Problem("spec.checkpoint.volumeClaim", f"only used with a path uri (or none): checkpoints go to {ckpt.uri}, not to a volume")
 
 
 def check_resources(path: str, resources: ResourcesSpec) -> Iterable[Problem]:

@@ -132,7 +132,8 @@ class _Rank:
 class LocalSettings:
     """Read once by the CLI and passed down."""
 
-    checkpoint_dir: Path
+    #: A folder, or an ``s3://`` URI (listed with this process's AWS environment).
+    checkpoint_dir: Path | str
     #: Ray cluster to join; None starts a private one for this run.
     ray_address: str | None = None
     #: CPUs Ray may schedule on; ranks take none, so this only bounds Ray's own tasks.

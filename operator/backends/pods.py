@@ -29,7 +29,7 @@ from typing import Any
 from shardwright.operator.api import RankState
 from shardwright.operator.controller import RankObservation, StartGeneration, parse_time
 from shardwright.operator.planner import Plan, RankPlacement
-from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV
+from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV, CheckpointConfig
 
 LABEL_JOB = "shardwright.io/job"
 LABEL_GENERATION = "shardwright.io/generation"
@@ -43,6 +43,8 @@ ROLE_RAY_WORKER = "ray-worker"
 MANAGED_BY = "shardwright"
 #: Pod env: ranks in this pod; the launcher starts one process per local rank.
 LOCAL_WORLD_SIZE_ENV = "LOCAL_WORLD_SIZE"
+#: Pod env: the S3-compatible server of an s3:// checkpoint URI (read by the AWS SDKs).
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 #: Kueue reads this label on the workload; copied from the TrainingJob when present.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 #: Longest DNS label (RFC 1123): a pod's hostname, a label value.
@@ -261,7 +263,8 @@ def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, ma
     }
     container = rank_container(group_spec, ["python", "-m", "shardwright.workers.launch"], env, settings)
     labels = replica_labels(owner, action.generation, group, replica, base)
-    return pod_manifest(owner, action.generation, name, labels, container, settings, group_spec=group_spec, affinity=affinity)
+    return pod_manifest(owner, action.generation, name, labels, container, settings, group_spec=group_spec, affinity=affinity,
+                        checkpoint=action.config.checkpoint)
 
 
 def replica_labels(owner: Owner, generation: int, group: str, replica: int, first_rank: int) -> dict[str, str]:
@@ -288,9 +291,10 @@ def rank_container(group_spec, command: list[str], env: dict[str, str], settings
 
 
 def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str], container: dict[str, Any],
-                 settings: PodSettings, *, group_spec=None, affinity: dict[str, Any] | None = None) -> dict[str, Any]:
+                 settings: PodSettings, *, group_spec=None, affinity: dict[str, Any] | None = None,
+                 checkpoint: CheckpointConfig | None = None) -> dict[str, Any]:
     """A pod of generation ``generation`` around ``container``: DNS name ``<name>.<service>``,
-    never restarted in place, the checkpoint volume, the Kueue queue label and gang
+    never restarted in place, the checkpoint storage, the Kueue queue label and gang
     scheduling; a worker group's node selector and a planned node's affinity when given."""
     labels = dict(labels)
     if queue := owner.labels.get(KUEUE_QUEUE_LABEL):
@@ -308,9 +312,7 @@ def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str
         pod_spec["affinity"] = affinity
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
-    if settings.checkpoint_claim:
-        pod_spec["volumes"] = [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": settings.checkpoint_claim}}]
-        container["volumeMounts"] = [{"name": "checkpoints", "mountPath": settings.checkpoint_mount}]
+    _checkpoint_storage(pod_spec, container, checkpoint, settings)
     annotations = {}
     if settings.gang_scheduler == "volcano":
         pod_spec["schedulerName"] = "volcano"
@@ -321,6 +323,23 @@ def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str
     if annotations:
         meta["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+def _checkpoint_storage(pod_spec: dict[str, Any], container: dict[str, Any], checkpoint: CheckpointConfig | None,
+                        settings: PodSettings) -> None:
+    """The job's checkpoint storage in the pod: its own claim (spec.checkpoint.volumeClaim),
+    else the operator's, at the checkpoint mount; for an object store its endpoint, and the
+    keys of its credentials Secret by reference (envFrom): no secret value in the pod spec."""
+    claim = (checkpoint.volume_claim if checkpoint else None) or settings.checkpoint_claim
+    if claim:
+        pod_spec["volumes"] = [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim}}]
+        container["volumeMounts"] = [{"name": "checkpoints", "mountPath": settings.checkpoint_mount}]
+    if checkpoint is None:
+        return
+    if checkpoint.endpoint:
+        container["env"] = [*container.get("env", []), {"name": ENDPOINT_ENV, "value": checkpoint.endpoint}]
+    if checkpoint.credentials_secret:
+        container["envFrom"] = [*container.get("envFrom", []), {"secretRef": {"name": checkpoint.credentials_secret}}]
 
 
 # ----------------------------------------------------------------------------- reading pods back

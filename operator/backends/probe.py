@@ -59,8 +59,8 @@ def checkpoint_from_status(status: dict[str, Any]) -> CheckpointRef | None:
         return None
 
 
-def checkpoint_refs(root: Path) -> tuple[CheckpointRef, ...]:
-    """Committed checkpoints under a directory this process can read, oldest first."""
+def checkpoint_refs(root: Path | str) -> tuple[CheckpointRef, ...]:
+    """Committed checkpoints under a directory (or s3:// URI) this process can read, oldest first."""
     return tuple(
         CheckpointRef(step=m["step"], uri=m["path"], world_size=m["worldSize"], layout=m["layout"])
         for m in committed(root)

@@ -70,7 +70,7 @@ def render_pods(owner: render.Owner, action: StartGeneration, spec_groups: dict[
         labels = render.replica_labels(owner, generation, group, replica, first) | {render.LABEL_ROLE: render.ROLE_RAY_WORKER}
         workers.append(render.pod_manifest(
             owner, generation, name, labels, render.rank_container(spec_groups[group], command, env, settings), settings,
-            group_spec=spec_groups[group], affinity=render.node_affinity(placements),
+            group_spec=spec_groups[group], affinity=render.node_affinity(placements), checkpoint=action.config.checkpoint,
         ))
     env = {
         "WORLD_SIZE": str(world), "MASTER_PORT": str(settings.master_port),
@@ -89,4 +89,4 @@ def render_pods(owner: render.Owner, action: StartGeneration, spec_groups: dict[
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     labels = render.job_labels(owner) | {render.LABEL_GENERATION: str(generation), render.LABEL_ROLE: render.ROLE_RAY_HEAD}
-    return [render.pod_manifest(owner, generation, head, labels, container, settings), *workers]
+    return [render.pod_manifest(owner, generation, head, labels, container, settings, checkpoint=action.config.checkpoint), *workers]

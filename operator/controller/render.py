@@ -83,6 +83,9 @@ def worker_config(
             # Not generation 1: a job created again under an old name starts afresh.
             resume_newest=job.resume_newest and generation > 1,
             owner=job.uid,
+            endpoint=spec.checkpoint.endpoint,
+            credentials_secret=spec.checkpoint.credentials_secret,
+            volume_claim=spec.checkpoint.volume_claim,
         ),
         telemetry_port=job.telemetry_port,
         step_log=job.step_log,

@@ -82,7 +82,7 @@ CASES = [
     Bad("unknown-in-spec", {"spec.replicas": 2}, "spec.replicas", f"unknown field; allowed here: {SPEC_FIELDS}"),
     Bad("unknown-in-worker", {"spec.workers[0].gpus": 8}, "spec.workers[0].gpus", f"unknown field; allowed here: {WORKER_FIELDS}"),
     Bad("unknown-in-sequence", {"spec.parallelism.sequence.size": 2}, "spec.parallelism.sequence.size", "unknown field; allowed here: degree, kind"),
-    Bad("unknown-in-checkpoint", {"spec.checkpoint.every": 5}, "spec.checkpoint.every", "allowed here: async, intervalSteps, keep, uri"),
+    Bad("unknown-in-checkpoint", {"spec.checkpoint.every": 5}, "spec.checkpoint.every", "allowed here: async, credentialsSecret, endpoint, intervalSteps, keep, uri, volumeClaim"),
     # parallel degrees
     Bad("ulysses-degree-vs-heads", {"spec.workers[0].replicas": 3, "spec.data.seqLen": 66, "spec.parallelism.sequence": {"degree": 3, "kind": "ulysses"}},
         "spec.parallelism.sequence.degree", "ulysses splits heads: the degree must divide heads (4)"),

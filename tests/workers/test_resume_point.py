@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def commit(root: Path, step: int, owner: str | None) -> str:
     """A committed checkpoint as far as listing goes: its folder and manifest."""
-    folder = step_dir(root, step)
+    folder = Path(step_dir(root, step))
     folder.mkdir(parents=True)
     (folder / MANIFEST).write_text(json.dumps({"step": step, **({"owner": owner} if owner else {})}))
     return str(folder)
