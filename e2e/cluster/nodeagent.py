@@ -7,7 +7,9 @@ in a network namespace of its own (podnet.py) with its volumes, env (podspec.py)
 cluster's pod DNS names in /etc/hosts (sandbox.py says how a container starts); it writes
 phase, conditions and containerStatuses with real exit codes (podstate.py). A deleted pod
 gets SIGTERM, then SIGKILL after its grace period, and is then removed from the API, as a
-kubelet does. Liveness and startup probes are not run; resources are not enforced.
+kubelet does. Ingress NetworkPolicies are enforced in each pod's namespace, as a CNI with
+policy support does (netpolicy.py). Liveness and startup probes are not run; resources are
+not enforced.
 
     python -m e2e.cluster.nodeagent --kubeconfig K --nodes NODES.yaml --state DIR
 """
@@ -29,7 +31,7 @@ from typing import Any
 from kubernetes import client, config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from . import podnet, podspec, podstate, sandbox
+from . import netpolicy, podnet, podspec, podstate, sandbox
 from .podspec import read_json
 from .podstate import Container, Pod, now
 from .session import read_nodes
@@ -39,6 +41,8 @@ KUBELET_VERSION = "v1.37.2"
 #: Seconds between Lease renewals (the kubelet's default is a quarter of 40 s).
 LEASE_RENEW_S = 10.0
 LEASE_DURATION_S = 40
+#: Seconds between reads of NetworkPolicies and namespaces (a policy applies within about this).
+POLICY_POLL_S = 1.0
 
 
 def micro_now() -> str:
@@ -57,6 +61,7 @@ class NodeAgent:
         self.api_port = api_port
         self.network = podnet.PodNetwork()
         self.resolve = podspec.Resolver(self.core, state, api_port, self.network.gateway)
+        self.policy = netpolicy.Enforcer((self.network.gateway,))
         self.pods: dict[str, Pod] = {}  # by uid
         #: Pod DNS names of the whole cluster: ip -> names (rewritten into every pod's hosts).
         self.dns: dict[str, list[str]] = {}
@@ -160,12 +165,28 @@ class NodeAgent:
                 version = None
                 self.stopping.wait(1)
 
+    def poll_policies(self, last: tuple) -> None:
+        """NetworkPolicies and namespace labels into the event queue when they change from
+        ``last`` (what was read before)."""
+        while not self.stopping.wait(POLICY_POLL_S):
+            try:
+                seen = netpolicy.read(self.api)
+            except Exception as e:  # the API server may be restarting
+                log.warning(f"network policies: {e}")
+                continue
+            if seen != last:
+                self.events.put(("POLICIES", seen))
+                last = seen
+
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
         self.register()
+        policies = netpolicy.read(self.api)
+        self.policy.observe_cluster(*policies)  # known before the first pod starts
         threading.Thread(target=self.heartbeat, daemon=True, name="heartbeat").start()
         threading.Thread(target=self.watch, daemon=True, name="watch").start()
+        threading.Thread(target=self.poll_policies, args=(policies,), daemon=True, name="policies").start()
         while not self.stopping.is_set():
             try:
                 kind, obj = self.events.get(timeout=0.2)
@@ -175,6 +196,7 @@ class NodeAgent:
                     self._event(kind, obj)
             except queue.Empty:
                 pass
+            self.policy.sync(self.pods.values())  # before a new pod's containers start
             for pod in list(self.pods.values()):
                 try:
                     self._tick(pod)
@@ -189,6 +211,9 @@ class NodeAgent:
         self.network.close()
 
     def _event(self, kind: str, obj: Any) -> None:
+        if kind == "POLICIES":
+            self.policy.observe_cluster(*obj)
+            return
         if kind == "LIST":
             uids = {p["metadata"]["uid"] for p in obj}
             for uid in [u for u in self.pods if u not in uids]:
@@ -202,6 +227,7 @@ class NodeAgent:
                 self._gone(pod)
         else:
             self._observe(obj)
+        self.policy.observe_pods(kind, obj)
         self._write_hosts()
 
     def _observe(self, body: dict[str, Any]) -> None:
