@@ -1,6 +1,7 @@
-"""Checkpoints on S3, end to end: the chart's operator trains a job whose ``spec.checkpoint``
-names ``s3://`` on a real S3-compatible server (tests/support/s3.py), keys from a Secret;
-a rank pod is force-deleted and generation 2, on another node, resumes from the bucket.
+"""Checkpoint storage a job names, end to end. On S3: the chart's operator trains a job whose
+``spec.checkpoint`` names ``s3://`` on a real S3-compatible server (tests/support/s3.py),
+keys from a Secret; a rank pod is force-deleted and generation 2, on another node, resumes
+from the bucket. On a volume: a job's own PersistentVolumeClaim instead of the chart's.
 
 The server runs on this machine at a process node's InternalIP: the pod bridge's address
 on this machine (e2e/cluster/podnet.py), the one address both the pods, from their own
@@ -102,3 +103,34 @@ def test_s3_resume_on_another_node(cluster, installed, s3):
             cluster.kubectl("uncordon", cordoned, check=False)
         cluster.kubectl("-n", NS, "delete", "tj", JOB, "--timeout=120s", check=False)
         cluster.kubectl("-n", NS, "delete", "secret", "s3-keys", check=False)
+
+
+def test_a_jobs_own_volume_claim_holds_its_checkpoints(cluster, installed, tmp_path):
+    if cluster.storage is None:
+        pytest.skip("needs process-backed nodes: the volume is a hostPath on this machine")
+    job, claim, folder = "own-claim", "own-claim-ckpt", tmp_path / "own-volume"
+    folder.mkdir()
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-{claim}"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "hostPath": {"path": str(folder)}, "claimRef": {"namespace": NS, "name": claim}}}))
+    cluster.kubectl("-n", NS, "apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}}))
+    doc = yaml.safe_load(example(job))
+    doc["spec"]["checkpoint"] = {"volumeClaim": claim, "intervalSteps": 40, "keep": 2}
+    try:
+        cluster.kubectl("-n", NS, "apply", "-f", "-", input=yaml.safe_dump(doc))
+        final = wait(lambda: (s := status(cluster, job)).get("phase") in ("Complete", "Failed") and s, 600, "a terminal phase")
+        assert final["phase"] == "Complete" and final["lastCheckpoint"]["step"] == 120, final
+        pods = cluster.json("-n", NS, "get", "pods", "-l", f"shardwright.io/job={job}")["items"]
+        assert pods and all(p["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == claim for p in pods)
+        # On the job's volume at the default <namespace>/<name> folder; none on the chart's.
+        written = sorted(p.name for p in (folder / NS / job).iterdir())
+        assert written == ["step-00000080", "step-00000120"], written
+        assert json.loads((folder / NS / job / "step-00000120" / "manifest.json").read_text())["step"] == 120
+        assert not (cluster.storage / NS / job).exists()
+    finally:
+        cluster.kubectl("-n", NS, "delete", "tj", job, "--timeout=120s", check=False)
+        cluster.kubectl("-n", NS, "delete", "pvc", claim, "--wait=false", check=False)
+        cluster.kubectl("delete", "pv", f"{NS}-{claim}", "--wait=false", check=False)
