@@ -23,6 +23,8 @@ class Cluster:
     image: str
     #: Local process-backed nodes: a folder for hostPath PersistentVolumes (None elsewhere).
     storage: Path | None
+    #: The local API server's audit log (None elsewhere): the operator's calls, for RBAC.
+    audit_log: Path | None = None
 
     def run(self, *args: str, input: str | None = None, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         out = subprocess.run(args, env=self.env, input=input, capture_output=True, text=True, timeout=timeout)
@@ -54,14 +56,16 @@ def cluster(request, tmp_path_factory) -> Cluster:
                 and any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))]
 
     wait_for(lambda: not others(), 60, "the scenario's pods to have only process-backed nodes to go to")
-    return Cluster(session.environ(cp), "shardwright:dev", tmp_path_factory.mktemp("volumes"))
+    return Cluster(session.environ(cp), "shardwright:dev", tmp_path_factory.mktemp("volumes"), cp.audit_log)
 
 
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster):
     """The chart in its namespace; a namespace for jobs with a shared checkpoint claim."""
-    from e2e.jobs import CLAIM, NS, SYSTEM, wait
+    from e2e.cluster import audit
+    from e2e.jobs import CLAIM, NS, OPERATOR_SA, SYSTEM, wait
 
+    audit_from = audit.size(cluster.audit_log) if cluster.audit_log else 0
     cluster.kubectl("create", "namespace", NS)
     if cluster.storage is not None:  # process-backed nodes: a hostPath volume all of them see
         cluster.kubectl("apply", "-f", "-", input=json.dumps({
@@ -80,3 +84,6 @@ def installed(cluster: Cluster):
     yield
     cluster.run("helm", "uninstall", "sw", "-n", SYSTEM, "--wait", "--timeout=2m", check=False)
     cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+    if cluster.audit_log:  # every call the operator made under the chart's RBAC was allowed
+        refused = [c for c in audit.calls(cluster.audit_log, audit.service_account(SYSTEM, OPERATOR_SA), since=audit_from) if c.code == 403]
+        assert not refused, f"the chart's RBAC refused the operator: {sorted(set(refused))}"

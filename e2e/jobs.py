@@ -12,6 +12,8 @@ from tests.support.cluster import wait_for
 SYSTEM = "shardwright-system"
 NS = "e2e-train"
 CLAIM = "checkpoints"
+#: The operator's ServiceAccount: the chart's full name for release ``sw``.
+OPERATOR_SA = "sw-shardwright"
 #: Polls through kubectl once a second: the pods training beside the test share its cores.
 wait = functools.partial(wait_for, every=1.0)
 

@@ -32,6 +32,16 @@ from shardwright.operator.backends.ports import free_port
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
+#: Requests of service accounts only (operators, controllers in pods): when answered, and
+#: for watches also when they start (they end only when the watcher stops).
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +104,12 @@ class ControlPlane:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines): every request a service account made,
+        at Metadata level (who, verb, resource, response code), for the RBAC tests."""
+        return self.dir / "logs" / "audit.log"
 
     def start(self) -> None:
         """Start every component in order, waiting for each to be healthy; on any failure
@@ -158,6 +174,8 @@ class ControlPlane:
     def _apiserver(self) -> Component:
         p, etcd = self.pki, self.components["etcd"]
         etcd_url = etcd.health.removesuffix("/health")
+        policy = self.dir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
         return Component("kube-apiserver", [
             str(self.settings.bin_dir / "kube-apiserver"), f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1", f"--secure-port={self.api_port}",
@@ -174,6 +192,8 @@ class ControlPlane:
             "--enable-aggregator-routing=true",
             "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,Priority,DefaultTolerationSeconds,"
             "MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota,NodeRestriction",
+            f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+            "--audit-log-maxsize=200", "--audit-log-mode=blocking",
             "--profiling=false", "--v=1",
         ], health=f"{self.server}/readyz")
 

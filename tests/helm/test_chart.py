@@ -86,7 +86,8 @@ def test_default_operator_is_locked_down(default_objects):
     pods_rule = next(r for r in rules if r["resources"] == ["pods"])
     assert set(pods_rule["verbs"]) == {"get", "list", "watch", "create", "delete"}
     nodes_rule = next(r for r in rules if r["resources"] == ["nodes"])
-    assert set(nodes_rule["verbs"]) == {"get", "list", "watch"}  # no cordoning unless asked
+    assert set(nodes_rule["verbs"]) == {"list", "watch"}  # no cordoning unless asked
+    assert not any("namespaces" in r["resources"] for r in rules)  # cluster-wide: Kopf observes none
     assert "--cordon-nodes" not in container["args"]
     secret = by_kind(default_objects, "Secret")[0]
     webhook = by_kind(default_objects, "ValidatingWebhookConfiguration")[0]["webhooks"][0]
@@ -106,7 +107,8 @@ def test_non_default_values_take_effect():
     rules = by_kind(objects, "ClusterRole")[0]["rules"]
     assert any(r["apiGroups"] == ["scheduling.volcano.sh"] for r in rules)
     assert "--cordon-nodes" in args
-    assert set(next(r for r in rules if r["resources"] == ["nodes"])["verbs"]) == {"get", "list", "watch", "patch"}
+    assert set(next(r for r in rules if r["resources"] == ["nodes"])["verbs"]) == {"list", "watch", "patch"}
+    assert next(r for r in rules if r["resources"] == ["namespaces"])["verbs"] == ["get", "list", "watch"]  # Kopf observes team-a
     assert by_kind(objects, "ServiceMonitor")[0]["metadata"]["labels"]["release"] == "prom"
 
 
