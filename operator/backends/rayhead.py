@@ -93,7 +93,7 @@ def run(environ: Mapping[str, str], settings: HeadSettings, stop: threading.Even
         "--head", f"--port={settings.port}", "--num-cpus=0", "--include-dashboard=false",
         "--disable-usage-stats", *settings.ray_start_args,
     )
-    backend = LocalRayBackend(LocalSettings(checkpoint_dir=Path(config.checkpoint.dir), ray_address=f"127.0.0.1:{settings.port}"))
+    backend = LocalRayBackend(LocalSettings(checkpoint_dir=config.checkpoint.dir, ray_address=f"127.0.0.1:{settings.port}"))
     try:
         began = time.monotonic()
         while not answers("127.0.0.1", settings.port):

@@ -306,11 +306,21 @@ class _Reconcile:
                 f"Checkpoint of step {resume.step} written at world size {resume.world_size} ({resume.layout}) "
                 f"loads at {self.plan.world_size} ({self.plan.dims.layout})",
             )
+        # On Kubernetes the ranks load the newest checkpoint the job committed to storage,
+        # which may be newer than the operator knows (rank 0 killed before it was polled, or
+        # its probes blocked): the event says so rather than "from scratch".
+        newest = " or a newer checkpoint of this job in storage" if self.job.resume_newest else ""
         if st.generation > 1 and resume is not None:
             self.event(
                 EventType.NORMAL,
                 Reason.RESTARTED_FROM_CHECKPOINT,
-                f"Generation {st.generation} ({self.plan.summary}) resumes from step {resume.step}",
+                f"Generation {st.generation} ({self.plan.summary}) resumes from step {resume.step}{newest}",
+            )
+        elif st.generation > 1 and newest:
+            self.event(
+                EventType.NORMAL, Reason.RESTARTED_FROM_CHECKPOINT,
+                f"Generation {st.generation} ({self.plan.summary}) resumes from the newest checkpoint of this job in "
+                "storage (none known to the operator), else from scratch",
             )
         else:
             where = f"from step {resume.step}" if resume else "from scratch"

@@ -3,6 +3,8 @@ resizing on capacity change, and waiting when capacity is short."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from shardwright.operator.api import Phase, RankState
 from shardwright.operator.controller import Event, Progress, RankObservation, StartGeneration, StopGeneration
 from shardwright.operator.planner import plan_for_capacity
@@ -169,3 +171,23 @@ def test_the_rank_that_died_is_named_not_its_victims():
     result = d.tick(2, together)
     event = next(e for e in result.of_type(Event) if e.reason == "RankFailed")
     assert event.message.startswith("Rank 1 failed: rank process died"), event.message
+
+
+def test_a_restart_on_kubernetes_says_it_resumes_from_the_newest_checkpoint_in_storage():
+    """The ranks load the newest checkpoint their job committed, which the operator may not
+    know of (rank 0 killed before it was polled, its probes blocked): never "from scratch"."""
+    d = Driver()
+    d.job = dataclasses.replace(d.job, resume_newest=True)
+    d.start()
+    d.tick(2, (running(1)[0], RankObservation(1, 1, RankState.FAILED, message="boom")))
+    restart = d.tick(10, ())
+    assert restart.of_type(StartGeneration)[0].config.checkpoint.resume_newest
+    assert [e.message for e in restart.of_type(Event)] == [
+        "Generation 2 (dp=2,sp=1 over 2 ranks) resumes from the newest checkpoint of this job in storage (none known to the "
+        "operator), else from scratch"]
+    known = Driver()
+    known.job = d.job
+    known.start()
+    known.tick(2, (running(1)[0], RankObservation(1, 1, RankState.FAILED, message="boom")), None, (checkpoint(40),))
+    (event,) = known.tick(10, (), None, (checkpoint(40),)).of_type(Event)
+    assert event.message.endswith("resumes from step 40 or a newer checkpoint of this job in storage")
