@@ -34,6 +34,7 @@ from shardwright.operator.api import GROUP, VERSION, TrainingJob, validate
 from shardwright.operator import webhook
 from shardwright.operator.backends import probe
 from shardwright.operator.backends import pods as render
+from shardwright.operator.backends import podstatus
 from shardwright.operator.jobpass import run_pass
 from shardwright.operator.lease import FencedApiClient, LeaseLost
 from shardwright.operator.metrics import OperatorMetrics
@@ -133,7 +134,7 @@ def liveness(memo: kopf.Memo, **_: Any) -> int:
 
 @kopf.index("pods", labels=MANAGED, registry=REGISTRY)
 def pods_by_job(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict:
-    return {(namespace, labels.get(render.LABEL_JOB)): render.summarize(dict(body))}
+    return {(namespace, labels.get(render.LABEL_JOB)): podstatus.summarize(dict(body))}
 
 
 @kopf.index("nodes", registry=REGISTRY)

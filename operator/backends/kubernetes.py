@@ -2,10 +2,10 @@
 
 One :class:`KubernetesBackend` serves one TrainingJob for one reconcile pass. It does not
 list pods itself: the handlers keep a Kopf index of every pod we manage and hand this
-backend the job's pod summaries (see ``pods.summarize``), so a pass costs no list request.
+backend the job's pod summaries (see ``podstatus.summarize``), so a pass costs no list request.
 
 Ownership is by uid: the pods handed in are the ones whose controller ownerReference is
-this job's uid (``pods.controller_uid``); a pod of an earlier job of the same name, still
+this job's uid (``podstatus.controller_uid``); a pod of an earlier job of the same name, still
 being collected, is ``foreign`` and never adopted. Gang start: every pod of a generation is
 created, or none is (a failure deletes the ones already made and raises). Creates are
 idempotent: names are deterministic, and a 409 is accepted only when the object there is
@@ -14,7 +14,7 @@ makes the start wait. A ``runtime: ray`` generation is a Ray head pod and Ray wo
 (raypods.py), read back as one.
 
 Fencing: pods are deleted with their grace period, and a pod being deleted counts as alive
-until its containers have ended (``pods.classify``), so the core starts generation N+1 only
+until its containers have ended (``podstatus.classify``), so the core starts generation N+1 only
 once every pod of generation N has stopped. Only a pod stuck Terminating on a NotReady node
 is force-deleted, after ``force_delete_after_s``. A PodDisruptionBudget per generation lets
 voluntary evictions take at most one of its pods: one eviction restarts the gang once (its
@@ -44,6 +44,7 @@ from shardwright.operator.api import GROUP, VERSION, CheckpointRef, EventType, R
 from shardwright.operator.controller import Event, Observed, ReplaceRank, SetShares, StartGeneration, StopGeneration
 
 from . import pods as render
+from . import podstatus
 from . import probe, raypods
 
 
@@ -219,15 +220,15 @@ class KubernetesBackend:
 
     def observe(self, now: datetime.datetime) -> Observed:
         live = [pod for pod in self.pods if pod["name"] not in self.deleted]
-        ranks = render.observe_pods(live, now, self.settings.startup_timeout_s)
+        ranks = podstatus.observe_pods(live, now, self.settings.startup_timeout_s)
         if self.expected is not None:
-            ranks += render.vanished_ranks(*self.expected, ranks)
+            ranks += podstatus.vanished_ranks(*self.expected, ranks)
         if self.avoided_nodes:
             # Avoided nodes can leave too few for the generation: say so where users look.
             hint = f"; this job avoids nodes {', '.join(self.avoided_nodes)} (status.avoidedNodes)"
             ranks = [dataclasses.replace(r, message=r.message + hint) if "Unschedulable" in r.message else r for r in ranks]
         if self.node_ready is not None:
-            for name in render.stuck_terminating(self.pods, self.node_ready, now, self.settings.force_delete_after_s):
+            for name in podstatus.stuck_terminating(self.pods, self.node_ready, now, self.settings.force_delete_after_s):
                 self._delete_pod(name, grace=0, quiet=True)
         progress, checkpoint = None, self.known_checkpoint
         status = self._rank0_status() if self.settings.probe_progress else None
@@ -304,7 +305,7 @@ class KubernetesBackend:
             there = json.loads(read(name).data)
         except Exception as e:  # gone again in between: the next pass creates it
             raise _failure(f"read {kind} {name} after a conflict", e) from None
-        if (uid := render.controller_uid(there.get("metadata") or {})) != self.owner.uid:
+        if (uid := podstatus.controller_uid(there.get("metadata") or {})) != self.owner.uid:
             raise ApiFailure(f"create {kind} {name}", 409, f"it exists and belongs to {f'owner uid {uid}' if uid else 'no controller'}, "
                              f"not to this TrainingJob (uid {self.owner.uid}); waiting for it to go")
 

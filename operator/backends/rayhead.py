@@ -12,7 +12,7 @@ one ``RankActor`` per rank, pinned to the pod the plan put it on, the rendezvous
   not all join within the join timeout. The reason is the last log line and the pod's
   termination message, so the operator's RankFailed event carries it.
 
-The operator reads the generation's outcome from this pod (``pods.observe_pods``). Torch is
+The operator reads the generation's outcome from this pod (``podstatus.observe_pods``). Torch is
 imported in the rank actors only, never here.
 """
 

@@ -10,7 +10,7 @@ shardwright.workers.raynode`` joins the head offering a custom resource named af
 pod, one unit per rank, which pins each rank's actor there. Rank 0 serves ``/status`` on
 its pod's telemetry port as with torch, so the operator's polling does not change.
 
-Reading the pods back (``pods.observe_pods``): the head decides, a worker pod's own failure
+Reading the pods back (``podstatus.observe_pods``): the head decides, a worker pod's own failure
 (OOMKilled, evicted, node lost) names the ranks it hosted.
 """
 

@@ -11,6 +11,7 @@ import yaml
 
 from shardwright.operator.api import RankState, validate
 from shardwright.operator.backends import pods as render
+from shardwright.operator.backends import podstatus
 from shardwright.operator.controller import JobRef, StartGeneration, worker_config
 from shardwright.operator.planner import plan_uniform
 from shardwright.workers.launch import child_environ, worst
@@ -59,11 +60,11 @@ def test_classification_names_the_reason():
         (pod(phase="Succeeded"), RankState.SUCCEEDED, ""),
     ]
     for summary, state, why in cases:
-        got, _code, message = render.classify(summary, NOW, startup_timeout_s=None)
+        got, _code, message = podstatus.classify(summary, NOW, startup_timeout_s=None)
         assert got is state and why in message, (summary, got, message)
-    state, _, message = render.classify(pod(waiting="ErrImagePull"), NOW, startup_timeout_s=60)
+    state, _, message = podstatus.classify(pod(waiting="ErrImagePull"), NOW, startup_timeout_s=60)
     assert state is RankState.FAILED and "PodsReadyTimeout" in message and "ErrImagePull" in message
-    ranks = render.observe_pod(pod(phase="Running"), NOW)
+    ranks = podstatus.observe_pod(pod(phase="Running"), NOW)
     assert [r.rank for r in ranks] == [2, 3]
 
 
@@ -76,8 +77,8 @@ def test_a_pod_ended_from_outside_marks_its_ranks_as_the_cause():
     }
     raised = pod(phase="Failed", terminated={"exitCode": 1, "reason": "Error", "message": "DistBackendError"})
     for name, summary in died.items():
-        assert all(r.died for r in render.observe_pod(summary, NOW)), name
-    assert not any(r.died for r in render.observe_pod(raised, NOW))
+        assert all(r.died for r in podstatus.observe_pod(summary, NOW)), name
+    assert not any(r.died for r in podstatus.observe_pod(raised, NOW))
 
 
 def test_only_pods_terminating_on_a_not_ready_node_past_the_grace_are_forced():
@@ -87,7 +88,7 @@ def test_only_pods_terminating_on_a_not_ready_node_past_the_grace_are_forced():
         pod(name="old-on-live", node="live", deleting="2026-11-22T11:50:00Z"),
         pod(name="running", node="dead"),
     ]
-    assert render.stuck_terminating(terminating, {"dead": False, "live": True}, NOW, grace_s=60) == ["old-on-dead"]
+    assert podstatus.stuck_terminating(terminating, {"dead": False, "live": True}, NOW, grace_s=60) == ["old-on-dead"]
 
 
 def test_summary_of_a_real_pod_shape():
@@ -95,7 +96,7 @@ def test_summary_of_a_real_pod_shape():
     owner = render.Owner("tiny", "default", "u1")
     manifest = render.render_pods(owner, action, {"a": validate_group()}, render.PodSettings())[1]
     manifest["status"] = {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}
-    summary = render.summarize(manifest)
+    summary = podstatus.summarize(manifest)
     assert summary["generation"] == 3 and summary["rank"] == 2 and summary["ranks"] == 2
     assert summary["terminated"]["exitCode"] == 1
 
@@ -141,8 +142,8 @@ def test_avoided_nodes_are_kept_out_of_every_pod_pinned_or_not():
     assert "affinity" not in pods[1]["spec"]  # the input is left as it was
     assert render.avoid_nodes(pods[1], []) is pods[1]
     # The pod index reads it back: what a readmit compares with the job's avoided nodes.
-    assert [render.summarize(p)["avoids"] for p in kept[:2]] == [["n2", "n3"], ["n2", "n3"]]
-    assert render.summarize(pods[0])["avoids"] == []
+    assert [podstatus.summarize(p)["avoids"] for p in kept[:2]] == [["n2", "n3"], ["n2", "n3"]]
+    assert podstatus.summarize(pods[0])["avoids"] == []
 
 
 def test_unschedulable_ranks_name_the_nodes_the_job_avoids():
@@ -204,7 +205,7 @@ def worker(rank: int, phase: str, **fields) -> dict:
 
 
 def seen(*pods: dict) -> list[tuple[RankState, str]]:
-    return [(r.state, r.message) for r in sorted(render.observe_pods(list(pods), NOW), key=lambda r: r.rank)]
+    return [(r.state, r.message) for r in sorted(podstatus.observe_pods(list(pods), NOW), key=lambda r: r.rank)]
 
 
 def test_the_head_decides_and_a_worker_pod_names_its_own_failure():
@@ -230,5 +231,5 @@ def test_without_a_head_the_worker_pods_are_alive_until_they_leave():
 
 def test_torch_pods_beside_a_ray_generation_are_read_one_by_one():
     torch_pod = {"name": "t", "generation": 2, "rank": 0, "ranks": 2, "phase": "Running", "created": "2026-11-22T11:59:00Z"}
-    ranks = render.observe_pods([head("Running"), worker(0, "Running"), worker(1, "Running"), torch_pod], NOW)
+    ranks = podstatus.observe_pods([head("Running"), worker(0, "Running"), worker(1, "Running"), torch_pod], NOW)
     assert sorted((r.generation, r.rank, r.state) for r in ranks) == [(1, 0, R), (1, 1, R), (2, 0, R), (2, 1, R)]
