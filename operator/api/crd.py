@@ -6,7 +6,8 @@ a test fails when the checked-in files drift. pydantic emits JSON Schema; Kubern
 ``nullable``, exclusive bounds become booleans, a list of conditions becomes a map list
 keyed by ``type``, and titles and ``additionalProperties: false`` are dropped (unknown
 fields are pruned by the API server and rejected by ``kubectl --validate=strict`` and by
-our webhook).
+our webhook). A field marked ``x-kubernetes-preserve-unknown-fields`` (a pod template's
+PodSpec) becomes a bare object the API server keeps as written.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 
 from . import rules
 from .base import Condition
+from .podtemplate import PRESERVE_UNKNOWN
 from .servingpool import ServingPool
 from .trainingjob import GROUP, VERSION, TrainingJob
 
@@ -41,6 +43,9 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
             node = structural({**variants[0], **rest}, defs)
             node["nullable"] = True
             return node
+    if all(schema.get(k) == v for k, v in PRESERVE_UNKNOWN.items()):
+        # No properties to prune by: the object is stored as sent (its consumer validates it).
+        return {"type": "object", "description": schema.get("description", ""), **PRESERVE_UNKNOWN}
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in _DROP:

@@ -27,6 +27,7 @@ from .enums import (
     StragglerAction,
     SyntheticTask,
 )
+from .podtemplate import PodTemplate
 from .presets import PRESETS, ModelPreset
 from .resources import ResourcesSpec
 from . import rules
@@ -183,6 +184,12 @@ class WorkerGroupSpec(ApiModel):
     image: str | None = Field(default=None, description="Worker image; the chart's by default.")
     node_selector: dict[str, str] = Field(default_factory=dict)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    template: PodTemplate = Field(
+        default_factory=PodTemplate,
+        description="A PodTemplateSpec overlaid on the group's pods: labels, annotations, tolerations, "
+        "volumes, sidecars, securityContext and the rest, except the fields the operator owns "
+        "(docs/operator.md).",
+    )
 
     @property
     def ranks(self) -> int:
@@ -342,7 +349,7 @@ class StragglerPolicySpec(ApiModel):
 FROZEN = ("model", "data", "training", "parallelism.auto", "parallelism.tensor", "parallelism.pipeline",
           "parallelism.sequence", "checkpoint", "runtime")
 #: A worker group's fields that are frozen like :data:`FROZEN` (all but replicas).
-FROZEN_GROUP = ("ranksPerReplica", "gpuType", "image", "nodeSelector", "resources")
+FROZEN_GROUP = ("ranksPerReplica", "gpuType", "image", "nodeSelector", "resources", "template")
 #: The most worker groups a job has (bounds the cost of the CRD's rule on them).
 MAX_GROUPS = 16
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 import yaml
 
+from . import podtemplate
 from .base import NAME_RULE
 from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
 from .resources import ResourcesSpec, problems as resource_problems
@@ -211,6 +212,8 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
 
     for i, group in enumerate(spec.workers):
         yield from check_resources(f"spec.workers[{i}].resources", group.resources)
+        for where, message in podtemplate.problems(f"spec.workers[{i}]", group):
+            yield Problem(where, message)
     yield from _check_checkpoint(spec.checkpoint)
 
     backoff = spec.failure_policy.backoff

@@ -12,6 +12,13 @@ A plan that places ranks on nodes (``RankPlacement.node``, from the heterogeneou
 pins each pod there with a required node affinity (:func:`node_affinity`); nodes where a
 straggler was replaced are kept out of every later pod (:func:`avoid_nodes`).
 
+A group's pod template (``spec.workers[].template``) is overlaid by :func:`pod_manifest`:
+its fields first, then the ones the operator owns (docs/operator.md has the table). Every
+pod meets the restricted Pod Security profile unless the template's securityContext says
+otherwise (:data:`POD_SECURITY`, :data:`CONTAINER_SECURITY`), gets a memory-backed
+``/dev/shm`` for NCCL and no service-account token (nothing in a rank or Ray pod calls the
+API server).
+
 Reading pods back (their summaries and the ranks they run) is podstatus.py.
 """
 
@@ -23,6 +30,9 @@ import hashlib
 from collections.abc import Collection
 from typing import Any
 
+from shardwright.operator.api.podtemplate import (
+    CHECKPOINT_VOLUME, ENDPOINT_ENV, LOCAL_WORLD_SIZE_ENV, RANK_CONTAINER, SHM_PATH, SHM_VOLUME, PodTemplate,
+)
 from shardwright.operator.controller import StartGeneration
 from shardwright.operator.planner import Plan, RankPlacement
 from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV, CheckpointConfig
@@ -37,10 +47,6 @@ LABEL_ROLE = "shardwright.io/role"
 ROLE_RAY_HEAD = "ray-head"
 ROLE_RAY_WORKER = "ray-worker"
 MANAGED_BY = "shardwright"
-#: Pod env: ranks in this pod; the launcher starts one process per local rank.
-LOCAL_WORLD_SIZE_ENV = "LOCAL_WORLD_SIZE"
-#: Pod env: the S3-compatible server of an s3:// checkpoint URI (read by the AWS SDKs).
-ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 #: Kueue reads this label on the workload; copied from the TrainingJob when present.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 #: Longest DNS label (RFC 1123): a pod's hostname, a label value.
@@ -49,6 +55,13 @@ DNS_LABEL_MAX = 63
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 #: Where a pod's first rank leaves its final report (the container default terminationMessagePath).
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+#: The user and group of the image (Dockerfile: ``USER 65532:65532``).
+IMAGE_USER = 65532
+#: Every pod's securityContext unless its template sets a field: the restricted profile.
+POD_SECURITY: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": IMAGE_USER, "runAsGroup": IMAGE_USER,
+                                "seccompProfile": {"type": "RuntimeDefault"}}
+#: Every container's securityContext unless the template sets a field: the restricted profile.
+CONTAINER_SECURITY: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +191,7 @@ def render_pods(owner: Owner, action: StartGeneration, spec_groups: dict[str, An
     """Every pod of the generation: one per (group, replica) in the plan, in rank order.
 
     ``spec_groups`` maps a group name to its ``WorkerGroupSpec`` (image, resources, node
-    selector). Pod env: the torch contract for the pod's first rank plus
+    selector, pod template). Pod env: the torch contract for the pod's first rank plus
     ``LOCAL_WORLD_SIZE``; the launcher derives each process's RANK and LOCAL_RANK.
     """
     plan = action.plan
@@ -201,8 +214,9 @@ def replicas(plan: Plan) -> dict[tuple[str, int], list[RankPlacement]]:
     return members
 
 
-def node_affinity(placements: list[RankPlacement]) -> dict[str, Any] | None:
-    """Required node affinity pinning one pod to the node its ranks were planned on.
+def node_affinity(placements: list[RankPlacement]) -> list[dict[str, Any]] | None:
+    """The required node selector expressions pinning one pod to the node its ranks were
+    planned on (:func:`pod_manifest` ANDs them into every term of the template's affinity).
 
     ``placements`` are the pod's ``RankPlacement``s. Only when every one names the same
     node: a pod runs on one node, so disagreeing (or partly unplaced) ranks pin nothing and
@@ -212,8 +226,7 @@ def node_affinity(placements: list[RankPlacement]) -> dict[str, Any] | None:
     if len(nodes) != 1 or None in nodes:
         return None
     (node,) = nodes
-    term = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node]}]}
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+    return [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node]}]
 
 
 def avoid_nodes(pod: dict[str, Any], nodes: Collection[str]) -> dict[str, Any]:
@@ -223,13 +236,18 @@ def avoid_nodes(pod: dict[str, Any], nodes: Collection[str]) -> dict[str, Any]:
     Works on any rendered pod; returns it unchanged when ``nodes`` is empty."""
     if not nodes:
         return pod
-    avoid = {"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(nodes)}
     pod = copy.deepcopy(pod)
-    required = (pod["spec"].setdefault("affinity", {}).setdefault("nodeAffinity", {})
-                .setdefault("requiredDuringSchedulingIgnoredDuringExecution", {}))
-    terms = required.setdefault("nodeSelectorTerms", []) or [{}]
-    required["nodeSelectorTerms"] = [t | {"matchExpressions": [*t.get("matchExpressions", []), avoid]} for t in terms]
+    _require(pod["spec"], [{"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(nodes)}])
     return pod
+
+
+def _require(pod_spec: dict[str, Any], expressions: list[dict[str, Any]]) -> None:
+    """AND ``expressions`` into every required node selector term of ``pod_spec`` (terms are
+    ORed, the expressions of one term ANDed), making one term when there is none."""
+    required = (pod_spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+                .setdefault("requiredDuringSchedulingIgnoredDuringExecution", {}))
+    terms = required.get("nodeSelectorTerms") or [{}]
+    required["nodeSelectorTerms"] = [t | {"matchExpressions": [*t.get("matchExpressions", []), *expressions]} for t in terms]
 
 
 def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, master, config_json, settings, affinity) -> dict[str, Any]:
@@ -247,7 +265,7 @@ def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, ma
     }
     container = rank_container(group_spec, ["python", "-m", "shardwright.workers.launch"], env, settings)
     labels = replica_labels(owner, action.generation, group, replica, base)
-    return pod_manifest(owner, action.generation, name, labels, container, settings, group_spec=group_spec, affinity=affinity,
+    return pod_manifest(owner, action.generation, name, labels, container, settings, group_spec=group_spec, pinned=affinity,
                         checkpoint=action.config.checkpoint)
 
 
@@ -257,12 +275,17 @@ def replica_labels(owner: Owner, generation: int, group: str, replica: int, firs
     }
 
 
+def group_image(group_spec, settings: PodSettings) -> str:
+    """The image of a group's ranks: the group's, its template's rank container's, the chart's."""
+    return group_spec.image or group_spec.template.container(RANK_CONTAINER).get("image") or settings.image
+
+
 def rank_container(group_spec, command: list[str], env: dict[str, str], settings: PodSettings) -> dict[str, Any]:
     """The container of a pod that hosts ranks: the group's image and resources, rank 0's
     rendezvous port and the telemetry port."""
     return {
-        "name": "ranks",
-        "image": group_spec.image or settings.image,
+        "name": RANK_CONTAINER,
+        "image": group_image(group_spec, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": command,
         "env": [{"name": k, "value": v} for k, v in env.items()],
@@ -275,29 +298,40 @@ def rank_container(group_spec, command: list[str], env: dict[str, str], settings
 
 
 def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str], container: dict[str, Any],
-                 settings: PodSettings, *, group_spec=None, affinity: dict[str, Any] | None = None,
-                 checkpoint: CheckpointConfig | None = None) -> dict[str, Any]:
+                 settings: PodSettings, *, group_spec=None, template: PodTemplate | None = None,
+                 pinned: list[dict[str, Any]] | None = None, checkpoint: CheckpointConfig | None = None) -> dict[str, Any]:
     """A pod of generation ``generation`` around ``container``: DNS name ``<name>.<service>``,
-    never restarted in place, the checkpoint storage, the Kueue queue label and gang
-    scheduling; a worker group's node selector and a planned node's affinity when given."""
-    labels = dict(labels)
+    never restarted in place, the checkpoint storage, /dev/shm, the Kueue queue label and
+    gang scheduling; a worker group's node selector and pod template (``template``, else the
+    group's), and the node expressions ``pinned`` ANDed into its required node affinity."""
+    if template is None:
+        template = group_spec.template if group_spec is not None else PodTemplate()
+    theirs = copy.deepcopy(template.spec)
+    labels = template.metadata.labels | labels
     if queue := owner.labels.get(KUEUE_QUEUE_LABEL):
         labels[KUEUE_QUEUE_LABEL] = queue
-    pod_spec: dict[str, Any] = {
+    pod_spec: dict[str, Any] = {"automountServiceAccountToken": False}  # nothing in the pod calls the API server
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    if group_spec is not None and group_spec.node_selector:
+        pod_spec["nodeSelector"] = dict(group_spec.node_selector)
+    pod_spec |= {k: v for k, v in theirs.items() if k not in ("containers", "initContainers", "securityContext")}
+    pod_spec |= {
         "restartPolicy": "Never",  # a failed rank ends the generation; the operator restarts it
         "hostname": name,
         "subdomain": service_name(owner),
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
-        "containers": [container],
+        "securityContext": POD_SECURITY | theirs.get("securityContext", {}),
+        "containers": [_overlay(container, template.container(container["name"]))],
     }
-    if group_spec is not None and group_spec.node_selector:
-        pod_spec["nodeSelector"] = dict(group_spec.node_selector)
-    if affinity is not None:
-        pod_spec["affinity"] = affinity
-    if settings.service_account:
-        pod_spec["serviceAccountName"] = settings.service_account
-    _checkpoint_storage(pod_spec, container, checkpoint, settings)
-    annotations = {}
+    if init := theirs.get("initContainers"):
+        pod_spec["initContainers"] = [_restricted(c) for c in init]
+    if pinned:
+        _require(pod_spec, pinned)
+    main = pod_spec["containers"][0]
+    _checkpoint_storage(pod_spec, main, checkpoint, settings)
+    _shared_memory(pod_spec, main)
+    annotations = dict(template.metadata.annotations)
     if settings.gang_scheduler == "volcano":
         pod_spec["schedulerName"] = "volcano"
         annotations["scheduling.k8s.io/group-name"] = pod_group_name(owner, generation)
@@ -309,6 +343,40 @@ def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 
+def _overlay(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """The operator's container with the template's one of the same name over it: lists
+    (env, envFrom, volumeMounts, ports) appended, the operator's env first and kept (a name
+    it sets is dropped from the template's), other fields the template's; what runs stays
+    the operator's. Restricted securityContext defaults under the template's fields."""
+    out = ours | {k: v for k, v in theirs.items() if k not in _OURS}
+    for key in ("envFrom", "volumeMounts", "ports"):
+        out[key] = [*ours.get(key, []), *theirs.get(key, [])]
+    ours_env = ours.get("env", [])
+    owned = {e["name"] for e in ours_env}
+    out["env"] = [*ours_env, *(e for e in theirs.get("env", []) if not (isinstance(e, dict) and e.get("name") in owned))]
+    return _restricted({k: v for k, v in out.items() if v != []})
+
+
+#: Container fields the overlay never takes from a template: what runs and its lists.
+_OURS = frozenset({"name", "command", "args", "env", "envFrom", "volumeMounts", "ports"})
+
+
+def _restricted(container: dict[str, Any]) -> dict[str, Any]:
+    """``container`` with the restricted profile's securityContext under its own fields."""
+    return container | {"securityContext": copy.deepcopy(CONTAINER_SECURITY) | container.get("securityContext", {})}
+
+
+def _shared_memory(pod_spec: dict[str, Any], container: dict[str, Any]) -> None:
+    """A memory-backed ``/dev/shm`` (NCCL's and Ray's shared buffers; the runtime's default is
+    64 MiB), limited to the container's memory limit, which its pages count against anyway;
+    without a limit the kubelet sizes it to the node's allocatable memory."""
+    volume: dict[str, Any] = {"medium": "Memory"}
+    if limit := (container.get("resources") or {}).get("limits", {}).get("memory"):
+        volume["sizeLimit"] = limit
+    pod_spec["volumes"] = [*pod_spec.get("volumes", []), {"name": SHM_VOLUME, "emptyDir": volume}]
+    container["volumeMounts"] = [*container.get("volumeMounts", []), {"name": SHM_VOLUME, "mountPath": SHM_PATH}]
+
+
 def _checkpoint_storage(pod_spec: dict[str, Any], container: dict[str, Any], checkpoint: CheckpointConfig | None,
                         settings: PodSettings) -> None:
     """The job's checkpoint storage in the pod: its own claim (spec.checkpoint.volumeClaim),
@@ -316,8 +384,8 @@ def _checkpoint_storage(pod_spec: dict[str, Any], container: dict[str, Any], che
     keys of its credentials Secret by reference (envFrom): no secret value in the pod spec."""
     claim = (checkpoint.volume_claim if checkpoint else None) or settings.checkpoint_claim
     if claim:
-        pod_spec["volumes"] = [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim}}]
-        container["volumeMounts"] = [{"name": "checkpoints", "mountPath": settings.checkpoint_mount}]
+        pod_spec["volumes"] = [*pod_spec.get("volumes", []), {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": claim}}]
+        container["volumeMounts"] = [*container.get("volumeMounts", []), {"name": CHECKPOINT_VOLUME, "mountPath": settings.checkpoint_mount}]
     if checkpoint is None:
         return
     if checkpoint.endpoint:

@@ -10,6 +10,9 @@ shardwright.workers.raynode`` joins the head offering a custom resource named af
 pod, one unit per rank, which pins each rank's actor there. Rank 0 serves ``/status`` on
 its pod's telemetry port as with torch, so the operator's polling does not change.
 
+The head pod takes the pod-level fields of rank 0's group's template (not its containers
+or volumes), the restricted securityContext defaults and /dev/shm, as every pod does.
+
 Reading the pods back (``podstatus.observe_pods``): the head decides, a worker pod's own failure
 (OOMKilled, evicted, node lost) names the ranks it hosted.
 """
@@ -70,16 +73,17 @@ def render_pods(owner: render.Owner, action: StartGeneration, spec_groups: dict[
         labels = render.replica_labels(owner, generation, group, replica, first) | {render.LABEL_ROLE: render.ROLE_RAY_WORKER}
         workers.append(render.pod_manifest(
             owner, generation, name, labels, render.rank_container(spec_groups[group], command, env, settings), settings,
-            group_spec=spec_groups[group], affinity=render.node_affinity(placements), checkpoint=action.config.checkpoint,
+            group_spec=spec_groups[group], pinned=render.node_affinity(placements), checkpoint=action.config.checkpoint,
         ))
     env = {
         "WORLD_SIZE": str(world), "MASTER_PORT": str(settings.master_port),
         RAY_PODS_ENV: encode_pods(members), CONFIG_ENV: action.config.model_dump_json(),
     }
+    first_group = spec_groups[action.plan.ranks[0].group]
     container = {
         "name": "ray-head",
         # Rank 0's image: the driver and the ranks must run the same Shardwright and Ray.
-        "image": spec_groups[action.plan.ranks[0].group].image or settings.image,
+        "image": render.group_image(first_group, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "shardwright.operator.cli", "ray-head"],
         "env": [{"name": k, "value": v} for k, v in env.items()],
@@ -89,4 +93,9 @@ def render_pods(owner: render.Owner, action: StartGeneration, spec_groups: dict[
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     labels = render.job_labels(owner) | {render.LABEL_GENERATION: str(generation), render.LABEL_ROLE: render.ROLE_RAY_HEAD}
-    return [render.pod_manifest(owner, generation, head, labels, container, settings, checkpoint=action.config.checkpoint), *workers]
+    # Rank 0's group's template without its containers and volumes: the head pulls the same
+    # image (imagePullSecrets) onto the same kind of node (tolerations, priority).
+    pod_level = {k: v for k, v in first_group.template.spec.items() if k not in ("containers", "initContainers", "volumes")}
+    template = first_group.template.model_copy(update={"spec": pod_level})
+    return [render.pod_manifest(owner, generation, head, labels, container, settings, template=template,
+                                checkpoint=action.config.checkpoint), *workers]

@@ -31,7 +31,7 @@ SPEC_FIELDS = (
     "activeDeadlineSeconds, checkpoint, data, elastic, failurePolicy, model, parallelism, "
     "runtime, stragglerPolicy, suspend, training, ttlSecondsAfterFinished, workers"
 )
-WORKER_FIELDS = "gpuType, image, name, nodeSelector, ranksPerReplica, replicas, resources"
+WORKER_FIELDS = "gpuType, image, name, nodeSelector, ranksPerReplica, replicas, resources, template"
 
 CASES = [
     # wrong types

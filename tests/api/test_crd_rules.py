@@ -52,9 +52,11 @@ def test_a_job_named_before_the_rule_still_takes_updates(kube, namespace):
     ({"spec.parallelism.sequence.degree": 2}, "spec.parallelism.sequence"),
     ({"spec.workers[0].resources": {"requests": {"cpu": "2"}}}, "spec.workers"),
     ({"spec.workers[0].image": "other:1"}, "spec.workers"),
+    ({"spec.workers[0].template": {"spec": {"tolerations": [{"key": "gpu", "operator": "Exists"}]}}}, "spec.workers"),
     ({"spec.workers[0].name": "gpus"}, "spec.workers"),
     ({"spec.workers": [{"name": "worker", "replicas": 2}, {"name": "more", "replicas": 1}]}, "spec.workers"),
-], ids=["model", "training", "data", "runtime", "checkpoint", "sequence", "group-resources", "group-image", "group-name", "group-added"])
+], ids=["model", "training", "data", "runtime", "checkpoint", "sequence", "group-resources", "group-image", "group-template",
+     "group-name", "group-added"])
 def test_a_running_job_keeps_what_its_generation_started_with(kube, namespace, edits, field):
     """Refused while the stored job is not suspended, naming the field and the way out;
     accepted once it is."""

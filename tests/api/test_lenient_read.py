@@ -15,6 +15,7 @@ NEWER = {
     "status": {"phase": "Running", "futureField": True, "ranks": [{"rank": 0, "state": "Running", "futureField": "y"}],
                "conditions": [{"type": "Running", "status": "True", "reason": "RanksRunning", "lastTransitionTime": "2026-01-01T00:00:00Z", "futureField": 1}]},
     "metadata.managedFields": [{"manager": "kubectl"}],  # metadata keeps what it does not read
+    "spec.workers[0].template": {"spec": {"futurePodField": 1}},  # a PodSpec is kept as written
 }
 
 
@@ -27,6 +28,7 @@ def test_unknown_fields_at_any_depth_are_dropped_and_named():
                                "status.conditions[0].futureField", "status.futureField", "status.ranks[0].futureField"]
     assert job.status.ranks[0].rank == 0 and job.status.conditions[0].reason == "RanksRunning"
     assert job.metadata.model_extra["managedFields"] == [{"manager": "kubectl"}]
+    assert job.spec.workers[0].template.spec == {"futurePodField": 1}
     assert doc == before  # the watched body is not changed
     assert validate(doc)[0] is None  # what a user sends stays strict
 

@@ -72,9 +72,9 @@ def denial(cluster, doc: dict) -> ApiError | None:
     pytest.fail("the bad TrainingJob was created")
 
 
-@pytest.mark.xfail(strict=True, reason="REVIEW-operator finding 4: the pods have no securityContext, so a namespace "
-                   "enforcing the restricted Pod Security level refuses them (403) and the job never starts")
 async def test_pods_pass_the_restricted_pod_security_level(cluster):
+    """REVIEW-operator finding 4: every pod carries the restricted profile's securityContext
+    (pods.POD_SECURITY, CONTAINER_SECURITY), so a namespace enforcing it runs the job."""
     cluster.api.merge(f"/api/v1/namespaces/{cluster.namespace}", {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
     async with running_operator(cluster) as memo:
         await create_job(cluster, tiny_job())

@@ -73,7 +73,8 @@ def test_the_ray_runtimes_pods_get_them_too():
 def test_a_jobs_volume_claim_replaces_the_operators_at_the_checkpoint_mount():
     mine, shared, none = (pods_of(ckpt, render.PodSettings(checkpoint_claim=claim))[0]["spec"]
                           for ckpt, claim in (({"volumeClaim": "tiny-ckpt"}, "shared"), ({}, "shared"), ({}, None)))
-    assert mine["volumes"] == [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": "tiny-ckpt"}}]
-    assert mine["containers"][0]["volumeMounts"] == [{"name": "checkpoints", "mountPath": "/checkpoints"}]
+    shm = {"name": "shm", "emptyDir": {"medium": "Memory"}}  # every pod's /dev/shm (test_pod_templates.py)
+    assert mine["volumes"] == [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": "tiny-ckpt"}}, shm]
+    assert mine["containers"][0]["volumeMounts"] == [{"name": "checkpoints", "mountPath": "/checkpoints"}, {"name": "shm", "mountPath": "/dev/shm"}]
     assert shared["volumes"][0]["persistentVolumeClaim"]["claimName"] == "shared"
-    assert "volumes" not in none and "envFrom" not in none["containers"][0]
+    assert none["volumes"] == [shm] and "envFrom" not in none["containers"][0]
