@@ -75,6 +75,9 @@ def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading
                 # checkpoint even when it can no longer reach this rank.
                 with contextlib.suppress(OSError):
                     Path(path).write_text(trainer.telemetry.termination_message())
+            # DDP's reducer holds the process group: let it go while the group is alive (a
+            # gloo group destroyed from the reducer after destroy_process_group can hang).
+            del trainer
     finally:
         dist.destroy_process_group()
 

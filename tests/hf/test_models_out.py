@@ -106,6 +106,9 @@ def trained(tmp_path_factory):
         optimizer.step()
         checkpointer = Checkpointer(CheckpointConfig(dir=str(root), async_save=False), layout="dp=1,sp=1", generation=1)
         checkpointer.save(1, model, optimizer, data_position=2)
+        # DDP's reducer holds the process group: freed after destroy_process_group, its
+        # gloo group's destructor may wait forever on its worker threads (seen in CI).
+        del model, optimizer
     finally:
         dist.destroy_process_group()
     return root, cfg
