@@ -101,6 +101,7 @@ def problems(path: str, group: Any) -> Iterable[tuple[str, str]]:
 
 
 def _rank_container(at: str, c: dict[str, Any], path: str, group: Any) -> Iterable[tuple[str, str]]:
+    """The template's rank container ``c`` at ``at``: what it adds, never what runs."""
     for field in OWNED_CONTAINER_FIELDS:
         if field in c:
             yield f"{at}.{field}", "the operator runs the ranks' launcher there; remove it"
@@ -112,16 +113,17 @@ def _rank_container(at: str, c: dict[str, Any], path: str, group: Any) -> Iterab
     for key in ("env", "envFrom", "volumeMounts", "ports"):
         if key in c and not isinstance(c[key], list):
             yield f"{at}.{key}", f"must be a list (got {type(c[key]).__name__})"
-    for i, env in enumerate(c.get("env") if isinstance(c.get("env"), list) else []):
-        if isinstance(env, dict) and env.get("name") in OWNED_ENV:
+    for i, env in enumerate(_items(c, "env")):
+        if env.get("name") in OWNED_ENV:
             yield f"{at}.env[{i}].name", f"{env['name']} is set by the operator; owned: {', '.join(sorted(OWNED_ENV))}"
-    for i, mount in enumerate(c.get("volumeMounts") if isinstance(c.get("volumeMounts"), list) else []):
-        if isinstance(mount, dict) and mount.get("mountPath") == SHM_PATH:
+    for i, mount in enumerate(_items(c, "volumeMounts")):
+        if mount.get("mountPath") == SHM_PATH:
             yield f"{at}.volumeMounts[{i}].mountPath", f"the operator mounts a memory-backed volume at {SHM_PATH}"
 
 
 def _items(node: dict[str, Any], field: str) -> list[Any]:
-    """``node[field]`` when it is a list of mappings (else :func:`_named` says so), else none."""
+    """``node[field]`` when it is a list of mappings, else none (what is malformed there is
+    :func:`_named`'s to name, or the API server's)."""
     items = node.get(field)
     return items if isinstance(items, list) and all(isinstance(i, dict) for i in items) else []
 
