@@ -5,8 +5,8 @@ The operator runs out of cluster against kube-apiserver (as in
 tests/cluster/test_operator_out_of_cluster.py) with its ``/metrics`` on a free port and
 reconciles examples/tiny-train.yaml:
 
-- in a namespace that enforces the restricted Pod Security level: the API server refuses the
-  job's pods (REVIEW-operator finding 4), so the passes are timed
+- in a namespace whose ResourceQuota allows no pods: the API server refuses the job's pods
+  (403), so the passes are timed
   (``shardwright_operator_reconcile_seconds``) and end in an API error
   (``shardwright_operator_reconcile_errors_total``), both real; every panel reading an
   operator-only family must return a series with a number;
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.cluster
 
 
 def test_reconcile_panels_return_series_from_the_operator_on_the_control_plane(kube, namespace, tmp_path, capsys):
-    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    kube.kubectl("-n", namespace, "create", "quota", "no-pods", "--hard=pods=0")
     wanted = [(title, expr) for _, title, expr in panels() if OPERATOR_ONLY in expr]
     assert wanted, "the dashboards chart the operator's reconcile loop"
     panels_from_the_operator(kube, namespace, tmp_path, capsys, wanted)
