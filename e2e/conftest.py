@@ -63,10 +63,11 @@ def cluster(request, tmp_path_factory) -> Cluster:
 def installed(cluster: Cluster):
     """The chart in its namespace; a namespace for jobs with a shared checkpoint claim."""
     from e2e.cluster import audit
-    from e2e.jobs import CLAIM, NS, OPERATOR_SA, SYSTEM, wait
+    from e2e.jobs import CLAIM, NS, OPERATOR_SA, SYSTEM, WORKER_SA, wait
 
     audit_from = audit.size(cluster.audit_log) if cluster.audit_log else 0
     cluster.kubectl("create", "namespace", NS)
+    cluster.kubectl("-n", NS, "create", "serviceaccount", WORKER_SA)
     if cluster.storage is not None:  # process-backed nodes: a hostPath volume all of them see
         cluster.kubectl("apply", "-f", "-", input=json.dumps({
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-checkpoints"},
@@ -77,7 +78,8 @@ def installed(cluster: Cluster):
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}}))
     cluster.run("helm", "install", "sw", str(ROOT / "helm" / "shardwright"), "-n", SYSTEM, "--create-namespace",
                 "--wait", "--timeout=3m", "--take-ownership", "--set", f"image.repository={cluster.image.rsplit(':', 1)[0]}",
-                "--set", f"image.tag={cluster.image.rsplit(':', 1)[1]}", "--set", f"checkpoints.claim={CLAIM}")
+                "--set", f"image.tag={cluster.image.rsplit(':', 1)[1]}", "--set", f"checkpoints.claim={CLAIM}",
+                "--set", f"workerServiceAccount={WORKER_SA}")
     # The webhook answers once the operator leads: a valid object is admitted.
     wait(lambda: cluster.kubectl("-n", NS, "apply", "--dry-run=server", "-f", str(ROOT / "examples" / "tiny-train.yaml"),
                                  check=False).returncode == 0, 120, "webhook serving")

@@ -14,6 +14,8 @@ NS = "e2e-train"
 CLAIM = "checkpoints"
 #: The operator's ServiceAccount: the chart's full name for release ``sw``.
 OPERATOR_SA = "sw-shardwright"
+#: The worker pods' ServiceAccount in NS (the chart's workerServiceAccount).
+WORKER_SA = "trainers"
 #: Polls through kubectl once a second: the pods training beside the test share its cores.
 wait = functools.partial(wait_for, every=1.0)
 

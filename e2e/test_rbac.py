@@ -12,7 +12,7 @@ from __future__ import annotations
 import yaml
 
 from e2e.cluster import audit
-from e2e.jobs import NS, OPERATOR_SA, SYSTEM, example, status, wait
+from e2e.jobs import NS, OPERATOR_SA, SYSTEM, WORKER_SA, example, status, wait
 
 import pytest
 
@@ -41,6 +41,8 @@ def test_a_jobs_whole_life_uses_exactly_the_granted_permissions(cluster, install
     doc["spec"]["ttlSecondsAfterFinished"] = 5
     cluster.kubectl("-n", NS, "apply", "-f", "-", input=yaml.safe_dump(doc))
     wait(lambda: status(cluster, "rbac").get("phase") == "Running", 300, "Running")
+    pod = cluster.json("-n", NS, "get", "pod", "rbac-g1-worker-0")["spec"]
+    assert pod["serviceAccountName"] == WORKER_SA and pod["automountServiceAccountToken"] is False
     # A readmit of a node the job never avoided: told it is ignored, the annotation removed.
     cluster.kubectl("-n", NS, "annotate", "tj", "rbac", "shardwright.io/readmit-nodes=nowhere")
     wait(lambda: "shardwright.io/readmit-nodes" not in cluster.json("-n", NS, "get", "tj", "rbac")["metadata"].get("annotations", {}),

@@ -24,6 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--webhook", choices=["auto", "on", "off"], default="auto",
                    help="serve the admission webhook: on (certificate required), off, or auto: on when the certificate exists")
     p.add_argument("--checkpoint-claim", help="PersistentVolumeClaim mounted at /checkpoints in every worker pod")
+    p.add_argument("--worker-service-account", help="ServiceAccount of every worker pod (default: the namespace's default)")
     p.add_argument("--lease-namespace", help="namespace of the leader Lease (default: no leader election)")
     p.add_argument("--gang-scheduler", choices=["volcano", "scheduler-plugins"], help="create a PodGroup per generation")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds pods may stay Pending")
@@ -54,7 +55,8 @@ def _operator(args) -> int:
     except webhook.ConfigError as e:
         print(f"shardwright operator: {e}", file=sys.stderr)
         return 2
-    pods = PodSettings(gang_scheduler=args.gang_scheduler, checkpoint_claim=args.checkpoint_claim)
+    pods = PodSettings(gang_scheduler=args.gang_scheduler, checkpoint_claim=args.checkpoint_claim,
+                       service_account=args.worker_service_account)
     if args.image:
         pods = dataclasses.replace(pods, image=args.image)
     cfg = handlers.OperatorConfig(

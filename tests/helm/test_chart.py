@@ -25,6 +25,7 @@ NON_DEFAULT = {
     "leaderElection": {"enabled": False},
     "gangScheduler": "volcano",
     "cordonNodes": True,
+    "workerServiceAccount": "trainers",
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "webhook": {"certSecret": "my-cert", "caBundle": "Q0E=", "failurePolicy": "Ignore"},
     "dashboards": {"enabled": False},
@@ -89,6 +90,7 @@ def test_default_operator_is_locked_down(default_objects):
     assert set(nodes_rule["verbs"]) == {"list", "watch"}  # no cordoning unless asked
     assert not any("namespaces" in r["resources"] for r in rules)  # cluster-wide: Kopf observes none
     assert "--cordon-nodes" not in container["args"]
+    assert not any(a.startswith("--worker-service-account") for a in container["args"])
     secret = by_kind(default_objects, "Secret")[0]
     webhook = by_kind(default_objects, "ValidatingWebhookConfiguration")[0]["webhooks"][0]
     assert secret["type"] == "kubernetes.io/tls" and webhook["clientConfig"]["caBundle"]
@@ -106,7 +108,7 @@ def test_non_default_values_take_effect():
     assert not any(a.startswith("--lease-namespace") for a in args)
     rules = by_kind(objects, "ClusterRole")[0]["rules"]
     assert any(r["apiGroups"] == ["scheduling.volcano.sh"] for r in rules)
-    assert "--cordon-nodes" in args
+    assert "--cordon-nodes" in args and "--worker-service-account=trainers" in args
     assert set(next(r for r in rules if r["resources"] == ["nodes"])["verbs"]) == {"list", "watch", "patch"}
     assert next(r for r in rules if r["resources"] == ["namespaces"])["verbs"] == ["get", "list", "watch"]  # Kopf observes team-a
     assert by_kind(objects, "ServiceMonitor")[0]["metadata"]["labels"]["release"] == "prom"
