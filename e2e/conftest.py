@@ -66,6 +66,8 @@ def installed(cluster: Cluster):
     from e2e.jobs import CLAIM, NS, OPERATOR_SA, SYSTEM, WORKER_SA, wait
 
     audit_from = audit.size(cluster.audit_log) if cluster.audit_log else 0
+    # A module before this one may still be deleting the namespace (its pods stopping).
+    wait(lambda: cluster.kubectl("get", "namespace", NS, check=False).returncode != 0, 300, f"namespace {NS} gone")
     cluster.kubectl("create", "namespace", NS)
     cluster.kubectl("-n", NS, "create", "serviceaccount", WORKER_SA)
     if cluster.storage is not None:  # process-backed nodes: a hostPath volume all of them see
@@ -84,8 +86,16 @@ def installed(cluster: Cluster):
     wait(lambda: cluster.kubectl("-n", NS, "apply", "--dry-run=server", "-f", str(ROOT / "examples" / "tiny-train.yaml"),
                                  check=False).returncode == 0, 120, "webhook serving")
     yield
+    # Up to the uninstall: helm removes the Role and the operator at once, so the operator's
+    # last Lease release may be refused on the way out; nothing depends on it.
+    audit_until = audit.size(cluster.audit_log) if cluster.audit_log else 0
     cluster.run("helm", "uninstall", "sw", "-n", SYSTEM, "--wait", "--timeout=2m", check=False)
-    cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+    # Gone before the next module installs again: its namespace, and the volume bound to the
+    # claim that went with it (a static volume stays Released, and its path is this module's).
+    cluster.kubectl("delete", "namespace", NS, "--timeout=300s", check=False, timeout=330)
+    if cluster.storage is not None:
+        cluster.kubectl("delete", "pv", f"{NS}-checkpoints", "--timeout=60s", check=False, timeout=90)
     if cluster.audit_log:  # every call the operator made under the chart's RBAC was allowed
-        refused = [c for c in audit.calls(cluster.audit_log, audit.service_account(SYSTEM, OPERATOR_SA), since=audit_from) if c.code == 403]
+        refused = [c for c in audit.calls(cluster.audit_log, audit.service_account(SYSTEM, OPERATOR_SA),
+                                             since=audit_from, until=audit_until) if c.code == 403]
         assert not refused, f"the chart's RBAC refused the operator: {sorted(set(refused))}"

@@ -18,12 +18,14 @@ class Call:
     code: int
 
 
-def calls(log: Path, username: str, *, since: int = 0) -> list[Call]:
-    """Requests ``username`` made, from byte offset ``since`` of the log on."""
+def calls(log: Path, username: str, *, since: int = 0, until: int | None = None) -> list[Call]:
+    """Requests ``username`` made, between byte offsets ``since`` and ``until`` of the log."""
     out = []
     with log.open("rb") as f:
         f.seek(since)
         for line in f:
+            if until is not None and f.tell() > until:
+                break
             try:
                 event = json.loads(line)
             except ValueError:
