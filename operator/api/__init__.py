@@ -17,17 +17,8 @@ from .enums import (
 )
 from .presets import PRESETS, ModelPreset
 from .servingpool import ServingPool, ServingPoolSpec, ServingPoolStatus, validate_pool
-from .trainingjob import (
-    GROUP,
-    VERSION,
-    CheckpointRef,
-    RankStatus,
-    StragglerPolicySpec,
-    StragglerStatus,
-    TrainingJob,
-    TrainingJobSpec,
-    TrainingJobStatus,
-)
+from .trainingjob import GROUP, VERSION, StragglerPolicySpec, TrainingJob, TrainingJobSpec
+from .trainingjobstatus import CheckpointRef, RankStatus, StragglerStatus, TrainingJobStatus
 from .validation import InvalidManifest, Problem, load_documents, parse, validate
 
 __all__ = [
