@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import yaml
 
 from shardwright.operator.backends.ports import free_port
 
+from .buildscript import built
 from .controlplane import ControlPlane, Settings
 
 HERE = Path(__file__).resolve().parent
@@ -25,10 +25,7 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 
 def binaries() -> Path:
     """The binary folder, building it first when missing (build.sh; a no-op when cached)."""
-    out = subprocess.run(["bash", str(HERE / "build.sh")], capture_output=True, text=True, timeout=5400)
-    if out.returncode != 0:
-        raise RuntimeError(f"building the control plane failed (e2e/cluster/build.sh):\n{out.stderr[-3000:]}")
-    return Path(out.stdout.strip().splitlines()[-1])
+    return built(HERE / "build.sh", "the control plane", timeout=5400)
 
 
 def control_plane(state_dir: Path, *, die_with_parent: bool = True, crds: bool = True) -> ControlPlane:

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from e2e.cluster.buildscript import built
 from tests.support.cluster import wait_for
 
 HERE = Path(__file__).resolve().parents[2] / "e2e" / "s3server"
@@ -26,10 +27,7 @@ REGION = "us-east-1"
 
 
 def binary() -> Path:
-    out = subprocess.run(["bash", str(HERE / "build.sh")], capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise RuntimeError(f"building the S3 server failed (e2e/s3server/build.sh):\n{out.stderr[-3000:]}")
-    return Path(out.stdout.strip().splitlines()[-1])
+    return built(HERE / "build.sh", "the S3 server", timeout=900)
 
 
 @dataclasses.dataclass
