@@ -6,13 +6,13 @@ local runner call it in a loop and carry out the actions. Each (re)start of the 
 live on the job's status, so recreating children never resets them.
 
 Reconcile is an ordered list of small steps; a step that settles the outcome returns True
-and the rest are skipped. Events are emitted only on transitions, so calling reconcile
-again with the same inputs yields the same status and no new events.
+and the rest are skipped. Starting and ending a generation live in ``generations``. Events
+are emitted only on transitions, so calling reconcile again with the same inputs yields the
+same status and no new events.
 """
 
 from __future__ import annotations
 
-import datetime
 import re
 
 from shardwright.operator.api import (
@@ -28,11 +28,11 @@ from shardwright.operator.api import (
 )
 from shardwright.operator.planner import Plan
 
-from . import stragglers
-from .actions import Action, Event, ReplaceRank, Result, SetShares, StartGeneration, StopGeneration
+from . import generations, stragglers
+from .actions import Action, Event, ReplaceRank, Result, SetShares, StopGeneration
 from .conditions import is_true, set_condition
 from .observed import Observed, RankObservation, parse_time, rfc3339
-from .render import JobRef, worker_config
+from .render import JobRef
 
 #: Jobs up to this many ranks list every rank in status; bigger ones only aggregate.
 RANK_DETAIL_LIMIT = 16
@@ -225,25 +225,7 @@ class _Reconcile:
         return False
 
     def ensure_generation_started(self) -> bool:
-        st = self.status
-        needs_start = st.generation == 0 or st.phase in (Phase.RESTARTING, Phase.SUSPENDED)
-        if not needs_start:
-            return False
-        if any(r.alive for r in self.seen.of_generation(st.generation)):
-            return True  # the previous generation is still shutting down
-        if st.next_start_time is not None:
-            wait = (parse_time(st.next_start_time) - self.seen.now).total_seconds()
-            if wait > 0:
-                self.requeue(wait)
-                return True
-        if self.plan is None:
-            self.wait_for_capacity()
-            return True
-        if self.seen.blocked:
-            self.condition(ConditionType.RUNNING, False, Reason.PREVIOUS_JOB_TERMINATING, self.seen.blocked)
-            return True
-        self.start_generation()
-        return True
+        return generations.ensure_started(self)  # the start itself: generations.py
 
     def ensure_generation_outcome(self) -> bool:
         st = self.status
@@ -256,18 +238,18 @@ class _Reconcile:
             # A disruption, or a generation that only ever waited for room, is not the
             # job's failure: restart without spending the budget (failure rules still apply).
             spend = not (first.disrupted or all(r.reason == "PodsReadyTimeout" and "Unschedulable" in r.message for r in failed))
-            self.restart_or_fail(first.reason or Reason.RANK_FAILED, message, decide(self.spec, failed), spend=spend)
+            generations.restart_or_fail(self, first.reason or Reason.RANK_FAILED, message, decide(self.spec, failed), spend=spend)
         elif not ranks:
             # A generation just started may not be visible yet (a lagging cache): only
             # ranks that were running and vanished count as lost.
             if st.phase is Phase.RUNNING:
-                self.restart_or_fail(Reason.RANKS_LOST, f"Every rank of generation {st.generation} is gone")
+                generations.restart_or_fail(self, Reason.RANKS_LOST, f"Every rank of generation {st.generation} is gone")
         elif len(ranks) == st.world_size and all(r.state is RankState.SUCCEEDED for r in ranks):
             self.complete()
         elif (stalled := self.stalled_seconds()) is not None:
             computing = [r.rank for r in ranks if r.activity == "hung" or r.activity == "computing"]
             who = f"; ranks not waiting in a collective: {computing}" if computing else ""
-            self.restart_or_fail(Reason.NO_PROGRESS, f"No step completed for {stalled:.0f}s (step {st.step}){who}")
+            generations.restart_or_fail(self, Reason.NO_PROGRESS, f"No step completed for {stalled:.0f}s (step {st.step}){who}")
         elif len(ranks) == st.world_size and all(r.state is RankState.RUNNING for r in ranks):
             if st.phase is not Phase.RUNNING:
                 st.phase = Phase.RUNNING
@@ -280,85 +262,6 @@ class _Reconcile:
         return True
 
     # ------------------------------------------------------------------ transitions
-
-    def start_generation(self) -> None:
-        st = self.status
-        usable = [c for c in self.seen.checkpoints if c.step not in st.rejected_checkpoints]
-        resume = usable[-1] if usable else None
-        st.generation += 1
-        st.world_size = self.plan.world_size
-        st.plan = self.plan.summary
-        st.generation_start_time = self.now
-        st.last_progress_time = None  # set when the new ranks first report
-        st.next_start_time = None
-        # Pending until every rank of the new generation runs; staying Restarting or
-        # Suspended would make the next reconcile start yet another generation.
-        st.phase = Phase.PENDING
-        # Straggler state names ranks of the old generation; the new one is judged afresh.
-        st.stragglers, st.data_shares, st.straggler_mitigated_step = [], None, None
-        if is_true(st.conditions, ConditionType.DEGRADED):
-            self.condition(ConditionType.DEGRADED, False, Reason.STRAGGLER_CLEARED, f"Generation {st.generation} starts afresh")
-        config = worker_config(self.job, self.spec, self.plan, st.generation, resume)
-        self.actions.append(StartGeneration(st.generation, self.plan, config))
-        if resume is not None and resume.world_size != self.plan.world_size:
-            self.event(
-                EventType.NORMAL, Reason.RESHARDED,
-                f"Checkpoint of step {resume.step} written at world size {resume.world_size} ({resume.layout}) "
-                f"loads at {self.plan.world_size} ({self.plan.dims.layout})",
-            )
-        # On Kubernetes the ranks load the newest checkpoint the job committed to storage,
-        # which may be newer than the operator knows (rank 0 killed before it was polled, or
-        # its probes blocked): the event says so rather than "from scratch".
-        newest = " or a newer checkpoint of this job in storage" if self.job.resume_newest else ""
-        if st.generation > 1 and resume is not None:
-            self.event(
-                EventType.NORMAL,
-                Reason.RESTARTED_FROM_CHECKPOINT,
-                f"Generation {st.generation} ({self.plan.summary}) resumes from step {resume.step}{newest}",
-            )
-        elif st.generation > 1 and newest:
-            self.event(
-                EventType.NORMAL, Reason.RESTARTED_FROM_CHECKPOINT,
-                f"Generation {st.generation} ({self.plan.summary}) resumes from the newest checkpoint of this job in "
-                "storage (none known to the operator), else from scratch",
-            )
-        else:
-            where = f"from step {resume.step}" if resume else "from scratch"
-            self.event(EventType.NORMAL, Reason.GENERATION_STARTED, f"Generation {st.generation} ({self.plan.summary}) starts {where}")
-
-    def wait_for_capacity(self) -> None:
-        message = f"Not enough ranks available for {self.spec.world_size} (or the elastic minimum)"
-        if not any(c.reason == Reason.INSUFFICIENT_CAPACITY for c in self.status.conditions):
-            self.event(EventType.WARNING, Reason.INSUFFICIENT_CAPACITY, message)
-        self.condition(ConditionType.RUNNING, False, Reason.INSUFFICIENT_CAPACITY, message)
-
-    def restart_or_fail(self, reason: str, message: str, action: FailureAction = FailureAction.RETRY, *, spend: bool = True) -> None:
-        """End the current generation; restart it from the last checkpoint or fail the job.
-        ``spend``: the restart counts against ``maxRestarts`` (not for a disruption)."""
-        st = self.status
-        latest = self.seen.latest_checkpoint
-        st.steps_lost += max(st.step - (latest.step if latest else 0), 0)
-        # The step comes from the last poll of rank 0: the rank may have gone further.
-        kept = f"the last checkpoint is of step {latest.step}" if latest else "no checkpoint yet"
-        message = f"{message}; step {st.step} seen last, {kept}"
-        self.stop_alive(lambda r: r.generation == st.generation, reason)
-        self.event(EventType.WARNING, reason, message)
-        if action is FailureAction.FAIL:
-            self.fail(Reason.FAILED_BY_RULE, f"{message}; a failure rule says Fail")
-            return
-        limit = self.spec.failure_policy.max_restarts
-        if spend and st.restarts >= limit:
-            self.fail(Reason.BACKOFF_LIMIT_EXCEEDED, f"{message}; restart budget of {limit} used up")
-            return
-        if spend:
-            st.restarts += 1
-        st.phase = Phase.RESTARTING
-        delay = self.spec.failure_policy.backoff.delay(st.restarts)
-        st.next_start_time = rfc3339(self.seen.now + datetime.timedelta(seconds=delay))
-        self.requeue(delay)
-        self.condition(ConditionType.RUNNING, False, reason, message)
-        counted = f"Restart {st.restarts}/{limit}" if spend else f"Restart (budget unspent, {st.restarts}/{limit} used)"
-        self.condition(ConditionType.RESTARTING, True, reason, f"{counted} in {delay:g}s: {message}")
 
     def complete(self) -> None:
         st = self.status
