@@ -2,11 +2,13 @@
 
 Each TrainingJob gets one loop (an asyncio task of this operator, started by the job's
 first watch event and cancelled when the object is gone) that observes the job's pods (from
-a Kopf index, no list requests), calls the same ``controller.reconcile`` the local runner
+a Kopf index, no list requests; the API server sends only this operator's pods, by a
+server-side label selector), calls the same ``controller.reconcile`` the local runner
 calls, applies the actions through the Kubernetes backend, and writes ``.status`` once per
 pass, only when it changed. Pod and TrainingJob events wake the loop at once; otherwise it
 runs every ``resync_seconds`` (rank 0's ``/status`` is polled then) or when the core asks
-(backoff). No change-handler chains: after an operator restart the loop simply resumes from
+(backoff); a finished job (Complete, Failed) runs only when woken. No change-handler
+chains: after an operator restart the loop simply resumes from
 the object's status and the pods it sees, so nothing is lost or duplicated. Not a Kopf
 daemon: Kopf puts its finalizer on every object a daemon runs for, and with the operator
 stopped or uninstalled, deleting a job or its namespace would hang; children go by their
@@ -22,6 +24,7 @@ import asyncio
 import concurrent.futures
 import copy
 import logging
+import math
 import os
 import threading
 import time
@@ -46,6 +49,8 @@ PLURAL = TrainingJob.PLURAL
 #: Kopf's finalizer, renamed into our group (ANCHORS: finalizers are shardwright.io/<purpose>).
 FINALIZER = "shardwright.io/operator"
 MANAGED = {"app.kubernetes.io/managed-by": render.MANAGED_BY}
+#: The pods the API server sends this operator: its own (the job label names the loop).
+POD_SELECTOR = ",".join([*(f"{k}={v}" for k, v in MANAGED.items()), render.LABEL_JOB])
 log = logging.getLogger(__name__)
 
 
@@ -85,7 +90,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.WARNING  # our own events are explicit; only warnings from logs
     settings.posting.reporting_component = "shardwright-operator"
     settings.execution.max_workers = 16  # the Kubernetes client is sync: API calls run in threads
-    settings.watching.server_timeout = 300
+    _watch_settings(settings, cfg)
     settings.admission.server = kopf.WebhookServer(
         port=cfg.webhook_port, certfile=cfg.webhook_certfile, pkeyfile=cfg.webhook_pkeyfile,
         insecure=cfg.webhook_insecure, addr=cfg.bind_address,
@@ -93,6 +98,21 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.admission.managed = None  # the chart owns the ValidatingWebhookConfiguration
     if memo.api is None:
         memo.api = api_client()
+
+
+def _watch_settings(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
+    """Server-side selection and timeouts of Kopf's watches. Kopf's ``labels=`` filters act
+    on this side: without the selector every pod change in the cluster would reach this
+    process. Nodes are all watched: placement reads every node's readiness and GPUs, and no
+    label or field selects "has GPUs" or "runs a pod of ours"; the node index keeps only the
+    fields placement reads."""
+    settings.watching.label_selectors["v1", "pods"] = POD_SELECTOR
+    settings.watching.server_timeout = cfg.watch.server_timeout_s
+    settings.watching.client_timeout = cfg.watch.client_timeout_s
+    settings.watching.connect_timeout = cfg.watch.connect_timeout_s
+    settings.watching.chunk_size = cfg.watch.list_chunk
+    settings.networking.connect_timeout = cfg.watch.connect_timeout_s
+    settings.networking.request_timeout = cfg.watch.request_timeout_s
 
 
 @kopf.on.cleanup(registry=REGISTRY)
@@ -132,12 +152,12 @@ def liveness(memo: kopf.Memo, **_: Any) -> int:
 # ----------------------------------------------------------------------------- indexes and wake-ups
 
 
-@kopf.index("pods", labels=MANAGED, registry=REGISTRY)
+@kopf.index("v1", "pods", labels=MANAGED, registry=REGISTRY)
 def pods_by_job(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict:
     return {(namespace, labels.get(render.LABEL_JOB)): podstatus.summarize(dict(body))}
 
 
-@kopf.index("nodes", registry=REGISTRY)
+@kopf.index("v1", "nodes", registry=REGISTRY)
 def node_index(name: str, body: kopf.Body, **_: Any) -> dict:
     """The parts of a Node that placement reads: readiness, cordon, labels, allocatable GPUs
     (the shape of a NodeList item, so the planner's inventory reads it as it is)."""
@@ -152,7 +172,7 @@ def node_index(name: str, body: kopf.Body, **_: Any) -> dict:
     }}
 
 
-@kopf.on.event("pods", labels=MANAGED, registry=REGISTRY)
+@kopf.on.event("v1", "pods", labels=MANAGED, registry=REGISTRY)
 def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     _wake(memo, (namespace, labels.get(render.LABEL_JOB)))
 
@@ -219,9 +239,19 @@ async def run_job(key: tuple[str, str], memo: kopf.Memo, pods_by_job: kopf.Index
             except Exception:  # a bug must not end the job's loop for good
                 logger.exception("Reconcile pass failed unexpectedly; retrying")
                 delay = memory.backoff(cfg)
-            await _wait(memo, key, wake, delay if memory.failures else min(delay, cfg.resync_seconds), backing_off=memory.failures > 0)
+            if not memory.failures:
+                delay = min(delay, _resync(cfg, memory, pods_by_job.get(key, [])))
+            await _wait(memo, key, wake, delay, backing_off=memory.failures > 0)
     finally:
         memo.wakeups.pop(key, None)
+
+
+def _resync(cfg: OperatorConfig, memory: StatusMemory, pods) -> float:
+    """Seconds between passes when nothing happens: none for a finished job (its pods' and
+    its own events still wake it; a TTL is a requeue of its own), unless one of its pods is
+    still being deleted (one stuck on a lost node is force-deleted after a while)."""
+    finished = memory.status is not None and memory.status.phase.terminal
+    return math.inf if finished and not any(p.get("deleting") for p in pods) else cfg.resync_seconds
 
 
 async def _wait(memo: kopf.Memo, key: tuple[str, str], wake: asyncio.Event, seconds: float, *, backing_off: bool) -> None:
@@ -236,7 +266,7 @@ async def _wait(memo: kopf.Memo, key: tuple[str, str], wake: asyncio.Event, seco
     deadline = asyncio.get_running_loop().time() + seconds
     while (left := deadline - asyncio.get_running_loop().time()) > 0:
         try:
-            await asyncio.wait_for(wake.wait(), timeout=left)
+            await asyncio.wait_for(wake.wait(), timeout=None if math.isinf(left) else left)
         except TimeoutError:
             return
         if not backing_off or spec() != before:
@@ -259,7 +289,7 @@ async def _one_pass(body, key, memo, memory, pods_by_job, node_index, logger) ->
             memo.metrics.reconcile_seconds.observe(time.monotonic() - began)
         for event in events:
             kopf.event(body, type=str(event.type), reason=str(event.reason), message=event.message)
-        return requeue if requeue is not None else cfg.resync_seconds
+        return requeue if requeue is not None else math.inf  # run_job bounds it by the resync
     except kopf.TemporaryError as e:
         memo.metrics.reconcile_errors.labels(reason="temporary").inc()
         delay = memory.backoff(cfg)

@@ -139,7 +139,10 @@ def _reconcile_job(doc, pods, nodes, memo, memory: StatusMemory):
     memory.status = result.status
     wire = result.status.to_wire()
     requeue = result.requeue_after
-    if wire != memory.written:
+    if wire != memory.written and (wait := memory.progress_wait(wire, cfg.progress_status_seconds)) > 0:
+        # Only per-step figures changed (the metrics have them now): written when due.
+        requeue = wait if requeue is None else min(requeue, wait)
+    elif wire != memory.written:
         try:
             write_status(memo, owner, memory, wire)
         except ApiFailure as e:
