@@ -84,7 +84,7 @@ def serve_kmock(n: int, tmp: str, conn, timeout_s: float) -> None:
 
 async def run_operator(cfg: handlers.OperatorConfig, conn) -> float:
     stop, ready = asyncio.Event(), asyncio.Event()
-    memo = handlers.make_memo(cfg, request_json=lambda url, payload=None: None)
+    memo = handlers.make_memo(cfg, request_json=lambda url, payload=None, token=None: None)
     began = time.monotonic()
     conn.send(began)
     task = asyncio.create_task(kopf.operator(

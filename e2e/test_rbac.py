@@ -23,6 +23,7 @@ RARE = {
     ("get", "/services"): "a 409 on creating the job's Service: whose is it (ownership by uid)",
     ("get", "policy/poddisruptionbudgets"): "a 409 on creating a generation's PodDisruptionBudget: whose is it",
     ("get", "/pods"): "a 409 on creating a pod: whose is it",
+    ("get", "/secrets"): "a job's telemetry token after an operator restart, or whose Secret a 409 on create found",
     ("get", "shardwright.io/trainingjobs"): "a 409 on a status write: the job is read again",
     ("get", "shardwright.io/trainingjobs/status"): "kept beside patch for kubectl auth can-i and tools; unused",
 }

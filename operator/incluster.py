@@ -30,6 +30,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds pods may stay Pending")
     p.add_argument("--cordon-nodes", action="store_true",
                    help="cordon a replaced straggler's node when the job's stragglerPolicy.cordon asks (needs patch on nodes)")
+    p.add_argument("--network-policy", metavar="PEERS_JSON",
+                   help="a NetworkPolicy per job: its pods take traffic from each other, and from these NetworkPolicyPeers "
+                        "(a JSON list: the operator's pods, a Prometheus) on the telemetry ports only")
     p.set_defaults(func=_operator)
 
     p = sub.add_parser("ray-head", help="drive one runtime: ray generation from its head pod (the operator renders this command)")
@@ -46,6 +49,7 @@ def _operator(args) -> int:
     import logging
 
     from shardwright.operator import handlers, lease, webhook
+    from shardwright.operator.backends import dataplane
     from shardwright.operator.backends.kubernetes import KubernetesSettings
     from shardwright.operator.backends.pods import PodSettings
 
@@ -55,12 +59,18 @@ def _operator(args) -> int:
     except webhook.ConfigError as e:
         print(f"shardwright operator: {e}", file=sys.stderr)
         return 2
+    try:
+        peers = dataplane.parse_peers(args.network_policy) if args.network_policy is not None else None
+    except ValueError as e:
+        print(f"shardwright operator: {e}", file=sys.stderr)
+        return 2
     pods = PodSettings(gang_scheduler=args.gang_scheduler, checkpoint_claim=args.checkpoint_claim,
                        service_account=args.worker_service_account)
     if args.image:
         pods = dataclasses.replace(pods, image=args.image)
     cfg = handlers.OperatorConfig(
-        kubernetes=KubernetesSettings(pods=pods, startup_timeout_s=args.startup_timeout, cordon_nodes=args.cordon_nodes),
+        kubernetes=KubernetesSettings(pods=pods, startup_timeout_s=args.startup_timeout, cordon_nodes=args.cordon_nodes,
+                                      network_policy_peers=peers),
         webhook_port=args.webhook_port if tls else None,
         webhook_certfile=tls[0] if tls else None,
         webhook_pkeyfile=tls[1] if tls else None,

@@ -22,6 +22,9 @@ TELEMETRY_PORT_ENV = "SHARDWRIGHT_TELEMETRY_PORT"
 #: Optional file where a pod's first rank leaves its final report when it exits (on
 #: Kubernetes the container's terminationMessagePath), read back from the pod's status.
 TERMINATION_MESSAGE_ENV = "SHARDWRIGHT_TERMINATION_MESSAGE"
+#: The job's telemetry token: ``/status`` and ``POST /control`` answer only requests that
+#: carry it (``Authorization: Bearer <token>``). On Kubernetes from the job's Secret.
+TOKEN_ENV = "SHARDWRIGHT_TELEMETRY_TOKEN"
 
 
 #: Token mixers that are linear-attention recurrences (everything but ``softmax``).
@@ -192,6 +195,8 @@ class RankEnv(BaseModel):
     master_addr: str
     master_port: int
     telemetry_port: int | None = None
+    #: The job's telemetry token (``TOKEN_ENV``); kept out of the repr, which logs print.
+    token: str | None = Field(default=None, repr=False)
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> RankEnv:
@@ -203,13 +208,19 @@ class RankEnv(BaseModel):
             master_addr=env["MASTER_ADDR"],
             master_port=int(env["MASTER_PORT"]),
             telemetry_port=int(env[TELEMETRY_PORT_ENV]) if TELEMETRY_PORT_ENV in env else None,
+            token=env.get(TOKEN_ENV) or None,
         )
 
     def to_environ(self) -> dict[str, str]:
-        return {
+        out = {
             "RANK": str(self.rank),
             "WORLD_SIZE": str(self.world_size),
             "LOCAL_RANK": str(self.local_rank),
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.master_port),
-        } | ({TELEMETRY_PORT_ENV: str(self.telemetry_port)} if self.telemetry_port is not None else {})
+        }
+        if self.telemetry_port is not None:
+            out[TELEMETRY_PORT_ENV] = str(self.telemetry_port)
+        if self.token:
+            out[TOKEN_ENV] = self.token
+        return out

@@ -8,12 +8,19 @@
               ranks (rank 0 passes them to every rank in the next step-facts all-reduce;
               ``/status`` shows ``dataShares`` and ``sharesSinceStep`` once they apply).
 
+``/status`` and ``/control`` answer only a request carrying the job's token
+(``Authorization: Bearer <token>``, compared in constant time), else 401: whoever reaches
+the pod's IP could otherwise read the job or steer its data shares. ``/healthz`` (no data)
+and ``/metrics`` stay open: probes and Prometheus scrape them, and they hold figures only
+(docs/operator.md, "Data plane security").
+
 The train loop calls ``Telemetry.record_step`` once per step; serving runs on a daemon
 thread and never blocks training.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
@@ -32,6 +39,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 disable_created_metrics()  # *_created series only add noise to a rank's scrape
 
+#: Paths that answer without the job's token (every other one asks for it).
+OPEN = ("/healthz", "/metrics")
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -129,12 +138,25 @@ class Telemetry:
 
     # ------------------------------------------------------------------ serving
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
-        """Start serving on ``port`` (0: any free port); returns the bound port."""
+    def serve(self, port: int, host: str = "0.0.0.0", *, token: str) -> int:
+        """Start serving on ``port`` (0: any free port); returns the bound port. ``token``
+        guards ``/status`` and ``/control``."""
         telemetry = self
 
         class Handler(BaseHTTPRequestHandler):
+            def refused(self) -> bool:
+                """Answer 401 to a path not ``OPEN`` without the token; True when it did."""
+                if self.path in OPEN or authorized(self.headers.get("Authorization"), token):
+                    return False
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Bearer realm="shardwright-rank"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return True
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.refused():
+                    return
                 if self.path == "/metrics":
                     body, ctype = telemetry.metrics_text().encode(), CONTENT_TYPE_LATEST
                 elif self.path == "/status":
@@ -151,6 +173,8 @@ class Telemetry:
                 self.wfile.write(body)
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                if self.refused():
+                    return
                 if self.path != "/control":
                     self.send_error(404)
                     return
@@ -180,3 +204,10 @@ class Telemetry:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def authorized(header: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header is ``Bearer <token>``; constant-time, so the time
+    of a refusal tells nothing of how much of a guess was right."""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())

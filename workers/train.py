@@ -19,6 +19,7 @@ import datetime
 import json
 import math
 import os
+import secrets
 import statistics
 import threading
 import time
@@ -151,7 +152,9 @@ class Trainer:
             job=cfg.job, namespace=cfg.namespace, rank=env.rank, world_size=env.world_size,
             generation=cfg.generation, layout=par.layout, total_steps=cfg.optim.steps,
         )
-        self.telemetry.serve(env.telemetry_port if env.telemetry_port is not None else cfg.telemetry_port)
+        # Without a token (a rank started by hand) a random one: /status and /control answer nobody.
+        self.telemetry.serve(env.telemetry_port if env.telemetry_port is not None else cfg.telemetry_port,
+                             token=env.token or secrets.token_urlsafe(32))
         self.grad_wait = GradientWaitHook(on_last=lambda: self.telemetry.update(activity="syncing"))
         self.ddp.register_comm_hook(self.grad_wait, GradientWaitHook.hook)
         self.step = 0

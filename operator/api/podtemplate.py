@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from .base import ApiModel
-from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV
+from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV, TOKEN_ENV
 
 #: What the CRD says of a PodSpec: an object whose fields the API server keeps unchecked.
 PRESERVE_UNKNOWN = {"x-kubernetes-preserve-unknown-fields": True}
@@ -28,7 +28,7 @@ LOCAL_WORLD_SIZE_ENV = "LOCAL_WORLD_SIZE"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 #: The rank container's env the operator sets (the torch contract and the launcher's).
 OWNED_ENV = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", LOCAL_WORLD_SIZE_ENV, "MASTER_ADDR", "MASTER_PORT",
-                       TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV, CONFIG_ENV, ENDPOINT_ENV})
+                       TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV, CONFIG_ENV, ENDPOINT_ENV, TOKEN_ENV})
 #: Volumes the operator adds: the checkpoint claim and the memory-backed /dev/shm.
 CHECKPOINT_VOLUME = "checkpoints"
 SHM_VOLUME = "shm"

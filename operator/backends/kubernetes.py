@@ -38,11 +38,12 @@ from kubernetes.client.exceptions import ApiException
 # kubernetes 37 imports its API classes lazily, on first attribute access. Done here, at
 # operator start, rather than in the first reconcile passes, where every worker thread
 # contended for the import lock: about 1-3 s before the first job got its pods.
-CoreV1Api, CustomObjectsApi, PolicyV1Api = client.CoreV1Api, client.CustomObjectsApi, client.PolicyV1Api
+CoreV1Api, CustomObjectsApi, PolicyV1Api, NetworkingV1Api = client.CoreV1Api, client.CustomObjectsApi, client.PolicyV1Api, client.NetworkingV1Api
 
 from shardwright.operator.api import GROUP, VERSION, CheckpointRef, EventType, Reason, Runtime, TrainingJob, TrainingJobSpec
 from shardwright.operator.controller import Event, Observed, ReplaceRank, SetShares, StartGeneration, StopGeneration
 
+from . import dataplane
 from . import pods as render
 from . import podstatus
 from . import probe, raypods
@@ -65,6 +66,9 @@ class KubernetesSettings:
     #: May cordon the node of a replaced straggler when the job's ``stragglerPolicy.cordon``
     #: asks (chart value ``cordonNodes``, which also grants ``patch`` on nodes).
     cordon_nodes: bool = False
+    #: NetworkPolicyPeers admitted to the ranks' telemetry ports by a NetworkPolicy per job
+    #: (``--network-policy``: the operator's pods, a Prometheus); None: no policy.
+    network_policy_peers: tuple[dict[str, Any], ...] | None = None
 
 
 #: Pod phases whose containers have all ended: nothing of the rank runs any more.
@@ -118,6 +122,7 @@ class KubernetesBackend:
         self.core = CoreV1Api(api)
         self.custom = CustomObjectsApi(api)
         self.policy = PolicyV1Api(api)
+        self.networking = NetworkingV1Api(api)
         self.settings = settings
         self.owner = owner
         self.spec = spec
@@ -147,6 +152,7 @@ class KubernetesBackend:
             if pod["generation"] < action.generation and pod["phase"] in ENDED:
                 self._delete_pod(pod["name"], grace=0, quiet=True)
         ns = self.owner.namespace
+        self._guard_data_plane()
         self._create("Service", lambda body: self.core.create_namespaced_service(ns, body, _preload_content=False),
                      render.render_service(self.owner, self.settings.pods),
                      lambda name: self.core.read_namespaced_service(name, ns, _preload_content=False))
@@ -193,7 +199,7 @@ class KubernetesBackend:
         in the next step-facts all-reduce. Best effort: the controller repeats this until
         rank 0's ``/status`` shows the shares in effect."""
         if (url := self._rank0_url(action.generation, "/control")) is not None:
-            self.request_json(url, {"dataShares": list(action.shares)})
+            self.request_json(url, {"dataShares": list(action.shares)}, token=self._token())
 
     def replace(self, action: ReplaceRank) -> list[Event]:
         """Keep every later generation off the replaced straggler's node (``avoided_nodes``,
@@ -264,7 +270,7 @@ class KubernetesBackend:
         if not self.pods:
             return None
         url = self._rank0_url(max(p["generation"] for p in self.pods), "/status")
-        return self.request_json(url) if url is not None else None
+        return self.request_json(url, token=self._token()) if url is not None else None
 
     def _rank0_final_report(self) -> dict[str, Any] | None:
         """Rank 0's termination message in its pod's status (JSON, written as it exited): the
@@ -287,15 +293,36 @@ class KubernetesBackend:
             return None
         return f"http://{rank0['ip']}:{self.settings.pods.telemetry_port}{path}"
 
-    def _create(self, kind: str, call: Callable[[dict], Any], body: dict[str, Any], read: Callable[[str], Any]) -> None:
+    def _guard_data_plane(self) -> None:
+        """The job's token Secret, made once (remembered after), and its NetworkPolicy when
+        the operator is told to make one (dataplane.py); both before any pod."""
+        ns, uid = self.owner.namespace, self.owner.uid
+        if not dataplane.TOKENS.get(uid):
+            token = dataplane.new_token()
+            there = self._create("Secret", lambda body: self.core.create_namespaced_secret(ns, body, _preload_content=False),
+                                 dataplane.render_secret(self.owner, token),
+                                 lambda name: self.core.read_namespaced_secret(name, ns, _preload_content=False))
+            dataplane.TOKENS.put(uid, (dataplane.token_in(there) or "") if there else token)
+        if self.settings.network_policy_peers is not None:
+            per_pod = max(g.ranks_per_replica for g in self.spec.workers)
+            policy = dataplane.render_network_policy(self.owner, self.settings.pods.telemetry_port, per_pod,
+                                                     list(self.settings.network_policy_peers))
+            self._create("NetworkPolicy", lambda body: self.networking.create_namespaced_network_policy(ns, body, _preload_content=False), policy,
+                         lambda name: self.networking.read_namespaced_network_policy(name, ns, _preload_content=False))
+
+    def _token(self) -> str | None:
+        return dataplane.job_token(self.core, self.owner)
+
+    def _create(self, kind: str, call: Callable[[dict], Any], body: dict[str, Any], read: Callable[[str], Any]) -> dict[str, Any] | None:
         """Create; a 409 is fine when the object there is this job's (an earlier pass or a
-        restarted operator made it), and waits when it is another owner's."""
+        restarted operator made it), and waits when it is another owner's. Returns the
+        object found on a 409 (None when this call made it)."""
         # Responses are not parsed into client models (``_preload_content=False``): nothing
         # uses them, and parsing thousands of pods costs the operator's CPU.
         name = body["metadata"]["name"]
         try:
             call(body)
-            return
+            return None
         except ApiException as e:
             if e.status != 409:
                 raise _failure(f"create {kind} {name}", e) from None
@@ -308,6 +335,7 @@ class KubernetesBackend:
         if (uid := podstatus.controller_uid(there.get("metadata") or {})) != self.owner.uid:
             raise ApiFailure(f"create {kind} {name}", 409, f"it exists and belongs to {f'owner uid {uid}' if uid else 'no controller'}, "
                              f"not to this TrainingJob (uid {self.owner.uid}); waiting for it to go")
+        return there
 
     def _delete_budget(self, generation: int) -> None:
         """The PodDisruptionBudget of an ended generation (best effort: it selects no pod

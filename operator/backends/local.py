@@ -28,6 +28,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from shardwright.operator.api import RankState
+from shardwright.operator.backends import dataplane
 from shardwright.operator.backends.ports import free_port
 from shardwright.operator.backends.probe import checkpoint_refs, fetch_text, progress_from_status, request_json
 from shardwright.operator.controller import (
@@ -143,8 +144,11 @@ class LocalSettings:
 
 
 class LocalRayBackend:
-    def __init__(self, settings: LocalSettings) -> None:
+    def __init__(self, settings: LocalSettings, token: str | None = None) -> None:
         self.settings = settings
+        #: The ranks' telemetry token (``/status``, ``/control``): the pod's on Kubernetes
+        #: (``runtime: ray``), else made here, as only this process asks them.
+        self.token = token or dataplane.new_token()
         self.generations: dict[int, list[_Rank]] = {}
         #: Live rank processes with no run: ranks whose run returned, and a warm spare.
         self.idle: list[Any] = []
@@ -181,7 +185,8 @@ class LocalRayBackend:
             actor = self.idle.pop() if self.idle and not slot.resources else _new_actor(slot.resources)
             url = f"http://{slot.host}:{slot.env.telemetry_port}"
             log = str(log_dir.resolve() / f"rank-{slot.env.rank}.log") if log_dir is not None else None
-            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json, slot.env.to_environ(), log), url))
+            environ = slot.env.model_copy(update={"token": self.token}).to_environ()
+            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json, environ, log), url))
         self.generations[generation] = ranks
         if not self.idle and not any(slot.resources for slot in slots):
             self.idle.append(_new_actor())
@@ -201,7 +206,7 @@ class LocalRayBackend:
         controller repeats this until rank 0's ``/status`` shows the shares in effect."""
         ranks = self.generations.get(action.generation)
         if ranks and ranks[0].state is RankState.RUNNING:
-            request_json(f"{ranks[0].url}/control", {"dataShares": list(action.shares)})
+            request_json(f"{ranks[0].url}/control", {"dataShares": list(action.shares)}, token=self.token)
 
     def lose_ranks(self, generation: int, count: int) -> None:
         """End the highest ``count`` ranks of ``generation`` as if their host died; returns
@@ -221,7 +226,7 @@ class LocalRayBackend:
             for i, r in enumerate(ranks):
                 # Only the current generation's live ranks are asked what they are doing.
                 live = generation == newest and r.state is RankState.RUNNING
-                report = request_json(f"{r.url}/status") if live else None
+                report = request_json(f"{r.url}/status", token=self.token) if live else None
                 observations.append(RankObservation(
                     generation, i, r.state, message=r.message, node="localhost", died=r.died,
                     activity=(report or {}).get("activity"),

@@ -35,7 +35,7 @@ from shardwright.operator.api.podtemplate import (
 )
 from shardwright.operator.controller import StartGeneration
 from shardwright.operator.planner import Plan, RankPlacement
-from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV, CheckpointConfig
+from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV, TOKEN_ENV, CheckpointConfig
 
 LABEL_JOB = "shardwright.io/job"
 LABEL_GENERATION = "shardwright.io/generation"
@@ -145,6 +145,15 @@ def child_name(owner: Owner, suffix: str) -> str:
         return f"{owner.name[:keep].rstrip('-')}-{_hash8(owner.name)}{suffix}"
     # A suffix too long on its own (a 40-character group, huge numbers): cut the whole name.
     return f"{name[:DNS_LABEL_MAX - 9].rstrip('-')}-{_hash8(name)}"
+
+
+def token_secret_name(owner: Owner) -> str:
+    """``<job>-telemetry``: the Secret with the job's telemetry token (made by dataplane.py)."""
+    return child_name(owner, "-telemetry")
+
+
+#: The key of the job's token Secret that holds the token.
+TOKEN_KEY = "token"
 
 
 def _hash8(text: str) -> str:
@@ -322,7 +331,7 @@ def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str
         "subdomain": service_name(owner),
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "securityContext": POD_SECURITY | theirs.get("securityContext", {}),
-        "containers": [_overlay(container, template.container(container["name"]))],
+        "containers": [_overlay(_with_token(owner, container), template.container(container["name"]))],
     }
     if init := theirs.get("initContainers"):
         pod_spec["initContainers"] = [_restricted(c) for c in init]
@@ -341,6 +350,13 @@ def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str
     if annotations:
         meta["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+def _with_token(owner: Owner, container: dict[str, Any]) -> dict[str, Any]:
+    """``container`` with the job's telemetry token in its env, read from the job's Secret
+    (the pod spec names the Secret, never the value): the ranks' /status and /control ask for it."""
+    ref = {"secretKeyRef": {"name": token_secret_name(owner), "key": TOKEN_KEY}}
+    return container | {"env": [*container.get("env", []), {"name": TOKEN_ENV, "valueFrom": ref}]}
 
 
 def _overlay(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:

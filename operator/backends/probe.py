@@ -75,13 +75,16 @@ def fetch_text(url: str) -> str | None:
         return None
 
 
-def request_json(url: str, payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def request_json(url: str, payload: dict[str, Any] | None = None, *, token: str | None = None) -> dict[str, Any] | None:
     """GET ``url`` (``payload`` None) or POST ``payload`` to it as JSON: a rank's ``/status``
-    and ``/control``, from every backend. The JSON object answered (``{}`` for an accepted
-    request with an empty body), or None when the rank did not answer within
-    ``PROBE_TIMEOUT_S``, refused (an HTTP error), or answered something else."""
+    and ``/control``, from every backend, with the job's ``token`` as a bearer token. The
+    JSON object answered (``{}`` for an accepted request with an empty body), or None when
+    the rank did not answer within ``PROBE_TIMEOUT_S``, refused (an HTTP error, 401 without
+    the right token), or answered something else."""
     data = None if payload is None else json.dumps(payload).encode()
     headers = {} if data is None else {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:

@@ -31,7 +31,7 @@ import ray
 
 from shardwright.operator.api import RankState, Reason
 from shardwright.operator.controller import RankObservation, StopGeneration
-from shardwright.workers.config import CONFIG_ENV, RankEnv, WorkerConfig
+from shardwright.workers.config import CONFIG_ENV, TOKEN_ENV, RankEnv, WorkerConfig
 from shardwright.workers.raynode import answers, start_ray
 
 from .local import LocalRayBackend, LocalSettings, RankSlot
@@ -93,7 +93,8 @@ def run(environ: Mapping[str, str], settings: HeadSettings, stop: threading.Even
         "--head", f"--port={settings.port}", "--num-cpus=0", "--include-dashboard=false",
         "--disable-usage-stats", *settings.ray_start_args,
     )
-    backend = LocalRayBackend(LocalSettings(checkpoint_dir=config.checkpoint.dir, ray_address=f"127.0.0.1:{settings.port}"))
+    backend = LocalRayBackend(LocalSettings(checkpoint_dir=config.checkpoint.dir, ray_address=f"127.0.0.1:{settings.port}"),
+                              token=environ.get(TOKEN_ENV))
     try:
         began = time.monotonic()
         while not answers("127.0.0.1", settings.port):

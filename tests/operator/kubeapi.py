@@ -366,12 +366,15 @@ async def run_all(c: Cluster, generation: int, *, step: int | None = None, telem
 @dataclasses.dataclass
 class Telemetry:
     """The ranks' telemetry as the tests play it: what rank 0's ``/status`` answers, per pod
-    IP, and every POST the operator made (``/control``), as (url, payload)."""
+    IP, every POST the operator made (``/control``), as (url, payload), and the token it sent
+    with each request."""
 
     answers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     posts: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    tokens: list[str | None] = dataclasses.field(default_factory=list)
 
-    def __call__(self, url: str, payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    def __call__(self, url: str, payload: dict[str, Any] | None = None, *, token: str | None = None) -> dict[str, Any] | None:
+        self.tokens.append(token)
         ip = url.split("//")[1].split(":")[0]
         if payload is not None:
             self.posts.append((url, copy.deepcopy(payload)))

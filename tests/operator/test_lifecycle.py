@@ -17,7 +17,7 @@ PDBS = "policy/v1/poddisruptionbudgets"
 
 
 def env(pod: dict) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
 
 
 async def test_create_makes_service_and_generation_one_pods(cluster):

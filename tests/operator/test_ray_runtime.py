@@ -21,7 +21,7 @@ RESTART_NOW = {"maxRestarts": 2, "backoff": {"initialSeconds": 0, "maxSeconds": 
 
 
 def env(pod: dict) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
 
 
 async def start_running(cluster, telemetry: Telemetry, step: int = 40) -> None:

@@ -31,10 +31,13 @@ from shardwright.operator.backends.probe import request_json
 from shardwright.operator.controller import JobRef, StartGeneration, worker_config
 from shardwright.operator.planner import plan_uniform
 from shardwright.workers.faults import parse_fault
+from shardwright.workers.config import TOKEN_ENV
 from shardwright.workers.manifest import committed
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12
+#: The job's telemetry token, as its Secret would hold it.
+TOKEN = "ray-head-test-token"
 
 
 
@@ -77,7 +80,8 @@ def start_generation(tmp_path: Path, faults: tuple[str, ...] = (), steps: int = 
     head, *workers = raypods.render_pods(render.Owner(job.metadata.name, "default", "uid"), action,
                                          {g.name: g for g in job.spec.workers}, render.PodSettings())
     gcs = free_port()
-    env = {e["name"]: e["value"] for e in head["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in head["spec"]["containers"][0]["env"] if "value" in e}
+    env[TOKEN_ENV] = TOKEN  # as the kubelet reads it from the job's Secret (valueFrom)
     env["MASTER_PORT"] = str(free_port())
     members = [dataclasses.replace(pod, telemetry_port=free_port()) for pod in raypods.decode_pods(env[raypods.RAY_PODS_ENV])]
     env[raypods.RAY_PODS_ENV] = raypods.encode_pods(members)
@@ -136,7 +140,7 @@ def test_sigterm_to_every_pod_stops_the_ranks_after_a_checkpoint(generation):
     the ranks for a checkpoint and exits 0; the worker pods stay until the head has gone."""
     g = generation(steps=1000)
     deadline = time.monotonic() + 120
-    while (request_json(g.rank0) or {}).get("step", 0) < 2:
+    while (request_json(g.rank0, token=TOKEN) or {}).get("step", 0) < 2:
         assert g.head.poll() is None and time.monotonic() < deadline, "rank 0 never reported step 2"
         time.sleep(0.2)
     for process in [g.head, *g.workers]:

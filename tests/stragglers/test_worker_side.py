@@ -14,8 +14,13 @@ from shardwright.workers.telemetry import Telemetry
 from shardwright.workers.timing import SECTIONS, SectionTimer, relative_scores
 
 
+#: The job's telemetry token the tests' ranks serve with.
+TOKEN = "worker-side-token"
+
+
 def post(port: int, payload) -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/control", data=json.dumps(payload).encode(), method="POST")
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/control", data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
     try:
         with urllib.request.urlopen(req, timeout=2) as r:
             return r.status
@@ -25,7 +30,7 @@ def post(port: int, payload) -> int:
 
 def test_control_endpoint_takes_shares_once_and_rejects_nonsense():
     t = Telemetry(job="j", namespace="ns", rank=0, world_size=2, generation=1, layout="dp=2,sp=1", total_steps=10)
-    port = t.serve(0, host="127.0.0.1")
+    port = t.serve(0, host="127.0.0.1", token=TOKEN)
     try:
         assert post(port, {"dataShares": [0, 1]}) == 400
         assert post(port, {"shares": [1, 1]}) == 400
@@ -41,16 +46,16 @@ def test_the_operators_json_helper_reads_status_and_posts_shares():
     from shardwright.operator.backends.probe import request_json
 
     t = Telemetry(job="j", namespace="ns", rank=0, world_size=2, generation=4, layout="dp=2,sp=1", total_steps=10)
-    port = t.serve(0, host="127.0.0.1")
+    port = t.serve(0, host="127.0.0.1", token=TOKEN)
     try:
-        assert request_json(f"http://127.0.0.1:{port}/status")["generation"] == 4
-        assert request_json(f"http://127.0.0.1:{port}/control", {"dataShares": [1.5, 0.5]}) == {}  # 202, no body
+        assert request_json(f"http://127.0.0.1:{port}/status", token=TOKEN)["generation"] == 4
+        assert request_json(f"http://127.0.0.1:{port}/control", {"dataShares": [1.5, 0.5]}, token=TOKEN) == {}  # 202, no body
         assert t.take_shares() == [1.5, 0.5]
-        assert request_json(f"http://127.0.0.1:{port}/control", {"dataShares": []}) is None  # 400
+        assert request_json(f"http://127.0.0.1:{port}/control", {"dataShares": []}, token=TOKEN) is None  # 400
         assert request_json(f"http://127.0.0.1:{port}/metrics") is None  # not JSON
     finally:
         t.close()
-    assert request_json(f"http://127.0.0.1:{port}/status") is None  # nobody answers
+    assert request_json(f"http://127.0.0.1:{port}/status", token=TOKEN) is None  # nobody answers
 
 
 def test_section_metrics_and_score_gauge_are_exported():
