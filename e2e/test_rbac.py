@@ -1,5 +1,5 @@
 """RBAC exactly what the code calls (issue 17): a TrainingJob's whole life under the chart's
-ServiceAccount (create, a readmit request, a deleted pod and its restart, completion, deletion
+ServiceAccount (create, a readmit request in the spec, a deleted pod and its restart, completion, deletion
 after ``ttlSecondsAfterFinished``), read back from the API server's audit log: no call was
 refused, and every permission the chart grants was used or is named below with the path
 that needs it.
@@ -26,6 +26,7 @@ RARE = {
     ("get", "/secrets"): "a job's telemetry token after an operator restart, or whose Secret a 409 on create found",
     ("get", "shardwright.io/trainingjobs"): "a 409 on a status write: the job is read again",
     ("get", "shardwright.io/trainingjobs/status"): "kept beside patch for kubectl auth can-i and tools; unused",
+    ("patch", "shardwright.io/trainingjobs"): "Kopf removes its finalizer from a job an older operator left it on",
 }
 
 
@@ -45,10 +46,9 @@ def test_a_jobs_whole_life_uses_exactly_the_granted_permissions(cluster, install
     wait(lambda: status(cluster, "rbac").get("phase") == "Running", 300, "Running")
     pod = cluster.json("-n", NS, "get", "pod", "rbac-g1-worker-0")["spec"]
     assert pod["serviceAccountName"] == WORKER_SA and pod["automountServiceAccountToken"] is False
-    # A readmit of a node the job never avoided: told it is ignored, the annotation removed.
-    cluster.kubectl("-n", NS, "annotate", "tj", "rbac", "shardwright.io/readmit-nodes=nowhere")
-    wait(lambda: "shardwright.io/readmit-nodes" not in cluster.json("-n", NS, "get", "tj", "rbac")["metadata"].get("annotations", {}),
-         60, "the readmit annotation removed")
+    # A readmit of a node the job never avoided: told it is ignored, acknowledged in status.
+    cluster.kubectl("-n", NS, "patch", "tj", "rbac", "--type=merge", "-p", '{"spec":{"readmit":{"nodes":["nowhere"]}}}')
+    wait(lambda: status(cluster, "rbac").get("readmitted") == {"nodes": ["nowhere"], "token": ""}, 60, "the readmit acknowledged")
     cluster.kubectl("-n", NS, "delete", "pod", "rbac-g1-worker-1", "--grace-period=0", "--force")
     wait(lambda: status(cluster, "rbac").get("generation", 0) >= 2, 300, "generation 2")
     wait(lambda: cluster.kubectl("-n", NS, "get", "tj", "rbac", check=False).returncode != 0, 900, "the job deleted after its TTL")

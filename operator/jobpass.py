@@ -15,15 +15,7 @@ import kopf
 
 from shardwright.operator.api import ConditionType, EventType, Phase, Reason, TrainingJobStatus, lenient
 from shardwright.operator.backends import pods as render
-from shardwright.operator.backends.kubernetes import (
-    READMIT_ANNOTATION,
-    ApiFailure,
-    KubernetesBackend,
-    clear_annotation,
-    delete_job,
-    readmit_events,
-    readmit_request,
-)
+from shardwright.operator.backends.kubernetes import ApiFailure, KubernetesBackend, delete_job
 from shardwright.operator.controller import (
     Event,
     JobRef,
@@ -32,6 +24,7 @@ from shardwright.operator.controller import (
     StartGeneration,
     StopGeneration,
     parse_time,
+    readmit,
     reconcile,
     rfc3339,
     set_condition,
@@ -79,11 +72,9 @@ def _reconcile_job(doc, pods, nodes, memo, memory: StatusMemory):
             memory.status, memory.written = None, server_status.to_wire()
     if memory.written is None:
         memory.written = server_status.to_wire()
-    status = memory.status or server_status
-    readmit = readmit_request(meta)
-    # The nodes avoided before this pass: the status written may still lack a readmit.
-    avoided_before = list(dict.fromkeys([*status.avoided_nodes, *server_status.avoided_nodes]))
-    avoided = [n for n in status.avoided_nodes if n not in readmit]
+    # spec.readmit takes avoided nodes back before the plan, which sizes an elastic job without them.
+    status, notes = readmit(spec, memory.status or server_status)
+    avoided = status.avoided_nodes
     try:
         # Elastic jobs fit themselves to the ready, matching GPU nodes they do not avoid;
         # rigid ones ask for all their pods.
@@ -109,7 +100,6 @@ def _reconcile_job(doc, pods, nodes, memo, memory: StatusMemory):
         foreign=foreign, expected=_expected_ranks(status, now, cfg.kubernetes.vanished_after_s),
     )
     result = reconcile(ref, spec, plan, status, backend.observe(now))
-    notes: list[Event] = []
     for action in result.actions:
         if isinstance(action, StopGeneration):
             backend.stop(action)
@@ -119,6 +109,7 @@ def _reconcile_job(doc, pods, nodes, memo, memory: StatusMemory):
             notes += backend.replace(action)
     # The core passes avoidedNodes through; the backend adds a replaced straggler's node.
     result.status.avoided_nodes = backend.avoided_nodes
+    result.status.selector = f"{render.LABEL_JOB}={owner.name}"  # the /scale subresource's, for an HPA
     if starts := [a for a in result.actions if isinstance(a, StartGeneration)]:
         # Intent first: the status names the new generation before any of its pods exists,
         # so an operator that dies in between finds them as its own after a restart.
@@ -151,10 +142,6 @@ def _reconcile_job(doc, pods, nodes, memo, memory: StatusMemory):
             # The events of this pass still go out; the next pass writes the status again.
             log.info(f"Status of {owner.namespace}/{owner.name} not written, retrying: {e}")
             requeue = cfg.retry_seconds
-    if readmit and wire == memory.written:
-        notes += _readmitted(memo.api, owner, readmit, avoided_before, memory)
-    elif not readmit:
-        memory.readmitted = None
     memory.failures, memory.rejection = 0, None
     memo.metrics.jobs.update(owner.namespace, owner.name, result.status, str(spec.runtime))
     st = result.status
@@ -194,18 +181,6 @@ def _rejected(memo, owner: render.Owner, generation: int, status: TrainingJobSta
     memory.status = status
     told, memory.rejection = memory.rejection == message, message
     return ([] if told else [Event(EventType.WARNING, Reason.API_REJECTED, message)]), memory.backoff(memo.config)
-
-
-def _readmitted(api, owner: render.Owner, readmit: list[str], avoided_before: list[str], memory: StatusMemory) -> list[Event]:
-    """The status no longer lists the readmitted nodes: tell once, and remove the annotation
-    (retried by the next pass if that fails; the readmit itself is already written)."""
-    events = [] if memory.readmitted == readmit else readmit_events(readmit, avoided_before)
-    memory.readmitted = readmit
-    try:
-        clear_annotation(api, owner.namespace, owner.name, READMIT_ANNOTATION)
-    except ApiFailure as e:
-        log.info(f"Annotation {READMIT_ANNOTATION} of {owner.namespace}/{owner.name} not removed, retrying: {e}")
-    return events
 
 
 def _ready(node: dict[str, Any]) -> bool:

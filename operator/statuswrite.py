@@ -57,8 +57,6 @@ class StatusMemory:
     #: every version our writes replaced since the body last caught up).
     rv: str | None = None
     lagging: set[str] = dataclasses.field(default_factory=set)
-    #: The readmit annotation this loop has applied and told of, until it is gone.
-    readmitted: list[str] | None = None
     #: Failed passes in a row (the backoff's exponent) and the last rejection told of.
     failures: int = 0
     rejection: str | None = None

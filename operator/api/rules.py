@@ -8,6 +8,8 @@ API server itself, with or without the operator's webhook.
   stored object): the next generation starts from the spec, so an edit under a running one
   would apply at an unpredictable restart, with checkpoints of another shape.
 - :func:`resource_names`: the names a container may ask for (``resources.py``).
+- :data:`ELASTIC_REPLICAS`: ``spec.elastic.replicas`` within its bounds (``kubectl scale``
+  writes it through the /scale subresource, which no webhook of ours sees).
 
 Setting or unsetting a frozen field counts as a change. The rules compare with plain
 ``has`` and ``==``, item lists in order: what the API server's cost estimate admits.
@@ -97,9 +99,19 @@ def resource_names(standard: tuple[str, ...], hugepages: str, extended: str, all
     }
 
 
+#: On ``spec.elastic``: what ``kubectl scale`` (the /scale subresource) and an HPA may set.
+ELASTIC_REPLICAS: dict[str, Any] = {
+    "rule": "!has(self.replicas) || (self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas)",
+    # format(), not string() and '+': the API server's cost estimate refuses those here.
+    "messageExpression": "'spec.elastic.replicas must be within [minReplicas, maxReplicas] = [%d, %d]; got %d'"
+                         ".format([self.minReplicas, self.maxReplicas, self.replicas])",
+    "fieldPath": ".replicas",
+}
+
+
 def extra(*rules: dict[str, Any]) -> dict[str, Any]:
     """A model's ``json_schema_extra`` carrying ``rules``."""
     return {"x-kubernetes-validations": list(rules)}
 
 
-__all__ = ["NAME", "frozen", "frozen_items", "resource_names", "extra"]
+__all__ = ["NAME", "ELASTIC_REPLICAS", "frozen", "frozen_items", "resource_names", "extra"]

@@ -27,6 +27,7 @@ from .enums import (
 )
 from .podtemplate import PodTemplate
 from .presets import PRESETS, ModelPreset
+from .readmit import Readmit
 from .resources import ResourcesSpec
 from .trainingjobstatus import TrainingJobStatus
 from . import rules
@@ -198,8 +199,17 @@ class WorkerGroupSpec(ApiModel):
 class ElasticSpec(ApiModel):
     """Bounds on total replicas when capacity changes; the global batch never changes."""
 
+    model_config = ConfigDict(json_schema_extra=rules.extra(rules.ELASTIC_REPLICAS))
+
     min_replicas: int = Field(ge=1, description="Fewest replicas the job continues with.")
     max_replicas: int = Field(ge=1, description="Most replicas the job grows back to.")
+    replicas: int | None = Field(
+        default=None, ge=1,
+        description="Total replicas the job wants, within [minReplicas, maxReplicas]: what "
+        "`kubectl scale tj/NAME --replicas=N` and an HPA set (the /scale subresource). The last "
+        "worker group grows or shrinks by the difference from workers[].replicas; capacity may "
+        "still hold the job below it. Unset: the sum of workers[].replicas.",
+    )
 
 
 #: An S3 bucket name (AWS's rules; dots, no two in a row, and the not-an-IP rule checked apart).
@@ -366,6 +376,7 @@ class TrainingJobSpec(ApiModel):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec)
     straggler_policy: StragglerPolicySpec = Field(default_factory=StragglerPolicySpec)
+    readmit: Readmit | None = Field(default=None, description="Take avoided nodes back (stragglers replaced there).")
     runtime: Runtime = Field(default=Runtime.TORCH, description="Launch on Kubernetes.")
     suspend: bool = Field(default=False, description="Stop the ranks, keep the checkpoints.")
     ttl_seconds_after_finished: int | None = Field(
@@ -379,6 +390,20 @@ class TrainingJobSpec(ApiModel):
     def world_size(self) -> int:
         """Ranks the spec asks for: the sum over worker groups."""
         return sum(group.ranks for group in self.workers)
+
+    def replicas_wanted(self) -> dict[str, int]:
+        """Pods per worker group the job asks for: ``workers[].replicas``, or with
+        ``elastic.replicas`` (``kubectl scale``) that total: the last group takes the
+        difference, shrinking groups from the last one first (as capacity shrinks a job)."""
+        wanted = {g.name: g.replicas for g in self.workers}
+        target = self.elastic.replicas if self.elastic else None
+        if target is None:
+            return wanted
+        names = list(wanted)
+        wanted[names[-1]] += max(target - sum(wanted.values()), 0)
+        for name in reversed(names):
+            wanted[name] -= min(wanted[name], max(sum(wanted.values()) - target, 0))
+        return wanted
 
 
 class TrainingJob(ApiModel):
@@ -399,6 +424,12 @@ class TrainingJob(ApiModel):
         {"name": "Tokens/s", "type": "number", "jsonPath": ".status.tokensPerSecond", "priority": 1},
         {"name": "Checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpoint.step", "priority": 1},
     )
+
+    #: ``kubectl scale tj/NAME --replicas=N`` and an HPA set ``spec.elastic.replicas`` (a job
+    #: without ``elastic`` is refused: minReplicas and maxReplicas are required there).
+    SCALE: ClassVar[dict[str, str]] = {
+        "specReplicasPath": ".spec.elastic.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector",
+    }
 
     api_version: Literal["shardwright.io/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["TrainingJob"]

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from .base import ApiModel, Condition
 from .enums import Phase, RankState, StragglerAction
+from .readmit import Readmit
 
 
 class CheckpointRef(ApiModel):
@@ -49,6 +50,8 @@ class TrainingJobStatus(ApiModel):
     )
     generation: int = Field(default=0, description="Run generation: one world size and plan.")
     world_size: int = 0
+    replicas: int = Field(default=0, description="Pods of the current generation (the /scale subresource's status).")
+    selector: str | None = Field(default=None, description="Label selector of the job's pods, for an HPA (/scale).")
     ready_ranks: int = 0
     plan: str | None = None
     step: int = 0
@@ -77,5 +80,8 @@ class TrainingJobStatus(ApiModel):
         default_factory=list,
         description="Kubernetes: nodes where a straggler was replaced; every later generation "
         "keeps off them (required node affinity NotIn on kubernetes.io/hostname) for the rest "
-        "of the job.",
+        "of the job, unless spec.readmit takes them back.",
+    )
+    readmitted: Readmit | None = Field(
+        default=None, description="spec.readmit as last applied: the nodes taken out of avoidedNodes then."
     )

@@ -209,6 +209,8 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
             yield Problem("spec.elastic.minReplicas", f"must be <= maxReplicas ({el.max_replicas}); got {el.min_replicas}")
         elif not el.min_replicas <= replicas <= el.max_replicas:
             yield Problem("spec.workers", f"{replicas} replicas in total is outside elastic bounds [{el.min_replicas}, {el.max_replicas}]")
+        if el.replicas is not None and not el.min_replicas <= el.replicas <= el.max_replicas:
+            yield Problem("spec.elastic.replicas", f"must be within [minReplicas, maxReplicas] = [{el.min_replicas}, {el.max_replicas}]; got {el.replicas}")
 
     for i, group in enumerate(spec.workers):
         yield from check_resources(f"spec.workers[{i}].resources", group.resources)
@@ -323,6 +325,8 @@ def _problem(model: type[pydantic.BaseModel], err: dict[str, Any]) -> Problem:
         return Problem(path, f"must have at least {ctx.get('min_length')} item(s)")
     if kind == "string_pattern_mismatch" and path == "metadata.name":
         return Problem(path, f"must be {NAME_RULE} (got {got!r})")
+    if kind == "string_pattern_mismatch" and loc[:2] == ("spec", "readmit"):
+        return Problem(path, f"must be a node name: lowercase letters, digits, '-' and '.' (got {got!r})")
     if kind == "string_pattern_mismatch":
         return Problem(path, f"must be a DNS label: lowercase letters, digits and '-' (got {got!r})")
     if kind in ("string_too_long", "string_too_short"):

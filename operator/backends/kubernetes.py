@@ -360,43 +360,6 @@ class KubernetesBackend:
                 raise _failure(f"delete Pod {name}", e) from None
 
 
-#: Annotation on a TrainingJob: nodes (comma-separated) that its later generations may use
-#: again, e.g. after a repair. The operator takes them out of ``status.avoidedNodes`` and
-#: removes the annotation; a cordon stays (uncordoning is the cluster admin's call).
-READMIT_ANNOTATION = "shardwright.io/readmit-nodes"
-
-
-def readmit_request(meta: dict[str, Any]) -> list[str]:
-    """The node names in the job's readmit annotation, in order, without repeats."""
-    text = (meta.get("annotations") or {}).get(READMIT_ANNOTATION) or ""
-    return list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-
-
-def readmit_events(requested: Sequence[str], avoided: Sequence[str]) -> list[Event]:
-    """What a readmit request did, against the nodes the job avoided before it."""
-    back = [n for n in requested if n in avoided]
-    unknown = [n for n in requested if n not in avoided]
-    events = []
-    if back:
-        events.append(Event(EventType.NORMAL, Reason.NODE_READMITTED, f"Later generations may run on {', '.join(back)} again "
-                            f"(annotation {READMIT_ANNOTATION})"))
-    if unknown:
-        events.append(Event(EventType.WARNING, Reason.READMIT_IGNORED, f"Not avoided by this job, nothing to readmit: {', '.join(unknown)} "
-                            f"(status.avoidedNodes: {', '.join(avoided) or 'none'})"))
-    return events
-
-
-def clear_annotation(api: client.ApiClient, namespace: str, name: str, key: str) -> None:
-    """Remove one annotation of a TrainingJob (merge patch: null deletes the key)."""
-    try:
-        CustomObjectsApi(api).patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, TrainingJob.PLURAL, name, {"metadata": {"annotations": {key: None}}},
-            _content_type="application/merge-patch+json", _preload_content=False,
-        )
-    except Exception as e:
-        raise _failure(f"patch TrainingJob {namespace}/{name} annotation {key}", e) from None
-
-
 def patch_status(api: client.ApiClient, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any],
                  resource_version: str | None = None) -> str | None:
     """Merge-patch ``.status`` to ``new``; keys present in ``old`` but gone from ``new`` become

@@ -53,6 +53,7 @@ def start(rc: Pass) -> None:
     resume = usable[-1] if usable else None
     st.generation += 1
     st.world_size = rc.plan.world_size
+    st.replicas = len({(r.group, r.replica) for r in rc.plan.ranks})  # its pods: the /scale status
     st.plan = rc.plan.summary
     st.generation_start_time = rc.now
     st.last_progress_time = None  # set when the new ranks first report

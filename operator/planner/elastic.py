@@ -5,7 +5,8 @@ its matching nodes hold (``capacity.group_limits`` on Kubernetes), then replicas
 from the last worker group first until the world fits the available ranks (the local rank
 budget), divides by the sequence degree and still gives every data-parallel rank a sample;
 below ``minReplicas`` nothing runs. When capacity returns, the same rule gives the spec's
-replicas back.
+replicas back. The spec's replicas are ``workers[].replicas``, or ``elastic.replicas`` when
+set (``kubectl scale``: ``TrainingJobSpec.replicas_wanted``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ def replicas_for_capacity(
 ) -> dict[str, int] | None:
     """Replicas per group for ``ranks_available`` ranks in all (None: unbounded) and at most
     ``group_limits[name]`` pods in a group (absent: unbounded); None if not even the minimum fits."""
-    limits = group_limits or {}
-    replicas = {g.name: min(g.replicas, limits.get(g.name, g.replicas)) for g in spec.workers}
-    if ranks_available is None and replicas == {g.name: g.replicas for g in spec.workers}:
+    limits, wanted = group_limits or {}, spec.replicas_wanted()
+    replicas = {name: min(n, limits.get(name, n)) for name, n in wanted.items()}
+    if ranks_available is None and replicas == wanted:
         return replicas
     ranks_available = float("inf") if ranks_available is None else ranks_available
     per_replica = {g.name: g.ranks_per_replica for g in spec.workers}

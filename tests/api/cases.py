@@ -29,7 +29,7 @@ class Bad:
 
 SPEC_FIELDS = (
     "activeDeadlineSeconds, checkpoint, data, elastic, failurePolicy, model, parallelism, "
-    "runtime, stragglerPolicy, suspend, training, ttlSecondsAfterFinished, workers"
+    "readmit, runtime, stragglerPolicy, suspend, training, ttlSecondsAfterFinished, workers"
 )
 WORKER_FIELDS = "gpuType, image, name, nodeSelector, ranksPerReplica, replicas, resources, template"
 

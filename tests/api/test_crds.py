@@ -74,7 +74,7 @@ def test_schema_file_has_no_yaml_aliases():
     assert "&id" not in CRD_FILE.read_text()
 
 
-def test_names_group_version_and_status_subresource(definition):
+def test_names_group_version_and_status_and_scale_subresources(definition):
     spec = definition["spec"]
     assert definition["metadata"]["name"] == "trainingjobs.shardwright.io"
     assert spec["group"] == "shardwright.io"
@@ -82,7 +82,8 @@ def test_names_group_version_and_status_subresource(definition):
     assert spec["names"]["kind"] == "TrainingJob" and spec["scope"] == "Namespaced"
     (version,) = spec["versions"]
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {"status": {}, "scale": {
+        "specReplicasPath": ".spec.elastic.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}}
 
 
 def test_printer_columns_point_at_real_status_fields(definition, schema):

@@ -7,8 +7,9 @@
 - The chart's fields that differ between two renders (Argo CD renders again and again) are
   exactly those the Argo CD Application ignores.
 - A TrainingJob applied as each tool applies it (its field manager, its tracking marks) and
-  run by the operator to Complete: applying it again changes nothing. A readmit annotation
-  committed to git is removed by the operator, and that shows as drift: the test says so.
+  run by the operator to Complete: applying it again changes nothing. A readmit request
+  committed to git (``spec.readmit``) is acknowledged in ``status.readmitted``; applying it
+  again changes nothing, and no field of the spec is ever written by the operator.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 GITOPS = ROOT / "examples" / "gitops"
 TOOL_NAMESPACES = ("argocd", "flux-system")
-READMIT = "shardwright.io/readmit-nodes"
 
 
 def docs(path: Path) -> list[dict]:
@@ -143,22 +143,18 @@ def differing(a, b, pointer: str = "") -> list[str]:
     return [] if a == b else [pointer]
 
 
-def test_what_differs_between_two_renders_is_exactly_what_argo_cd_ignores(kube, tmp_path):
+def test_two_renders_are_equal_and_argo_cd_ignores_only_the_injected_ca_bundle(kube, tmp_path):
+    """Argo CD renders the chart again on every commit or cache expiry: nothing may differ
+    (no certificate is rendered), and the one field the operator sets on a chart object,
+    the webhook's caBundle, is never rendered and is what the Application ignores."""
     app = docs(GITOPS / "argocd" / "shardwright.yaml")[0]
     first, second = render(kube, app, tmp_path), render(kube, app, tmp_path)
-    assert first.keys() == second.keys()
-    drifting = {(kind, ns, name, p) for (kind, ns, name), doc in first.items() for p in differing(doc, second[(kind, ns, name)])}
-
-    def ignored(kind: str, namespace: str, name: str, pointer: str) -> bool:
-        return any(rule["kind"] == kind and rule.get("name", name) == name and rule.get("namespace", namespace) == namespace
-                   and any(pointer == p or pointer.startswith(p + "/") for p in rule["jsonPointers"]) for rule in app["spec"]["ignoreDifferences"])
-
-    assert drifting, "nothing differs between two renders: the ignoreDifferences of the Argo CD example can go"
-    unignored = sorted(d for d in drifting if not ignored(*d))
-    assert not unignored, f"differ between renders, not ignored (Argo CD would show them OutOfSync): {unignored}"
-    needless = [r for r in app["spec"]["ignoreDifferences"]
-                if not any(ignored(*d) and d[0] == r["kind"] and d[2] == r["name"] for d in drifting)]
-    assert not needless, f"ignored, yet the same in every render: {needless}"
+    drifting = {(kind, ns, name, p) for (kind, ns, name), doc in first.items() for p in differing(doc, second.get((kind, ns, name)))}
+    assert first.keys() == second.keys() and not drifting, f"differ between two renders (Argo CD would show them OutOfSync): {sorted(drifting)}"
+    config = next(doc for (kind, _, _), doc in first.items() if kind == "ValidatingWebhookConfiguration")
+    assert all("caBundle" not in hook["clientConfig"] for hook in config["webhooks"])
+    assert app["spec"]["ignoreDifferences"] == [{"group": "admissionregistration.k8s.io", "kind": "ValidatingWebhookConfiguration",
+                                                 "name": config["metadata"]["name"], "jqPathExpressions": [".webhooks[]?.clientConfig.caBundle"]}]
 
 
 # ----------------------------------------------------------------------------- a running job
@@ -172,12 +168,11 @@ TOOLS = {
 }
 
 
-def as_applied_by(tool: str, namespace: str, **annotations: str) -> dict:
+def as_applied_by(tool: str, namespace: str, **spec: dict) -> dict:
     doc = docs(ROOT / "examples" / "tiny-train.yaml")[0]
     marks = json.loads(json.dumps(TOOLS[tool][1]).replace("{ns}", namespace))
     doc["metadata"].update(namespace=namespace, **marks)
-    if annotations:  # never an empty map: the server drops it, so each apply would write it again
-        doc["metadata"].setdefault("annotations", {}).update(annotations)
+    doc["spec"].update(spec)
     return doc
 
 
@@ -188,6 +183,11 @@ def tool_apply(kube, tool: str, doc: dict, *extra: str) -> subprocess.CompletedP
 def applied_by(obj: dict, tool: str) -> list[dict]:
     """The managedFields entries of the tool's field manager on ``obj``."""
     return [m for m in obj["metadata"]["managedFields"] if m["manager"] == TOOLS[tool][0]]
+
+
+def spec_writers(obj: dict) -> list[str]:
+    """The field managers that own any field of ``.spec``."""
+    return sorted({m["manager"] for m in obj["metadata"]["managedFields"] if "f:spec" in m.get("fieldsV1", {})})
 
 
 def owned(obj: dict) -> dict:
@@ -254,11 +254,19 @@ def test_reapplying_an_unchanged_example_to_a_running_then_finished_job_changes_
         assert applied_by(again, tool) == applied_by(live, tool)
         assert differing(without_status(live), without_status(again)) == []
 
-        # Known drift, shown rather than hidden (docs/gitops.md): the operator removes the
-        # readmit annotation once handled, so a copy committed to git is re-added on every sync.
-        committed = as_applied_by(tool, namespace, **{READMIT: process_nodes[0]})
+        # A readmit request committed to git: acknowledged in status, never removed from the
+        # spec, so re-applying it finds nothing to change (docs/gitops.md).
+        process_nodes_readmit = {"nodes": [process_nodes[0]], "token": "2026-12-07"}
+        committed = as_applied_by(tool, namespace, readmit=process_nodes_readmit)
         assert tool_apply(kube, tool, committed, "apply").returncode == 0
-        wait_for(lambda: READMIT not in (get_json(kube, "-n", namespace, "get", "tj", "tiny-train")["metadata"].get("annotations") or {}),
-                 180, "the operator to remove the readmit annotation", every=1.0)
-        drift = tool_apply(kube, tool, committed, "diff")
-        assert drift.returncode == 1 and f"+    {READMIT}: {process_nodes[0]}" in drift.stdout, drift.stdout + drift.stderr
+        acked = wait_for(lambda: (j := get_json(kube, "-n", namespace, "get", "tj", "tiny-train", "--show-managed-fields"))
+                         .get("status", {}).get("readmitted") and j, 120, "the readmit acknowledged", every=1.0)
+        assert acked["status"]["readmitted"] == process_nodes_readmit and acked["spec"]["readmit"] == process_nodes_readmit
+        events = get_json(kube, "-n", namespace, "get", "events", "--field-selector=reason=ReadmitIgnored")["items"]
+        assert [e["message"] for e in events] == [f"Not avoided by this job, nothing to readmit: {process_nodes[0]} (status.avoidedNodes: none)"]
+        diff = tool_apply(kube, tool, committed, "diff")
+        assert diff.returncode == 0, f"kubectl diff shows drift after the readmit:\n{diff.stdout}{diff.stderr}"
+        assert tool_apply(kube, tool, committed, "apply").returncode == 0
+        after = get_json(kube, "-n", namespace, "get", "tj", "tiny-train", "--show-managed-fields")
+        assert applied_by(after, tool) == applied_by(acked, tool) and after["status"]["readmitted"] == process_nodes_readmit
+        assert spec_writers(after) == [TOOLS[tool][0]], after["metadata"]["managedFields"]

@@ -3,7 +3,7 @@ rank 1 computing at half speed. ``rebalance``: the operator POSTs new work share
 0's pod until rank 0 reports them. ``replace``: the next generation keeps off rank 1's node
 (required NotIn node affinity), the node is listed in ``status.avoidedNodes`` and cordoned
 when the policy asks and the operator may; a restarted operator keeps avoiding it, until
-the job's ``shardwright.io/readmit-nodes`` annotation takes it back."""
+the job's ``spec.readmit`` takes it back (acknowledged in ``status.readmitted``)."""
 
 from __future__ import annotations
 
@@ -155,13 +155,11 @@ async def test_replace_without_cordon_permission_still_avoids_the_node(cluster):
         assert not node_patches(cluster) and not cordoned(cluster, b)
 
 
-READMIT = "shardwright.io/readmit-nodes"
-
-
-async def readmit(cluster, nodes: str) -> None:
-    """``kubectl annotate tj tiny shardwright.io/readmit-nodes=...``; returns once the operator took it."""
-    await patch_job(cluster, "tiny", {"metadata": {"annotations": {READMIT: nodes}}})
-    await eventually(lambda: READMIT not in get(cluster, TJ, "tiny")["metadata"].get("annotations", {}), what="annotation removed")
+async def readmit(cluster, *nodes: str) -> None:
+    """``spec.readmit.nodes`` set; returns once the operator acknowledged it (the spec stays as written)."""
+    await patch_job(cluster, "tiny", {"spec": {"readmit": {"nodes": list(nodes)}}})
+    await eventually(lambda: job_status(cluster).get("readmitted") == {"nodes": list(nodes), "token": ""}, what="readmit acknowledged")
+    assert get(cluster, TJ, "tiny")["spec"]["readmit"] == {"nodes": list(nodes)}
 
 
 async def test_a_readmitted_node_is_used_again_by_later_generations(cluster):
@@ -175,10 +173,10 @@ async def test_a_readmitted_node_is_used_again_by_later_generations(cluster):
             await bind_pod(cluster, name, node)
         await run_all(cluster, 2)
         await eventually(lambda: job_status(cluster).get("avoidedNodes") == [b], what="node b avoided")
-        await readmit(cluster, f"{b}, node-x")  # node b was repaired; node-x is a typo
+        await readmit(cluster, b, "node-x")  # node b was repaired; node-x is a typo
         await eventually(lambda: not job_status(cluster).get("avoidedNodes"), what="node b readmitted")
         (told,) = await eventually(lambda: posted_events(cluster, "NodeReadmitted"), what="NodeReadmitted")
-        assert told == f"Later generations may run on {b} again (annotation shardwright.io/readmit-nodes)"
+        assert told == f"Later generations may run on {b} again (spec.readmit)"
         (warned,) = await eventually(lambda: posted_events(cluster, "ReadmitIgnored"), what="ReadmitIgnored")
         assert warned == f"Not avoided by this job, nothing to readmit: node-x (status.avoidedNodes: {b})"
         # The running generation keeps its pods; the next one may use node b again.
@@ -206,7 +204,7 @@ async def test_a_generation_waiting_for_the_readmitted_node_starts_again_at_once
         said = await eventually(lambda: len(posted_events(cluster, "NodeReadmitted")) == 2 and posted_events(cluster, "NodeReadmitted"), what="events")
         assert sorted(said) == [
             f"Generation 2 starts again: pod tiny-g2-worker-0 waits for a node and keeps off {b}, which the job no longer avoids",
-            f"Later generations may run on {b} again (annotation shardwright.io/readmit-nodes)",
+            f"Later generations may run on {b} again (spec.readmit)",
         ]
 
 
