@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("crds", help="generate CustomResourceDefinitions from the API models")
     p.add_argument("--out", type=Path, action="append",
-                   help="directory to write (repeatable; default: crds/ and the chart's crd-files/)")
+                   help="directory to write (repeatable; default: crds/ and both charts' crd-files/)")
     p.add_argument("--check", action="store_true", help="exit 1 if the files differ instead of writing")
     p.set_defaults(func=_crds)
 
@@ -357,7 +357,7 @@ def _export(args) -> int:
 def _crds(args) -> int:
     from shardwright.operator.api import crd
 
-    outs = args.out or [Path("crds"), Path("helm/shardwright/crd-files")]
+    outs = args.out or [Path(d) for d in crd.OUT_DIRS]
     if args.check:
         stale = [out / name for out in outs for name in crd.drifted(out)]
         for path in stale:

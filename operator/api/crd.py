@@ -25,6 +25,9 @@ from .trainingjob import GROUP, VERSION, TrainingJob
 
 #: Every kind that gets a CRD.
 KINDS = (TrainingJob, ServingPool)
+#: Where ``shardwright crds`` writes them (relative to the repository): for ``kubectl apply
+#: --server-side -f crds/``, the operator chart (``crds.install``) and the CRDs-only chart.
+OUT_DIRS = ("crds", "helm/shardwright/crd-files", "helm/shardwright-crds/crd-files")
 
 _DROP = {"title", "default", "$defs"}
 
