@@ -34,6 +34,7 @@ RUN case "$VARIANT" in \
 RUN /opt/shardwright/bin/pip install \
       "numpy==2.4.6" "kopf==1.45.2" "kubernetes==37.0.3" "ray==2.60.0" "pydantic==2.14.4" \
       "prometheus-client==0.26.0" "pyyaml==6.0.4" "tqdm==4.70.1" "s3fs==2026.9.0" \
+      "cryptography==51.0.1" \
       . \
  && /opt/shardwright/bin/shardwright --version
 

@@ -31,8 +31,10 @@ RARE = {
 
 
 def granted(cluster) -> set[tuple[str, str]]:
-    """(verb, group/resource) the chart gives the operator: its ClusterRole and Lease Role."""
-    roles = [cluster.json("get", "clusterrole", OPERATOR_SA), cluster.json("-n", SYSTEM, "get", "role", f"{OPERATOR_SA}-leader")]
+    """(verb, group/resource) the chart gives the operator: its ClusterRole, Lease Role and
+    webhook certificate Role."""
+    roles = [cluster.json("get", "clusterrole", OPERATOR_SA), cluster.json("-n", SYSTEM, "get", "role", f"{OPERATOR_SA}-leader"),
+             cluster.json("-n", SYSTEM, "get", "role", f"{OPERATOR_SA}-webhook")]
     return {(verb, f"{group}/{resource}") for role in roles for rule in role["rules"]
             for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
 

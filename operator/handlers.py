@@ -34,10 +34,11 @@ import kopf
 from kubernetes import client, config as kube_config
 
 from shardwright.operator.api import GROUP, VERSION, TrainingJob, validate
-from shardwright.operator import webhook
+from shardwright.operator import probes, webhook
 from shardwright.operator.backends import probe
 from shardwright.operator.backends import pods as render
 from shardwright.operator.backends import podstatus
+from shardwright.operator.certrotation import CertRotator, RotationSettings
 from shardwright.operator.jobpass import run_pass
 from shardwright.operator.lease import FencedApiClient, LeaseLost
 from shardwright.operator.metrics import OperatorMetrics
@@ -91,11 +92,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.reporting_component = "shardwright-operator"
     settings.execution.max_workers = 16  # the Kubernetes client is sync: API calls run in threads
     _watch_settings(settings, cfg)
-    settings.admission.server = kopf.WebhookServer(
-        port=cfg.webhook_port, certfile=cfg.webhook_certfile, pkeyfile=cfg.webhook_pkeyfile,
-        insecure=cfg.webhook_insecure, addr=cfg.bind_address,
-    ) if cfg.webhook else webhook.no_webhook
-    settings.admission.managed = None  # the chart owns the ValidatingWebhookConfiguration
     if memo.api is None:
         memo.api = api_client()
 
@@ -141,12 +137,6 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
         scheme=scheme or None, token=token or None,
         certificate_path=c.cert_file, private_key_path=c.key_file,
     )
-
-
-@kopf.on.probe(id="jobs", registry=REGISTRY)
-def liveness(memo: kopf.Memo, **_: Any) -> int:
-    """Kopf's liveness endpoint reports this: the number of jobs with a running loop."""
-    return len(memo.wakeups)
 
 
 # ----------------------------------------------------------------------------- indexes and wake-ups
@@ -207,12 +197,17 @@ def _wake(memo: kopf.Memo, key: tuple[str, str]) -> None:
 # ----------------------------------------------------------------------------- admission
 
 
-@kopf.on.validate(GROUP, VERSION, PLURAL, operations=["CREATE", "UPDATE"], registry=REGISTRY)
-def admit(body: kopf.Body, old: kopf.Body | None = None, **_: Any) -> None:
-    """The same validation and messages as ``shardwright validate``. An update is not judged
-    on the name, as the CRD's rule judges it at create only (a name never changes): a job
-    named before that rule keeps taking edits."""
+def admit(body: dict, old: dict | None = None) -> None:
+    """The admission webhook's judgement (``webhook.respond`` calls it on every replica):
+    the same validation and messages as ``shardwright validate``. An update is judged only
+    when it changes the spec: a label, annotation, finalizer or status change of a job that
+    today's rules would refuse (written before them, or by an older operator) is never
+    refused, so its deletion and the operator's own writes always go through. Nor is an
+    update judged on the name, as the CRD's rule judges it at create only (a name never
+    changes): a job named before that rule keeps taking edits."""
     doc = {k: v for k, v in dict(body).items() if k != "status"}
+    if old is not None and dict(old).get("spec") == doc.get("spec"):
+        return
     if old is not None and isinstance(doc.get("metadata"), dict):
         doc["metadata"] = {**doc["metadata"], "name": "updated-job"}  # any valid name: the rest is checked
     _, problems = validate(doc)
@@ -308,18 +303,43 @@ async def serve(
     cfg: OperatorConfig,
     *,
     namespaces: list[str],
-    liveness_endpoint: str | None,
     metrics_port: int | None,
     lease: Any | None,
+    health_port: int | None = None,
+    certs: RotationSettings | None = None,
 ) -> None:
-    """``shardwright operator``: lead (Lease), then run Kopf until stopped or the lease is lost.
+    """``shardwright operator``: serve the webhook and the probes, lead (Lease), then run
+    Kopf until stopped or the lease is lost.
 
     ``namespaces`` empty: the whole cluster. Kopf peering is off (``standalone``): the
-    Lease decides who runs, and only the leader serves the webhook and the metrics.
+    Lease decides who reconciles (and serves the metrics). Every replica serves the
+    admission webhook (``cfg.webhook``; its certificate kept current from ``certs``, else
+    the files in ``cfg``) and ``/healthz``, ``/readyz`` on ``health_port``, from before it
+    leads, so a standby answers the API server while the leader is down.
     Raises ``LeaseLost`` once Kopf has stopped because we no longer lead (the process
     exits non-zero and Kubernetes starts a fresh candidate).
     """
     memo = make_memo(cfg)
+    admission = webhook.AdmissionServer(admit, addr=cfg.bind_address, port=cfg.webhook_port, certfile=cfg.webhook_certfile,
+                                        keyfile=cfg.webhook_pkeyfile, insecure=cfg.webhook_insecure) if cfg.webhook else None
+    rotator = CertRotator(api_client(), certs) if admission is not None and certs is not None else None
+    serving = asyncio.create_task(webhook.keep_serving(admission, rotator)) if admission is not None else None
+    health = None
+    try:
+        if health_port is not None:
+            health = await probes.serve(cfg.bind_address, health_port, admission.serves_current_certificate if admission else None)
+        await _lead_and_reconcile(memo, namespaces=namespaces, metrics_port=metrics_port, lease=lease)
+    finally:
+        if serving is not None:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+        if health is not None:
+            await health.cleanup()
+
+
+async def _lead_and_reconcile(memo: kopf.Memo, *, namespaces: list[str], metrics_port: int | None, lease: Any | None) -> None:
+    """Wait for the Lease, then run Kopf (and serve the metrics) for as long as we lead."""
+    cfg: OperatorConfig = memo.config
     if lease is not None:
         await lease.acquire()
     lost = asyncio.Event()
@@ -329,7 +349,7 @@ async def serve(
     try:
         await kopf.operator(
             registry=REGISTRY, memo=memo, standalone=True, stop_flag=lost,
-            clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=liveness_endpoint,
+            clusterwide=not namespaces, namespaces=namespaces,
         )
     finally:
         if holder is not None:

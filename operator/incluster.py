@@ -17,12 +17,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable; default: the cluster)")
     p.add_argument("--image", help="worker image for groups that name none")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
-    p.add_argument("--health-port", type=int, default=8081, help="Kopf liveness /healthz port (0: off)")
+    p.add_argument("--health-port", type=int, default=8081, help="/healthz (liveness) and /readyz (the webhook serves) port (0: off)")
     p.add_argument("--webhook-port", type=int, default=9443)
     p.add_argument("--bind-address", default="0.0.0.0", help="address of the webhook, metrics and health endpoints")
-    p.add_argument("--webhook-cert-dir", type=Path, default=Path("/certs"), help="tls.crt and tls.key of the webhook")
+    p.add_argument("--webhook-cert-dir", type=Path, default=Path("/certs"),
+                   help="tls.crt and tls.key of the webhook (with --webhook-secret: written there from the Secret)")
     p.add_argument("--webhook", choices=["auto", "on", "off"], default="auto",
                    help="serve the admission webhook: on (certificate required), off, or auto: on when the certificate exists")
+    p.add_argument("--webhook-secret", help="Secret holding the webhook's certificate, re-read every minute (implies --webhook=on)")
+    p.add_argument("--webhook-namespace", help="namespace of --webhook-secret and --webhook-service")
+    p.add_argument("--webhook-service", help="Service the API server calls: this operator issues the certificate for its names")
+    p.add_argument("--webhook-configuration", help="ValidatingWebhookConfiguration whose caBundle this operator sets to its CA")
     p.add_argument("--checkpoint-claim", help="PersistentVolumeClaim mounted at /checkpoints in every worker pod")
     p.add_argument("--worker-service-account", help="ServiceAccount of every worker pod (default: the namespace's default)")
     p.add_argument("--lease-namespace", help="namespace of the leader Lease (default: no leader election)")
@@ -55,7 +60,10 @@ def _operator(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        tls = webhook.tls_files(args.webhook_cert_dir, args.webhook)
+        certs = webhook.from_secret(args.webhook_cert_dir, secret=args.webhook_secret, namespace=args.webhook_namespace,
+                                    service=args.webhook_service, configuration=args.webhook_configuration) if args.webhook_secret else None
+        # From a Secret, the files are written before the webhook listens.
+        tls = (str(certs.cert_dir / "tls.crt"), str(certs.cert_dir / "tls.key")) if certs else webhook.tls_files(args.webhook_cert_dir, args.webhook)
     except webhook.ConfigError as e:
         print(f"shardwright operator: {e}", file=sys.stderr)
         return 2
@@ -83,11 +91,10 @@ def _operator(args) -> int:
 
         identity = os.environ.get("POD_NAME") or os.uname().nodename
         leader = lease.LeaderLease(handlers.api_client(), lease.LeaseSettings(namespace=args.lease_namespace, identity=identity))
-    liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     try:
         asyncio.run(handlers.serve(
-            cfg, namespaces=args.namespace, liveness_endpoint=liveness,
-            metrics_port=args.metrics_port or None, lease=leader,
+            cfg, namespaces=args.namespace, metrics_port=args.metrics_port or None, lease=leader,
+            health_port=args.health_port or None, certs=certs,
         ))
     except lease.LeaseLost as e:
         logging.getLogger("shardwright.operator").error(f"{e}; exiting for a fresh start")

@@ -23,6 +23,7 @@ NON_DEFAULT = {
     "crds": {"install": False},
     "watchNamespaces": ["team-a", "team-b"],
     "leaderElection": {"enabled": False},
+    "replicaCount": 1,
     "gangScheduler": "volcano",
     "cordonNodes": True,
     "workerServiceAccount": "trainers",
@@ -75,12 +76,13 @@ def test_chart_crds_equal_the_generated_crds(default_objects):
 
 def test_default_operator_is_locked_down(default_objects):
     deployment = by_kind(default_objects, "Deployment")[0]
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["resources"]["limits"] and container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert "--lease-namespace=shardwright-system" in container["args"]
     rules = by_kind(default_objects, "ClusterRole")[0]["rules"]
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
@@ -91,17 +93,54 @@ def test_default_operator_is_locked_down(default_objects):
     assert not any("namespaces" in r["resources"] for r in rules)  # cluster-wide: Kopf observes none
     assert "--cordon-nodes" not in container["args"]
     assert not any(a.startswith("--worker-service-account") for a in container["args"])
-    secret = by_kind(default_objects, "Secret")[0]
     webhook = by_kind(default_objects, "ValidatingWebhookConfiguration")[0]["webhooks"][0]
-    assert secret["type"] == "kubernetes.io/tls" and webhook["clientConfig"]["caBundle"]
-    assert webhook["clientConfig"]["service"]["path"] == "/admit"  # Kopf serves the handler id
+    assert webhook["clientConfig"]["service"]["path"] == "/admit" and webhook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
     dashboard = by_kind(default_objects, "ConfigMap")[0]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
+def test_the_webhook_certificate_is_never_rendered():
+    """The Secret is created empty and the caBundle left out: the operator issues and injects
+    them, so two renders (two upgrades, Argo CD syncs) are equal and change neither. The
+    operator may write that one Secret and patch that one configuration, nothing else."""
+    first, second = render({}), render({})
+    for kind in ("Secret", "ValidatingWebhookConfiguration", "Deployment"):
+        assert by_kind(first, kind) == by_kind(second, kind)
+    secret = by_kind(first, "Secret")[0]
+    assert secret["type"] == "Opaque" and "data" not in secret and "stringData" not in secret
+    webhook = by_kind(first, "ValidatingWebhookConfiguration")[0]
+    assert "caBundle" not in webhook["webhooks"][0]["clientConfig"]
+    role = next(r for r in by_kind(first, "Role") if r["metadata"]["name"] == "sw-shardwright-webhook")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["sw-shardwright-webhook-cert"], "verbs": ["get", "update"]}]
+    rule = next(r for r in by_kind(first, "ClusterRole")[0]["rules"] if r["resources"] == ["validatingwebhookconfigurations"])
+    assert rule["resourceNames"] == ["sw-shardwright"] and rule["verbs"] == ["get", "patch"]
+    args = by_kind(first, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"--webhook-secret=sw-shardwright-webhook-cert", "--webhook-service=sw-shardwright", "--webhook-configuration=sw-shardwright"} <= set(args)
+
+
+def test_a_brought_certificate_is_only_read():
+    """certSecret (cert-manager): the operator reads that Secret and never writes it nor the
+    caBundle, which comes from caBundle or cert-manager's cainjector (caInjectFrom)."""
+    objects = render({"webhook": {"certSecret": "my-cert", "caInjectFrom": "shardwright-system/sw-webhook"}})
+    assert not by_kind(objects, "Secret")
+    webhook = by_kind(objects, "ValidatingWebhookConfiguration")[0]
+    assert webhook["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": "shardwright-system/sw-webhook"}
+    role = next(r for r in by_kind(objects, "Role") if r["metadata"]["name"] == "sw-shardwright-webhook")
+    assert role["rules"][0]["resourceNames"] == ["my-cert"] and role["rules"][0]["verbs"] == ["get"]
+    assert not any(r["resources"] == ["validatingwebhookconfigurations"] for r in by_kind(objects, "ClusterRole")[0]["rules"])
+    args = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--webhook-secret=my-cert" in args and not any(a.startswith("--webhook-configuration") for a in args)
+
+
+def test_more_than_one_replica_needs_the_lease():
+    with pytest.raises(helm.HelmError, match="replicaCount above 1 needs leaderElection.enabled"):
+        render({"leaderElection": {"enabled": False}})
+
+
 def test_non_default_values_take_effect():
     objects = render(NON_DEFAULT)
-    assert not by_kind(objects, "CustomResourceDefinition") and not by_kind(objects, "Role")
+    assert not by_kind(objects, "CustomResourceDefinition")
+    assert [r["metadata"]["name"] for r in by_kind(objects, "Role")] == ["sw-shardwright-webhook"]  # no Lease Role
     assert not by_kind(objects, "Secret") and not by_kind(objects, "ConfigMap")
     args = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--gang-scheduler=volcano" in args

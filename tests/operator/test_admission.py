@@ -5,17 +5,17 @@ name limits; a name a Service cannot take is refused by the CRD's rule."""
 from __future__ import annotations
 
 import base64
-import dataclasses
+import copy
 
 import kopf
 import pytest
 
-from shardwright.operator import handlers
+from shardwright.operator import handlers, webhook
 from shardwright.operator.backends.pods import LABEL_REPLICA
 from shardwright.operator.backends.ports import free_port
 
 from .kubeapi import (
-    FAST, SERVICES, TJ, WEBHOOKS, ApiError, create_job, eventually, get, path, passes, pods_of, posted_events, refused, running_operator, tiny_job,
+    SERVICES, TJ, WEBHOOKS, ApiError, create_job, eventually, get, path, passes, pods_of, posted_events, refused, running_operator, tiny_job,
 )
 
 pytestmark = pytest.mark.cluster
@@ -26,14 +26,15 @@ async def test_webhook_rejects_a_bad_object_naming_the_field(cluster):
     plane's CA, as the chart's Secret would hold) for this namespace's TrainingJobs."""
     port = free_port()
     cert, key = cluster.cp.pki.sign(f"webhook-{cluster.namespace}", ips=("127.0.0.1",))
-    tls = dataclasses.replace(FAST, webhook_port=port, webhook_certfile=str(cert), webhook_pkeyfile=str(key), webhook_insecure=False)
+    server = webhook.AdmissionServer(handlers.admit, addr="127.0.0.1", port=port, certfile=cert, keyfile=key)
     config = webhook_configuration(cluster, port)
     cluster.api.request("POST", path(WEBHOOKS), config)
     cluster.made.append((WEBHOOKS, config["metadata"]["name"]))
     # The API server loads a new webhook configuration a moment later: until it calls the
     # (not yet started) webhook and fails, a create is not judged by it at all.
     await eventually(lambda: refused(cluster, TJ, tiny_job("probe"), "failed calling webhook"), what="the webhook configuration in effect")
-    async with running_operator(cluster, tls):
+    await server.start()
+    try:
         bad = tiny_job()
         bad["spec"]["model"]["heads"] = 5  # does not divide dim 64
         denied = await eventually(lambda: denial(cluster, bad), what="the webhook's answer (it starts after the operator)")
@@ -43,6 +44,8 @@ async def test_webhook_rejects_a_bad_object_naming_the_field(cluster):
         denied = await eventually(lambda: denial(cluster, over), what="the webhook's answer (a loaded machine may time a call out)")
         assert denied.status == 422 and "spec.workers[0].resources.requests.cpu: must be \\u003c= limits.cpu (1500m)" in str(denied), denied  # JSON escapes <
         assert (await create_job(cluster, tiny_job()))["metadata"]["name"] == "tiny"
+    finally:
+        await server.stop()
 
 
 def webhook_configuration(cluster, port: int) -> dict:
@@ -119,3 +122,9 @@ def test_an_update_is_not_judged_on_the_name():
     broken["spec"]["model"]["heads"] = 5
     with pytest.raises(kopf.AdmissionError, match=r"^spec.model.heads: must divide dim"):
         handlers.admit(body=broken, old=job)
+    # An update that leaves the spec alone is never judged: a job today's rules refuse still
+    # takes its labels, finalizer removal and status.
+    relabelled = copy.deepcopy(broken)
+    relabelled["metadata"].update(labels={"team": "a"}, finalizers=[])
+    relabelled["status"] = {"phase": "Failed"}
+    assert handlers.admit(body=relabelled, old=broken) is None

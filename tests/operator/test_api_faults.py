@@ -39,7 +39,7 @@ async def test_api_conflicts_and_server_errors_are_retried(kmock_cluster):
 async def test_a_leader_whose_lease_requests_fail_stops(kmock_cluster):
     """KMock only: a real server cannot be made to answer 500 to the Lease alone while it serves everything else."""
     leader = LeaderLease(handlers.api_client(), LeaseSettings(namespace=NS, identity="a", duration_s=2, renew_s=0.1))
-    serving = asyncio.create_task(handlers.serve(FAST, namespaces=[], liveness_endpoint=None, metrics_port=None, lease=leader))
+    serving = asyncio.create_task(handlers.serve(FAST, namespaces=[], metrics_port=None, lease=leader))
     await create_job(kmock_cluster, tiny_job())
     await eventually(lambda: len(live(kmock_cluster, PODS)) == 2, what="the leader starts generation 1")
     assert live(kmock_cluster, LEASES)["shardwright-operator"]["spec"]["holderIdentity"] == "a"

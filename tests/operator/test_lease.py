@@ -50,7 +50,7 @@ async def test_a_leader_whose_lease_is_taken_over_stops(cluster):
     pods from it."""
     ns = cluster.namespace
     leader = LeaderLease(handlers.api_client(), LeaseSettings(namespace=ns, identity="a", duration_s=2, renew_s=0.1))
-    serving = asyncio.create_task(handlers.serve(FAST, namespaces=[ns], liveness_endpoint=None, metrics_port=None, lease=leader))
+    serving = asyncio.create_task(handlers.serve(FAST, namespaces=[ns], metrics_port=None, lease=leader))
     await create_job(cluster, tiny_job())
     await eventually(lambda: len(pods_of(cluster, 1)) == 2, what="the leader starts generation 1")
     assert get(cluster, LEASES, "shardwright-operator")["spec"]["holderIdentity"] == "a"
@@ -108,7 +108,7 @@ class Replica:
         self.thread.start()
 
     def _run(self, namespace: str) -> None:
-        serving = self.loop.create_task(handlers.serve(FAST, namespaces=[namespace], liveness_endpoint=None, metrics_port=None, lease=self.lease))
+        serving = self.loop.create_task(handlers.serve(FAST, namespaces=[namespace], metrics_port=None, lease=self.lease))
         self.task = serving
         try:
             self.outcome.set_result(self.loop.run_until_complete(serving))
