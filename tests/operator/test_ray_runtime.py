@@ -68,7 +68,8 @@ async def test_a_ray_job_gets_a_head_and_a_worker_pod_per_replica(cluster):
                 "python", "-m", "shardwright.workers.raynode", f"tiny-g1-head.tiny.{cluster.namespace}.svc:6379",
                 f'--resources={{"{name}": 1}}',
             ]
-            assert env(worker) == {"RANK": str(replica), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}
+            assert env(worker) == {"RANK": str(replica), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1",
+                                   "SHARDWRIGHT_TELEMETRY_TOKEN": {"secretKeyRef": {"name": "tiny-telemetry", "key": "token"}}}
             assert worker["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}  # the group's
         for pod in pods.values():
             (owner,) = pod["metadata"]["ownerReferences"]
