@@ -31,7 +31,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-claim", help="PersistentVolumeClaim mounted at /checkpoints in every worker pod")
     p.add_argument("--worker-service-account", help="ServiceAccount of every worker pod (default: the namespace's default)")
     p.add_argument("--lease-namespace", help="namespace of the leader Lease (default: no leader election)")
-    p.add_argument("--gang-scheduler", choices=["volcano", "scheduler-plugins"], help="create a PodGroup per generation")
+    p.add_argument("--gang-scheduler", choices=["volcano", "scheduler-plugins", "kueue"],
+                   help="place each generation's pods all or none: a PodGroup (volcano, scheduler-plugins) or a Kueue pod group")
+    p.add_argument("--gang-scheduler-name",
+                   help="schedulerName of scheduler-plugins' scheduler (default: its chart's, scheduler-plugins-scheduler)")
+    p.add_argument("--gang-queue", help="Volcano queue or Kueue LocalQueue of jobs whose label names none")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds pods may stay Pending")
     p.add_argument("--cordon-nodes", action="store_true",
                    help="cordon a replaced straggler's node when the job's stragglerPolicy.cordon asks (needs patch on nodes)")
@@ -72,10 +76,12 @@ def _operator(args) -> int:
     except ValueError as e:
         print(f"shardwright operator: {e}", file=sys.stderr)
         return 2
-    pods = PodSettings(gang_scheduler=args.gang_scheduler, checkpoint_claim=args.checkpoint_claim,
+    pods = PodSettings(gang_scheduler=args.gang_scheduler, gang_queue=args.gang_queue, checkpoint_claim=args.checkpoint_claim,
                        service_account=args.worker_service_account)
     if args.image:
         pods = dataclasses.replace(pods, image=args.image)
+    if args.gang_scheduler_name:
+        pods = dataclasses.replace(pods, gang_scheduler_name=args.gang_scheduler_name)
     cfg = handlers.OperatorConfig(
         kubernetes=KubernetesSettings(pods=pods, startup_timeout_s=args.startup_timeout, cordon_nodes=args.cordon_nodes,
                                       network_policy_peers=peers),

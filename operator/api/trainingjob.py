@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 from pydantic.alias_generators import to_camel
 
 from .base import ApiModel, ObjectMeta
+from .devices import Device, NetworkSpec
 from .enums import (
     AttentionKind,
     DataSource,
@@ -178,12 +179,23 @@ class WorkerGroupSpec(ApiModel):
     name: DnsLabel = Field(default="worker", description="Group name, unique in the job.")
     replicas: int = Field(ge=1, description="Pods in this group.")
     ranks_per_replica: int = Field(default=1, ge=1, le=64, description="Ranks (GPUs) per pod.")
+    device: Device = Field(
+        default=Device.GPU,
+        description="gpu: one GPU per rank, the pod's nvidia.com/gpu request and limit are ranksPerReplica. "
+        "cpu: the ranks run on CPU (gloo) and ask for no GPU.",
+    )
     gpu_type: str | None = Field(
-        default=None, description="GPU product for placement, e.g. NVIDIA-H100-80GB-HBM3."
+        default=None,
+        description="GPU product, e.g. NVIDIA-H100-80GB-HBM3: the planner places on it and the pods select "
+        "nodes by the label nvidia.com/gpu.product with this value.",
     )
     image: str | None = Field(default=None, description="Worker image; the chart's by default.")
     node_selector: dict[str, str] = Field(default_factory=dict)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    network: NetworkSpec = Field(
+        default_factory=NetworkSpec,
+        description="RDMA devices, Multus networks and IPC_LOCK for the group's pods (docs/operator.md).",
+    )
     template: PodTemplate = Field(
         default_factory=PodTemplate,
         description="A PodTemplateSpec overlaid on the group's pods: labels, annotations, tolerations, "
@@ -358,7 +370,7 @@ class StragglerPolicySpec(ApiModel):
 FROZEN = ("model", "data", "training", "parallelism.auto", "parallelism.tensor", "parallelism.pipeline",
           "parallelism.sequence", "checkpoint", "runtime")
 #: A worker group's fields that are frozen like :data:`FROZEN` (all but replicas).
-FROZEN_GROUP = ("ranksPerReplica", "gpuType", "image", "nodeSelector", "resources", "template")
+FROZEN_GROUP = ("ranksPerReplica", "device", "gpuType", "image", "nodeSelector", "resources", "network", "template")
 #: The most worker groups a job has (bounds the cost of the CRD's rule on them).
 MAX_GROUPS = 16
 

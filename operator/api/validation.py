@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 import yaml
 
-from . import podtemplate
+from . import devices, podtemplate
 from .base import NAME_RULE
 from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
 from .resources import ResourcesSpec, problems as resource_problems
@@ -214,7 +214,7 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
 
     for i, group in enumerate(spec.workers):
         yield from check_resources(f"spec.workers[{i}].resources", group.resources)
-        for where, message in podtemplate.problems(f"spec.workers[{i}]", group):
+        for where, message in [*podtemplate.problems(f"spec.workers[{i}]", group), *devices.problems(f"spec.workers[{i}]", group)]:
             yield Problem(where, message)
     yield from _check_checkpoint(spec.checkpoint)
 
@@ -325,6 +325,8 @@ def _problem(model: type[pydantic.BaseModel], err: dict[str, Any]) -> Problem:
         return Problem(path, f"must have at least {ctx.get('min_length')} item(s)")
     if kind == "string_pattern_mismatch" and path == "metadata.name":
         return Problem(path, f"must be {NAME_RULE} (got {got!r})")
+    if kind == "string_pattern_mismatch" and len(loc) > 1 and loc[-2] == "networks":
+        return Problem(path, f"must be {devices.NETWORK_FORM} (got {got!r})")
     if kind == "string_pattern_mismatch" and loc[:2] == ("spec", "readmit"):
         return Problem(path, f"must be a node name: lowercase letters, digits, '-' and '.' (got {got!r})")
     if kind == "string_pattern_mismatch":

@@ -3,8 +3,8 @@
 Per job: one headless Service (stable DNS for the rendezvous). Per generation: one pod per
 replica of every worker group, each running ``ranksPerReplica`` rank processes through
 ``python -m shardwright.workers.launch`` (``runtime: ray``: a Ray head pod and Ray worker
-pods instead, see raypods.py); optionally a PodGroup so a gang scheduler (Volcano,
-scheduler-plugins) places all pods or none. Names are deterministic
+pods instead, see raypods.py); optionally gang scheduling (gang.py: Volcano,
+scheduler-plugins, Kueue) so all pods are placed or none. Names are deterministic
 (``<job>-g<generation>-<group>-<replica>``), so a second create of the same pod is a 409,
 never a duplicate.
 
@@ -37,6 +37,8 @@ from shardwright.operator.controller import StartGeneration
 from shardwright.operator.planner import Plan, RankPlacement
 from shardwright.workers.config import CONFIG_ENV, TELEMETRY_PORT_ENV, TERMINATION_MESSAGE_ENV, TOKEN_ENV, CheckpointConfig
 
+from . import devices, gang
+
 LABEL_JOB = "shardwright.io/job"
 LABEL_GENERATION = "shardwright.io/generation"
 LABEL_GROUP = "shardwright.io/group"
@@ -47,8 +49,8 @@ LABEL_ROLE = "shardwright.io/role"
 ROLE_RAY_HEAD = "ray-head"
 ROLE_RAY_WORKER = "ray-worker"
 MANAGED_BY = "shardwright"
-#: Kueue reads this label on the workload; copied from the TrainingJob when present.
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Kueue's LocalQueue label, on a TrainingJob (and on its pods with ``gang_scheduler: kueue``).
+KUEUE_QUEUE_LABEL = gang.KUEUE_QUEUE_LABEL
 #: Longest DNS label (RFC 1123): a pod's hostname, a label value.
 DNS_LABEL_MAX = 63
 #: Node label the planner's ``RankPlacement.node`` names (the kubelet sets it on every node).
@@ -75,8 +77,13 @@ class PodSettings:
     master_port: int = 29500
     #: Telemetry port of local rank 0 in each pod; local rank i uses port + i.
     telemetry_port: int = 9400
-    #: ``volcano`` or ``scheduler-plugins`` adds a PodGroup; None: the default scheduler.
+    #: ``volcano``, ``scheduler-plugins`` or ``kueue`` places each generation's pods all or
+    #: none (gang.py); None: the default scheduler, pod by pod.
     gang_scheduler: str | None = None
+    #: The ``schedulerName`` of scheduler-plugins' scheduler (its chart's default name).
+    gang_scheduler_name: str = gang.SCHEDULER_PLUGINS_NAME
+    #: Volcano's queue or Kueue's LocalQueue for jobs whose own label names none.
+    gang_queue: str | None = None
     #: Seconds SIGTERM has to checkpoint and exit when a generation is stopped gracefully.
     termination_grace_seconds: int = 120
     #: PersistentVolumeClaim mounted at ``checkpoint_mount`` in every pod; None: none.
@@ -183,17 +190,27 @@ def render_service(owner: Owner, settings: PodSettings) -> dict[str, Any]:
     }
 
 
+def gang_of(owner: Owner, generation: int, settings: PodSettings, members: int) -> gang.Gang | None:
+    """Generation ``generation``'s ``members`` pods as one gang; None without a gang scheduler."""
+    if settings.gang_scheduler is None:
+        return None
+    return gang.Gang(settings.gang_scheduler, pod_group_name(owner, generation), members,
+                     gang.queue_of(settings.gang_scheduler, owner.labels, settings.gang_queue), settings.gang_scheduler_name)
+
+
 def render_pod_group(owner: Owner, action: StartGeneration, settings: PodSettings, members: int) -> dict[str, Any] | None:
-    """A PodGroup asking the gang scheduler for all ``members`` pods of the generation at once."""
-    meta = _meta(owner, pod_group_name(owner, action.generation), job_labels(owner) | {LABEL_GENERATION: str(action.generation)})
-    if settings.gang_scheduler == "volcano":
-        spec: dict[str, Any] = {"minMember": members}
-        if queue := owner.labels.get(KUEUE_QUEUE_LABEL):
-            spec["queue"] = queue
-        return {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup", "metadata": meta, "spec": spec}
-    if settings.gang_scheduler == "scheduler-plugins":
-        return {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": meta, "spec": {"minMember": members}}
-    return None
+    """A PodGroup asking the gang scheduler for all ``members`` pods of the generation at
+    once; None without a gang scheduler, or with Kueue (its pod groups are pod labels)."""
+    if (g := gang_of(owner, action.generation, settings, members)) is None:
+        return None
+    return gang.pod_group(g, _meta(owner, g.name, job_labels(owner) | {LABEL_GENERATION: str(action.generation)}))
+
+
+def join_gang(owner: Owner, generation: int, pods: list[dict[str, Any]], settings: PodSettings) -> list[dict[str, Any]]:
+    """``pods``, every pod of generation ``generation``, as members of its gang (gang.py)."""
+    if (g := gang_of(owner, generation, settings, len(pods))) is None:
+        return pods
+    return [gang.join(pod, g) for pod in pods]
 
 
 def render_pods(owner: Owner, action: StartGeneration, spec_groups: dict[str, Any], settings: PodSettings) -> list[dict[str, Any]]:
@@ -206,13 +223,13 @@ def render_pods(owner: Owner, action: StartGeneration, spec_groups: dict[str, An
     plan = action.plan
     master = f"{pod_name(owner, action.generation, plan.ranks[0].group, plan.ranks[0].replica)}.{service_name(owner)}.{owner.namespace}.svc"
     config_json = action.config.model_dump_json()
-    return [
+    return join_gang(owner, action.generation, [
         _render_pod(
             owner, action, spec_groups[group], group, replica, placements[0].rank, len(placements),
             master, config_json, settings, node_affinity(placements),
         )
         for (group, replica), placements in replicas(plan).items()
-    ]
+    ], settings)
 
 
 def replicas(plan: Plan) -> dict[tuple[str, int], list[RankPlacement]]:
@@ -274,7 +291,7 @@ def _render_pod(owner, action, group_spec, group, replica, base, local_ranks, ma
     }
     container = rank_container(group_spec, ["python", "-m", "shardwright.workers.launch"], env, settings)
     labels = replica_labels(owner, action.generation, group, replica, base)
-    return pod_manifest(owner, action.generation, name, labels, container, settings, group_spec=group_spec, pinned=affinity,
+    return pod_manifest(owner, name, labels, container, settings, group_spec=group_spec, pinned=affinity,
                         checkpoint=action.config.checkpoint)
 
 
@@ -306,19 +323,18 @@ def rank_container(group_spec, command: list[str], env: dict[str, str], settings
     }
 
 
-def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str], container: dict[str, Any],
+def pod_manifest(owner: Owner, name: str, labels: dict[str, str], container: dict[str, Any],
                  settings: PodSettings, *, group_spec=None, template: PodTemplate | None = None,
                  pinned: list[dict[str, Any]] | None = None, checkpoint: CheckpointConfig | None = None) -> dict[str, Any]:
-    """A pod of generation ``generation`` around ``container``: DNS name ``<name>.<service>``,
-    never restarted in place, the checkpoint storage, /dev/shm, the Kueue queue label and
-    gang scheduling; a worker group's node selector and pod template (``template``, else the
-    group's), and the node expressions ``pinned`` ANDed into its required node affinity."""
+    """A pod around ``container``: DNS name ``<name>.<service>``, never restarted in place,
+    the checkpoint storage, /dev/shm; a worker group's node selector, GPUs and network
+    (devices.py) and pod template (``template``, else the group's), and the node expressions
+    ``pinned`` ANDed into its required node affinity. Gang scheduling is :func:`join_gang`'s,
+    once every pod of the generation is rendered."""
     if template is None:
         template = group_spec.template if group_spec is not None else PodTemplate()
     theirs = copy.deepcopy(template.spec)
     labels = template.metadata.labels | labels
-    if queue := owner.labels.get(KUEUE_QUEUE_LABEL):
-        labels[KUEUE_QUEUE_LABEL] = queue
     pod_spec: dict[str, Any] = {"automountServiceAccountToken": False}  # nothing in the pod calls the API server
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
@@ -341,11 +357,8 @@ def pod_manifest(owner: Owner, generation: int, name: str, labels: dict[str, str
     _checkpoint_storage(pod_spec, main, checkpoint, settings)
     _shared_memory(pod_spec, main)
     annotations = dict(template.metadata.annotations)
-    if settings.gang_scheduler == "volcano":
-        pod_spec["schedulerName"] = "volcano"
-        annotations["scheduling.k8s.io/group-name"] = pod_group_name(owner, generation)
-    elif settings.gang_scheduler == "scheduler-plugins":
-        labels["scheduling.x-k8s.io/pod-group"] = pod_group_name(owner, generation)
+    if group_spec is not None:
+        devices.apply(pod_spec, main, annotations, group_spec)
     meta = _meta(owner, name, labels)
     if annotations:
         meta["annotations"] = annotations

@@ -72,7 +72,7 @@ def render_pods(owner: render.Owner, action: StartGeneration, spec_groups: dict[
         command = ["python", "-m", "shardwright.workers.raynode", gcs, f"--resources={json.dumps({name: count})}"]
         labels = render.replica_labels(owner, generation, group, replica, first) | {render.LABEL_ROLE: render.ROLE_RAY_WORKER}
         workers.append(render.pod_manifest(
-            owner, generation, name, labels, render.rank_container(spec_groups[group], command, env, settings), settings,
+            owner, name, labels, render.rank_container(spec_groups[group], command, env, settings), settings,
             group_spec=spec_groups[group], pinned=render.node_affinity(placements), checkpoint=action.config.checkpoint,
         ))
     env = {
@@ -97,5 +97,5 @@ def render_pods(owner: render.Owner, action: StartGeneration, spec_groups: dict[
     # image (imagePullSecrets) onto the same kind of node (tolerations, priority).
     pod_level = {k: v for k, v in first_group.template.spec.items() if k not in ("containers", "initContainers", "volumes")}
     template = first_group.template.model_copy(update={"spec": pod_level})
-    return [render.pod_manifest(owner, generation, head, labels, container, settings, template=template,
-                                checkpoint=action.config.checkpoint), *workers]
+    head_pod = render.pod_manifest(owner, head, labels, container, settings, template=template, checkpoint=action.config.checkpoint)
+    return render.join_gang(owner, generation, [head_pod, *workers], settings)

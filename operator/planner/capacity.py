@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from shardwright.operator.api import TrainingJobSpec
+from shardwright.operator.api import TrainingJobSpec, devices
 
 from .inventory import Inventory, InventorySettings
 
 
 def gpus_per_pod(group, resource: str) -> int:
-    """GPUs one pod of ``group`` asks for: its limit (or request) of the GPU resource."""
+    """GPUs one pod of ``group`` asks for: its limit (or request) of the GPU resource, else
+    the nvidia.com/gpu the operator sets on its pods (one per rank on a ``device: gpu`` group)."""
     value = group.resources.limits.get(resource) or group.resources.requests.get(resource)
-    return int(value) if value else 0
+    if value:
+        return int(value)
+    return devices.gpus_per_replica(group) if resource == devices.GPU_RESOURCE else 0
 
 
 def group_limits(

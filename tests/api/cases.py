@@ -31,7 +31,7 @@ SPEC_FIELDS = (
     "activeDeadlineSeconds, checkpoint, data, elastic, failurePolicy, model, parallelism, "
     "readmit, runtime, stragglerPolicy, suspend, training, ttlSecondsAfterFinished, workers"
 )
-WORKER_FIELDS = "gpuType, image, name, nodeSelector, ranksPerReplica, replicas, resources, template"
+WORKER_FIELDS = "device, gpuType, image, name, network, nodeSelector, ranksPerReplica, replicas, resources, template"
 
 CASES = [
     # wrong types
@@ -54,6 +54,30 @@ CASES = [
     Bad("gpu-fraction", {"spec.workers[0].resources.limits": {"nvidia.com/gpu": "500m"}}, "spec.workers[0].resources.limits.nvidia.com/gpu", "must be a whole number"),
     Bad("gpu-request-without-limit", {"spec.workers[0].resources.requests": {"cpu": 1, "nvidia.com/gpu": 1}}, "spec.workers[0].resources.requests.nvidia.com/gpu", "needs limits.nvidia.com/gpu equal"),
     Bad("request-over-limit", {"spec.workers[0].resources.limits.memory": "1Gi"}, "spec.workers[0].resources.requests.memory", "must be <= limits.memory (1Gi); got 2Gi"),
+    # GPUs and the RDMA network (api/devices.py)
+    Bad("gpus-not-ranks-per-pod", {"spec.workers[0].ranksPerReplica": 2, "spec.workers[0].resources.limits": {"nvidia.com/gpu": 1}, "spec.workers[0].resources.requests": {}},
+        "spec.workers[0].resources.limits.nvidia.com/gpu", "must equal ranksPerReplica (2): each rank gets one GPU"),
+    Bad("gpus-on-a-cpu-group", {"spec.workers[0].device": "cpu", "spec.workers[0].resources.limits": {"nvidia.com/gpu": 1}, "spec.workers[0].resources.requests": {}},
+        "spec.workers[0].resources.limits.nvidia.com/gpu", "a device: cpu group asks for no GPU"),
+    Bad("template-gpus-not-ranks-per-pod", {"spec.workers[0].resources": DROP, "spec.workers[0].template": {"spec": {"containers": [{"name": "ranks", "resources": {"limits": {"nvidia.com/gpu": 4}}}]}}},
+        "spec.workers[0].template.spec.containers[0].resources.limits.nvidia.com/gpu", "must equal ranksPerReplica (1)"),
+    Bad("gpu-type-on-a-cpu-group", {"spec.workers[0].device": "cpu", "spec.workers[0].gpuType": "NVIDIA-H100-80GB-HBM3"}, "spec.workers[0].gpuType", "only for device: gpu groups"),
+    Bad("device-unknown", {"spec.workers[0].device": "tpu"}, "spec.workers[0].device", "must be one of: gpu, cpu (got 'tpu')", True),
+    Bad("product-selector-contradicts-gpu-type", {"spec.workers[0].gpuType": "NVIDIA-H100-80GB-HBM3", "spec.workers[0].nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"}},
+        "spec.workers[0].nodeSelector.nvidia.com/gpu.product", "contradicts gpuType (NVIDIA-H100-80GB-HBM3)"),
+    Bad("template-product-selector-contradicts-gpu-type", {"spec.workers[0].gpuType": "NVIDIA-H100-80GB-HBM3", "spec.workers[0].template": {"spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L40S"}}}},
+        "spec.workers[0].template.spec.nodeSelector.nvidia.com/gpu.product", "contradicts gpuType"),
+    Bad("rdma-gpu", {"spec.workers[0].network.rdmaResources": {"nvidia.com/gpu": 1}}, "spec.workers[0].network.rdmaResources.nvidia.com/gpu", "follows ranksPerReplica"),
+    Bad("rdma-standard-name", {"spec.workers[0].network.rdmaResources": {"memory": 1}}, "spec.workers[0].network.rdmaResources.memory", "must be an extended resource <domain>/<name>"),
+    Bad("rdma-zero", {"spec.workers[0].network.rdmaResources": {"rdma/hca_shared_devices_a": 0}}, "spec.workers[0].network.rdmaResources.rdma/hca_shared_devices_a", "must be >= 1", True),
+    Bad("rdma-in-resources-too", {"spec.workers[0].network.rdmaResources": {"rdma/ib": 1}, "spec.workers[0].resources.limits": {"rdma/ib": 1}, "spec.workers[0].resources.requests": {"rdma/ib": 1}},
+        "spec.workers[0].resources.requests.rdma/ib", "set in spec.workers[0].network.rdmaResources.rdma/ib too"),
+    Bad("network-name", {"spec.workers[0].network.networks": ["IB_net"]}, "spec.workers[0].network.networks[0]", "must be a Multus network: [namespace/]name[@interface]", True),
+    Bad("network-twice", {"spec.workers[0].network.networks": ["ib", "ib"]}, "spec.workers[0].network.networks[1]", "duplicate network 'ib'"),
+    Bad("networks-annotation-too", {"spec.workers[0].network.networks": ["ib"], "spec.workers[0].template": {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/networks": "ib"}}}},
+        "spec.workers[0].template.metadata.annotations.k8s.v1.cni.cncf.io/networks", "set from spec.workers[0].network.networks too"),
+    Bad("ipc-lock-dropped", {"spec.workers[0].network.ipcLock": True, "spec.workers[0].template": {"spec": {"containers": [{"name": "ranks", "securityContext": {"capabilities": {"drop": ["IPC_LOCK"]}}}]}}},
+        "spec.workers[0].template.spec.containers[0].securityContext.capabilities.drop", "drops IPC_LOCK, which spec.workers[0].network.ipcLock adds"),
     # counts out of range
     Bad("replicas-zero", {"spec.workers[0].replicas": 0}, "spec.workers[0].replicas", "must be >= 1 (got 0)", True),
     Bad("steps-negative", {"spec.training.steps": -1}, "spec.training.steps", "must be >= 1 (got -1)", True),

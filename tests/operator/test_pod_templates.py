@@ -146,7 +146,8 @@ def test_the_group_image_and_resources_may_come_from_the_template():
                                   "imagePullSecrets": [{"name": "registry"}]}}
     head, worker, _ = rendered(doc, ray=True)
     assert worker["spec"]["containers"][0]["image"] == head["spec"]["containers"][0]["image"] == "mine:1"
-    assert worker["spec"]["containers"][0]["resources"] == {"limits": {"memory": "1Gi"}}
+    # The operator's GPU (one per rank) is added to the template's resources, not lost under them.
+    assert worker["spec"]["containers"][0]["resources"] == {"limits": {"memory": "1Gi", "nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}
     # The head takes the template's pod-level fields, not its containers or volumes.
     assert head["spec"]["imagePullSecrets"] == [{"name": "registry"}] and head["spec"]["containers"][0]["name"] == "ray-head"
     labelled = example()

@@ -32,13 +32,12 @@ def start_action(**workers):
 
 def test_pods_carry_each_replicas_first_rank_and_gang_metadata():
     job, action = start_action()
-    owner = render.Owner("tiny", "default", "u1", labels={render.KUEUE_QUEUE_LABEL: "team-a"})
+    owner = render.Owner("tiny", "default", "u1", labels={"scheduling.volcano.sh/queue-name": "team-a"})
     settings = render.PodSettings(gang_scheduler="volcano")
     pods = render.render_pods(owner, action, {g.name: g for g in job.spec.workers}, settings)
     assert [p["metadata"]["name"] for p in pods] == ["tiny-g3-a-0", "tiny-g3-a-1"]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pods[1]["spec"]["containers"][0]["env"]}
     assert env["RANK"] == "2" and env["LOCAL_WORLD_SIZE"] == "2" and env["WORLD_SIZE"] == "4"
-    assert pods[1]["metadata"]["labels"][render.KUEUE_QUEUE_LABEL] == "team-a"
     assert pods[0]["spec"]["schedulerName"] == "volcano"
     group = render.render_pod_group(owner, action, settings, len(pods))
     assert group["spec"] == {"minMember": 2, "queue": "team-a"}

@@ -33,7 +33,13 @@ def test_pods_fit_on_ready_matching_nodes_only():
 
 
 def test_groups_without_gpus_have_no_limit():
-    assert group_limits(spec(), inventory_from_nodelist({"items": [node("a", 8)]})) == {}
+    cpu = spec(workers=[{"name": "worker", "replicas": 2, "device": "cpu"}])
+    assert group_limits(cpu, inventory_from_nodelist({"items": [node("a", 8)]})) == {}
+
+
+def test_a_gpu_group_without_explicit_resources_counts_one_gpu_per_rank():
+    job = spec(workers=[{"name": "worker", "replicas": 4, "ranksPerReplica": 2}], **{"data.globalBatch": 16})
+    assert group_limits(job, inventory_from_nodelist({"items": [node("a", 8), node("b", 3)]})) == {"worker": 4 + 1}
 
 
 def test_elastic_job_shrinks_to_the_nodes_left_and_grows_back():
