@@ -61,7 +61,8 @@ def cluster(request, tmp_path_factory) -> Cluster:
 
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster):
-    """The chart in its namespace; a namespace for jobs with a shared checkpoint claim."""
+    """The chart in its namespace; a namespace for jobs with a shared checkpoint claim.
+    Yields where the audit log stood before the install (this module's calls follow it)."""
     from e2e.cluster import audit
     from e2e.jobs import CLAIM, NS, OPERATOR_SA, SYSTEM, WORKER_SA, wait
 
@@ -85,7 +86,7 @@ def installed(cluster: Cluster):
     # The webhook answers once the operator leads: a valid object is admitted.
     wait(lambda: cluster.kubectl("-n", NS, "apply", "--dry-run=server", "-f", str(ROOT / "examples" / "tiny-train.yaml"),
                                  check=False).returncode == 0, 120, "webhook serving")
-    yield
+    yield audit_from
     # Up to the uninstall: helm removes the Role and the operator at once, so the operator's
     # last Lease release may be refused on the way out; nothing depends on it.
     audit_until = audit.size(cluster.audit_log) if cluster.audit_log else 0
