@@ -56,7 +56,7 @@ DeviceCount = Annotated[int, Field(ge=1, le=1024)]
 
 
 class NetworkSpec(ApiModel):
-    """The RDMA network of a group's pods (docs/operator.md, "GPUs and NICs")."""
+    """The RDMA network of a group's pods (docs/jobs-on-kubernetes.md, "GPUs and NICs")."""
 
     rdma_resources: dict[str, DeviceCount] = Field(
         default_factory=dict, max_length=MAX_NAMES,

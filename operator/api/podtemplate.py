@@ -5,7 +5,7 @@ typed here; its ``spec`` is a PodSpec kept as the user wrote it (the CRD preserv
 unchecked; the API server validates the pod when the operator creates it). :func:`problems`
 judges only what is the operator's to judge: the fields it owns (:data:`OWNED_POD_FIELDS`,
 the rank container's command and env, its volumes and labels), names the overlay needs,
-and a field given both in the template and by the group. docs/operator.md has the table.
+and a field given both in the template and by the group. docs/jobs-on-kubernetes.md has the table.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class PodTemplateMetadata(ApiModel):
 
 
 class PodTemplate(ApiModel):
-    """Labels, annotations and a PodSpec overlaid on the group's rank pods (docs/operator.md)."""
+    """Labels, annotations and a PodSpec overlaid on the group's rank pods (docs/jobs-on-kubernetes.md)."""
 
     metadata: PodTemplateMetadata = Field(default_factory=PodTemplateMetadata)
     spec: dict[str, Any] = Field(
@@ -80,7 +80,7 @@ def problems(path: str, group: Any) -> Iterable[tuple[str, str]]:
     spec, where = template.spec, f"{where}.spec"
     for field in OWNED_POD_FIELDS:
         if field in spec:
-            yield f"{where}.{field}", "set by the operator on every rank pod; remove it (docs/operator.md lists what a template may set)"
+            yield f"{where}.{field}", "set by the operator on every rank pod; remove it (docs/jobs-on-kubernetes.md lists what a template may set)"
     if spec.get("nodeSelector") and group.node_selector:
         yield f"{where}.nodeSelector", f"set in {path}.nodeSelector too; set one of them (the group's: the planner counts nodes by it)"
     yield from _mappings(spec, where, ("securityContext", "affinity"))

@@ -194,13 +194,13 @@ class WorkerGroupSpec(ApiModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     network: NetworkSpec = Field(
         default_factory=NetworkSpec,
-        description="RDMA devices, Multus networks and IPC_LOCK for the group's pods (docs/operator.md).",
+        description="RDMA devices, Multus networks and IPC_LOCK for the group's pods (docs/jobs-on-kubernetes.md).",
     )
     template: PodTemplate = Field(
         default_factory=PodTemplate,
         description="A PodTemplateSpec overlaid on the group's pods: labels, annotations, tolerations, "
         "volumes, sidecars, securityContext and the rest, except the fields the operator owns "
-        "(docs/operator.md).",
+        "(docs/jobs-on-kubernetes.md).",
     )
 
     @property
@@ -262,7 +262,7 @@ def _endpoint(url: str | None) -> str | None:
 
 
 class CheckpointSpec(ApiModel):
-    """Where checkpoints go: a folder every rank mounts, or an object store (docs/operator.md)."""
+    """Where checkpoints go: a folder every rank mounts, or an object store (docs/jobs-on-kubernetes.md)."""
 
     uri: Annotated[str | None, AfterValidator(_storage_uri)] = Field(
         default=None,

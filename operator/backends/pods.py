@@ -13,7 +13,7 @@ pins each pod there with a required node affinity (:func:`node_affinity`); nodes
 straggler was replaced are kept out of every later pod (:func:`avoid_nodes`).
 
 A group's pod template (``spec.workers[].template``) is overlaid by :func:`pod_manifest`:
-its fields first, then the ones the operator owns (docs/operator.md has the table). Every
+its fields first, then the ones the operator owns (docs/jobs-on-kubernetes.md has the table). Every
 pod meets the restricted Pod Security profile unless the template's securityContext says
 otherwise (:data:`POD_SECURITY`, :data:`CONTAINER_SECURITY`), gets a memory-backed
 ``/dev/shm`` for NCCL and no service-account token (nothing in a rank or Ray pod calls the
