@@ -37,6 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="schedulerName of scheduler-plugins' scheduler (default: its chart's, scheduler-plugins-scheduler)")
     p.add_argument("--gang-queue", help="Volcano queue or Kueue LocalQueue of jobs whose label names none")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds pods may stay Pending")
+    p.add_argument("--status-progress-seconds", type=float, default=30.0,
+                   help="least seconds between status writes that only move step, loss and tokens/s (the metrics get every pass)")
     p.add_argument("--cordon-nodes", action="store_true",
                    help="cordon a replaced straggler's node when the job's stragglerPolicy.cordon asks (needs patch on nodes)")
     p.add_argument("--network-policy", metavar="PEERS_JSON",
@@ -90,6 +92,7 @@ def _operator(args) -> int:
         webhook_pkeyfile=tls[1] if tls else None,
         webhook=tls is not None,
         bind_address=args.bind_address,
+        progress_status_seconds=args.status_progress_seconds,
     )
     leader = None
     if args.lease_namespace:
