@@ -24,7 +24,7 @@ def test_webhook_on_without_a_certificate_is_one_clear_line(kube, tmp_path):
                          capture_output=True, text=True, timeout=60, env={**os.environ, "KUBECONFIG": str(kube.kubeconfig)})
     assert out.returncode == 2
     assert out.stderr.strip() == (f"shardwright operator: webhook certificate not found: {tmp_path}/tls.crt and {tmp_path}/tls.key; "
-                                  "mount the chart's Secret there, pass --webhook-cert-dir, or --webhook=off")
+                                  "pass --webhook-secret, --webhook-cert-dir, or --webhook=off")
 
 
 def test_out_of_cluster_with_a_kubeconfig_it_reconciles_without_a_webhook(kube, namespace, tmp_path):

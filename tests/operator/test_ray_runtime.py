@@ -70,7 +70,10 @@ async def test_a_ray_job_gets_a_head_and_a_worker_pod_per_replica(cluster):
             ]
             assert env(worker) == {"RANK": str(replica), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1",
                                    "SHARDWRIGHT_TELEMETRY_TOKEN": {"secretKeyRef": {"name": "tiny-telemetry", "key": "token"}}}
-            assert worker["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}  # the group's
+            resources = worker["spec"]["containers"][0]["resources"]
+            # The group's, and its rank's GPU (a gpu group: nvidia.com/gpu = ranksPerReplica).
+            assert resources["requests"] == {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "1"}
+            assert resources["limits"]["nvidia.com/gpu"] == "1"
         for pod in pods.values():
             (owner,) = pod["metadata"]["ownerReferences"]
             assert owner["kind"] == "TrainingJob" and owner["uid"] == job["metadata"]["uid"] and owner["controller"] is True
