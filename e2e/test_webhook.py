@@ -6,7 +6,7 @@ user installs it (two replicas, the certificate issued by the operators themselv
 - an update that leaves the spec alone (labels, a finalizer) of a job today's rules refuse is
   admitted, a spec change of it is refused naming the field, and its delete goes through;
 - with the leader killed, the standby replica (leading nothing) refuses a bad job naming
-  the field.
+  the field, then takes the Lease over (the only other holder seen) and runs a job to the end.
 
 The tests run in this order: the last one replaces an operator pod.
 """
@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from e2e.conftest import ROOT
-from e2e.jobs import NS, OPERATOR_SA, SYSTEM, example, wait
+from e2e.jobs import NS, OPERATOR_SA, SYSTEM, example, status, wait
 
 pytestmark = pytest.mark.cluster
 SECRET = f"{OPERATOR_SA}-webhook-cert"
@@ -109,7 +109,10 @@ def test_an_update_leaving_the_spec_alone_is_admitted_and_a_delete_too(cluster, 
 
 def test_the_standby_refuses_a_bad_job_while_the_leader_is_killed(cluster, installed):
     wait(lambda: len(operators(cluster)) == 2 and all(r for _, _, r in operators(cluster).values()), 180, "two ready operator replicas")
-    leader = cluster.json("-n", SYSTEM, "get", "lease", LEASE)["spec"]["holderIdentity"]
+    # Both serve the webhook before either leads: the Lease may still name a replica of an
+    # earlier install (its release at uninstall is refused) until that record expires.
+    leader = wait(lambda: (lambda holder: holder if holder in operators(cluster) else None)(
+        cluster.json("-n", SYSTEM, "get", "lease", LEASE)["spec"].get("holderIdentity")), 60, "one of the two leading")
     (standby,) = set(operators(cluster)) - {leader}
     cluster.kubectl("-n", SYSTEM, "delete", "pod", leader, "--grace-period=0", "--force")
     killed = time.monotonic()
@@ -122,6 +125,21 @@ def test_the_standby_refuses_a_bad_job_while_the_leader_is_killed(cluster, insta
     assert time.monotonic() - killed < lease["leaseDurationSeconds"], "answered only after the Lease could expire"
     assert MESSAGE in message and 'admission webhook "trainingjobs.shardwright.io" denied the request' in message
     assert operators(cluster)[standby][1] == 0, "the standby restarted"
+    # Then the standby takes the Lease over, and only it: the holders seen are the killed
+    # leader, then the standby (one transition), within the duration plus two retries.
+    holders = [leader]
+    while holders[-1] != standby and time.monotonic() - killed < lease["leaseDurationSeconds"] + 15:
+        if (now := cluster.json("-n", SYSTEM, "get", "lease", LEASE)["spec"].get("holderIdentity")) != holders[-1]:
+            holders.append(now)
+        time.sleep(0.2)
+    taken = cluster.json("-n", SYSTEM, "get", "lease", LEASE)["spec"]
+    assert holders == [leader, standby], f"Lease holders after the kill: {holders}"
+    assert taken["leaseTransitions"] == lease.get("leaseTransitions", 0) + 1
+    assert time.monotonic() - killed < lease["leaseDurationSeconds"] + 15
+    # The new leader reconciles: a job applied now trains to the end.
+    cluster.kubectl("-n", NS, "apply", "-f", "-", input=example("after-takeover"))
+    wait(lambda: status(cluster, "after-takeover").get("phase") == "Complete", 240, "a job completed under the new leader")
+    cluster.kubectl("-n", NS, "delete", "tj", "after-takeover", "--timeout=60s")
     # The replacement issues nothing new: it reads the certificate the Secret holds.
     before = certificate(cluster)
     wait(lambda: len(operators(cluster)) == 2 and all(r for _, _, r in operators(cluster).values()), 180, "the replacement ready")
