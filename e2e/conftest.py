@@ -60,9 +60,10 @@ def cluster(request, tmp_path_factory) -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def installed(cluster: Cluster):
-    """The chart in its namespace; a namespace for jobs with a shared checkpoint claim.
-    Yields where the audit log stood before the install (this module's calls follow it)."""
+def installed(cluster: Cluster, request: pytest.FixtureRequest):
+    """The chart in its namespace; a namespace for jobs with a shared checkpoint claim; a
+    module's ``CHART_SET`` (``helm --set`` values) on top. Yields where the audit log stood
+    before the install (this module's calls follow it)."""
     from e2e.cluster import audit
     from e2e.jobs import CLAIM, NS, OPERATOR_SA, SYSTEM, WORKER_SA, wait
 
@@ -82,7 +83,8 @@ def installed(cluster: Cluster):
     cluster.run("helm", "install", "sw", str(ROOT / "helm" / "shardwright"), "-n", SYSTEM, "--create-namespace",
                 "--wait", "--timeout=3m", "--take-ownership", "--set", f"image.repository={cluster.image.rsplit(':', 1)[0]}",
                 "--set", f"image.tag={cluster.image.rsplit(':', 1)[1]}", "--set", f"checkpoints.claim={CLAIM}",
-                "--set", f"workerServiceAccount={WORKER_SA}")
+                "--set", f"workerServiceAccount={WORKER_SA}",
+                *(a for value in getattr(request.module, "CHART_SET", ()) for a in ("--set", value)))
     # The webhook answers once the operator leads: a valid object is admitted.
     wait(lambda: cluster.kubectl("-n", NS, "apply", "--dry-run=server", "-f", str(ROOT / "examples" / "tiny-train.yaml"),
                                  check=False).returncode == 0, 120, "webhook serving")

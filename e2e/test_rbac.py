@@ -1,5 +1,7 @@
 """RBAC exactly what the code calls (issue 17): a TrainingJob's whole life under the chart's
-ServiceAccount (create, a readmit request in the spec, a deleted pod and its restart, completion, deletion
+ServiceAccount, installed to watch the jobs' namespace only (what jobs need is granted in a
+Role there; the other modules run cluster-wide under the ClusterRole, and every module's
+install fails on any refused call) (create, a readmit request in the spec, a deleted pod and its restart, completion, deletion
 after ``ttlSecondsAfterFinished``), read back from the API server's audit log: no call was
 refused, and every permission the chart grants was used or is named below with the path
 that needs it.
@@ -17,6 +19,7 @@ from e2e.jobs import NS, OPERATOR_SA, SYSTEM, WORKER_SA, example, status, wait
 import pytest
 
 pytestmark = pytest.mark.cluster
+CHART_SET = (f"watchNamespaces={{{NS}}}",)
 
 #: Granted, and taken only on paths this life does not walk (they may be, under load).
 RARE = {
@@ -28,13 +31,16 @@ RARE = {
     ("get", "shardwright.io/trainingjobs"): "a 409 on a status write: the job is read again",
     ("get", "shardwright.io/trainingjobs/status"): "kept beside patch for kubectl auth can-i and tools; unused",
     ("patch", "shardwright.io/trainingjobs"): "Kopf removes its finalizer from a job an older operator left it on",
+    ("update", "shardwright.io/trainingjobs/finalizers"): "never called: the API server checks it at each create of an "
+    "object whose ownerReference blocks the job's deletion (OwnerReferencesPermissionEnforcement, on here)",
 }
 
 
 def granted(cluster) -> set[tuple[str, str]]:
-    """(verb, group/resource) the chart gives the operator: its ClusterRole, Lease Role and
-    webhook certificate Role."""
-    roles = [cluster.json("get", "clusterrole", OPERATOR_SA), cluster.json("-n", SYSTEM, "get", "role", f"{OPERATOR_SA}-leader"),
+    """(verb, group/resource) the chart gives the operator: its ClusterRole, the jobs' Role
+    in NS, the Lease Role and the webhook certificate Role."""
+    roles = [cluster.json("get", "clusterrole", OPERATOR_SA), cluster.json("-n", NS, "get", "role", f"{OPERATOR_SA}-jobs"),
+             cluster.json("-n", SYSTEM, "get", "role", f"{OPERATOR_SA}-leader"),
              cluster.json("-n", SYSTEM, "get", "role", f"{OPERATOR_SA}-webhook")]
     return {(verb, f"{group}/{resource}") for role in roles for rule in role["rules"]
             for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}

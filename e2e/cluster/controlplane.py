@@ -191,7 +191,8 @@ class ControlPlane:
             # kube-proxy turns a Service's cluster IP into a pod here.
             "--enable-aggregator-routing=true",
             "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,Priority,DefaultTolerationSeconds,"
-            "MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota,NodeRestriction",
+            "MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota,NodeRestriction,"
+            "OwnerReferencesPermissionEnforcement",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
             "--audit-log-maxsize=200", "--audit-log-mode=blocking",
             "--profiling=false", "--v=1",

@@ -87,6 +87,7 @@ def test_default_operator_is_locked_down(default_objects):
     rules = by_kind(default_objects, "ClusterRole")[0]["rules"]
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
     pods_rule = next(r for r in rules if r["resources"] == ["pods"])
+    assert next(r for r in rules if r["resources"] == ["trainingjobs/finalizers"])["verbs"] == ["update"]  # blockOwnerDeletion
     assert set(pods_rule["verbs"]) == {"get", "list", "watch", "create", "delete"}
     nodes_rule = next(r for r in rules if r["resources"] == ["nodes"])
     assert set(nodes_rule["verbs"]) == {"list", "watch"}  # no cordoning unless asked
@@ -140,16 +141,24 @@ def test_more_than_one_replica_needs_the_lease():
 def test_non_default_values_take_effect():
     objects = render(NON_DEFAULT)
     assert not by_kind(objects, "CustomResourceDefinition")
-    assert [r["metadata"]["name"] for r in by_kind(objects, "Role")] == ["sw-shardwright-webhook"]  # no Lease Role
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r["rules"] for r in by_kind(objects, "Role")}
+    assert set(roles) == {("team-a", "sw-shardwright-jobs"), ("team-b", "sw-shardwright-jobs"),
+                          ("shardwright-system", "sw-shardwright-webhook")}  # no Lease Role
+    bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in by_kind(objects, "RoleBinding")}
+    assert {("team-a", "sw-shardwright-jobs"), ("team-b", "sw-shardwright-jobs")} <= bindings
     assert not by_kind(objects, "Secret") and not by_kind(objects, "ConfigMap")
     args = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--gang-scheduler=volcano" in args
     assert not any(a.startswith("--lease-namespace") for a in args)
     rules = by_kind(objects, "ClusterRole")[0]["rules"]
-    assert any(r["apiGroups"] == ["scheduling.volcano.sh"] for r in rules)
+    # Watched namespaces named: what jobs need is granted there only, the cluster keeps the rest.
+    assert {x for r in rules for x in r["resources"]} == {"nodes", "namespaces", "customresourcedefinitions"}
+    jobs = roles[("team-a", "sw-shardwright-jobs")]
+    assert any(r["apiGroups"] == ["scheduling.volcano.sh"] for r in jobs)
+    assert next(r for r in jobs if r["resources"] == ["trainingjobs/finalizers"])["verbs"] == ["update"]
     assert "--cordon-nodes" in args and "--worker-service-account=trainers" in args
     assert set(next(r for r in rules if r["resources"] == ["nodes"])["verbs"]) == {"list", "watch", "patch"}
-    assert next(r for r in rules if r["resources"] == ["namespaces"])["verbs"] == ["get", "list", "watch"]  # Kopf observes team-a
+    assert next(r for r in rules if r["resources"] == ["namespaces"])["verbs"] == ["list", "watch"]  # Kopf observes team-a
     assert by_kind(objects, "ServiceMonitor")[0]["metadata"]["labels"]["release"] == "prom"
 
 
