@@ -28,10 +28,10 @@ class MarkovCopy:
     ln 4 on the first half) and further as it learns to copy (towards 0 on the second half).
     """
 
-    def __init__(self, vocab_size: int, seq_len: int, seed: int) -> None:
+    def __init__(self, vocab_size: int, seq_len: int, seed: int, first_index: int = 0) -> None:
         if vocab_size < BRANCHING:
             raise ValueError(f"markov-copy needs a vocabulary of at least {BRANCHING} tokens")
-        self.seq_len, self.seed = seq_len, seed
+        self.seq_len, self.seed, self.first_index = seq_len, seed, first_index
         g = torch.Generator().manual_seed(seed)
         self.successors = torch.stack(
             [torch.randperm(vocab_size, generator=g)[:BRANCHING] for _ in range(vocab_size)]
@@ -40,7 +40,7 @@ class MarkovCopy:
 
     def __getitem__(self, index: int) -> torch.Tensor:
         """Sample ``index``: ``seq_len + 1`` tokens (inputs and shifted targets)."""
-        rng = np.random.default_rng((self.seed, index))
+        rng = np.random.default_rng((self.seed, self.first_index + index))
         length = self.seq_len + 1
         half = (length + 1) // 2
         walk = [int(rng.integers(self.vocab_size))]
@@ -66,10 +66,22 @@ class TokenFile:
         return torch.from_numpy(np.asarray(self.tokens[start : start + self.seq_len + 1], dtype=np.int64))
 
 
+#: First sample index of the synthetic held-out stream: no training run gets that far.
+HELDOUT_FIRST_INDEX = 1 << 62
+
+
 def dataset(cfg: DataConfig, vocab_size: int) -> MarkovCopy | TokenFile:
+    """The training samples of ``spec.data``."""
     if cfg.source == "file":
         return TokenFile(cfg.path or "", cfg.seq_len, cfg.seed)
     return MarkovCopy(vocab_size, cfg.seq_len, cfg.seed)
+
+
+def heldout(cfg: DataConfig, vocab_size: int) -> MarkovCopy | TokenFile:
+    """The validation samples: for synthetic data the same chain, samples training never reads."""
+    if cfg.source == "file":
+        raise ValueError("spec.data.validation: a held-out split of source file needs validation.path")
+    return MarkovCopy(vocab_size, cfg.seq_len, cfg.seed, first_index=HELDOUT_FIRST_INDEX)
 
 
 @functools.lru_cache(maxsize=64)
@@ -110,7 +122,28 @@ def rank_slice(step: int, cfg: DataConfig, dp_rank: int, dp: int, shares: tuple[
     return Slice(tuple(range(s, min(s + cfg.micro_batch, stop)) for s in range(start, stop, cfg.micro_batch)))
 
 
-def collate(data: MarkovCopy | TokenFile, indices: range) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, targets)`` of shape ``[len(indices), seq_len]``."""
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """``[b, seq_len]`` tensors of one micro-batch (docs/data.md).
+
+    ``targets`` is -100 where no token is predicted (a document's last token, padding);
+    ``positions`` restart at 0 at each document; ``segments`` holds document ids, None when
+    every sample is one document (synthetic and file sources).
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    positions: torch.Tensor
+    segments: torch.Tensor | None = None
+
+    def __iter__(self):
+        """``inputs, targets``: what train.py unpacks until it reads the whole Batch."""
+        return iter((self.inputs, self.targets))
+
+
+def collate(data: MarkovCopy | TokenFile, indices: range) -> Batch:
+    """The samples ``indices`` of ``data`` as one Batch."""
     batch = torch.stack([data[i] for i in indices])
-    return batch[:, :-1], batch[:, 1:]
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    positions = torch.arange(inputs.shape[1]).expand_as(inputs)
+    return Batch(inputs, targets, positions)
