@@ -115,6 +115,28 @@ class OptimConfig(_Config):
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     seed: int = 0
+    #: fp32, bf16 (autocast; on CPU too) or auto (bf16 where the device has it: CUDA with bf16).
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+
+
+#: Projections LoRA can adapt, by their Hugging Face module names (PEFT's ``target_modules``).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: Those of the attention layer: linear-attention mixers have none of them.
+LORA_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class LoraConfig(_Config):
+    """Low-rank adapters (``spec.training.lora``): the base weights frozen, each target ``W``
+    used as ``W + alpha/rank * B A``, with A ``[rank, in]`` and B ``[out, rank]`` trained."""
+
+    rank: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    targets: tuple[Literal[LORA_TARGETS], ...] = ("q_proj", "v_proj")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
 
 
 class ParallelConfig(_Config):
@@ -168,6 +190,8 @@ class WorkerConfig(_Config):
     optim: OptimConfig
     parallel: ParallelConfig
     checkpoint: CheckpointConfig
+    #: Low-rank adapters on a frozen model; None: every parameter trains.
+    lora: LoraConfig | None = None
     #: Port of /metrics and /status on every rank; 0 lets each rank pick a free one.
     telemetry_port: int = 0
     #: File rank 0 appends one JSON line per step to (step, loss, seconds); None: no log.
