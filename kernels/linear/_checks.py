@@ -50,6 +50,18 @@ def check_state(initial_state: torch.Tensor | None, B: int, H: int, K: int, V: i
         check_shape("initial_state", initial_state, (B, H, K, V), "[B, H, K, V]")
 
 
+def check_segments(segments: torch.Tensor | None, q: torch.Tensor) -> None:
+    """``segments``: int64 ``[B, T]`` document ids of the tokens, on ``q``'s device."""
+    if segments is None:
+        return
+    B, T = q.shape[:2]
+    rule = f"segments must be an int64 tensor [B, T] = {(B, T)} of document ids on {q.device}"
+    if not isinstance(segments, torch.Tensor) or tuple(segments.shape) != (B, T):
+        raise ValueError(f"{rule}, got {_describe(segments)}")
+    if segments.dtype != torch.int64 or segments.device != q.device:
+        raise ValueError(f"{rule}, got {segments.dtype} on {segments.device}")
+
+
 def check_chunk_size(chunk_size: int) -> None:
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")

@@ -20,6 +20,13 @@ Decay factors exp(G_r - G_i) are never split into exp(G_r) exp(-G_i) across a wh
 sub-blocks of ``SUB_BLOCK`` tokens they are split at the boundary, exp(G_r - G_ref)
 exp(G_ref - G_i) with both factors <= 1; within a sub-block they are split at its first
 token while that stays below e^``SPLIT_LIMIT``, and formed pairwise otherwise.
+
+Documents (``segments``, packed sequences) are exact masks on the same quantities
+(:func:`document_masks`): A and Aqk keep only pairs inside one document; the incoming S
+reaches (steps 3 and 5) only the tokens of the chunk's first document, and only when that
+document continues from the previous chunk; step 6 builds the outgoing state from the
+chunk's last document alone and drops ``exp(G_C) S`` when a document starts in the chunk.
+G stays the chunk's cumulative sum: only differences inside one document are used.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ def chunk_delta(
     initial_state: torch.Tensor | None,
     output_final_state: bool,
     chunk_size: int,
+    segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked equivalent of :func:`._recurrent.recurrent_delta` (same arguments and results)."""
     dtype, out_dtype = compute_dtype(q), q.dtype
@@ -64,7 +72,8 @@ def chunk_delta(
 
     chunks = [to_chunks(x) for x in (q * scale, k, k_erase, v_write, g)]
     S0 = q.new_zeros(B, H, K, V, dtype=dtype) if initial_state is None else initial_state.to(dtype)
-    o, S = _ChunkedDelta.apply(*chunks, S0)
+    docs = None if segments is None else document_masks(segments, N, C, dtype)
+    o, S = _ChunkedDelta.apply(*chunks, S0, docs)
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2).to(out_dtype)
     return o, (S if output_final_state else None)
 
@@ -77,14 +86,15 @@ class _ChunkedDelta(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, k_erase, v_write, g, S0):  # [B, H, N, C, D] each, S0 [B, H, K, V]
-        parts = _intra_chunk(q, k, k_erase, v_write, g)
+    def forward(ctx, q, k, k_erase, v_write, g, S0, docs):  # [B, H, N, C, D] each, S0 [B, H, K, V]
+        parts = _intra_chunk(q, k, k_erase, v_write, g, docs)
         states, outputs = [S0], []
         for n in range(q.shape[2]):
             o_n, S = _across_chunk([p[:, :, n] for p in parts], states[-1])
             outputs.append(o_n)
             states.append(S)
         ctx.save_for_backward(q, k, k_erase, v_write, g, torch.stack(states, 2))
+        ctx.docs = docs
         return torch.stack(outputs, 2), states[-1]
 
     @staticmethod
@@ -96,28 +106,57 @@ class _ChunkedDelta(torch.autograd.Function):
             with torch.enable_grad():
                 xs = [x[:, :, n].detach().requires_grad_() for x in inputs]
                 S = states[:, :, n].detach().requires_grad_()
-                o_n, S_next = _across_chunk(_intra_chunk(*xs), S)
+                docs = None if ctx.docs is None else [m[:, :, n] for m in ctx.docs]
+                o_n, S_next = _across_chunk(_intra_chunk(*xs, docs), S)
                 *dxs, d_S = torch.autograd.grad((o_n, S_next), [*xs, S], (d_o[:, :, n], d_S))
             for grad, dx in zip(grads, dxs):
                 grad[:, :, n] = dx
-        return (*grads, d_S)
+        return (*grads, d_S, None)
 
 
-def _intra_chunk(q, k, k_erase, v_write, g) -> tuple[torch.Tensor, ...]:
-    """Steps 1-3 and the state-independent factors of 5-6, for chunks ``[..., C, D]``."""
+def document_masks(segments: torch.Tensor, N: int, C: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Masks of the chunks' documents from ``segments [B, T]``: ``(same [B, 1, N, C, C],
+    first [B, 1, N, C, 1], last [B, 1, N, C, 1], carry [B, 1, N, 1, 1])`` in ``dtype``.
+
+    ``same``: both tokens in one document; ``first``: the token gets the incoming state (its
+    document is the chunk's first and continues from the previous chunk, or the chunk is the
+    sequence's first); ``last``: the token is in the chunk's last document; ``carry``: the
+    whole chunk is one continuing document. A document is a maximal run of equal ids; the
+    padding of the last chunk joins its last document (it writes nothing).
+    """
+    B, T = segments.shape
+    seg = torch.cat([segments, segments[:, -1:].expand(B, N * C - T)], 1)
+    runs = F.pad((seg[:, 1:] != seg[:, :-1]).cumsum(1), (1, 0)).view(B, 1, N, C)
+    first_id, last_id = runs[..., 0], runs[..., -1]
+    cont = F.pad(first_id[..., 1:] == last_id[..., :-1], (1, 0), value=True)  # [B, 1, N]
+    same = runs.unsqueeze(-1) == runs.unsqueeze(-2)
+    first = cont.unsqueeze(-1) & (runs == first_id.unsqueeze(-1))
+    last = runs == last_id.unsqueeze(-1)
+    carry = cont & (first_id == last_id)
+    return same.to(dtype), first.to(dtype)[..., None], last.to(dtype)[..., None], carry.to(dtype)[..., None, None]
+
+
+def _intra_chunk(q, k, k_erase, v_write, g, docs=None) -> tuple[torch.Tensor, ...]:
+    """Steps 1-3 and the state-independent factors of 5-6, for chunks ``[..., C, D]``;
+    ``docs``: :func:`document_masks` of these chunks, or None (one document)."""
     V, K = v_write.shape[-1], k.shape[-1]
+    same, first, last, carry = (None,) * 4 if docs is None else docs
     G = g.cumsum(-2)
-    A = decayed_gram(k_erase, k, G, strict=True)
+    A = _masked(decayed_gram(k_erase, k, G, strict=True), same)
     eye = torch.eye(G.shape[-2], dtype=G.dtype, device=G.device)
     UW = torch.linalg.solve_triangular(
-        eye + A, torch.cat([v_write, k_erase * G.exp()], -1), upper=False, unitriangular=True
+        eye + A, torch.cat([v_write, _masked(k_erase * G.exp(), first)], -1), upper=False, unitriangular=True
     )
     U, W = UW.split([V, K], -1)
     G_last = G[..., -1:, :]
     return (
-        U, W, decayed_gram(q, k, G, strict=False), q * G.exp(), k * (G_last - G).exp(),
-        G_last.transpose(-1, -2).exp(),
+        U, W, _masked(decayed_gram(q, k, G, strict=False), same), _masked(q * G.exp(), first),
+        _masked(k * (G_last - G).exp(), last), _masked(G_last.transpose(-1, -2).exp(), carry),
     )
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask
 
 
 def _across_chunk(parts, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,41 +10,45 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_chunk_size, compute_dtype, check_qkv, check_shape, check_state, resolve_scale
+from ._checks import (
+    check_chunk_size, check_qkv, check_segments, check_shape, check_state, compute_dtype, resolve_scale,
+)
 
 Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def kda_terms(q, k, v, g, beta, initial_state, scale, chunk_size=None) -> tuple[Terms, float]:
+def kda_terms(q, k, v, g, beta, initial_state, scale, chunk_size=None, segments=None) -> tuple[Terms, float]:
     """KDA: ``ê = beta k``, ``v̂ = beta v``; ``g, beta: [B, T, H, K], [B, T, H]``."""
     B, T, H, K, _ = check_qkv(q, k, v)
     check_shape("g", g, (B, T, H, K), "[B, T, H, K]")
-    return _beta_terms(q, k, v, g, beta, initial_state, scale, chunk_size)
+    return _beta_terms(q, k, v, g, beta, initial_state, scale, chunk_size, segments)
 
 
-def gdn_terms(q, k, v, g, beta, initial_state, scale, chunk_size=None) -> tuple[Terms, float]:
+def gdn_terms(q, k, v, g, beta, initial_state, scale, chunk_size=None, segments=None) -> tuple[Terms, float]:
     """GDN: KDA with the scalar decay ``g: [B, T, H]`` on every key channel (passed to the
     cores as ``[B, T, H, 1]``, which they broadcast over the channels)."""
     B, T, H, _, _ = check_qkv(q, k, v)
     check_shape("g", g, (B, T, H), "[B, T, H]")
-    return _beta_terms(q, k, v, g.unsqueeze(-1), beta, initial_state, scale, chunk_size)
+    return _beta_terms(q, k, v, g.unsqueeze(-1), beta, initial_state, scale, chunk_size, segments)
 
 
-def _beta_terms(q, k, v, g, beta, initial_state, scale, chunk_size) -> tuple[Terms, float]:
+def _beta_terms(q, k, v, g, beta, initial_state, scale, chunk_size, segments) -> tuple[Terms, float]:
     B, T, H, K = q.shape
     check_shape("beta", beta, (B, T, H), "[B, T, H]")
-    _check_common(initial_state, chunk_size, B, H, K, v.shape[-1])
+    _check_common(q, initial_state, chunk_size, segments, v.shape[-1])
     b, k, v = _up(q, beta.unsqueeze(-1), k, v)
     return (q, k, b * k, b * v, g), resolve_scale(scale, K)
 
 
-def gdn2_terms(q, k, v, g, erase, write, initial_state, scale, chunk_size=None) -> tuple[Terms, float]:
+def gdn2_terms(
+    q, k, v, g, erase, write, initial_state, scale, chunk_size=None, segments=None
+) -> tuple[Terms, float]:
     """Gated DeltaNet-2: ``ê = erase ⊙ k``, ``v̂ = write ⊙ v``."""
     B, T, H, K, V = check_qkv(q, k, v)
     check_shape("g", g, (B, T, H, K), "[B, T, H, K]")
     check_shape("erase", erase, (B, T, H, K), "[B, T, H, K]")
     check_shape("write", write, (B, T, H, V), "[B, T, H, V]")
-    _check_common(initial_state, chunk_size, B, H, K, V)
+    _check_common(q, initial_state, chunk_size, segments, V)
     erase, write, k, v = _up(q, erase, write, k, v)
     return (q, k, erase * k, write * v, g), resolve_scale(scale, K)
 
@@ -72,7 +76,9 @@ def _up(q: torch.Tensor, *xs: torch.Tensor) -> list[torch.Tensor]:
     return [x.to(compute_dtype(q)) for x in xs]
 
 
-def _check_common(initial_state, chunk_size, B, H, K, V) -> None:
+def _check_common(q, initial_state, chunk_size, segments, V) -> None:
+    B, _, H, K = q.shape
     check_state(initial_state, B, H, K, V)
+    check_segments(segments, q)
     if chunk_size is not None:
         check_chunk_size(chunk_size)

@@ -19,22 +19,23 @@ __all__ = ["kla_beta", "chunk_kla", "recurrent_kla"]
 
 
 def recurrent_kla(
-    q, k, v, g, eta, *, eps: float = 1e-6, scale=None, initial_state=None, output_final_state=False
+    q, k, v, g, eta, *, eps: float = 1e-6, scale=None, initial_state=None, output_final_state=False,
+    segments=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token-by-token KLA; ``eta: [B, T, H]``, other arguments and results as
     :func:`~shardwright.kernels.linear.recurrent_gated_delta_rule`."""
     return recurrent_gated_delta_rule(
         q, k, v, g, kla_beta(k, eta, eps),
-        scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+        scale=scale, initial_state=initial_state, output_final_state=output_final_state, segments=segments,
     )
 
 
 def chunk_kla(
     q, k, v, g, eta, *, eps: float = 1e-6, scale=None, initial_state=None, output_final_state=False,
-    chunk_size: int = 64,
+    chunk_size: int = 64, segments=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked KLA; ``eta: [B, T, H]``, other arguments (``scale``, ``initial_state``,
-    ``output_final_state``, ``chunk_size``) and results as
+    ``output_final_state``, ``chunk_size``, ``segments``) and results as
     :func:`~shardwright.kernels.linear.chunk_gated_delta_rule`.
 
     Example::
@@ -50,5 +51,5 @@ def chunk_kla(
     """
     return chunk_gated_delta_rule(
         q, k, v, g, kla_beta(k, eta, eps), scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, chunk_size=chunk_size,
+        output_final_state=output_final_state, chunk_size=chunk_size, segments=segments,
     )

@@ -19,6 +19,7 @@ def chunk_gated_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated DeltaNet in chunks of ``chunk_size`` tokens (WY/UT form of RESEARCH.md §2).
 
@@ -39,8 +40,8 @@ def chunk_gated_delta_rule(
         >>> o.shape, s.shape
         (torch.Size([1, 100, 2, 8]), torch.Size([1, 2, 16, 8]))
     """
-    terms, scale = gdn_terms(q, k, v, g, beta, initial_state, scale, chunk_size)
+    terms, scale = gdn_terms(q, k, v, g, beta, initial_state, scale, chunk_size, segments)
     return chunk_delta(
         *terms, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, chunk_size=chunk_size,
+        output_final_state=output_final_state, chunk_size=chunk_size, segments=segments,
     )

@@ -18,6 +18,7 @@ def recurrent_gated_delta_rule(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated DeltaNet, one token at a time:
     ``S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T (scale q_t)``.
@@ -29,6 +30,9 @@ def recurrent_gated_delta_rule(
         scale: query scale, ``K ** -0.5`` when None.
         initial_state: ``[B, H, K, V]`` or None (zeros).
         output_final_state: return the final state ``[B, H, K, V]`` (float32) too.
+        segments: ``[B, T]`` int64 document ids of a packed sequence (a document is a run of
+            equal ids) or None (one document): the state restarts from zero at each
+            document's first token (``initial_state`` feeds the first document only).
 
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state or None)``.
@@ -44,5 +48,8 @@ def recurrent_gated_delta_rule(
         >>> o.shape
         torch.Size([1, 10, 2, 4])
     """
-    terms, scale = gdn_terms(q, k, v, g, beta, initial_state, scale)
-    return recurrent_delta(*terms, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
+    terms, scale = gdn_terms(q, k, v, g, beta, initial_state, scale, segments=segments)
+    return recurrent_delta(
+        *terms, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+        segments=segments,
+    )

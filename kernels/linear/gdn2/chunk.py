@@ -20,6 +20,7 @@ def chunk_gdn2(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated DeltaNet-2 in chunks of ``chunk_size`` tokens.
 
@@ -40,8 +41,8 @@ def chunk_gdn2(
         >>> o.shape
         torch.Size([1, 100, 2, 8])
     """
-    terms, scale = gdn2_terms(q, k, v, g, erase, write, initial_state, scale, chunk_size)
+    terms, scale = gdn2_terms(q, k, v, g, erase, write, initial_state, scale, chunk_size, segments)
     return chunk_delta(
         *terms, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, chunk_size=chunk_size,
+        output_final_state=output_final_state, chunk_size=chunk_size, segments=segments,
     )

@@ -33,6 +33,7 @@ def recurrent_gdn2(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated DeltaNet-2, one token at a time (recurrence in the module docstring).
 
@@ -41,7 +42,7 @@ def recurrent_gdn2(
         g: ``[B, T, H, K]`` log decay per key channel (<= 0).
         erase: ``[B, T, H, K]`` erase gate ``b`` (key side).
         write: ``[B, T, H, V]`` write gate ``w`` (value side).
-        scale, initial_state, output_final_state: as in ``recurrent_gated_delta_rule``.
+        scale, initial_state, output_final_state, segments: as in ``recurrent_gated_delta_rule``.
 
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state [B, H, K, V] or None)``.
@@ -58,5 +59,8 @@ def recurrent_gdn2(
         >>> o.shape
         torch.Size([1, 10, 2, 4])
     """
-    terms, scale = gdn2_terms(q, k, v, g, erase, write, initial_state, scale)
-    return recurrent_delta(*terms, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
+    terms, scale = gdn2_terms(q, k, v, g, erase, write, initial_state, scale, segments=segments)
+    return recurrent_delta(
+        *terms, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+        segments=segments,
+    )

@@ -19,6 +19,7 @@ def chunk_kda(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """KDA in chunks of ``chunk_size`` tokens (WY form, one triangular solve per chunk).
 
@@ -36,8 +37,8 @@ def chunk_kda(
         >>> o.shape
         torch.Size([1, 100, 2, 8])
     """
-    terms, scale = kda_terms(q, k, v, g, beta, initial_state, scale, chunk_size)
+    terms, scale = kda_terms(q, k, v, g, beta, initial_state, scale, chunk_size, segments)
     return chunk_delta(
         *terms, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, chunk_size=chunk_size,
+        output_final_state=output_final_state, chunk_size=chunk_size, segments=segments,
     )

@@ -18,6 +18,7 @@ def recurrent_kda(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """KDA, one token at a time: ``S_t = (I - beta_t k_t k_t^T) Diag(exp(g_t)) S_{t-1} + beta_t k_t v_t^T``,
     ``o_t = S_t^T (scale q_t)``. The decay acts first, per key channel (as in
@@ -27,7 +28,7 @@ def recurrent_kda(
         q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``.
         g: ``[B, T, H, K]`` log decay per key channel (<= 0).
         beta: ``[B, T, H]`` delta-rule step.
-        scale, initial_state, output_final_state: as in ``recurrent_gated_delta_rule``.
+        scale, initial_state, output_final_state, segments: as in ``recurrent_gated_delta_rule``.
 
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state or None)``.
@@ -44,5 +45,8 @@ def recurrent_kda(
         >>> o.shape, s.shape
         (torch.Size([1, 10, 2, 4]), torch.Size([1, 2, 8, 4]))
     """
-    terms, scale = kda_terms(q, k, v, g, beta, initial_state, scale)
-    return recurrent_delta(*terms, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
+    terms, scale = kda_terms(q, k, v, g, beta, initial_state, scale, segments=segments)
+    return recurrent_delta(
+        *terms, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+        segments=segments,
+    )

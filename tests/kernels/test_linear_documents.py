@@ -1,0 +1,72 @@
+"""Packed sequences: with ``segments`` every linear-attention kernel equals running each
+document alone through the token-by-token reference (outputs, final state of the last
+document, gradients of every input), on one rank and under LASP-2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shardwright.kernels import comm
+from shardwright.kernels import linear as L
+
+from .test_linear_chunk import TOL, VARIANTS, assert_close, make_inputs, run
+
+# Document lengths per batch row (the last run of row 0 stands for trailing padding).
+# Row 0 at C=16: shorter than a chunk, one exactly filling chunk 1, length 1, several chunks.
+# Row 1: other boundaries, a length-1 document first, one chunk-long but unaligned.
+LENGTHS = ([5, 11, 16, 1, 37, 10], [1, 30, 16, 3, 30])
+
+
+def segments_of(lengths) -> torch.Tensor:
+    """int64 [B, T] document ids (non-decreasing, not starting at 0)."""
+    return torch.stack([torch.repeat_interleave(torch.arange(len(n)) + 3, torch.tensor(n)) for n in lengths])
+
+
+def per_document(variant: str, x: dict, segments: torch.Tensor, with_state: bool) -> dict:
+    """The reference: each document alone through the recurrence (``h0`` feeds each row's
+    first document only); the final state is that of each row's last document."""
+    v = VARIANTS[variant]
+    names = ["q", "k", "v", *v.gates]
+    loss, rows, states = 0.0, [], []
+    for b, row in enumerate(segments):
+        bounds = [0, *((row[1:] != row[:-1]).nonzero().flatten() + 1).tolist(), len(row)]
+        outs = []
+        for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+            h0 = x["h0"][b:b + 1] if with_state and i == 0 else None
+            o, S = v.recurrent(*[x[n][b:b + 1, s:e] for n in names], initial_state=h0, output_final_state=True)
+            loss = loss + (o * x["do"][b:b + 1, s:e]).sum()
+            outs.append(o)
+        rows.append(torch.cat(outs, 1))
+        states.append(S)
+        loss = loss + (S * x["dS"][b:b + 1]).sum()
+    leaves = names + (["h0"] if with_state else [])
+    grads = torch.autograd.grad(loss, [x[n] for n in leaves])
+    return {"o": torch.cat(rows).detach(), "state": torch.cat(states).detach(),
+            **{f"d{n}": g for n, g in zip(leaves, grads)}}
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["h0=none", "h0=given"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_documents_match_each_document_alone(variant, with_state):
+    segments = segments_of(LENGTHS)
+    x = make_inputs(variant, segments.shape[1])
+    want = per_document(variant, x, segments, with_state)
+    v = VARIANTS[variant]
+    assert_close(run(v.recurrent, variant, x, with_state=with_state, segments=segments), want, TOL)
+    for chunk_size in (16, 32):
+        got = run(v.chunk, variant, x, with_state=with_state, chunk_size=chunk_size, segments=segments)
+        assert_close(got, want, TOL)
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [torch.zeros(2, 79, dtype=torch.int64), torch.zeros(80, dtype=torch.int64), torch.zeros(2, 80, dtype=torch.int32),
+     [[0] * 80] * 2],
+    ids=["length", "no-batch", "int32", "list"],
+)
+@pytest.mark.parametrize("fn", ["recurrent_gated_delta_rule", "chunk_gated_delta_rule"])
+def test_bad_segments_raise_the_rule(fn, segments):
+    x = make_inputs("gdn", 80)
+    with pytest.raises(ValueError, match=r"segments must be an int64 tensor \[B, T\] = \(2, 80\) of document ids"):
+        getattr(L, fn)(x["q"], x["k"], x["v"], x["g"], x["beta"], segments=segments)
