@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", type=Path, required=True, help="directory to write (replaced if it exists)")
     p.add_argument("--step", type=int, help="the committed step to export (default: the newest)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="tensor type written (default float32, as trained)")
+    p.add_argument("--adapter", action="store_true", help="a LoRA job (spec.training.lora): only its adapters, in PEFT's layout (default: the model with them merged)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("validate", help="check manifests; exit 2 naming every bad field")
@@ -337,6 +338,9 @@ def _export(args) -> int:
         return EXIT_INVALID
     if (job := _one_job(Path(args.job) if Path(args.job).is_file() else job_dir.manifest_file)) is None:
         return EXIT_INVALID
+    if args.adapter and job.spec.training.lora is None:
+        print(f"{args.job}: --adapter exports LoRA adapters and spec.training.lora is unset; export without --adapter", file=sys.stderr)
+        return 1
     import subprocess
 
     from shardwright.operator.runner import checkpoint_dir
@@ -351,6 +355,8 @@ def _export(args) -> int:
         return 1
     command = [sys.executable, "-m", "shardwright.workers.hf.export", found[step]["path"],
                "--config", job.spec.model.resolve().model_dump_json(), "-o", str(args.out), "--dtype", args.dtype]
+    if (lora := job.spec.training.lora) is not None:
+        command += ["--lora", lora.resolve().model_dump_json(), *(["--adapter"] if args.adapter else [])]
     return subprocess.run(command, check=False).returncode
 
 

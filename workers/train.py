@@ -35,6 +35,7 @@ from . import data as data_mod
 from .checkpoint import Checkpointer, damage
 from .config import TERMINATION_MESSAGE_ENV, RankEnv, WorkerConfig, softmax_kernel
 from .faults import KILL_EXIT_CODE
+from .lora import apply_lora, reseed as reseed_dropout
 from .mixers import SequenceContext
 from .model import Transformer
 from .telemetry import Telemetry
@@ -81,6 +82,23 @@ def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading
             del trainer
     finally:
         dist.destroy_process_group()
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters as AdamW groups: matrices (projections, embeddings, LoRA's A
+    and B) decay, vectors (norm scales, biases) do not, as is usual."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The forward pass's context: bf16 autocast for ``bf16`` (CPU included) and for ``auto``
+    on a device with bfloat16 (CUDA); fp32 otherwise. Weights and optimizer stay float32."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
 def lr_at(step: int, cfg) -> float:
@@ -131,6 +149,8 @@ class Trainer:
             from .hf.weights import load_weights  # safetensors, only for jobs that name a model
 
             load_weights(self.model, cfg.model.source)
+        if cfg.lora:  # spec.training.lora: the weights above frozen, adapters trained (DDP syncs only those)
+            apply_lora(self.model, cfg.lora, seed=cfg.optim.seed)
         self.ddp = DistributedDataParallel(self.model)
         self.timer = SectionTimer()
         #: Work shares in effect; the controller may change them at a step boundary.
@@ -143,8 +163,7 @@ class Trainer:
         self.facts_group = dist.new_group(backend="gloo")
         self.timings: collections.deque[dict[str, Any]] = collections.deque(maxlen=cfg.timing_history)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.95),
-            weight_decay=cfg.optim.weight_decay, foreach=False,
+            decay_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(0.9, 0.95), foreach=False,
         )
         self.data = data_mod.dataset(cfg.data, cfg.model.vocab_size)
         self.checkpointer = Checkpointer(cfg.checkpoint, layout=par.layout, generation=cfg.generation)
@@ -228,6 +247,8 @@ class Trainer:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.optim)
+        if cfg.lora:
+            reseed_dropout(self.model, cfg.optim.seed, self.step, self.env.rank)
         part = data_mod.rank_slice(self.step, cfg.data, self.dp_rank, cfg.parallel.data, self.shares)
         timer = self.timer
         # Each rank's loss is a sum over its tokens divided by the global token count, times
@@ -241,7 +262,7 @@ class Trainer:
                 positions = self.ctx.shard(torch.arange(cfg.data.seq_len), dim=0)
             last = i == len(part.micro_batches) - 1
             with contextlib.nullcontext() if last else self.ddp.no_sync():
-                with timer.section("forward"):
+                with timer.section("forward"), autocast(cfg.optim.precision, self.model.embed.weight.device):
                     logits = self.ddp(inputs, positions)
                     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
                 self.grad_wait.last_ready = None

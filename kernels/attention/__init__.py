@@ -8,6 +8,9 @@ All tensors are ``[batch, heads, local_seq, head_dim]`` shards as in
 - :func:`tokenring_attention`: queries travel, partial results return to their owner;
   contiguous.
 - :func:`shard_sequence` / :func:`gather_sequence`: full sequence <-> this rank's shard.
+
+Every kernel takes ``segments`` (int64 ``[batch, local_seq]``, document ids in q's layout)
+for packed sequences: a query then attends only keys of its own document.
 """
 
 from .layout import gather_sequence, shard_sequence

@@ -27,6 +27,7 @@ import math
 from typing import Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["block_forward", "block_backward", "check_inputs"]
 
@@ -65,13 +66,14 @@ def _contiguous(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.contiguous() for t in tensors]
 
 
-def _cpu_forward(q, k, v, causal, scale):
-    return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+def _cpu_forward(q, k, v, causal, scale, bias=None):
+    return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal,
+                                                            attn_mask=bias, scale=scale)
 
 
-def _cpu_backward(dout, q, k, v, out, lse, causal, scale):
+def _cpu_backward(dout, q, k, v, out, lse, causal, scale, bias=None):
     return aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        dout, q, k, v, out, lse, 0.0, causal, scale=scale
+        dout, q, k, v, out, lse, 0.0, causal, attn_mask=bias, scale=scale
     )
 
 
@@ -91,32 +93,42 @@ def _flash_backward(dout, q, k, v, out, lse, causal, scale):
     )
 
 
-def _efficient_forward(q, k, v, causal, scale):
+def _efficient_bias(bias, q):
+    """The bias as the kernel reads it: expanded to every head, rows 16-aligned (as SDPA)."""
+    if bias is None:
+        return None
+    lk = bias.shape[-1]
+    bias = F.pad(bias, (0, -lk % 16))[..., :lk]
+    return bias.expand(q.shape[0], q.shape[1], q.shape[2], lk)
+
+
+def _efficient_forward(q, k, v, causal, scale, bias=None):
     q, k, v = _contiguous(q, k, v)
     out, lse, *_ = aten._scaled_dot_product_efficient_attention(
-        q, k, v, None, True, 0.0, causal, scale=scale
+        q, k, v, _efficient_bias(bias, q), True, 0.0, causal, scale=scale
     )
     return out, lse[..., : q.shape[2]]  # the kernel pads the LSE rows to a multiple of 32
 
 
-def _efficient_backward(dout, q, k, v, out, lse, causal, scale):
+def _efficient_backward(dout, q, k, v, out, lse, causal, scale, bias=None):
     padded = -(-q.shape[2] // 32) * 32
-    lse = torch.nn.functional.pad(lse, (0, padded - q.shape[2])).contiguous()
+    lse = F.pad(lse, (0, padded - q.shape[2])).contiguous()
     dout, q, k, v, out = _contiguous(dout, q, k, v, out)
     seed = offset = torch.empty((), dtype=torch.long, device=q.device)
     dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
-        dout, q, k, v, None, out, lse, seed, offset, 0.0, (True, True, True, False), causal,
+        dout, q, k, v, _efficient_bias(bias, q), out, lse, seed, offset, 0.0, (True, True, True, False), causal,
         scale=scale,
     )
     return dq, dk, dv
 
 
-def _ops_for(q: torch.Tensor) -> _Ops:
-    """The fused SDPA kernel pair torch provides for ``q``'s device and dtype."""
+def _ops_for(q: torch.Tensor, masked: bool = False) -> _Ops:
+    """The fused SDPA kernel pair torch provides for ``q``'s device and dtype (and a mask:
+    the CUDA flash kernel takes none, the efficient one takes an additive bias)."""
     if q.device.type == "cpu":
         return _Ops(_cpu_forward, _cpu_backward)
     if q.device.type == "cuda":
-        if q.dtype in (torch.float16, torch.bfloat16):
+        if q.dtype in (torch.float16, torch.bfloat16) and not masked:
             return _Ops(_flash_forward, _flash_backward)
         return _Ops(_efficient_forward, _efficient_backward)
     raise NotImplementedError(f"no block attention kernel for device {q.device.type!r}")
@@ -132,10 +144,26 @@ def _reduce_heads(grad: torch.Tensor, heads: int) -> torch.Tensor:
     return grad if hq == heads else grad.view(b, heads, hq // heads, n, d).sum(2)
 
 
+def _bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean allowed pairs -> the additive bias the fused kernels take (0 or -inf)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, float("-inf"))
+
+
 def block_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    scale: float,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attend ``q [B, Hq, Lq, D]`` to ``k, v [B, Hkv, Lk, D]``.
+
+    ``mask`` (bool ``[B, 1, Lq, Lk]``, True = allowed) replaces ``causal``: fold causality
+    into it. Rows it leaves without any key get ``out = 0`` and ``lse = -inf``, which the
+    LSE merge treats as "no keys" (the kernels alone would give ``lse = 0`` or NaN).
 
     Returns ``(out [B, Hq, Lq, D]`` in q's dtype, ``lse [B, Hq, Lq]`` fp32).
 
@@ -147,8 +175,16 @@ def block_forward(
     """
     heads = q.shape[1]
     k, v = _expand_heads(k, heads), _expand_heads(v, heads)
-    out, lse = _ops_for(q).forward(q, k, v, causal, scale)
-    return out, lse.float()
+    if mask is None:
+        out, lse = _ops_for(q).forward(q, k, v, causal, scale)
+        return out, lse.float()
+    out, lse = _ops_for(q, masked=True).forward(q, k, v, False, scale, _bias(mask, q.dtype))
+    lse = lse.float()
+    empty = ~mask.any(-1)  # [B, 1, Lq], broadcast over heads
+    if bool(empty.any()):
+        out = out.masked_fill(empty.unsqueeze(-1), 0.0)
+        lse = lse.masked_fill(empty, float("-inf"))
+    return out, lse
 
 
 def block_backward(
@@ -161,15 +197,21 @@ def block_backward(
     *,
     causal: bool,
     scale: float,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of one block given the final global ``out`` and ``lse`` of its query rows.
 
     ``dout`` and ``out`` are ``[B, Hq, Lq, D]`` (``out`` is cast to q's dtype), ``lse`` is
-    ``[B, Hq, Lq]``. Returns ``(dq [B, Hq, Lq, D], dk, dv [B, Hkv, Lk, D])`` in q's dtype.
+    ``[B, Hq, Lq]``; ``mask`` as in :func:`block_forward`. The global ``lse`` is finite
+    (every query sees itself), so masked pairs get probability ``exp(-inf) = 0`` and rows
+    without a key in this block get zero gradients. Returns ``(dq [B, Hq, Lq, D], dk, dv
+    [B, Hkv, Lk, D])`` in q's dtype.
     """
     heads, kv_heads = q.shape[1], k.shape[1]
     k, v = _expand_heads(k, heads), _expand_heads(v, heads)
-    dq, dk, dv = _ops_for(q).backward(
-        dout.to(q.dtype), q, k, v, out.to(q.dtype), lse.float(), causal, scale
+    extra = () if mask is None else (_bias(mask, q.dtype),)
+    dq, dk, dv = _ops_for(q, masked=mask is not None).backward(
+        dout.to(q.dtype), q, k, v, out.to(q.dtype), lse.float(), causal and mask is None,
+        scale, *extra,
     )
     return dq, _reduce_heads(dk, kv_heads), _reduce_heads(dv, kv_heads)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from .. import comm
 
-__all__ = ["LAYOUTS", "check_layout", "shard_sequence", "gather_sequence"]
+__all__ = ["LAYOUTS", "check_layout", "shard_sequence", "gather_sequence", "shard_of"]
 
 LAYOUTS = ("zigzag", "contiguous")
 
@@ -66,8 +66,13 @@ def shard_sequence(
             f"{layout} layout over {size} ranks needs a sequence length divisible by "
             f"{per_rank * size}, got {n}; for causal attention, right-pad to a multiple"
         )
-    chunks = x.chunk(per_rank * size, dim=dim)
-    return torch.cat([chunks[i] for i in _chunk_ids(layout, me, size)], dim=dim)
+    return shard_of(x, layout, me, size, dim=dim)
+
+
+def shard_of(x: torch.Tensor, layout: str, rank: int, size: int, *, dim: int = 2) -> torch.Tensor:
+    """Rank ``rank``'s shard (of ``size``) of the full sequence ``x`` on ``dim``."""
+    chunks = x.chunk(check_layout(layout) * size, dim=dim)
+    return torch.cat([chunks[i] for i in _chunk_ids(layout, rank, size)], dim=dim)
 
 
 def gather_sequence(

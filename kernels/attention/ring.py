@@ -15,6 +15,10 @@ element size, ``B`` batch, ``Hkv`` key/value heads, ``D`` head dim:
 
 - forward: ``2 (P-1) n D Hkv B e`` (K and V, ``P-1`` hops);
 - backward: ``2 (P-1) n D Hkv B (e + 4)`` (K and V again, and their fp32 gradients).
+
+With ``segments`` (packed documents, :mod:`.documents`) the forward adds one all-gather
+of the int64 ids, ``8 (P-1) B n``, kept for the backward; blocks without an allowed pair
+are not computed, but K/V still travel on (later ranks need them).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import torch
 import torch.distributed as dist
 
 from .. import comm
-from . import schedule
 from .blocks import block_backward, block_forward, check_inputs
+from .documents import check_segments, document_block, gather_ids
 from .layout import check_layout
 from .merge import merge_
 from .p2p import send_recv
@@ -43,6 +47,7 @@ def ring_attention(
     layout: str = "zigzag",
     scale: float | None = None,
     kv_heads_per_pass: int = 1,
+    segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention over a sequence sharded across ``group`` with a K/V ring.
 
@@ -59,6 +64,9 @@ def ring_attention(
         kv_heads_per_pass: the ring runs once per group of this many K/V heads (and their
             query heads), see :mod:`.passes`. 1 (default) keeps the least in flight; ``Hkv``
             is one pass with the fewest, largest messages.
+        segments: int64 ``[B, n]``, the document id of each of this rank's tokens (same
+            layout as ``q``), for packed sequences: a query attends only keys of its own
+            document (:mod:`.documents`). ``None``: one document per sample.
 
     Returns:
         ``[B, Hq, n, D]``: this rank's shard of the output, same layout.
@@ -75,18 +83,20 @@ def ring_attention(
         raise ValueError(f"ring_attention: zigzag shards hold two equal chunks, so the local "
                          f"sequence length must be even, got {q.shape[2]}")
     groups = head_groups("ring_attention", q.shape[1], k.shape[1], kv_heads_per_pass)
-    return _RingAttention.apply(q, k, v, group, causal, layout, scale, groups)
+    check_segments("ring_attention", segments, q)
+    ids = None if segments is None else gather_ids("ring_attention", segments, group, layout)
+    return _RingAttention.apply(q, k, v, group, causal, layout, scale, groups, ids)
 
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, causal, layout, scale, groups):
+    def forward(ctx, q, k, v, group, causal, layout, scale, groups, ids):
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        by_head_groups(lambda *t: _forward(*t, group, causal, layout, scale),
+        by_head_groups(lambda *t: _forward(*t, group, causal, layout, scale, ids),
                        [q, k, v], [out, lse], groups)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (group, causal, layout, scale)
+        ctx.args = (group, causal, layout, scale, ids)
         ctx.groups = groups
         return out
 
@@ -96,7 +106,7 @@ class _RingAttention(torch.autograd.Function):
         grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
         by_head_groups(lambda *t: _backward(*t, *ctx.args),
                        [dout, q, k, v, out, lse], grads, ctx.groups)
-        return *grads, None, None, None, None, None
+        return *grads, None, None, None, None, None, None
 
 
 def _neighbours(group) -> tuple[int, int, int, int]:
@@ -104,7 +114,7 @@ def _neighbours(group) -> tuple[int, int, int, int]:
     return size, me, (me + 1) % size, (me - 1) % size
 
 
-def _forward(q, k, v, group, causal, layout, scale):
+def _forward(q, k, v, group, causal, layout, scale, ids):
     size, me, nxt, prv = _neighbours(group)
     out = lse = None
     kv = [k, v]
@@ -112,10 +122,11 @@ def _forward(q, k, v, group, causal, layout, scale):
         if step < size - 1:
             ops, next_kv = send_recv(kv, nxt, kv, prv)
             pending = comm.exchange(ops, group)
-        blk = schedule.block(layout, causal, me, (me - step) % size, q.shape[2])
-        if blk is not None:
+        found = document_block(layout, causal, me, (me - step) % size, q.shape[2], ids)
+        if found is not None:
+            blk, mask = found
             part = block_forward(q[:, :, blk.q], kv[0][:, :, blk.kv], kv[1][:, :, blk.kv],
-                                 causal=blk.causal, scale=scale)
+                                 causal=blk.causal, scale=scale, mask=mask)
             if out is None:  # step 0, the own (always whole) block: it is the accumulator
                 out, lse = part[0].float(), part[1]
             else:
@@ -126,7 +137,7 @@ def _forward(q, k, v, group, causal, layout, scale):
     return out, lse
 
 
-def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
+def _backward(dout, q, k, v, out, lse, group, causal, layout, scale, ids):
     """dq stays here; each K/V shard's (dk, dv) rides the ring one step behind it.
 
     The gradient of shard ``s`` is started by rank ``s+1`` (rank ``s`` keeps its own part)
@@ -139,13 +150,14 @@ def _backward(dout, q, k, v, out, lse, group, causal, layout, scale):
         if step < size - 1:
             ops, next_kv = send_recv(kv, nxt, kv, prv)
             kv_pending = comm.exchange(ops, group)
-        blk = schedule.block(layout, causal, me, (me - step) % size, q.shape[2])
+        found = document_block(layout, causal, me, (me - step) % size, q.shape[2], ids)
         grads = None
-        if blk is not None:
+        if found is not None:
+            blk, mask = found
             rows = (slice(None), slice(None), blk.q)
             gq, *grads = block_backward(
                 dout[rows], q[rows], kv[0][:, :, blk.kv], kv[1][:, :, blk.kv], out[rows],
-                lse[rows], causal=blk.causal, scale=scale,
+                lse[rows], causal=blk.causal, scale=scale, mask=mask,
             )
         if step == 0:  # the own (always whole) block: its gradients are the accumulators
             dq, own_dkv = gq.float(), [g.float() for g in grads]

@@ -18,6 +18,10 @@ the number of non-empty partials this rank computes for other ranks (``P-1``; ca
 
 - forward: ``(P-1) B Hq n D e`` (queries) ``+ m B Hq n (D e + 4)`` (partial out, fp32 lse);
 - backward: ``(P-1) B Hq n (3 D e + 4)`` (q, dout, out, lse) ``+ m B Hq n D e`` (dq).
+
+With ``segments`` (packed documents, :mod:`.documents`) the forward adds one all-gather
+of the int64 ids, ``8 (P-1) B n``, and ``m`` counts only the blocks holding a pair of one
+document: the others are neither computed nor sent home (queries still travel on).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch.distributed as dist
 from .. import comm
 from . import schedule
 from .blocks import block_backward, block_forward, check_inputs
+from .documents import check_segments, document_block, gather_ids
 from .merge import merge_
 from .p2p import send_recv
 from .passes import by_head_groups, head_groups
@@ -48,6 +53,7 @@ def tokenring_attention(
     causal: bool = False,
     scale: float | None = None,
     kv_heads_per_pass: int = 1,
+    segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention over a sequence sharded contiguously, moving queries not K/V.
 
@@ -61,6 +67,10 @@ def tokenring_attention(
         kv_heads_per_pass: the ring runs once per group of this many K/V heads (and their
             query heads), see :mod:`.passes`. 1 (default) keeps the least in flight; ``Hkv``
             is one pass with the fewest, largest messages.
+        segments: int64 ``[B, n]``, the document id of each of this rank's tokens, for
+            packed sequences: a query attends only keys of its own document
+            (:mod:`.documents`); blocks without an allowed pair are neither computed nor
+            sent home. ``None``: one document per sample.
 
     Returns:
         ``[B, Hq, n, D]``: this rank's shard of the output.
@@ -72,18 +82,21 @@ def tokenring_attention(
     """
     scale = check_inputs("tokenring_attention", q, k, v, scale)
     groups = head_groups("tokenring_attention", q.shape[1], k.shape[1], kv_heads_per_pass)
-    return _TokenRingAttention.apply(q, k, v, group, causal, scale, groups)
+    check_segments("tokenring_attention", segments, q)
+    ids = None if segments is None else \
+        gather_ids("tokenring_attention", segments, group, "contiguous")
+    return _TokenRingAttention.apply(q, k, v, group, causal, scale, groups, ids)
 
 
 class _TokenRingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, causal, scale, groups):
+    def forward(ctx, q, k, v, group, causal, scale, groups, ids):
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        by_head_groups(lambda *t: _forward(*t, group, causal, scale), [q, k, v], [out, lse],
-                       groups)
+        by_head_groups(lambda *t: _forward(*t, group, causal, scale, ids), [q, k, v],
+                       [out, lse], groups)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (group, causal, scale)
+        ctx.args = (group, causal, scale, ids)
         ctx.groups = groups
         return out
 
@@ -93,30 +106,32 @@ class _TokenRingAttention(torch.autograd.Function):
         grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
         by_head_groups(lambda *t: _backward(*t, *ctx.args), [dout, q, k, v, out, lse], grads,
                        ctx.groups)
-        return *grads, None, None, None, None
+        return *grads, None, None, None, None, None
 
 
-def _forward(q, k, v, group, causal, scale) -> Tensors:
+def _forward(q, k, v, group, causal, scale, ids) -> Tensors:
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
 
-    def visit(blk, travelling):
-        return list(block_forward(travelling[0], k, v, causal=blk.causal, scale=scale))
+    def visit(blk, mask, travelling):
+        return list(block_forward(travelling[0], k, v, causal=blk.causal, scale=scale,
+                                  mask=mask))
 
     def collect(partial):
         merge_(out, lse, *partial)
 
-    _token_ring([q], visit, [q, lse], collect, group, causal)  # partial out is q-shaped
+    _token_ring([q], visit, [q, lse], collect, group, causal, ids)  # partial out: q-shaped
     return [out, lse]
 
 
-def _backward(dout, q, k, v, out, lse, group, causal, scale) -> Tensors:
+def _backward(dout, q, k, v, out, lse, group, causal, scale, ids) -> Tensors:
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     dkv = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (k, v)]
 
-    def visit(blk, travelling):
+    def visit(blk, mask, travelling):
         tq, tdout, tout, tlse = travelling
-        gq, gk, gv = block_backward(tdout, tq, k, v, tout, tlse, causal=blk.causal, scale=scale)
+        gq, gk, gv = block_backward(tdout, tq, k, v, tout, tlse, causal=blk.causal, scale=scale,
+                                    mask=mask)
         dkv[0].add_(gk)
         dkv[1].add_(gv)
         return [gq]
@@ -124,17 +139,18 @@ def _backward(dout, q, k, v, out, lse, group, causal, scale) -> Tensors:
     def collect(partial):
         dq.add_(partial[0])
 
-    _token_ring([q, dout, out, lse], visit, [q], collect, group, causal)
+    _token_ring([q, dout, out, lse], visit, [q], collect, group, causal, ids)
     return [dq, *dkv]
 
 
 def _token_ring(
     travelling: Tensors,
-    visit: Callable[[schedule.Block, Tensors], Tensors],
+    visit: Callable[[schedule.Block, torch.Tensor | None, Tensors], Tensors],
     partial_like: Tensors,
     collect: Callable[[Tensors], None],
     group,
     causal: bool,
+    ids: torch.Tensor | None,
 ) -> None:
     """Send ``travelling`` (this rank's tensors) past every rank; ``visit`` computes a
     partial result from each visitor and the local K/V; each partial is returned to its
@@ -154,15 +170,15 @@ def _token_ring(
         if step >= 2:
             home, helper = (me - step + 1) % size, (me + step - 1) % size
             sends = outgoing or []
-            expected = schedule.block("contiguous", causal, me, helper, n) is not None
+            expected = document_block("contiguous", causal, me, helper, n, ids) is not None
             more, incoming = send_recv(sends, home, partial_like if expected else [], helper)
             ops += more
         pending = comm.exchange(ops, group)
         outgoing = None
         if step < size:
             owner = (me - step) % size
-            blk = schedule.block("contiguous", causal, owner, me, n)
-            partial = visit(blk, travelling) if blk is not None else None
+            found = document_block("contiguous", causal, owner, me, n, ids)
+            partial = visit(*found, travelling) if found is not None else None
             if step == 0:
                 collect(partial)
             else:

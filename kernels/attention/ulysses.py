@@ -20,7 +20,10 @@ Per-rank bytes sent (equal to bytes received), ``e`` the element size, ``l = 4 B
 - backward: ``4 (Hq + Hkv) B n D e (P-1)/P + l``.
 
 Both are below their value at ``(P-1)/P = 1`` for every ``P``: constant when ``N`` and
-``P`` grow together.
+``P`` grow together. With ``segments`` (packed documents, :mod:`.documents`) the forward
+adds one all-gather of the int64 ids, ``8 (P-1) B n``; each head shard then attends the
+full sequence under the ``[B, 1, N, N]`` document mask, built once per forward and once
+per backward.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch.distributed as dist
 
 from .. import comm
 from .blocks import block_backward, block_forward, check_inputs
+from .documents import block_mask, check_segments, gather_ids
 from .passes import by_head_groups, head_groups
 
 __all__ = ["ulysses_attention"]
@@ -44,6 +48,7 @@ def ulysses_attention(
     causal: bool = False,
     scale: float | None = None,
     kv_heads_per_pass: int | None = None,
+    segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention over a sequence sharded contiguously across ``group``.
 
@@ -58,6 +63,10 @@ def ulysses_attention(
         kv_heads_per_pass: K/V heads per pass (:mod:`.passes`); a multiple of the group
             size, default the group size (the fewest a pass can hold: each rank then
             attends ``1`` K/V head of the full sequence per pass). ``Hkv`` is one pass.
+        segments: int64 ``[B, n]``, the document id of each of this rank's tokens, for
+            packed sequences: a query attends only keys of its own document
+            (:mod:`.documents`; the full sequence's ids are all-gathered once per call).
+            ``None``: one document per sample.
 
     Returns:
         ``[B, Hq, n, D]``: this rank's shard of the output.
@@ -77,18 +86,31 @@ def ulysses_attention(
     if per_pass % size:
         raise ValueError(f"ulysses_attention: kv_heads_per_pass must be a multiple of the "
                          f"group size ({size}), got {per_pass}")
-    return _UlyssesAttention.apply(q, k, v, group, causal, scale, groups)
+    check_segments("ulysses_attention", segments, q)
+    ids = None
+    if segments is not None:  # every head shard holds the full sequence: gather its ids
+        ids = gather_ids("ulysses_attention", segments, group, "contiguous")
+        ids = ids.transpose(0, 1).reshape(ids.shape[1], -1)  # contiguous: ranks in order
+    return _UlyssesAttention.apply(q, k, v, group, causal, scale, groups, ids)
+
+
+def _mask(ids, causal):
+    """Allowed pairs ``[B, 1, N, N]`` of the full sequence, built per call (forward and
+    backward) rather than kept alive between them."""
+    return None if ids is None else block_mask(ids, ids, causal)
 
 
 class _UlyssesAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, causal, scale, groups):
+    def forward(ctx, q, k, v, group, causal, scale, groups, ids):
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        by_head_groups(lambda *t: _forward(*t, group, causal, scale), [q, k, v], [out, lse],
-                       groups)
+        mask = _mask(ids, causal)
+        by_head_groups(lambda *t: _forward(*t, group, causal, scale, mask), [q, k, v],
+                       [out, lse], groups)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (group, causal, scale)
+        ctx.ids = ids
         ctx.groups = groups
         return out
 
@@ -96,25 +118,26 @@ class _UlyssesAttention(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
-        by_head_groups(lambda *t: _backward(*t, *ctx.args), [dout, q, k, v, out, lse], grads,
-                       ctx.groups)
-        return *grads, None, None, None, None
+        mask = _mask(ctx.ids, ctx.args[1])
+        by_head_groups(lambda *t: _backward(*t, *ctx.args, mask), [dout, q, k, v, out, lse],
+                       grads, ctx.groups)
+        return *grads, None, None, None, None, None
 
 
-def _forward(q, k, v, group, causal, scale):
+def _forward(q, k, v, group, causal, scale, mask):
     """One pass: head shards of the full sequence, one local block, back to sequence
     shards; the LSE goes back too, so that the backward can rebuild the head shards."""
     out, lse = block_forward(*(_to_heads(t, group) for t in (q, k, v)),
-                             causal=causal, scale=scale)
+                             causal=causal, scale=scale, mask=mask)
     return _to_sequence(out, group), _to_sequence(lse.unsqueeze(-1), group).squeeze(-1)
 
 
-def _backward(dout, q, k, v, out, lse, group, causal, scale):
+def _backward(dout, q, k, v, out, lse, group, causal, scale, mask):
     """One pass: the inputs go to head shards again (instead of keeping the forward's
     head-sharded copies alive between forward and backward), then the block backward."""
     heads = [_to_heads(t, group) for t in (dout, q, k, v, out)]
     heads.append(_to_heads(lse.unsqueeze(-1), group).squeeze(-1))
-    grads = block_backward(*heads, causal=causal, scale=scale)
+    grads = block_backward(*heads, causal=causal, scale=scale, mask=mask)
     del heads
     return [_to_sequence(g, group) for g in grads]
 

@@ -32,7 +32,7 @@ from .readmit import Readmit
 from .resources import ResourcesSpec
 from .trainingjobstatus import TrainingJobStatus
 from . import rules
-from shardwright.workers.config import ModelConfig
+from shardwright.workers.config import LORA_TARGETS, LoraConfig, ModelConfig
 from shardwright.workers.hf import config as hf_config
 
 GROUP = "shardwright.io"
@@ -141,6 +141,24 @@ class DataSpec(ApiModel):
     seed: int = Field(default=0, ge=0, description="Seed of the synthetic stream.")
 
 
+class LoraSpec(ApiModel):
+    """Low-rank adapters (docs/finetuning.md): the model's weights frozen, each target W used
+    as W + alpha/rank * B A with only A and B trained, as PEFT's LoRA."""
+
+    rank: int = Field(default=8, ge=1, description="Rank r of each adapter (PEFT's r).")
+    alpha: float | None = Field(
+        default=None, gt=0, description="Scale: the update is alpha/rank * B A (PEFT's lora_alpha). Unset: rank (a scale of 1).")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the adapters' input (PEFT's lora_dropout).")
+    targets: list[Literal[LORA_TARGETS]] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"], min_length=1,
+        description="Projections to adapt, by their Hugging Face module names (PEFT's target_modules); "
+        "default q_proj, v_proj as PEFT's for Llama. Linear-attention layers have only gate_proj, up_proj, down_proj.")
+
+    def resolve(self) -> LoraConfig:
+        return LoraConfig(rank=self.rank, alpha=self.alpha or self.rank, dropout=self.dropout,
+                          targets=tuple(dict.fromkeys(self.targets)))
+
+
 class TrainingSpec(ApiModel):
     """The optimisation: AdamW with linear warmup and cosine decay."""
 
@@ -152,6 +170,10 @@ class TrainingSpec(ApiModel):
         default=1.0, gt=0, description="Clip the global gradient norm to this; unset: no clip."
     )
     seed: int = Field(default=0, ge=0, description="Seed of parameter initialisation.")
+    lora: LoraSpec | None = Field(default=None, description="Train low-rank adapters only; unset: every weight (full fine-tuning).")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        default="auto", description="fp32; bf16: autocast to bfloat16 (weights, gradients and optimizer state stay "
+        "float32), on CPU too; auto: bf16 where the device has it (CUDA with bfloat16), else fp32.")
 
 
 class SequenceParallelSpec(ApiModel):

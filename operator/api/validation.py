@@ -26,7 +26,7 @@ from .base import NAME_RULE
 from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
 from .resources import ResourcesSpec, problems as resource_problems
 from .trainingjob import CheckpointSpec, TrainingJob, TrainingJobSpec
-from shardwright.workers.config import LINEAR_KINDS, sequence_layout, softmax_kernel
+from shardwright.workers.config import LINEAR_KINDS, LORA_ATTENTION_TARGETS, sequence_layout, softmax_kernel
 
 if TYPE_CHECKING:
     from .servingpool import ServingPool
@@ -194,6 +194,10 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
         if name in names[:i]:
             yield Problem(f"spec.workers[{i}].name", f"duplicate group name {name!r}")
     yield from _check_parallelism(spec, m)
+    linear = sorted({k for k in m.layer_kinds if k in LINEAR_KINDS})
+    if spec.training.lora and linear and (bad := [t for t in spec.training.lora.targets if t in LORA_ATTENTION_TARGETS]):
+        yield Problem("spec.training.lora.targets", f"{', '.join(bad)} name attention projections, which {', '.join(linear)} "
+                      "layers do not have; with linear-attention layers LoRA can target gate_proj, up_proj, down_proj")
 
     data = spec.data
     if data.source is DataSource.FILE and not data.path:

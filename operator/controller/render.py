@@ -67,6 +67,7 @@ def worker_config(
             weight_decay=training.weight_decay,
             grad_clip=training.grad_clip,
             seed=training.seed,
+            precision=training.precision,
         ),
         parallel=ParallelConfig(
             data=plan.dims.data,
@@ -87,6 +88,7 @@ def worker_config(
             credentials_secret=spec.checkpoint.credentials_secret,
             volume_claim=spec.checkpoint.volume_claim,
         ),
+        lora=training.lora.resolve() if training.lora else None,
         telemetry_port=job.telemetry_port,
         step_log=job.step_log,
         # The straggler detector judges each step against the window before it.

@@ -22,9 +22,11 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..config import LoraConfig, ModelConfig
+from ..lora import apply_lora, merged_state
 from ..model import Transformer
 from ..serve.weights import load_checkpoint
+from .adapter import export_adapter
 from . import config as hf_config
 from . import weights as hf_weights
 
@@ -42,10 +44,11 @@ def export_model(
     model: Transformer, out: str | Path, *, tokenizer_from: str | Path | None = None, dtype: torch.dtype | None = None,
     max_shard_bytes: int = hf_weights.MAX_SHARD_BYTES,
 ) -> Path:
-    """Write ``model`` as a Hugging Face directory at ``out``; tokenizer files from
-    ``tokenizer_from`` (default: the directory the model was loaded from, if any)."""
+    """Write ``model`` as a Hugging Face directory at ``out``, LoRA adapters merged into their
+    weights; tokenizer files from ``tokenizer_from`` (default: the directory the model was
+    loaded from, if any)."""
     return export_state(
-        model.state_dict(), model.cfg, out, tokenizer_from=tokenizer_from, dtype=dtype, max_shard_bytes=max_shard_bytes,
+        merged_state(model), model.cfg, out, tokenizer_from=tokenizer_from, dtype=dtype, max_shard_bytes=max_shard_bytes,
     )
 
 
@@ -79,12 +82,20 @@ def export_state(
 
 def export_checkpoint(
     checkpoint: str | Path, cfg: ModelConfig, out: str | Path, *, tokenizer_from: str | Path | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, lora: LoraConfig | None = None, adapter: bool = False,
 ) -> dict[str, Any]:
     """Export the model part of a committed DCP checkpoint (a ``step-N`` folder, or the newest
-    under a job's checkpoint directory) after its manifest checks pass; the manifest."""
+    under a job's checkpoint directory) after its manifest checks pass; the manifest. A LoRA
+    job's (``lora``) is exported merged, or with ``adapter`` only its adapters, in PEFT's layout."""
     model = Transformer(cfg)
+    if lora is not None:  # its checkpoints hold the adapters next to the frozen weights
+        apply_lora(model, lora, seed=0)
     manifest = load_checkpoint(model, checkpoint)
+    if adapter:
+        if lora is None:
+            raise ValueError("only a job with spec.training.lora has an adapter to export; export the whole model without --adapter")
+        export_adapter(model, lora, out, dtype=dtype)
+        return manifest
     export_model(model, out, tokenizer_from=tokenizer_from, dtype=dtype)
     return manifest
 
@@ -95,14 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the job's ModelConfig as JSON")
     parser.add_argument("-o", "--out", required=True, help="the directory to write (replaced if it exists)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="tensor type of the safetensors")
+    parser.add_argument("--lora", help="the job's LoraConfig as JSON, when it trains LoRA adapters")
+    parser.add_argument("--adapter", action="store_true", help="write only the LoRA adapters, in PEFT's layout")
     args = parser.parse_args(argv)
     cfg = ModelConfig.model_validate_json(args.config)
     try:
-        manifest = export_checkpoint(args.checkpoint, cfg, args.out, dtype=DTYPES[args.dtype])
+        manifest = export_checkpoint(args.checkpoint, cfg, args.out, dtype=DTYPES[args.dtype],
+                                     lora=LoraConfig.model_validate_json(args.lora) if args.lora else None, adapter=args.adapter)
     except (OSError, ValueError) as e:  # no checkpoint, a damaged one, or a model with no HF equivalent
         print(f"export: {e}", file=sys.stderr)
         return 1
-    print(f"{args.out}: step {manifest['step']} of {manifest['path']} in the Hugging Face layout")
+    layout = "its LoRA adapter in PEFT's layout" if args.adapter else "in the Hugging Face layout"
+    print(f"{args.out}: step {manifest['step']} of {manifest['path']}, {layout}")
     return 0
 
 
