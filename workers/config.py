@@ -106,6 +106,15 @@ class DataConfig(_Config):
     global_batch: int
     micro_batch: int
     seed: int = 0
+    #: source text: the record field holding the text.
+    field: str = "text"
+    #: source tokens: the element type of .bin shards.
+    dtype: Literal["uint16", "uint32"] = "uint16"
+    #: The spec.model.from directory: its tokenizer.json (text) and EOS (text, tokens).
+    tokenizer: str | None = None
+    #: The held-out split: its own path, or the fraction of documents held out by index hash.
+    validation_path: str | None = None
+    validation_fraction: float = 0.0
 
 
 class OptimConfig(_Config):

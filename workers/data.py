@@ -16,6 +16,10 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .datafiles import DataError
+from .packing import Documents, Packed, held_out
+from .textdata import load_tokenizer, tokenized
+from .tokenshards import shards
 
 #: Successors each token may have in the synthetic Markov chain (entropy ln 4 per token).
 BRANCHING = 4
@@ -69,19 +73,46 @@ class TokenFile:
 #: First sample index of the synthetic held-out stream: no training run gets that far.
 HELDOUT_FIRST_INDEX = 1 << 62
 
+Dataset = MarkovCopy | TokenFile | Packed
 
-def dataset(cfg: DataConfig, vocab_size: int) -> MarkovCopy | TokenFile:
+
+def dataset(cfg: DataConfig, vocab_size: int) -> Dataset:
     """The training samples of ``spec.data``."""
     if cfg.source == "file":
         return TokenFile(cfg.path or "", cfg.seq_len, cfg.seed)
+    if cfg.source in ("text", "tokens"):
+        docs = _documents(cfg, cfg.path or "", "spec.data.path")
+        if cfg.validation_fraction and not cfg.validation_path:
+            docs = docs.subset(np.flatnonzero(~held_out(len(docs), cfg.validation_fraction)))
+        return Packed(docs, cfg.seq_len, cfg.seed, what="spec.data.path")
     return MarkovCopy(vocab_size, cfg.seq_len, cfg.seed)
 
 
-def heldout(cfg: DataConfig, vocab_size: int) -> MarkovCopy | TokenFile:
-    """The validation samples: for synthetic data the same chain, samples training never reads."""
-    if cfg.source == "file":
-        raise ValueError("spec.data.validation: a held-out split of source file needs validation.path")
-    return MarkovCopy(vocab_size, cfg.seq_len, cfg.seed, first_index=HELDOUT_FIRST_INDEX)
+def heldout(cfg: DataConfig, vocab_size: int) -> Dataset:
+    """The validation samples: ``spec.data.validation``'s path or held-out documents; for
+    synthetic data the same chain, at sample indices training never reaches."""
+    field = "spec.data.validation.path"
+    if cfg.source == "synthetic":
+        return MarkovCopy(vocab_size, cfg.seq_len, cfg.seed, first_index=HELDOUT_FIRST_INDEX)
+    if cfg.source == "file" and cfg.validation_path:
+        return TokenFile(cfg.validation_path, cfg.seq_len, cfg.seed)
+    if cfg.validation_path:
+        return Packed(_documents(cfg, cfg.validation_path, field), cfg.seq_len, cfg.seed, what=field)
+    if cfg.source != "file" and cfg.validation_fraction:
+        docs = _documents(cfg, cfg.path or "", "spec.data.path")
+        held = docs.subset(np.flatnonzero(held_out(len(docs), cfg.validation_fraction)))
+        return Packed(held, cfg.seq_len, cfg.seed, what="spec.data.validation.fraction")
+    raise DataError("spec.data.validation", f"source {cfg.source} has no held-out split: set validation.path"
+                    + ("" if cfg.source == "file" else " or validation.fraction"))
+
+
+def _documents(cfg: DataConfig, path: str, field: str) -> Documents:
+    if cfg.source == "text":
+        if not cfg.tokenizer:
+            raise DataError("spec.data.source", "text is tokenized with the model's tokenizer: set spec.model.from")
+        return tokenized(path, cfg.field, cfg.tokenizer, field)
+    eos = load_tokenizer(cfg.tokenizer)[1] if cfg.tokenizer else None
+    return shards(path, cfg.dtype, eos, field)
 
 
 @functools.lru_cache(maxsize=64)
@@ -141,8 +172,10 @@ class Batch:
         return iter((self.inputs, self.targets))
 
 
-def collate(data: MarkovCopy | TokenFile, indices: range) -> Batch:
+def collate(data: Dataset, indices: range) -> Batch:
     """The samples ``indices`` of ``data`` as one Batch."""
+    if isinstance(data, Packed):
+        return Batch(*(torch.stack(field) for field in zip(*(data[i] for i in indices))))
     batch = torch.stack([data[i] for i in indices])
     inputs, targets = batch[:, :-1], batch[:, 1:]
     positions = torch.arange(inputs.shape[1]).expand_as(inputs)

@@ -95,8 +95,12 @@ class SequenceKind(StrEnum):
 
 
 class DataSource(StrEnum):
+    """Where samples come from (docs/data.md)."""
+
     SYNTHETIC = "synthetic"
     FILE = "file"
+    TEXT = "text"
+    TOKENS = "tokens"
 
 
 class SyntheticTask(StrEnum):

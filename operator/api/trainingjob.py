@@ -123,22 +123,39 @@ class TrainingModelSpec(ModelSpec):
         return super().resolve()
 
 
+class DataValidationSpec(ApiModel):
+    """The held-out split (docs/data.md): its own data, or documents held out of spec.data.path."""
+
+    path: Annotated[str | None, AfterValidator(_storage_uri)] = Field(
+        default=None, description="Held-out data of the same kind as spec.data.path: a file, a directory or an s3:// URI.")
+    fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of spec.data.path's documents held out, chosen by a hash of "
+        "each document's index (source text or tokens); 0: none.")
+
+
 class DataSpec(ApiModel):
     """Where samples come from; sample i of the stream is the same at every world size."""
 
-    source: DataSource = Field(default=DataSource.SYNTHETIC, description="synthetic or file.")
+    source: DataSource = Field(
+        default=DataSource.SYNTHETIC, description="synthetic, file (one token file, fixed windows), text "
+        "(JSONL/Parquet records tokenized with spec.model.from's tokenizer) or tokens (pre-tokenized shards); "
+        "text and tokens are packed into samples with document boundaries kept (docs/data.md).")
     task: SyntheticTask = Field(
         default=SyntheticTask.MARKOV_COPY, description="Synthetic task (source: synthetic)."
     )
-    path: str | None = Field(
-        default=None, description="Tokenized file of uint16/uint32 tokens (source: file)."
-    )
+    path: Annotated[str | None, AfterValidator(_storage_uri)] = Field(
+        default=None, description="source file: a .npy/.bin token file; text: a .jsonl or .parquet file or a "
+        "directory of them; tokens: a .npy/.bin shard or a directory of them. A path or an s3:// URI (text, tokens).")
+    field: str = Field(default="text", min_length=1, description="The record field holding the text (source: text).")
+    dtype: Literal["uint16", "uint32"] = Field(
+        default="uint16", description="Element type of .bin shards (source: tokens); .npy files carry their own.")
+    validation: DataValidationSpec | None = Field(default=None, description="The held-out split (docs/data.md).")
     seq_len: int = Field(default=128, ge=4, le=1 << 20, description="Tokens per sample.")
     global_batch: int = Field(default=16, ge=1, description="Samples per optimizer step.")
     micro_batch: int = Field(
         default=8, ge=1, description="Most samples one rank runs per forward pass."
     )
-    seed: int = Field(default=0, ge=0, description="Seed of the synthetic stream.")
+    seed: int = Field(default=0, ge=0, description="Seed of the synthetic stream and of the document order.")
 
 
 class LoraSpec(ApiModel):

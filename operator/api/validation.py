@@ -26,6 +26,7 @@ from .base import NAME_RULE
 from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
 from .resources import ResourcesSpec, problems as resource_problems
 from .trainingjob import CheckpointSpec, TrainingJob, TrainingJobSpec
+from shardwright.workers import datafiles, storage
 from shardwright.workers.config import LINEAR_KINDS, LORA_ATTENTION_TARGETS, sequence_layout, softmax_kernel
 
 if TYPE_CHECKING:
@@ -179,6 +180,28 @@ def _huge_integers(node: Any, loc: tuple = ()) -> Iterable[Problem]:
 # ----------------------------------------------------------------------------- cross-field rules
 
 
+def _check_data_source(spec: TrainingJobSpec) -> Iterable[Problem]:
+    """Data sources (docs/data.md): what each needs, and what admission can read of local paths."""
+    data, model_dir = spec.data, spec.model.from_
+    if data.source is DataSource.TEXT and model_dir is None:
+        yield Problem("spec.data.source", "text is tokenized with the model's tokenizer: set spec.model.from "
+                      "to a Hugging Face directory with tokenizer.json")
+    elif data.source is DataSource.TEXT and not storage.is_url(model_dir) and not (Path(model_dir) / "tokenizer.json").is_file():
+        yield Problem("spec.model.from", f"{model_dir} has no tokenizer.json; source text tokenizes with it")
+    held = data.validation
+    if data.source is DataSource.SYNTHETIC and held is not None:
+        yield Problem("spec.data.validation", "synthetic data has its own held-out stream; remove it")
+    if data.source is DataSource.FILE and (storage.is_url(data.path or "") or (held and storage.is_url(held.path or ""))):
+        yield Problem("spec.data.path", "source file reads a local file; use source tokens for an s3:// URI")
+    if data.source is DataSource.FILE and held is not None and held.fraction:
+        yield Problem("spec.data.validation.fraction", "source file has no documents to hold out; use validation.path")
+    if held is not None and held.path and held.fraction:
+        yield Problem("spec.data.validation", "give path or fraction, not both")
+    if data.source in (DataSource.TEXT, DataSource.TOKENS):
+        for field, message in datafiles.problems(str(data.source), data.path, data.field, held.path if held else None):
+            yield Problem(field, message)
+
+
 def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
     """Rules that involve more than one field; each names the field to change."""
     m = spec.model.resolve()
@@ -200,10 +223,11 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
                       "layers do not have; with linear-attention layers LoRA can target gate_proj, up_proj, down_proj")
 
     data = spec.data
-    if data.source is DataSource.FILE and not data.path:
-        yield Problem("spec.data.path", "required when source is file")
+    if data.source is not DataSource.SYNTHETIC and not data.path:
+        yield Problem("spec.data.path", f"required when source is {data.source}")
     if data.source is DataSource.SYNTHETIC and data.path:
-        yield Problem("spec.data.path", "only used with source: file; remove it or set source: file")
+        yield Problem("spec.data.path", "only used with source file, text or tokens; remove it or set the source")
+    yield from _check_data_source(spec)
     if data.micro_batch > data.global_batch:
         yield Problem("spec.data.microBatch", f"must be <= globalBatch ({data.global_batch}); got {data.micro_batch}")
 

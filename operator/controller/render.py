@@ -59,6 +59,11 @@ def worker_config(
             global_batch=data.global_batch,
             micro_batch=data.micro_batch,
             seed=data.seed,
+            field=data.field,
+            dtype=data.dtype,
+            tokenizer=spec.model.from_,
+            validation_path=data.validation.path if data.validation else None,
+            validation_fraction=data.validation.fraction if data.validation else 0.0,
         ),
         optim=OptimConfig(
             steps=training.steps,
