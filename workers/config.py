@@ -188,6 +188,13 @@ class CheckpointConfig(_Config):
         default=None, description="PersistentVolumeClaim mounted at the checkpoint mount of every rank pod instead of the operator's.")
 
 
+class ExportConfig(_Config):
+    """The Hugging Face directory rank 0 writes when the job completes (``spec.export``)."""
+
+    dir: str = Field(description="Path or s3://bucket/prefix, replaced if it exists.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
 class WorkerConfig(_Config):
     """One generation's configuration, identical on every rank."""
 
@@ -199,6 +206,8 @@ class WorkerConfig(_Config):
     optim: OptimConfig
     parallel: ParallelConfig
     checkpoint: CheckpointConfig
+    #: Export at completion; None: none.
+    export: ExportConfig | None = None
     #: Low-rank adapters on a frozen model; None: every parameter trains.
     lora: LoraConfig | None = None
     #: Port of /metrics and /status on every rank; 0 lets each rank pick a free one.

@@ -57,6 +57,10 @@ def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading
     """Train one generation on this rank; returns the rank's summary."""
     cfg = WorkerConfig.model_validate_json(config) if isinstance(config, str) else config
     env = env or RankEnv.from_environ()
+    if cfg.model.source:  # spec.model.from as a URI: fetched here, its config.json read (docs/models.md)
+        from .hf.fetch import localize
+
+        cfg = cfg.model_copy(update={"model": localize(cfg.model)})
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(cfg.deterministic)
     dist.init_process_group(
@@ -239,6 +243,11 @@ class Trainer:
         self.checkpointer.wait()
         self.record_commits()
         state = "stopped" if stopped and self.step < total else "complete"
+        if state == "complete" and self.cfg.export is not None and self.env.rank == 0:  # spec.export, after the final commit
+            from .hf.export import DTYPES, export_to  # safetensors, only for jobs that export
+
+            self.telemetry.update(activity="exporting")
+            export_to(self.model, self.cfg.export.dir, dtype=DTYPES[self.cfg.export.dtype])
         self.telemetry.update(state=state)
         return {**self.telemetry.status(), "state": state, "metrics": self.telemetry.metrics_text()}
 

@@ -20,7 +20,7 @@ from pydantic import Field
 from .base import ApiModel, Condition, ObjectMeta
 from .enums import AttentionKind
 from .resources import ResourcesSpec
-from .trainingjob import ModelSpec
+from .trainingjob import TrainingModelSpec
 from . import validation
 from .validation import Problem
 from shardwright.workers.serve.config import EngineConfig
@@ -105,8 +105,9 @@ class PoolReason(StrEnum):
 # ----------------------------------------------------------------------------- spec
 
 
-class ServedModelSpec(ModelSpec):
-    """The transformer to serve: a preset with overrides, and where its weights come from."""
+class ServedModelSpec(TrainingModelSpec):
+    """The transformer to serve: a preset with overrides and where its weights come from, or a
+    Hugging Face directory (`from`, e.g. a TrainingJob's export; excludes checkpoint and seed)."""
 
     served_name: str | None = Field(default=None, min_length=1, description="Name clients send as `model`; the pool's name when unset.")
     checkpoint: str | None = Field(default=None, description="Checkpoint (path or URI, e.g. a TrainingJob's lastCheckpoint.uri) to load; unset: weights drawn from seed.")
@@ -281,6 +282,9 @@ def check_pool_spec(spec: ServingPoolSpec) -> Iterable[Problem]:
         yield Problem("spec.model.heads", f"dim/heads must be even for rotary positions; got {m.dim}/{m.heads}")
     if m.heads % m.kv_heads:
         yield Problem("spec.model.kvHeads", f"must divide heads ({m.heads}); got {m.kv_heads}")
+    if spec.model.from_ is not None:  # the directory gives the weights too
+        for clash in sorted({"checkpoint", "seed"} & spec.model.model_fields_set):
+            yield Problem(f"spec.model.{clash}", f"from gives the weights; remove {clash} (or from)")
     if spec.engine.kind is not EngineKind.BUILTIN:
         yield Problem("spec.engine.kind", f"{spec.engine.kind} is not supported yet; allowed: builtin")
     elif any(k != AttentionKind.SOFTMAX for k in m.layer_kinds):

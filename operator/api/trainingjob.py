@@ -33,6 +33,7 @@ from .resources import ResourcesSpec
 from .trainingjobstatus import TrainingJobStatus
 from . import rules
 from shardwright.workers.config import LORA_TARGETS, LoraConfig, ModelConfig
+from shardwright.workers import storage
 from shardwright.workers.hf import config as hf_config
 
 GROUP = "shardwright.io"
@@ -95,14 +96,18 @@ class TrainingModelSpec(ModelSpec):
         alias="from",
         min_length=1,
         description="A Hugging Face model directory (config.json, safetensors, tokenizer files) of "
-        "the Llama family (Llama 2/3, Mistral, Qwen2): its architecture and weights start the job. "
-        "It must be readable where the job is validated and in every rank. Excludes preset, "
-        "dimensions, attention and layerPattern.",
+        "the Llama family (Llama 2/3, Mistral, Qwen2), e.g. a TrainingJob's export: its architecture "
+        "and weights start the job, or are served by a pool with its tokenizer.json. A path must be "
+        "readable where the object is validated and in every rank or replica; an s3://bucket/prefix "
+        "URI is fetched by each when it starts (docs/models.md). Excludes preset, dimensions, "
+        "attention and layerPattern.",
     )
 
     @field_validator("from_")
     @classmethod
     def _readable_llama(cls, path: str | None) -> str | None:
+        if path is not None and storage.is_url(path):  # read where it is used: the webhook holds no keys
+            return _storage_uri(path)
         if path is not None:
             try:
                 hf_config.read_config(path)
@@ -118,6 +123,10 @@ class TrainingModelSpec(ModelSpec):
 
     def resolve(self) -> ModelConfig:
         """The architecture of ``from`` (its weights' path in ``source``), else the preset's."""
+        if self.from_ is not None and storage.is_url(self.from_):
+            # Each rank reads config.json when it starts (workers/hf/fetch.py); until then the
+            # planner and the cross-field checks see the default preset's dimensions.
+            return super().resolve().model_copy(update={"source": self.from_})
         if self.from_ is not None:
             return hf_config.read_config(self.from_)
         return super().resolve()
@@ -334,6 +343,16 @@ class CheckpointSpec(ApiModel):
     keep: int = Field(default=3, ge=1, description="Committed checkpoints to keep.")
 
 
+class ExportSpec(ApiModel):
+    """The model exported when the job completes, by rank 0 after the final commit (docs/models.md)."""
+
+    format: Literal["hf"] = Field(default="hf", description="hf: the Hugging Face layout (transformers, vLLM, SGLang).")
+    dir: Annotated[str | None, AfterValidator(_storage_uri)] = Field(
+        default=None, description="Where: a path, a file:// URI or s3://bucket/prefix (replaced if it exists); "
+        "unset: <checkpoint directory>/export.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="Tensor type of the safetensors.")
+
+
 class BackoffSpec(ApiModel):
     initial_seconds: float = Field(default=1.0, ge=0, description="Delay before restart 1.")
     max_seconds: float = Field(default=60.0, ge=0, description="Longest delay.")
@@ -425,6 +444,7 @@ class TrainingJobSpec(ApiModel):
     workers: list[WorkerGroupSpec] = Field(min_length=1, max_length=MAX_GROUPS, description="Rank groups.")
     elastic: ElasticSpec | None = None
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    export: ExportSpec | None = Field(default=None, description="Export the model when the job completes; unset: no export.")
     failure_policy: FailurePolicySpec = Field(default_factory=FailurePolicySpec)
     straggler_policy: StragglerPolicySpec = Field(default_factory=StragglerPolicySpec)
     readmit: Readmit | None = Field(default=None, description="Take avoided nodes back (stragglers replaced there).")

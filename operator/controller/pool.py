@@ -142,7 +142,7 @@ def router_config(ref: PoolRef, spec: ServingPoolSpec) -> RouterConfig:
     r = spec.router
     hold = spec.autoscaling.hold_seconds if spec.autoscaling else RouterConfig().hold_s
     return RouterConfig(
-        model_name=spec.model.served_name or ref.name, vocab_size=spec.model.resolve().vocab_size,
+        model_name=spec.model.served_name or ref.name, vocab_size=spec.model.resolve().vocab_size, tokenizer=spec.model.from_,
         max_model_len=spec.engine.max_model_len, block_size=spec.engine.block_size, policy=str(r.policy),
         retries=r.retries, migrate_on_failure=r.migrate_on_failure, request_timeout_s=r.request_timeout_seconds, hold_s=hold,
     )

@@ -10,6 +10,7 @@ from shardwright.workers.faults import Fault
 from shardwright.workers.config import (
     CheckpointConfig,
     DataConfig,
+    ExportConfig,
     OptimConfig,
     ParallelConfig,
     WorkerConfig,
@@ -94,6 +95,8 @@ def worker_config(
             volume_claim=spec.checkpoint.volume_claim,
         ),
         lora=training.lora.resolve() if training.lora else None,
+        export=ExportConfig(dir=spec.export.dir or f"{job.checkpoint_dir.rstrip('/')}/export", dtype=spec.export.dtype)
+        if spec.export else None,
         telemetry_port=job.telemetry_port,
         step_log=job.step_log,
         # The straggler detector judges each step against the window before it.

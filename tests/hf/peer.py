@@ -9,6 +9,7 @@ transformers resolves that name, so it gets the distribution, not our folder.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -68,3 +69,29 @@ def save_peer(
 
 def load_peer(transformers: ModuleType, path: Path, dtype: torch.dtype = torch.float32):
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager").eval()
+
+
+#: Local text a test tokenizer is trained on (no tokenizer can be downloaded here).
+TEXT = (
+    "the quick brown fox jumps over the lazy dog", "a model trained here is served there",
+    "shards of text make a corpus", "every rank reads its own part of the stream",
+) * 20
+
+
+def save_tokenizer(path: Path, vocab_size: int = TINY["vocab_size"]) -> Path:
+    """A BPE ``tokenizer.json`` trained by ``tokenizers`` on ``TEXT`` at ``path`` (a model
+    directory), Llama-like: ``<unk>`` 0, ``<s>`` 1 (added before every text), ``</s>`` 2;
+    with the ``tokenizer_config.json`` transformers' ``AutoTokenizer`` reads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"]))
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+    }))
+    return path

@@ -17,11 +17,13 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import storage
 from ..config import LoraConfig, ModelConfig
 from ..lora import apply_lora, merged_state
 from ..model import Transformer
@@ -80,6 +82,26 @@ def export_state(
     return final
 
 
+def export_to(
+    model: Transformer, dest: str, *, tokenizer_from: str | Path | None = None, dtype: torch.dtype | None = None,
+) -> str:
+    """``export_model`` to a path or an object-store URI (``s3://bucket/prefix``); ``dest``.
+
+    A store has no folder rename: the export is written locally, the old ``config.json`` is
+    deleted first and the new one uploaded last, so the prefix is a model directory (to
+    ``fetch``) only while it is whole."""
+    if not storage.is_url(dest):
+        return str(export_model(model, dest.removeprefix(storage.FILE_SCHEME), tokenizer_from=tokenizer_from, dtype=dtype))
+    with tempfile.TemporaryDirectory(prefix="shardwright-export-") as tmp:
+        local = export_model(model, Path(tmp) / "hf", tokenizer_from=tokenizer_from, dtype=dtype)
+        store = storage.at(dest)
+        store.remove(dest, first=hf_config.CONFIG)
+        for file in sorted(local.iterdir(), key=lambda f: f.name == hf_config.CONFIG):
+            with file.open("rb") as src, store.open(store.join(dest, file.name), "wb") as out:
+                shutil.copyfileobj(src, out)
+    return dest
+
+
 def export_checkpoint(
     checkpoint: str | Path, cfg: ModelConfig, out: str | Path, *, tokenizer_from: str | Path | None = None,
     dtype: torch.dtype | None = None, lora: LoraConfig | None = None, adapter: bool = False,
@@ -96,7 +118,7 @@ def export_checkpoint(
             raise ValueError("only a job with spec.training.lora has an adapter to export; export the whole model without --adapter")
         export_adapter(model, lora, out, dtype=dtype)
         return manifest
-    export_model(model, out, tokenizer_from=tokenizer_from, dtype=dtype)
+    export_to(model, str(out), tokenizer_from=tokenizer_from, dtype=dtype)
     return manifest
 
 
@@ -104,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shardwright.workers.hf.export")
     parser.add_argument("checkpoint", help="a committed step-N folder, or a checkpoint directory for its newest")
     parser.add_argument("--config", required=True, help="the job's ModelConfig as JSON")
-    parser.add_argument("-o", "--out", required=True, help="the directory to write (replaced if it exists)")
+    parser.add_argument("-o", "--out", required=True, help="the directory (or s3://bucket/prefix) to write, replaced if it exists")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="tensor type of the safetensors")
     parser.add_argument("--lora", help="the job's LoraConfig as JSON, when it trains LoRA adapters")
     parser.add_argument("--adapter", action="store_true", help="write only the LoRA adapters, in PEFT's layout")

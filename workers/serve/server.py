@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import httpbase, protocol
+from . import hfmodel, httpbase, protocol
 from .config import ServeConfig
 from .engine import Engine
 from .engine_thread import Draining, EngineFailed, EngineThread, RequestStream
 from .metrics import CONTENT_TYPE, ServingMetrics
 from .request import SamplingParams
-from .tokenizer import ByteTokenizer, TextStream
+from .tokenizer import TextStream
 
 #: Environment variable that may carry the JSON ``ServeConfig`` instead of ``--config``.
 CONFIG_ENV = "SHARDWRIGHT_SERVE_CONFIG"
@@ -44,8 +44,8 @@ class ReplicaServer:
         self.engine = engine or Engine.from_config(config)
         if config.iteration_delay_s:
             self.engine.step = _slowed(self.engine.step, config.iteration_delay_s)  # type: ignore[method-assign]
-        vocab = self.engine.runner.model.cfg.vocab_size
-        self.tokenizer = ByteTokenizer(vocab)
+        model = self.engine.runner.model.cfg  # a model.from's config.json, read when its weights loaded
+        self.tokenizer = hfmodel.tokenizer_for(model.vocab_size, model.source)
         self.model = protocol.ModelInfo(config.model_name, self.engine.config.max_model_len, self.tokenizer)
         self.metrics = ServingMetrics(model_name=config.model_name, pool=config.pool, namespace=config.namespace, replica=config.replica)
         self.engine_thread = EngineThread(self.engine, self.metrics)

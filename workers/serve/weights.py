@@ -1,4 +1,5 @@
-"""The served model's weights: drawn from a seed, or loaded from a TrainingJob's checkpoint.
+"""The served model's weights: drawn from a seed, loaded from a TrainingJob's checkpoint, or
+from a Hugging Face directory (``model.from``, e.g. a TrainingJob's export).
 
 A training checkpoint is a DCP folder written by every rank (``workers/checkpoint.py``) at
 whatever world size the job had; DCP reshards at load, so one serving process reads it
@@ -27,9 +28,17 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 
 def build_model(cfg: ModelConfig, *, seed: int, dtype: str = "float32", device: str = "cpu", checkpoint: str | None = None) -> Transformer:
-    """The built-in transformer in eval mode: weights from ``checkpoint`` if given, else from ``seed``."""
+    """The built-in transformer in eval mode: weights from ``checkpoint`` if given, from the
+    Hugging Face directory ``cfg.source`` (a path, or a URI fetched here) if set, else from ``seed``."""
     torch.manual_seed(seed)
-    model = Transformer(cfg)
+    if cfg.source is not None:  # a ServingPool's model.from
+        from ..hf import fetch, weights as hf_weights  # safetensors, only for models that name one
+
+        cfg = fetch.localize(cfg)
+        model = Transformer(cfg)
+        hf_weights.load_weights(model, cfg.source)
+    else:
+        model = Transformer(cfg)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)  # in float32, as trained, before any cast
     return model.to(device=device, dtype=DTYPES[dtype]).eval()

@@ -18,6 +18,9 @@ class RouterConfig(BaseModel):
     model_name: str = "shardwright-tiny"
     #: The served model's vocabulary (the byte tokenizer needs it to read text prompts).
     vocab_size: int = Field(default=260, ge=1)
+    #: The served Hugging Face directory (path or URI), whose tokenizer.json and vocabulary
+    #: the router reads prompts and writes text with; None: the byte tokenizer over vocab_size.
+    tokenizer: str | None = None
     #: Longest prompt plus output, as the replicas' engine allows.
     max_model_len: int = Field(default=512, ge=2)
     #: The replicas' KV block size: prompts are hashed in blocks of this many tokens for prefix scoring.

@@ -20,7 +20,8 @@ import uuid
 from typing import Any
 
 from .. import httpbase, protocol
-from ..tokenizer import ByteTokenizer, TextStream
+from ..hfmodel import tokenizer_for
+from ..tokenizer import TextStream
 from .backend import Connections
 from .config import RouterConfig
 from .endpoints import Endpoints
@@ -41,7 +42,7 @@ class Router:
         self.counters = Counters()
         #: Kept-alive connections to the replicas, shared by every request.
         self.connections = Connections()
-        self.model = protocol.ModelInfo(config.model_name, config.max_model_len, ByteTokenizer(config.vocab_size))
+        self.model = protocol.ModelInfo(config.model_name, config.max_model_len, tokenizer_for(config.vocab_size, config.tokenizer))
         self.httpd = httpbase.Server((config.host, config.port), _Handler)
         self.httpd.router = self  # type: ignore[attr-defined]
         self.created = int(time.time())
@@ -74,7 +75,7 @@ class Router:
             if (config.policy, config.block_size) != (self.config.policy, self.config.block_size):
                 self.pipeline = pipeline_for(config.policy, block_size=config.block_size)
             self.config = config.model_copy(update={"host": self.config.host, "port": self.config.port})
-            self.model = protocol.ModelInfo(config.model_name, config.max_model_len, ByteTokenizer(config.vocab_size))
+            self.model = protocol.ModelInfo(config.model_name, config.max_model_len, tokenizer_for(config.vocab_size, config.tokenizer))
 
     def status(self) -> dict[str, Any]:
         eps = self.endpoints.snapshot()

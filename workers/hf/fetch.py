@@ -1,0 +1,81 @@
+"""A Hugging Face directory on an object store (``s3://bucket/prefix``) copied to a local cache.
+
+``spec.model.from`` and a ServingPool's ``model.from`` may name a URI; a rank or a serving
+replica reads it here once when it starts, and everything after (``config.read_config``,
+``weights.load_weights``, the tokenizer) reads the local copy.
+
+The cache folder is named for the URI and for what the store lists under it (every file's
+name, size and ETag), so a model exported again to the same URI is fetched again, and an
+unchanged one is read from disk. A copy is downloaded under a name of its own and renamed
+into place when whole: ranks sharing a machine may fetch at once, a reader never sees half
+a directory, and a crash leaves nothing that looks complete. Credentials and endpoint come
+from the process's AWS environment, as for checkpoints (``workers/storage.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from ..config import ModelConfig
+from ..storage import is_url, name_of
+from . import config as hf_config
+
+#: Where fetched directories live unless the caller names a folder: the machine's temporary
+#: directory (a pod's own disk), shared by the ranks of one machine.
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "shardwright-models"
+
+
+def fetch(uri: str, cache: str | Path = DEFAULT_CACHE) -> Path:
+    """The local copy of the Hugging Face directory at ``uri``, downloaded unless cached."""
+    from fsspec.core import url_to_fs  # not at import: the operator imports this package's config
+
+    fs, root = url_to_fs(uri, use_listings_cache=False)
+    listing = _listing(fs, root, uri)
+    key = hashlib.sha256(json.dumps([uri.rstrip("/"), listing]).encode()).hexdigest()[:20]
+    final = Path(cache) / key
+    if (final / hf_config.CONFIG).is_file():
+        return final
+    partial = Path(cache) / f"{key}.{uuid.uuid4().hex[:8]}.partial"
+    partial.mkdir(parents=True)
+    try:
+        for name, size, _ in listing:
+            fs.get_file(f"{root.rstrip('/')}/{name}", str(partial / name))
+            if (got := (partial / name).stat().st_size) != size:
+                raise OSError(f"{uri}/{name}: fetched {got} bytes, the store lists {size}")
+        if _listing(fs, root, uri) != listing:  # re-exported while we read: a mix of two models
+            raise OSError(f"{uri} changed while it was fetched; start again")
+        try:
+            os.replace(partial, final)
+        except OSError:  # another rank of this machine renamed its whole copy first
+            if not (final / hf_config.CONFIG).is_file():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return final
+
+
+def localize(cfg: ModelConfig, cache: str | Path = DEFAULT_CACHE) -> ModelConfig:
+    """``cfg`` as it is, or, when its ``source`` is a URI, the architecture of the fetched
+    directory's config.json with ``source`` its local copy (read at start, not at admission)."""
+    if cfg.source is None or not is_url(cfg.source):
+        return cfg
+    return hf_config.read_config(fetch(cfg.source, cache))
+
+
+def _listing(fs, root: str, uri: str) -> list[tuple[str, int, str]]:
+    """Name, size and ETag (or modification time) of every file directly under ``root``."""
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        entries = []
+    files = sorted((name_of(e["name"]), int(e["size"]), str(e.get("ETag") or e.get("mtime") or ""))
+                   for e in entries if e["type"] == "file")
+    if hf_config.CONFIG not in {name for name, _, _ in files}:
+        raise FileNotFoundError(f"{uri} is not a Hugging Face model directory: no {hf_config.CONFIG}")
+    return files
