@@ -10,12 +10,17 @@ import torch
 from shardwright.kernels import comm
 from shardwright.kernels import linear as L
 
+from .test_lasp2 import _merge, _shard
 from .test_linear_chunk import TOL, VARIANTS, assert_close, make_inputs, run
 
 # Document lengths per batch row (the last run of row 0 stands for trailing padding).
 # Row 0 at C=16: shorter than a chunk, one exactly filling chunk 1, length 1, several chunks.
 # Row 1: other boundaries, a length-1 document first, one chunk-long but unaligned.
 LENGTHS = ([5, 11, 16, 1, 37, 10], [1, 30, 16, 3, 30])
+# T = 60 on 2 ranks (30 | 30) or 3 (20 | 20 | 20). Row 0: a document starts exactly at the
+# boundary 30 (P=2) and 20 (P=3), one crosses 40 (P=3). Row 1: one crosses 30 (P=2), one
+# spans ranks 0-2 (P=3), so the state passes through a whole rank.
+LASP2_LENGTHS = ([7, 13, 10, 15, 1, 14], [45, 15])
 
 
 def segments_of(lengths) -> torch.Tensor:
@@ -65,8 +70,36 @@ def test_documents_match_each_document_alone(variant, with_state):
      [[0] * 80] * 2],
     ids=["length", "no-batch", "int32", "list"],
 )
-@pytest.mark.parametrize("fn", ["recurrent_gated_delta_rule", "chunk_gated_delta_rule"])
+@pytest.mark.parametrize("fn", ["recurrent_gated_delta_rule", "chunk_gated_delta_rule", "lasp2_gated_delta_rule"])
 def test_bad_segments_raise_the_rule(fn, segments):
     x = make_inputs("gdn", 80)
     with pytest.raises(ValueError, match=r"segments must be an int64 tensor \[B, T\] = \(2, 80\) of document ids"):
         getattr(L, fn)(x["q"], x["k"], x["v"], x["g"], x["beta"], segments=segments)
+
+
+def _lasp2_documents_rank(variant: str, with_state: bool) -> dict:
+    """One rank's LASP-2 pass on its shard of the LASP2_LENGTHS inputs (batch 2)."""
+    segments = segments_of(LASP2_LENGTHS)
+    full = make_inputs(variant, segments.shape[1])
+    names = ["q", "k", "v", *VARIANTS[variant].gates]
+    x = {n: _shard(full[n].detach()).requires_grad_() for n in names}
+    h0 = full["h0"] if with_state else None
+    o, s = VARIANTS[variant].lasp2(
+        *[x[n] for n in names], initial_state=h0, output_final_state=True, chunk_size=16,
+        segments=_shard(segments),
+    )
+    loss = (o * _shard(full["do"])).sum() + (0 if s is None else (s * full["dS"]).sum())
+    leaves = [x[n] for n in names] + ([h0] if with_state else [])
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return {"o": o.detach(), "state": None if s is None else s.detach(),
+            **{f"d{n}": g for n, g in zip(names + ["h0"], grads)}}
+
+
+@pytest.mark.parametrize("P", [2, 3], ids=lambda p: f"P={p}")
+@pytest.mark.parametrize("variant, with_state", [("gdn", True), ("kda", False), ("gdn2", True)],
+                         ids=["gdn-h0", "kda", "gdn2-h0"])
+def test_lasp2_documents_match_each_document_alone(dist_pool, P, variant, with_state):
+    per_rank = dist_pool(P).run(_lasp2_documents_rank, variant, with_state)
+    segments = segments_of(LASP2_LENGTHS)
+    want = per_document(variant, make_inputs(variant, segments.shape[1]), segments, with_state)
+    assert_close(_merge(per_rank, with_state), want, TOL)
