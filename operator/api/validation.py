@@ -218,6 +218,8 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
             yield Problem(f"spec.workers[{i}].name", f"duplicate group name {name!r}")
     yield from _check_parallelism(spec, m)
     linear = sorted({k for k in m.layer_kinds if k in LINEAR_KINDS})
+    if spec.export is not None and linear:  # refused here, not by rank 0 after the last step
+        yield Problem("spec.export", f"only softmax-attention models export to the Hugging Face layout; this model has {', '.join(linear)} layers: remove export")
     if spec.training.lora and linear and (bad := [t for t in spec.training.lora.targets if t in LORA_ATTENTION_TARGETS]):
         yield Problem("spec.training.lora.targets", f"{', '.join(bad)} name attention projections, which {', '.join(linear)} "
                       "layers do not have; with linear-attention layers LoRA can target gate_proj, up_proj, down_proj")

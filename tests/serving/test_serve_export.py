@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from shardwright.operator.api.servingpool import validate_pool
+from shardwright.operator.api.validation import validate
 from shardwright.operator.controller.pool import PoolRef, router_config, serve_config
 from shardwright.workers.hf.config import read_config
 from shardwright.workers.serve.router.server import Router
@@ -23,6 +24,7 @@ from shardwright.workers.serve.server import ReplicaServer
 from shardwright.workers.serve.weights import build_model
 from tests.hf.peer import ROOT, TINY, import_transformers, load_peer, save_peer, save_tokenizer
 from tests.support.cluster import wait_for
+from tests.support.manifests import edited
 
 from . import http
 
@@ -59,6 +61,12 @@ def trained(transformers, tmp_path_factory):
                          capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return source, tmp / "wd"
+
+
+def test_an_export_of_a_model_with_linear_attention_is_refused_at_admission():
+    _, problems = validate(edited({"spec.model": {"attention": "gated-delta"}, "spec.export": {}}))
+    assert [(p.path, p.message) for p in problems] == [
+        ("spec.export", "only softmax-attention models export to the Hugging Face layout; this model has gated-delta layers: remove export")]
 
 
 @pytest.mark.slow
