@@ -90,8 +90,11 @@ def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """The trainable parameters as AdamW groups: matrices (projections, embeddings, LoRA's A
-    and B) decay, vectors (norm scales, biases) do not, as is usual."""
+    and B) decay, vectors (norm scales, biases) do not, as is usual. Without weight decay one
+    group, as checkpoints written before the split hold: they resume."""
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if weight_decay == 0:
+        return [{"params": trainable, "weight_decay": 0.0}]
     groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
               {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]

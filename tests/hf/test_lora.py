@@ -262,6 +262,8 @@ def test_weight_decay_spares_norms_and_biases():
     assert sorted(names[id(p)] for p in spared["params"]) == [
         "blocks.0.ffn_norm.weight", "blocks.0.mixer.kv.bias", "blocks.0.mixer.q.bias", "blocks.0.mixer_norm.weight", "norm.weight"]
     assert len(decayed["params"]) + len(spared["params"]) == len(list(model.parameters()))
+    [whole] = train.decay_groups(model, 0.0)  # one group, as checkpoints from before the split hold
+    assert len(whole["params"]) == len(list(model.parameters()))
 
 
 def test_bf16_autocast_trains_a_step_on_cpu_close_to_fp32(llama):
