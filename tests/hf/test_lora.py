@@ -128,10 +128,12 @@ def test_the_adapter_alone_loads_in_peft_and_the_merged_model_in_transformers(tr
         out = hf_adapter.export_adapter(ours, EVERY, tmp_path / "adapter")
         loaded = peft.PeftModel.from_pretrained(load_peer(transformers, llama), out).eval()
         torch.testing.assert_close(loaded(tokens).logits, expected, atol=1e-5, rtol=0)
-        merged = hf_export.export_state(lora_mod.merged_state(ours), ours.cfg, tmp_path / "merged")
+        merged = hf_export.export_model(ours, tmp_path / "merged")  # as spec.export and shardwright export write it
         assert not any(".lora_" in k for k in hf_weights.read_safetensors(merged))
         torch.testing.assert_close(load_peer(transformers, merged)(tokens).logits, expected, atol=1e-5, rtol=0)
         assert (expected - load_peer(transformers, llama)(tokens).logits).abs().max() > 1e-2  # the adapters matter
+    with pytest.raises(ValueError, match="an adapter is written to a local directory, not to s3://b/a"):
+        hf_adapter.export_adapter(ours, EVERY, "s3://b/a")
 
 
 def test_attention_targets_on_linear_attention_layers_are_refused():

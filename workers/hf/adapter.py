@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def export_adapter(model: Transformer, lora: LoraConfig, out: str | Path, *, dty
     """Write ``model``'s adapters at ``out`` (written aside and renamed when whole)."""
     from safetensors.torch import save_file
 
+    if re.match(r"[a-z][a-z0-9+.-]*:/", str(out)):  # a URI, perhaps with its // folded by Path
+        raise ValueError(f"an adapter is written to a local directory, not to {out}")
     tensors = adapter_state(model)
     if not tensors:
         raise ValueError("the model has no LoRA adapters to export")
