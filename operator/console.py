@@ -51,7 +51,8 @@ class Console:
         every = max(self.total // 10, 1)
         if status.step // every != self.last_line_step // every and status.step:
             self.last_line_step = status.step
-            self._write(f"step {status.step}/{self.total}  loss {loss}  tokens/s {rate}  generation {status.generation}")
+            held_out = f"  held-out loss {status.evaluation.loss:.4f} (step {status.evaluation.step})" if status.evaluation else ""
+            self._write(f"step {status.step}/{self.total}  loss {loss}{held_out}  tokens/s {rate}  generation {status.generation}")
 
     def summary(self, status: TrainingJobStatus, wall_seconds: float, checkpoint_dir: Path | str) -> None:
         first, last = self._loss_span()
@@ -61,6 +62,7 @@ class Console:
             f"  steps       {status.step}/{self.total} (generation {status.generation}, restarts {status.restarts})",
             f"  loss        {_fmt(last)} (first step of this run: {_fmt(first)})",
             f"  tokens/s    {status.tokens_per_second:,.0f}" if status.tokens_per_second else "  tokens/s    -",
+            *([f"  held-out    loss {ev.loss:.4f}, perplexity {ev.perplexity:.3f} (step {ev.step})"] if (ev := status.evaluation) else []),
             f"  wall time   {wall_seconds:.1f} s",
             f"  checkpoints {checkpoint_dir}" + (f" (last committed: step {ckpt.step})" if ckpt else " (none)"),
             f"  status      {self.workdir / 'status.json'}",

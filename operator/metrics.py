@@ -30,6 +30,8 @@ METRIC_NAMES = (
     "shardwright_trainingjob_step",
     "shardwright_trainingjob_tokens_per_second",
     "shardwright_trainingjob_loss_nats",
+    "shardwright_trainingjob_eval_loss_nats",
+    "shardwright_trainingjob_eval_perplexity",
     "shardwright_trainingjob_checkpoint_step",
     "shardwright_operator_reconcile_seconds",
     "shardwright_operator_reconcile_errors_total",
@@ -67,6 +69,10 @@ class JobMetrics:
             "loss": GaugeMetricFamily("shardwright_trainingjob_loss_nats", "Training loss of the last step.", labels=_LABELS),
         }
         checkpoint = GaugeMetricFamily("shardwright_trainingjob_checkpoint_step", "Step of the last committed checkpoint.", labels=_LABELS)
+        evaluation = {
+            "loss": GaugeMetricFamily("shardwright_trainingjob_eval_loss_nats", "Held-out loss of the last evaluation (spec.evaluation).", labels=_LABELS),
+            "perplexity": GaugeMetricFamily("shardwright_trainingjob_eval_perplexity", "Held-out perplexity of the last evaluation.", labels=_LABELS),
+        }
         for (namespace, name), (st, runtime) in sorted(jobs.items()):
             labels = [name, namespace]
             info.add_metric([*labels, runtime, st.plan or ""], 1)
@@ -78,7 +84,10 @@ class JobMetrics:
                     family.add_metric(labels, value)
             if st.last_checkpoint is not None:
                 checkpoint.add_metric(labels, st.last_checkpoint.step)
-        yield from (info, phase, restarts, *gauges.values(), checkpoint)
+            if st.evaluation is not None:
+                for field, family in evaluation.items():
+                    family.add_metric(labels, getattr(st.evaluation, field))
+        yield from (info, phase, restarts, *gauges.values(), checkpoint, *evaluation.values())
 
 
 class OperatorMetrics:

@@ -1,6 +1,7 @@
 """``shardwright plot``: a job's loss, throughput and restarts against steps, as a PNG.
 
-Reads the job directory's step log (rank 0's loss and tokens/s per step) and events.
+Reads the job directory's step log (rank 0's loss and tokens/s per step, the held-out
+loss of the steps evaluated after: spec.evaluation) and events.
 Each generation is drawn as its own segment, so the steps a restart trains again show as
 an overlap, and a dashed line marks where each generation after the first began (restart,
 resize or resume). Needs matplotlib (the ``bench`` extra); importing this module without
@@ -41,6 +42,9 @@ def write(job: JobDir, out: Path) -> None:
     for gen, rows in sorted(by_generation.items()):
         steps = [r["step"] for r in rows]
         loss_ax.plot(steps, [r["loss"] for r in rows], label=f"generation {gen}")
+        if evaluated := [r for r in rows if "evalLoss" in r]:
+            loss_ax.plot([r["step"] for r in evaluated], [r["evalLoss"] for r in evaluated], "o", markersize=4,
+                         label=f"generation {gen} held-out")
         rate_ax.plot(steps, [r["tokensPerSecond"] for r in rows])
         # Restarts so far: the generations up to this one that began after a failure.
         restart_ax.plot(steps, [sum(g <= gen for g in restarted)] * len(steps))

@@ -29,7 +29,7 @@ from shardwright.operator.operatorconfig import OperatorConfig
 
 log = logging.getLogger(__name__)
 #: Status fields that change with every step: alone, they do not call for a write at once.
-PROGRESS_FIELDS = frozenset({"step", "loss", "tokensPerSecond", "lastProgressTime"})
+PROGRESS_FIELDS = frozenset({"step", "loss", "tokensPerSecond", "lastProgressTime", "evaluation"})
 #: The same, in each entry of these status lists.
 PROGRESS_ITEM_FIELDS = {"ranks": frozenset({"stepSeconds"}), "stragglers": frozenset({"score", "selfScore"})}
 

@@ -148,6 +148,14 @@ class LoraConfig(_Config):
         return self.alpha / self.rank
 
 
+class EvalConfig(_Config):
+    """Held-out evaluation (``spec.evaluation``): every ``interval_steps`` and at the last step."""
+
+    interval_steps: int = Field(ge=1)
+    #: Held-out samples per evaluation, shared out over the data-parallel ranks.
+    samples: int = Field(ge=1)
+
+
 class ParallelConfig(_Config):
     """Degrees of this generation; ranks are laid out sequence-fastest: rank = d * sp + s."""
 
@@ -206,6 +214,8 @@ class WorkerConfig(_Config):
     optim: OptimConfig
     parallel: ParallelConfig
     checkpoint: CheckpointConfig
+    #: Held-out evaluation; None: none.
+    evaluation: EvalConfig | None = None
     #: Export at completion; None: none.
     export: ExportConfig | None = None
     #: Low-rank adapters on a frozen model; None: every parameter trains.

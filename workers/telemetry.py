@@ -2,7 +2,7 @@
 
 ``/metrics``  Prometheus text format, names ``shardwright_rank_<measure>_<unit>``;
 ``/status``   JSON: step, loss, throughput, per-rank step times (rank 0 knows all of them),
-              last committed checkpoint, state (``running``, ``complete``, ``stopped``);
+              last committed checkpoint, last held-out evaluation, state (``running``, ``complete``, ``stopped``);
 ``/healthz``  200 while the server lives;
 ``POST /control``  JSON ``{"dataShares": [...]}``: new work shares for the data-parallel
               ranks (rank 0 passes them to every rank in the next step-facts all-reduce;
@@ -59,6 +59,8 @@ class Telemetry:
         self.loss = make(Gauge, "shardwright_rank_loss_nats", "Global mean training loss of the last step.")
         self.throughput = make(Gauge, "shardwright_rank_tokens_per_second", "Global tokens per second over the last steps.")
         self.step = make(Gauge, "shardwright_rank_step", "Optimizer step this rank has completed.")
+        self.eval_loss = make(Gauge, "shardwright_rank_eval_loss_nats", "Held-out mean token cross-entropy of the last evaluation.")
+        self.eval_perplexity = make(Gauge, "shardwright_rank_eval_perplexity", "exp of the held-out loss of the last evaluation.")
         self.checkpoint_step = make(Gauge, "shardwright_rank_checkpoint_step", "Step of the last committed checkpoint.")
         self.checkpoint_stall = make(Histogram, "shardwright_rank_checkpoint_stall_seconds", "Training time a checkpoint takes from the step loop (the host snapshot when asynchronous).", buckets=STEP_BUCKETS)
         self.sections = Histogram(
@@ -76,7 +78,7 @@ class Telemetry:
             "generation": generation, "layout": layout, "totalSteps": total_steps,
             "state": "starting", "step": 0, "loss": None, "tokensPerSecond": None,
             "stepSeconds": [], "lastCheckpoint": None, "time": time.time(),
-            "dataShares": None, "sharesSinceStep": None, "sections": [], "stepTimings": [],
+            "dataShares": None, "sharesSinceStep": None, "sections": [], "stepTimings": [], "evaluation": None,
         }
         self._server: ThreadingHTTPServer | None = None
         self._shares: list[float] | None = None
@@ -93,6 +95,12 @@ class Telemetry:
         self.throughput.set(tokens_per_second)
         self.step.set(step)
         self.update(state="running", step=step, loss=loss, tokensPerSecond=tokens_per_second, stepSeconds=step_seconds)
+
+    def record_evaluation(self, *, step: int, loss: float, perplexity: float) -> None:
+        """A held-out evaluation (every rank holds the same figures; rank 0's reach the status)."""
+        self.eval_loss.set(loss)
+        self.eval_perplexity.set(perplexity)
+        self.update(evaluation={"step": step, "loss": loss, "perplexity": perplexity})
 
     def record_sections(self, sections: dict[str, float]) -> None:
         for name, seconds in sections.items():
@@ -125,7 +133,7 @@ class Telemetry:
 
     #: What the termination message carries: enough for the operator to resume and report
     #: without reaching the rank (Kubernetes keeps at most 4096 bytes of it).
-    FINAL_FIELDS = ("generation", "state", "step", "loss", "tokensPerSecond", "lastCheckpoint", "resumedFrom", "rejectedCheckpoints")
+    FINAL_FIELDS = ("generation", "state", "step", "loss", "tokensPerSecond", "lastCheckpoint", "resumedFrom", "rejectedCheckpoints", "evaluation")
 
     def termination_message(self) -> str:
         """The rank's final report as compact JSON, the shape of ``/status``'s own fields."""

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import data as data_mod
 from .checkpoint import Checkpointer, damage
 from .config import TERMINATION_MESSAGE_ENV, RankEnv, WorkerConfig, softmax_kernel
+from .evaluation import Evaluation, Evaluator
 from .faults import KILL_EXIT_CODE
 from .lora import apply_lora, reseed as reseed_dropout
 from .mixers import SequenceContext
@@ -129,6 +130,7 @@ class StepFacts:
     stall: float | None = None  # the checkpoint save after it blocked this long
     ended: float = 0.0  # monotonic, for the throughput window
     ended_wall: float = 0.0  # wall clock, for the step log
+    evaluation: Evaluation | None = None  # the held-out evaluation after it, if one was due
 
 
 @dataclasses.dataclass
@@ -173,6 +175,7 @@ class Trainer:
             decay_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(0.9, 0.95), foreach=False,
         )
         self.data = data_mod.dataset(cfg.data, cfg.model.vocab_size)
+        self.evaluator = Evaluator(cfg, self.model, self.ctx, self.dp_rank) if cfg.evaluation else None
         self.checkpointer = Checkpointer(cfg.checkpoint, layout=par.layout, generation=cfg.generation)
         self.telemetry = Telemetry(
             job=cfg.job, namespace=cfg.namespace, rank=env.rank, world_size=env.world_size,
@@ -223,6 +226,9 @@ class Trainer:
             self.step += 1
             self.inject_rank_faults(self.timer.compute)
             step = StepFacts(self.step, time.monotonic() - began, self.samples_per_rank(), loss_sum.item(), self.take_sections())
+            step.evaluation = self.evaluator.after(self.step) if self.evaluator else None
+            if step.evaluation is not None:
+                self.telemetry.record_evaluation(**step.evaluation.figures())
             pending.append(step)
             due = self.checkpointer.due(self.step, total)
             if len(pending) >= self.batch or self.step == total or due:
@@ -426,6 +432,8 @@ class Trainer:
         }
         if step.stall is not None:
             line["checkpointStallSeconds"] = step.stall
+        if step.evaluation is not None:
+            line.update(step.evaluation.log_fields())
         return line
 
     def log_steps(self, lines: list[dict[str, Any]]) -> None:

@@ -202,6 +202,13 @@ class TrainingSpec(ApiModel):
         "float32), on CPU too; auto: bf16 where the device has it (CUDA with bfloat16), else fp32.")
 
 
+class EvaluationSpec(ApiModel):
+    """Held-out loss and perplexity while training (docs/evaluation.md)."""
+
+    interval_steps: int = Field(ge=1, description="Evaluate every this many steps, and at the last step.")
+    samples: int = Field(default=16, ge=1, description="Held-out samples each evaluation reads.")
+
+
 class SequenceParallelSpec(ApiModel):
     degree: int = Field(default=1, ge=1, description="Ranks that split one sequence.")
     kind: SequenceKind = Field(
@@ -440,6 +447,8 @@ class TrainingJobSpec(ApiModel):
     model: TrainingModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec
+    evaluation: EvaluationSpec | None = Field(
+        default=None, description="Held-out loss and perplexity every intervalSteps; unset: none.")
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
     workers: list[WorkerGroupSpec] = Field(min_length=1, max_length=MAX_GROUPS, description="Rank groups.")
     elastic: ElasticSpec | None = None

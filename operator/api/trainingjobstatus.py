@@ -40,6 +40,14 @@ class StragglerStatus(ApiModel):
     )
 
 
+class EvaluationResult(ApiModel):
+    """The last held-out evaluation (spec.evaluation): mean token cross-entropy and its exp."""
+
+    step: int = Field(description="Optimizer steps done when it was taken.")
+    loss: float = Field(description="Mean cross-entropy over the held-out samples' target tokens (nats).")
+    perplexity: float = Field(description="exp(loss).")
+
+
 class TrainingJobStatus(ApiModel):
     phase: Phase = Phase.PENDING
     conditions: list[Condition] = Field(default_factory=list)
@@ -57,6 +65,7 @@ class TrainingJobStatus(ApiModel):
     step: int = 0
     loss: float | None = None
     tokens_per_second: float | None = None
+    evaluation: EvaluationResult | None = Field(default=None, description="The last held-out evaluation (spec.evaluation).")
     last_checkpoint: CheckpointRef | None = None
     restarts: int = 0
     steps_lost: int = Field(default=0, description="Steps trained again after failures, in total.")

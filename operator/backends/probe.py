@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shardwright.operator.api import CheckpointRef
+from shardwright.operator.api.trainingjobstatus import EvaluationResult
 from shardwright.operator.controller import Progress, StepTiming
 from shardwright.workers.manifest import committed
 
@@ -37,7 +38,16 @@ def progress_from_status(status: dict[str, Any], generation: int) -> Progress | 
         rejected=tuple((r["step"], r["reason"]) for r in status.get("rejectedCheckpoints") or ()),
         timings=tuple(_timing(t) for t in status.get("stepTimings") or () if isinstance(t, dict)),
         data_shares=tuple(status["dataShares"]) if status.get("dataShares") else None,
+        evaluation=_evaluation(status.get("evaluation")),
     )
+
+
+def _evaluation(entry: Any) -> EvaluationResult | None:
+    """Rank 0's ``evaluation`` ({step, loss, perplexity}); None when absent or malformed."""
+    try:
+        return EvaluationResult.model_validate(entry) if isinstance(entry, dict) else None
+    except ValueError:
+        return None
 
 
 def _timing(entry: dict[str, Any]) -> StepTiming:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 
 from shardwright.operator.api import CheckpointRef, RankState
+from shardwright.operator.api.trainingjobstatus import EvaluationResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Progress:
     timings: tuple[StepTiming, ...] = ()
     #: Work shares of the data-parallel ranks in effect (None: even).
     data_shares: tuple[float, ...] | None = None
+    #: The generation's last held-out evaluation (spec.evaluation), if it made one yet.
+    evaluation: EvaluationResult | None = None
 
 
 @dataclasses.dataclass(frozen=True)

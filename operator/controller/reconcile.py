@@ -317,6 +317,8 @@ class _Reconcile:
         if p.step != st.step or st.last_progress_time is None:
             st.last_progress_time = self.now
         st.step, st.loss, st.tokens_per_second = p.step, p.loss, p.tokens_per_second
+        if p.evaluation is not None:  # a new generation keeps the last one until it evaluates
+            st.evaluation = p.evaluation
         for step, why in p.rejected:
             if step not in st.rejected_checkpoints:
                 st.rejected_checkpoints.append(step)

@@ -10,6 +10,7 @@ from shardwright.workers.faults import Fault
 from shardwright.workers.config import (
     CheckpointConfig,
     DataConfig,
+    EvalConfig,
     ExportConfig,
     OptimConfig,
     ParallelConfig,
@@ -97,6 +98,8 @@ def worker_config(
         lora=training.lora.resolve() if training.lora else None,
         export=ExportConfig(dir=spec.export.dir or f"{job.checkpoint_dir.rstrip('/')}/export", dtype=spec.export.dtype)
         if spec.export else None,
+        evaluation=EvalConfig(interval_steps=spec.evaluation.interval_steps, samples=spec.evaluation.samples)
+        if spec.evaluation else None,
         telemetry_port=job.telemetry_port,
         step_log=job.step_log,
         # The straggler detector judges each step against the window before it.

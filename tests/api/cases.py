@@ -28,7 +28,7 @@ class Bad:
 
 
 SPEC_FIELDS = (
-    "activeDeadlineSeconds, checkpoint, data, elastic, export, failurePolicy, model, parallelism, "
+    "activeDeadlineSeconds, checkpoint, data, elastic, evaluation, export, failurePolicy, model, parallelism, "
     "readmit, runtime, stragglerPolicy, suspend, training, ttlSecondsAfterFinished, workers"
 )
 WORKER_FIELDS = "device, gpuType, image, name, network, nodeSelector, ranksPerReplica, replicas, resources, template"

@@ -215,7 +215,8 @@ def test_operator_metric_names_match_what_the_registry_serves():
     from shardwright.operator.api import TrainingJobStatus
 
     m = metrics.OperatorMetrics()
-    m.jobs.update("ns", "job", TrainingJobStatus(step=3, tokens_per_second=1.0, loss=2.0), "torch")
+    evaluation = {"step": 3, "loss": 2.1, "perplexity": 8.17}
+    m.jobs.update("ns", "job", TrainingJobStatus(step=3, tokens_per_second=1.0, loss=2.0, evaluation=evaluation), "torch")
     m.reconcile_seconds.observe(0.01)
     m.reconcile_errors.labels(reason="temporary").inc()
     text = "\n".join(line for line in generate_latest(m.registry).decode().splitlines() if "_created" not in line)

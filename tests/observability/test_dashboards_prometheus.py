@@ -90,6 +90,7 @@ def test_every_dashboard_panel_returns_series_from_a_real_run(tmp_path, capsys):
     job = yaml.safe_load((ROOT / "examples" / "tiny-train.yaml").read_text())
     job["metadata"]["name"] = JOB
     job["spec"]["training"]["steps"] = 2000  # long enough to be scraped; stopped below
+    job["spec"]["evaluation"] = {"intervalSteps": 5, "samples": 4}  # the held-out loss panel
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     workdir = tmp_path / "run"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}

@@ -30,6 +30,7 @@ TRAINING_PANELS = [
     ("Step", "shardwright_trainingjob_step", JOB, "none"),
     ("Tokens per second", "shardwright_trainingjob_tokens_per_second", JOB, "short"),
     ("Loss", "shardwright_trainingjob_loss_nats", JOB, "none"),
+    ("Held-out loss (spec.evaluation)", "shardwright_trainingjob_eval_loss_nats", JOB, "none"),
     ("Restarts (last hour)", "increase(shardwright_trainingjob_restarts_total[1h])", JOB, "none"),
     ("Ready ranks / world size", "shardwright_trainingjob_ready_ranks / shardwright_trainingjob_world_size", JOB, "percentunit"),
     ("Generation", "shardwright_trainingjob_generation", JOB, "none"),

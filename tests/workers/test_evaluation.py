@@ -1,0 +1,114 @@
+"""The held-out evaluation (workers/evaluation.py): its figure is the mean token
+cross-entropy of the same model over the held-out samples, computed by hand; it does not
+change with the data- or sequence-parallel sharding; it is due every intervalSteps and at
+the last step; and spec.evaluation refuses a zero interval or sample count by name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shardwright.operator.api import validate
+from shardwright.workers import data as data_mod
+from shardwright.workers.config import (
+    CheckpointConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, ParallelConfig, WorkerConfig, softmax_kernel,
+)
+from shardwright.workers.evaluation import Evaluator
+from shardwright.workers.mixers import SequenceContext
+from shardwright.workers.model import Transformer
+from tests.support.manifests import edited
+
+SAMPLES = 7  # odd: the data-parallel ranks get unequal shares
+KINDS = ("softmax", "softmax")
+
+
+def _config(data: int = 1, sequence: int = 1, steps: int = 25) -> WorkerConfig:
+    return WorkerConfig(
+        job="eval",
+        model=ModelConfig(vocab_size=32, dim=32, layers=len(KINDS), heads=4, kv_heads=2, ffn_dim=64, layer_kinds=KINDS),
+        data=DataConfig(seq_len=16, global_batch=4, micro_batch=3),
+        optim=OptimConfig(steps=steps, lr=1e-3),
+        parallel=ParallelConfig(data=data, sequence=sequence),
+        checkpoint=CheckpointConfig(dir="/nonexistent"),
+        evaluation=EvalConfig(interval_steps=10, samples=SAMPLES),
+    )
+
+
+def _evaluate(data: int, sequence: int) -> float:
+    """On every rank of a ``data * sequence`` world: the evaluation of the seed-0 model."""
+    import torch.distributed as dist
+
+    cfg = _config(data, sequence)
+    dp_rank, _ = divmod(dist.get_rank() if dist.is_initialized() else 0, sequence)
+    ctx = SequenceContext(group=None, degree=sequence, kind=softmax_kernel("auto", KINDS))
+    torch.manual_seed(0)
+    model = Transformer(cfg.model, ctx)
+    return Evaluator(cfg, model, ctx, dp_rank).evaluate(step=10).loss
+
+
+def test_one_rank_equals_the_mean_token_cross_entropy_by_hand():
+    cfg = _config()
+    torch.manual_seed(0)
+    model = Transformer(cfg.model, SequenceContext(group=None, degree=1, kind="zigzag"))
+    model.train()
+    result = Evaluator(cfg, model, SequenceContext(group=None, degree=1, kind="zigzag"), 0).evaluate(step=10)
+    assert model.training and all(p.grad is None for p in model.parameters())  # left as it was, no gradient
+
+    heldout = data_mod.heldout(cfg.data, cfg.model.vocab_size)
+    model.eval()
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for i in range(SAMPLES):  # one sample at a time, log-softmax in float64
+            sample = heldout[i]
+            logits = model(sample[None, :-1], torch.arange(cfg.data.seq_len)).double()[0]
+            logp = logits - logits.exp().sum(-1, keepdim=True).log()
+            nll -= logp[torch.arange(cfg.data.seq_len), sample[1:]].sum().item()
+            tokens += cfg.data.seq_len
+    assert result.tokens == tokens
+    assert result.loss == pytest.approx(nll / tokens, abs=1e-6)
+    assert result.perplexity == pytest.approx(math.exp(nll / tokens), rel=1e-6)
+    assert result.figures() == {"step": 10, "loss": result.loss, "perplexity": result.perplexity}
+
+
+def test_the_heldout_samples_are_not_training_samples():
+    cfg = _config()
+    train = data_mod.dataset(cfg.data, cfg.model.vocab_size)
+    heldout = data_mod.heldout(cfg.data, cfg.model.vocab_size)
+    assert not any(torch.equal(heldout[i], train[i]) for i in range(SAMPLES))
+
+
+@pytest.mark.parametrize("data, sequence", [(2, 1), (1, 2)], ids=["dp2", "sp2"])
+def test_two_ranks_equal_one_rank(dist_pool, data, sequence):
+    alone = _evaluate(1, 1)
+    losses = dist_pool(data * sequence).run(_evaluate, data, sequence)
+    assert losses[0] == losses[1]  # every rank holds the same all-reduced figure
+    assert abs(losses[0] - alone) < 1e-6
+
+
+def test_it_is_due_every_interval_and_at_the_last_step():
+    cfg = _config(steps=25)
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    evaluator = Evaluator(cfg, model, SequenceContext(group=None, degree=1, kind="zigzag"), 0)
+    assert [s for s in range(1, 26) if evaluator.due(s)] == [10, 20, 25]
+    assert evaluator.after(9) is None and evaluator.after(25).step == 25
+
+
+@pytest.mark.parametrize("field, value, phrase", [
+    ("intervalSteps", 0, "must be >= 1 (got 0)"),
+    ("samples", 0, "must be >= 1 (got 0)"),
+])
+def test_a_zero_interval_or_sample_count_is_refused_by_name(field, value, phrase):
+    evaluation = {"intervalSteps": 10, "samples": 4, field: value}
+    obj, problems = validate(edited({"spec.evaluation": evaluation}))
+    assert obj is None
+    assert [p.path for p in problems] == [f"spec.evaluation.{field}"]
+    assert phrase in problems[0].message
+
+
+def test_interval_steps_is_required():
+    _, problems = validate(edited({"spec.evaluation": {"samples": 4}}))
+    assert [p.path for p in problems] == ["spec.evaluation.intervalSteps"]
