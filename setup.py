@@ -1,11 +1,11 @@
-"""Maps the top-level operator/, workers/ and kernels/ folders into the `shardwright` package.
+"""Maps the top-level operator/, workers/, kernels/ and sdk/ folders into the `shardwright` package.
 
 Everything else about the distribution is in pyproject.toml; only the package list needs code.
 """
 
 from setuptools import find_packages, setup
 
-ROOTS = {f"shardwright.{top}": top for top in ("operator", "workers", "kernels")}
+ROOTS = {f"shardwright.{top}": top for top in ("operator", "workers", "kernels", "sdk")}
 
 packages = []
 for name, folder in ROOTS.items():

@@ -17,7 +17,7 @@ def test_contracts_cover_the_layers_we_promise():
     contracts = [s for s in config.sections() if s.startswith("importlinter:contract:")]
     assert {c.rsplit(":", 1)[1] for c in contracts} == {
         "operator-layers", "kernels-standalone", "workers-without-operator", "pure-controller",
-        "operator-without-torch",
+        "operator-without-torch", "sdk-on-top", "sdk-without-operator",
     }
 
 

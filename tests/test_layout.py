@@ -36,7 +36,7 @@ def test_non_editable_install_imports_from_site(tmp_path):
             shutil.copy(REPO / name, src / name)
     (src / "README.md").touch()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("operator", "workers", "kernels"):
+    for folder in ("operator", "workers", "kernels", "sdk"):
         shutil.copytree(REPO / folder, src / folder, ignore=ignore)
     pip = [str(PYTHON), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
            "--quiet", "--target", str(target), str(src)]

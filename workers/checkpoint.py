@@ -145,6 +145,15 @@ class Checkpointer:
                 return newest
         return chosen
 
+    def resume(self, model: nn.Module, optimizer) -> tuple[dict[str, Any] | None, int | None, list[dict[str, Any]]]:
+        """Load the resume point, if any: the manifest loaded (None: nothing loaded), the step
+        resumed from for ``/status`` (None: a fresh start; 0: every checkpoint was damaged, so
+        from the start) and the checkpoints rejected on the way (see ``load``)."""
+        if (path := self.resume_point()) is None:
+            return None, None, []
+        manifest, rejected = self.load(path, model, optimizer)
+        return manifest, manifest["step"] if manifest else 0, rejected
+
     def load(self, path: str, model: nn.Module, optimizer) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Load ``path``, or the newest older committed checkpoint if it is damaged.
 

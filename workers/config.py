@@ -234,6 +234,9 @@ class WorkerConfig(_Config):
     timing_history: int = 64
     #: Faults to inject (``shardwright run --inject``); empty in production.
     faults: tuple[Fault, ...] = ()
+    #: The user's program every rank runs instead of the built-in trainer
+    #: (``spec.workers[].command``; see workers/usercommand.py and the SDK); None: the trainer.
+    command: tuple[str, ...] | None = None
 
 
 class RankEnv(BaseModel):

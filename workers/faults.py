@@ -20,6 +20,9 @@ does not fail again at the same step. Parsing is pure (no torch), shared by the 
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,6 +63,30 @@ _KEYS = {
     "grow": {"step"},
 }
 _REQUIRED = {"kill": {"rank", "step"}, "hang": {"rank", "step"}, "slow": {"rank", "factor"}, "corrupt-checkpoint": {"step"}, "shrink": {"step"}, "grow": set()}
+
+
+def strike(faults: Iterable[Fault], *, rank: int, step: int, generation: int, during: str | None = None,
+           on_hang: Callable[[], None] | None = None) -> float:
+    """Carry out the rank faults that fire after ``step`` (or ``during`` its checkpoint), for
+    the trainer and the SDK alike: ``kill`` exits the process abruptly, ``hang`` never returns
+    (after ``on_hang``). Returns the ``slow`` factor in force (1.0: none) for the caller to
+    stretch its compute by."""
+    factor = 1.0
+    where = {"rank": rank, "step": step, "generation": generation}
+    for fault in faults:
+        if fault.during != during:
+            continue
+        if fault.kind == "slow" and fault.active(**where):
+            factor *= fault.factor
+        elif fault.kind == "kill" and fault.fires(**where):
+            print(f"rank {rank}: injected fault kill after step {step}: exiting with code {KILL_EXIT_CODE}", flush=True)
+            os._exit(KILL_EXIT_CODE)
+        elif fault.kind == "hang" and fault.fires(**where):
+            if on_hang is not None:
+                on_hang()
+            while True:
+                time.sleep(3600)
+    return factor
 
 
 def parse_fault(text: str) -> Fault:

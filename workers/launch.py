@@ -5,10 +5,11 @@
 Reads the pod env the operator renders: ``RANK`` (the pod's first rank), ``WORLD_SIZE``,
 ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``, ``SHARDWRIGHT_TELEMETRY_PORT`` (local
 rank i serves on port + i) and the worker config in ``SHARDWRIGHT_WORKER_CONFIG``. Each
-child gets ``RANK = first + i`` and ``LOCAL_RANK = i``. SIGTERM (pod deletion, suspend) is
-forwarded: the ranks checkpoint at the next step and exit 0. The pod exits with the worst
-child's code, so the operator sees why a rank failed; if one child fails, the others are
-ended (their collectives could only time out).
+child gets ``RANK = first + i`` and ``LOCAL_RANK = i``. With ``spec.workers[].command`` each
+child runs that program instead of the trainer (``usercommand.py``); its exit code is the
+rank's. SIGTERM (pod deletion, suspend) is forwarded: the ranks checkpoint at the next step
+and exit 0. The pod exits with the worst child's code, so the operator sees why a rank
+failed; if one child fails, the others are ended (their collectives could only time out).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import signal
 import sys
 import threading
 
-from .config import CONFIG_ENV, TELEMETRY_PORT_ENV, RankEnv
+from .config import CONFIG_ENV, TELEMETRY_PORT_ENV, RankEnv, WorkerConfig
 
 
 def child_environ(environ: dict[str, str], local_rank: int) -> dict[str, str]:
@@ -35,11 +36,20 @@ def child_environ(environ: dict[str, str], local_rank: int) -> dict[str, str]:
 def _rank_main(environ: dict[str, str], stop: multiprocessing.synchronize.Event) -> None:
     os.environ.update(environ)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent asks through ``stop``
-    from . import train  # torch is imported in the rank process only
-
     flag = threading.Event()
     threading.Thread(target=lambda: (stop.wait(), flag.set()), daemon=True).start()
-    train.main(environ[CONFIG_ENV], RankEnv.from_environ(environ), flag)
+    if WorkerConfig.model_validate_json(environ[CONFIG_ENV]).command is None:
+        from . import train  # torch is imported in the rank process only
+
+        train.main(environ[CONFIG_ENV], RankEnv.from_environ(environ), flag)
+    else:  # spec.workers[].command: the user's program, as a child with this rank's environment
+        from . import usercommand
+
+        try:
+            usercommand.main(environ[CONFIG_ENV], RankEnv.from_environ(environ), flag)
+        except usercommand.CommandFailed as e:
+            print(f"rank {environ['RANK']}: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.code if 0 < e.code < 256 else 128 + abs(e.code))
 
 
 def worst(codes: list[int | None]) -> int:

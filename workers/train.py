@@ -35,7 +35,7 @@ from . import data as data_mod
 from .checkpoint import Checkpointer, damage
 from .config import TERMINATION_MESSAGE_ENV, RankEnv, WorkerConfig, softmax_kernel
 from .evaluation import Evaluation, Evaluator
-from .faults import KILL_EXIT_CODE
+from .faults import strike
 from .lora import apply_lora, reseed as reseed_dropout
 from .mixers import SequenceContext
 from .model import Transformer
@@ -186,15 +186,10 @@ class Trainer:
                              token=env.token or secrets.token_urlsafe(32))
         self.grad_wait = GradientWaitHook(on_last=lambda: self.telemetry.update(activity="syncing"))
         self.ddp.register_comm_hook(self.grad_wait, GradientWaitHook.hook)
-        self.step = 0
-        resumed, rejected = None, []
-        if resume := self.checkpointer.resume_point():
-            manifest, rejected = self.checkpointer.load(resume, self.model, self.optimizer)
-            if manifest is None:  # every checkpoint damaged: from the start, as a fresh run would
-                resumed = 0
-            else:
-                self.step = resumed = manifest["step"]
-                self.telemetry.record_checkpoint(manifest)
+        manifest, resumed, rejected = self.checkpointer.resume(self.model, self.optimizer)
+        self.step = resumed or 0
+        if manifest is not None:
+            self.telemetry.record_checkpoint(manifest)
         self.telemetry.update(state="running", step=self.step, resumedFrom=resumed, rejectedCheckpoints=rejected)
         self.telemetry.update(dataShares=list(self.shares) if self.shares else None)
 
@@ -303,21 +298,11 @@ class Trainer:
 
     def inject_rank_faults(self, compute_seconds: float, during: str | None = None) -> None:
         """Carry out the faults this config injects at this step (see workers/faults.py)."""
-        where = {"rank": self.env.rank, "step": self.step, "generation": self.cfg.generation}
-        for fault in self.cfg.faults:
-            if fault.during != during:
-                continue
-            if fault.kind == "slow" and fault.active(**where):
-                # A slow rank: every compute section takes ``factor`` times as long.
-                time.sleep((fault.factor - 1.0) * compute_seconds)
-                self.timer.stretch(fault.factor)
-            elif fault.kind == "kill" and fault.fires(**where):
-                print(f"rank {self.env.rank}: injected fault {fault.kind} after step {self.step}: exiting with code {KILL_EXIT_CODE}", flush=True)
-                os._exit(KILL_EXIT_CODE)
-            elif fault.kind == "hang" and fault.fires(**where):
-                self.telemetry.update(activity="hung")
-                while True:
-                    time.sleep(3600)
+        factor = strike(self.cfg.faults, rank=self.env.rank, step=self.step, generation=self.cfg.generation,
+                        during=during, on_hang=lambda: self.telemetry.update(activity="hung"))
+        if factor > 1.0:  # a slow rank: every compute section takes ``factor`` times as long
+            time.sleep((factor - 1.0) * compute_seconds)
+            self.timer.stretch(factor)
 
     def record_commits(self) -> None:
         """Publish checkpoints committed since the last step; damage one if a fault says so."""

@@ -257,6 +257,13 @@ class WorkerGroupSpec(ApiModel):
         "volumes, sidecars, securityContext and the rest, except the fields the operator owns "
         "(docs/jobs-on-kubernetes.md).",
     )
+    command: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Your own training program instead of the built-in trainer, e.g. "
+        "[python, train.py]: every rank runs it with the job's environment and reports through "
+        "shardwright.sdk (docs/sdk.md). Every group names the same command. Unset: the trainer.",
+    )
 
     @property
     def ranks(self) -> int:
@@ -435,7 +442,7 @@ class StragglerPolicySpec(ApiModel):
 FROZEN = ("model", "data", "training", "parallelism.auto", "parallelism.tensor", "parallelism.pipeline",
           "parallelism.sequence", "checkpoint", "runtime")
 #: A worker group's fields that are frozen like :data:`FROZEN` (all but replicas).
-FROZEN_GROUP = ("ranksPerReplica", "device", "gpuType", "image", "nodeSelector", "resources", "network", "template")
+FROZEN_GROUP = ("ranksPerReplica", "device", "gpuType", "image", "nodeSelector", "resources", "network", "template", "command")
 #: The most worker groups a job has (bounds the cost of the CRD's rule on them).
 MAX_GROUPS = 16
 

@@ -197,6 +197,9 @@ def _check_data_source(spec: TrainingJobSpec) -> Iterable[Problem]:
         yield Problem("spec.data.validation.fraction", "source file has no documents to hold out; use validation.path")
     if held is not None and held.path and held.fraction:
         yield Problem("spec.data.validation", "give path or fraction, not both")
+    if spec.evaluation is not None and data.source is not DataSource.SYNTHETIC and held is None:
+        yield Problem("spec.data.validation", f"spec.evaluation reads held-out data, which source {data.source} has only "
+                      "with validation.path" + ("" if data.source is DataSource.FILE else " or validation.fraction"))
     if data.source in (DataSource.TEXT, DataSource.TOKENS):
         for field, message in datafiles.problems(str(data.source), data.path, data.field, held.path if held else None):
             yield Problem(field, message)

@@ -42,6 +42,9 @@ from shardwright.workers.config import RankEnv, WorkerConfig
 
 #: The worker entry point every rank runs: ``module:function(config_json, env, stop)``.
 ENTRY = "shardwright.workers.train:main"
+#: The entry point of a job with ``spec.workers[].command``: the user's program as a child
+#: process with the rank's environment (stopped with SIGTERM, then killed, by its PID).
+COMMAND_ENTRY = "shardwright.workers.usercommand:main"
 #: Seconds ``lose_ranks`` waits for Ray to confirm the killed ranks are gone.
 LOSS_TIMEOUT_S = 10.0
 #: Why a rank whose process ended failed (its peers fail with errors of their own).
@@ -186,7 +189,8 @@ class LocalRayBackend:
             url = f"http://{slot.host}:{slot.env.telemetry_port}"
             log = str(log_dir.resolve() / f"rank-{slot.env.rank}.log") if log_dir is not None else None
             environ = slot.env.model_copy(update={"token": self.token}).to_environ()
-            ranks.append(_Rank(actor, actor.run.remote(ENTRY, config_json, environ, log), url))
+            entry = ENTRY if config.command is None else COMMAND_ENTRY
+            ranks.append(_Rank(actor, actor.run.remote(entry, config_json, environ, log), url))
         self.generations[generation] = ranks
         if not self.idle and not any(slot.resources for slot in slots):
             self.idle.append(_new_actor())
@@ -255,6 +259,7 @@ class LocalRayBackend:
             except RayTaskError as e:
                 cause = e.cause if e.cause is not None else e
                 rank.state, rank.message = RankState.FAILED, f"{type(cause).__name__}: {cause}"
+                rank.died = getattr(cause, "died", False)  # a user command killed, not failing on its own
             except RayActorError:
                 rank.state, rank.message, rank.died = RankState.FAILED, RANK_DIED, True
                 continue

@@ -105,4 +105,6 @@ def worker_config(
         # The straggler detector judges each step against the window before it.
         timing_history=max(64, 2 * spec.straggler_policy.window + spec.straggler_policy.min_steps),
         faults=job.faults,
+        # Validation makes every group name the same program (operator/api/command.py).
+        command=tuple(spec.workers[0].command) if spec.workers[0].command else None,
     )

@@ -112,3 +112,13 @@ def test_a_zero_interval_or_sample_count_is_refused_by_name(field, value, phrase
 def test_interval_steps_is_required():
     _, problems = validate(edited({"spec.evaluation": {"samples": 4}}))
     assert [p.path for p in problems] == ["spec.evaluation.intervalSteps"]
+
+
+def test_evaluation_of_file_data_needs_a_heldout_split():
+    doc = edited({"spec.data.source": "file", "spec.data.path": "/data/tokens.bin", "spec.evaluation": {"intervalSteps": 10}})
+    _, problems = validate(doc)
+    assert [(p.path, p.message) for p in problems] == [
+        ("spec.data.validation", "spec.evaluation reads held-out data, which source file has only with validation.path")]
+    doc = edited({"spec.data.source": "file", "spec.data.path": "/data/tokens.bin",
+                  "spec.data.validation": {"path": "/data/heldout.bin"}, "spec.evaluation": {"intervalSteps": 10}})
+    assert validate(doc)[1] == []
