@@ -6,14 +6,16 @@ replica reads it here once when it starts, and everything after (``config.read_c
 
 The cache folder is named for the URI and for what the store lists under it (every file's
 name, size and ETag), so a model exported again to the same URI is fetched again, and an
-unchanged one is read from disk. A copy is downloaded under a name of its own and renamed
-into place when whole: ranks sharing a machine may fetch at once, a reader never sees half
-a directory, and a crash leaves nothing that looks complete. Credentials and endpoint come
-from the process's AWS environment, as for checkpoints (``workers/storage.py``).
+unchanged one is read from disk. The first rank of a machine downloads under a file lock
+while the others wait and then read its copy; the copy is written under a name of its own
+and renamed into place when whole, so a reader never sees half a directory and a crash
+leaves nothing that looks complete. Credentials and endpoint come from the process's AWS
+environment, as for checkpoints (``workers/storage.py``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -41,8 +43,18 @@ def fetch(uri: str, cache: str | Path = DEFAULT_CACHE) -> Path:
     final = Path(cache) / key
     if (final / hf_config.CONFIG).is_file():
         return final
-    partial = Path(cache) / f"{key}.{uuid.uuid4().hex[:8]}.partial"
-    partial.mkdir(parents=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.with_name(f"{key}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per machine: the other ranks wait, then find it
+        if not (final / hf_config.CONFIG).is_file():
+            _download(fs, root, uri, listing, final)
+    return final
+
+
+def _download(fs, root: str, uri: str, listing: list[tuple[str, int, str]], final: Path) -> None:
+    """Every listed file into a folder of its own, checked, then renamed to ``final``."""
+    partial = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    partial.mkdir()
     try:
         for name, size, _ in listing:
             fs.get_file(f"{root.rstrip('/')}/{name}", str(partial / name))
@@ -50,14 +62,9 @@ def fetch(uri: str, cache: str | Path = DEFAULT_CACHE) -> Path:
                 raise OSError(f"{uri}/{name}: fetched {got} bytes, the store lists {size}")
         if _listing(fs, root, uri) != listing:  # re-exported while we read: a mix of two models
             raise OSError(f"{uri} changed while it was fetched; start again")
-        try:
-            os.replace(partial, final)
-        except OSError:  # another rank of this machine renamed its whole copy first
-            if not (final / hf_config.CONFIG).is_file():
-                raise
+        os.replace(partial, final)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return final
 
 
 def localize(cfg: ModelConfig, cache: str | Path = DEFAULT_CACHE) -> ModelConfig:
