@@ -13,7 +13,8 @@ gdn2          per key channel         erase gate ``[.., K]``, write gate ``[.., 
 
 Decays follow flash-linear-attention's layers: ``g = -exp(A_log) * softplus(a + dt_bias)``.
 On a whole sequence the chunked kernels run; on a sequence shard, LASP-2 (one all-gather of
-the per-rank states) carries the recurrence across ranks. Keys and queries are
+the per-rank states) carries the recurrence across ranks. With ``segments`` (document ids of
+a packed sample) the kernels restart the state at each document's first token. Keys and queries are
 L2-normalised (except KLA's keys, whose norm its step divides out), and the output is
 RMS-normalised per head and gated, as in the reference layers.
 """
@@ -53,7 +54,7 @@ class LinearAttention(nn.Module):
         self.o_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
         self.out = nn.Linear(h * d, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         h, d = self.heads, self.head_dim
         q = F.normalize(self.q(x).view(b, t, h, d), dim=-1)
@@ -63,13 +64,15 @@ class LinearAttention(nn.Module):
         v = self.v(x).view(b, t, h, d)
         g = -self.a_log.exp() * F.softplus(self.a(x).view(b, t, h, self.decay_width) + self.dt_bias)
         gates = torch.sigmoid(self.b(x).view(b, t, h, -1))
-        o, _ = self._mix(q, k, v, g, gates)
+        o, _ = self._mix(q, k, v, g, gates, segments)
         o = self.o_norm(o) * F.silu(self.gate(x).view(b, t, h, d))
         return self.out(o.reshape(b, t, h * d))
 
-    def _mix(self, q, k, v, g, gates):
+    def _mix(self, q, k, v, g, gates, segments):
         sharded = self.ctx.degree > 1
         kw = {"chunk_size": CHUNK} | ({"group": self.ctx.group} if sharded else {})
+        if segments is not None:  # without, the kernels' calls stay as they were
+            kw["segments"] = segments
         if self.kind == "gdn2":
             erase, write = gates.split(self.head_dim, dim=-1)
             fn = kl.lasp2_gdn2 if sharded else kl.chunk_gdn2

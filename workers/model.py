@@ -3,7 +3,8 @@
 Each layer's token mixer is chosen by ``ModelConfig.layer_kinds`` and built by
 ``workers.mixers``, which also decides how a mixer runs when the sequence is split across
 ranks. Positions are passed in explicitly: with sequence parallelism a rank holds tokens
-whose global positions are not ``0..T-1``.
+whose global positions are not ``0..T-1``, and in a packed sample they restart at 0 with
+each document. ``segments`` (document ids) keep every mixer inside a document.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [T, D/2]
+        """``positions``: ``[T]`` shared by the batch, or ``[B, T]`` (packed documents)."""
+        angles = positions.to(torch.float32)[..., None] * self.inv_freq  # [T, D/2] or [B, T, D/2]
+        if angles.dim() == 3:
+            angles = angles[:, None]  # [B, 1, T, D/2]: the same for every head
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -76,13 +80,19 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.ffn = SwiGLU(cfg.dim, cfg.ffn_dim)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.mixer_norm(x), positions)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.mixer(self.mixer_norm(x), positions, segments)
         return x + self.ffn(self.ffn_norm(x))
 
 
 class Transformer(nn.Module):
-    """``tokens [B, T] -> logits [B, T, vocab]``; ``positions [T]`` are global positions."""
+    """``tokens [B, T] -> logits [B, T, vocab]``.
+
+    ``positions`` are ``[T]`` global positions, or ``[B, T]`` restarting at each document of
+    a packed sample; ``segments [B, T]`` (int64, this rank's tokens' document ids, in the
+    tokens' layout) keep attention and recurrences within a document. ``None``: one
+    document per sample, as before.
+    """
 
     def __init__(self, cfg: ModelConfig, ctx: SequenceContext | None = None) -> None:
         super().__init__()
@@ -97,10 +107,10 @@ class Transformer(nn.Module):
             self.head.weight = self.embed.weight
         self.apply(_init)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
         x = self.embed(tokens)
         for block in self.blocks:
-            x = block(x, positions)
+            x = block(x, positions, segments)
         return self.head(self.norm(x))
 
 

@@ -24,7 +24,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -39,6 +39,7 @@ from .faults import strike
 from .lora import apply_lora, reseed as reseed_dropout
 from .mixers import SequenceContext
 from .model import Transformer
+from .packing import IGNORE
 from .telemetry import Telemetry
 from .timing import COMPUTE, SECTIONS, GradientWaitHook, SectionTimer, per_sample, relative_scores
 
@@ -89,6 +90,22 @@ def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading
         dist.destroy_process_group()
 
 
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``logits [B, T, V]`` against ``targets [B, T]``; ``IGNORE``
+    targets count nothing."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def rank_batch(batch: data_mod.Batch, ctx: SequenceContext) -> data_mod.Batch:
+    """This rank's tokens of a micro-batch: inputs, targets, positions and segments sharded
+    along the sequence alike. Without documents every row of positions is ``0..T-1``, and
+    one ``[T]`` row serves the batch (rotary computes its angles once, as before)."""
+    if batch.segments is None:
+        return data_mod.Batch(ctx.shard(batch.inputs, dim=1), ctx.shard(batch.targets, dim=1), ctx.shard(batch.positions[0], dim=0))
+    inputs, targets, positions, segments = (ctx.shard(x, dim=1) for x in (batch.inputs, batch.targets, batch.positions, batch.segments))
+    return data_mod.Batch(inputs, targets, positions, segments)
+
+
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """The trainable parameters as AdamW groups: matrices (projections, embeddings, LoRA's A
     and B) decay, vectors (norm scales, biases) do not, as is usual. Without weight decay one
@@ -127,6 +144,9 @@ class StepFacts:
     loss_sum: float
     #: This rank's section seconds (``SECTIONS``) and busy seconds.
     sections: list[float]
+    #: Target tokens of the global batch that are not ``IGNORE``: the loss's divisor and
+    #: the tokens counted in tokens/s.
+    targets: int = 0
     stall: float | None = None  # the checkpoint save after it blocked this long
     ended: float = 0.0  # monotonic, for the throughput window
     ended_wall: float = 0.0  # wall clock, for the step log
@@ -171,6 +191,8 @@ class Trainer:
         # step's gradient all-reduce instead of queueing behind (or ahead of) it.
         self.facts_group = dist.new_group(backend="gloo")
         self.timings: collections.deque[dict[str, Any]] = collections.deque(maxlen=cfg.timing_history)
+        #: Target tokens of the steps in the throughput window (one per interval of ``ends``).
+        self.window_tokens: collections.deque[int] = collections.deque(maxlen=THROUGHPUT_WINDOW)
         self.optimizer = torch.optim.AdamW(
             decay_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(0.9, 0.95), foreach=False,
         )
@@ -217,10 +239,10 @@ class Trainer:
         while self.step < total and not stopped:
             began = time.monotonic()
             self.telemetry.update(activity="computing")
-            loss_sum = self.train_step()
+            loss_sum, targets = self.train_step()
             self.step += 1
             self.inject_rank_faults(self.timer.compute)
-            step = StepFacts(self.step, time.monotonic() - began, self.samples_per_rank(), loss_sum.item(), self.take_sections())
+            step = StepFacts(self.step, time.monotonic() - began, self.samples_per_rank(), loss_sum.item(), self.take_sections(), targets)
             step.evaluation = self.evaluator.after(self.step) if self.evaluator else None
             if step.evaluation is not None:
                 self.telemetry.record_evaluation(**step.evaluation.figures())
@@ -255,8 +277,9 @@ class Trainer:
         self.telemetry.update(state=state)
         return {**self.telemetry.status(), "state": state, "metrics": self.telemetry.metrics_text()}
 
-    def train_step(self) -> torch.Tensor:
-        """Forward and backward over this rank's micro-batches, then one optimizer step."""
+    def train_step(self) -> tuple[torch.Tensor, int]:
+        """Forward and backward over this rank's micro-batches, then one optimizer step;
+        returns this rank's loss sum and the global batch's target tokens (``StepFacts.targets``)."""
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.optim)
@@ -264,20 +287,24 @@ class Trainer:
             reseed_dropout(self.model, cfg.optim.seed, self.step, self.env.rank)
         part = data_mod.rank_slice(self.step, cfg.data, self.dp_rank, cfg.parallel.data, self.shares)
         timer = self.timer
-        # Each rank's loss is a sum over its tokens divided by the global token count, times
-        # the world size that DDP's gradient averaging divides by: the exact global mean.
-        scale = self.env.world_size / (cfg.data.global_batch * cfg.data.seq_len)
+        with timer.section("data"):
+            batches = [rank_batch(data_mod.collate(self.data, indices), self.ctx) for indices in part.micro_batches]
+            counted = self.count_targets(batches)
+        # Each rank's loss is a sum over its target tokens divided by the global batch's count
+        # of them, times the world size that DDP's gradient averaging divides by: the exact
+        # global mean, however the samples are split over ranks and micro-batches.
+        targets = scale = None
         loss_sum = torch.zeros((), dtype=torch.float64)
-        for i, indices in enumerate(part.micro_batches):
-            with timer.section("data"):
-                inputs, targets = data_mod.collate(self.data, indices)
-                inputs, targets = self.ctx.shard(inputs, dim=1), self.ctx.shard(targets, dim=1)
-                positions = self.ctx.shard(torch.arange(cfg.data.seq_len), dim=0)
-            last = i == len(part.micro_batches) - 1
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
             with contextlib.nullcontext() if last else self.ddp.no_sync():
                 with timer.section("forward"), autocast(cfg.optim.precision, self.model.embed.weight.device):
-                    logits = self.ddp(inputs, positions)
-                    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+                    logits = self.ddp(batch.inputs, batch.positions, batch.segments)
+                    loss = token_loss(logits, batch.targets)
+                if targets is None:  # the count's all-reduce ran alongside the first forward
+                    with timer.section("wait"):
+                        targets = counted()
+                    scale = self.env.world_size / targets
                 self.grad_wait.last_ready = None
                 began, cpu = time.monotonic(), time.thread_time()
                 (loss * scale).backward()
@@ -294,7 +321,24 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum
+        return loss_sum, targets
+
+    def count_targets(self, batches: list[data_mod.Batch]) -> Callable[[], int]:
+        """A function giving the global batch's target tokens that are not ``IGNORE``. Without
+        documents that is every token (no communication); with them, every rank's count of
+        its shards, summed by an all-reduce that overlaps the first forward."""
+        if batches[0].segments is None:
+            return lambda: self.cfg.data.global_batch * self.cfg.data.seq_len
+        count = torch.tensor(sum(int((b.targets != IGNORE).sum()) for b in batches))
+        work = dist.all_reduce(count, async_op=True)
+
+        def wait() -> int:
+            work.wait()
+            if count.item() == 0:
+                raise ValueError(f"step {self.step}: the global batch has no target tokens (every token is padding or a document's last)")
+            return int(count.item())
+
+        return wait
 
     def inject_rank_faults(self, compute_seconds: float, during: str | None = None) -> None:
         """Carry out the faults this config injects at this step (see workers/faults.py)."""
@@ -362,16 +406,16 @@ class Trainer:
         if facts[1] > 0:
             self.shares = tuple(facts[2 : 2 + dp].tolist())
             self.telemetry.update(dataShares=list(self.shares), sharesSinceStep=self.step + 1)
-        tokens_per_step = self.cfg.data.global_batch * self.cfg.data.seq_len
         losses, seconds, sections = (t.tolist() for t in self.facts_rows(facts, len(sent.steps)))
         lines = []
         for step, loss_sum, step_seconds, step_sections in zip(sent.steps, losses, seconds, sections):
-            loss = loss_sum / tokens_per_step
+            loss = loss_sum / step.targets
             self.record_timings(step.number, step_sections, step.samples)
             ends.append(step.ended)
-            rate = tokens_per_step * (len(ends) - 1) / max(ends[-1] - ends[0], 1e-9)
+            self.window_tokens.append(step.targets)
+            rate = sum(self.window_tokens) / max(ends[-1] - ends[0], 1e-9)
             self.telemetry.record_step(
-                step=step.number, loss=loss, seconds=step.seconds, tokens=tokens_per_step // world,
+                step=step.number, loss=loss, seconds=step.seconds, tokens=step.targets // world,
                 tokens_per_second=rate, step_seconds=step_seconds, checkpoint_stall=step.stall,
             )
             lines.append(self.step_line(step, loss, rate, self.timings[-1]))
