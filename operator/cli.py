@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("export", parents=[local], help="write a committed checkpoint of a job run on this machine as a Hugging Face directory")
     p.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json, safetensors and the tokenizer of spec.model.from")
-    p.add_argument("-o", "--out", type=Path, required=True, help="directory to write (replaced if it exists)")
+    p.add_argument("-o", "--out", required=True, help="directory or s3://bucket/prefix to write (replaced if it exists)")
     p.add_argument("--step", type=int, help="the committed step to export (default: the newest)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="tensor type written (default float32, as trained)")
     p.add_argument("--adapter", action="store_true", help="a LoRA job (spec.training.lora): only its adapters, in PEFT's layout (default: the model with them merged)")

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from shardwright.operator import cli
 from shardwright.operator.api import validation
 from shardwright.operator.api.servingpool import validate_pool
 from shardwright.operator.controller.pool import PoolRef, serve_config
@@ -109,7 +110,8 @@ def test_bad_uris_are_refused_naming_the_field(uri, message):
 @pytest.mark.slow
 def test_a_job_trains_from_a_bucket_and_exports_to_it_and_a_pool_serves_that(s3, store, llama, tmp_path):
     """``shardwright run``: every rank fetches ``from`` when it starts; rank 0 uploads the export
-    at completion, config.json last; a replica of a pool naming the export fetches and serves it."""
+    at completion, config.json last, and ``shardwright export -o s3://...`` writes the same; a
+    replica of a pool naming the export fetches and serves it."""
     transformers = import_transformers()
     _upload(store, llama, s3.uri("models/run-src"))
     job = yaml.safe_load((ROOT / "examples" / "tiny-train.yaml").read_text())
@@ -123,6 +125,10 @@ def test_a_job_trains_from_a_bucket_and_exports_to_it_and_a_pool_serves_that(s3,
                          capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert s3.keys("models/run-out/") == ["models/run-out/config.json", "models/run-out/generation_config.json", "models/run-out/model.safetensors"]
+    # shardwright export of the same job to the bucket: the final checkpoint's tensors, as exported at completion
+    assert cli.main(["export", str(tmp_path / "job.yaml"), "--workdir", str(tmp_path / "wd"), "-o", s3.uri("models/cli-out")]) == 0
+    at_completion, by_cli = (hf_weights.read_safetensors(fetch.fetch(s3.uri(p), tmp_path / "cache")) for p in ("models/run-out", "models/cli-out"))
+    assert at_completion.keys() == by_cli.keys() and all(torch.equal(at_completion[k], by_cli[k]) for k in by_cli)
 
     pool, problems = validate_pool({"apiVersion": "shardwright.io/v1alpha1", "kind": "ServingPool", "metadata": {"name": "p"},
                                     "spec": {"model": {"from": s3.uri("models/run-out")}}})

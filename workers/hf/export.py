@@ -30,6 +30,7 @@ from ..model import Transformer
 from ..serve.weights import load_checkpoint
 from .adapter import export_adapter
 from . import config as hf_config
+from . import fetch
 from . import weights as hf_weights
 
 #: Tensor types an export may be written in (``--dtype``); training checkpoints are float32.
@@ -131,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora", help="the job's LoraConfig as JSON, when it trains LoRA adapters")
     parser.add_argument("--adapter", action="store_true", help="write only the LoRA adapters, in PEFT's layout")
     args = parser.parse_args(argv)
-    cfg = ModelConfig.model_validate_json(args.config)
     try:
+        cfg = fetch.localize(ModelConfig.model_validate_json(args.config))  # a URI from: its config.json
         manifest = export_checkpoint(args.checkpoint, cfg, args.out, dtype=DTYPES[args.dtype],
                                      lora=LoraConfig.model_validate_json(args.lora) if args.lora else None, adapter=args.adapter)
     except (OSError, ValueError) as e:  # no checkpoint, a damaged one, or a model with no HF equivalent
