@@ -18,7 +18,7 @@ import torch
 from .config import DataConfig
 from .datafiles import DataError
 from .packing import Documents, Packed, held_out
-from .textdata import load_tokenizer, tokenized
+from .textdata import model_eos, tokenized
 from .tokenshards import shards
 
 #: Successors each token may have in the synthetic Markov chain (entropy ln 4 per token).
@@ -111,8 +111,7 @@ def _documents(cfg: DataConfig, path: str, field: str) -> Documents:
         if not cfg.tokenizer:
             raise DataError("spec.data.source", "text is tokenized with the model's tokenizer: set spec.model.from")
         return tokenized(path, cfg.field, cfg.tokenizer, field)
-    eos = load_tokenizer(cfg.tokenizer)[1] if cfg.tokenizer else None
-    return shards(path, cfg.dtype, eos, field)
+    return shards(path, cfg.dtype, model_eos(cfg.tokenizer) if cfg.tokenizer else None, field)
 
 
 @functools.lru_cache(maxsize=64)
@@ -168,7 +167,7 @@ class Batch:
     segments: torch.Tensor | None = None
 
     def __iter__(self):
-        """``inputs, targets``: what train.py unpacks until it reads the whole Batch."""
+        """``inputs, targets``, for loops that read no documents (bench/plain_ddp.py)."""
         return iter((self.inputs, self.targets))
 
 

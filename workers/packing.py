@@ -100,7 +100,8 @@ class Packed:
         self.docs, self.seq_len, self.seed = docs, seq_len, seed
         total = int(docs.length.sum())
         if total < seq_len + 1:
-            raise ValueError(f"{what}: {len(docs)} documents hold {total} tokens; "
+            held = f"{len(docs)} documents hold" if len(docs) != 1 else "1 document holds"
+            raise ValueError(f"{what}: {held} {total} tokens; "
                              f"seqLen {seq_len} needs at least {seq_len + 1}")
         order = np.random.default_rng(seed).permutation(len(docs))
         doc, self.offset, self.length, self.first = layout(docs.length[order], seq_len + 1)

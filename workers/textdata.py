@@ -33,24 +33,43 @@ BATCH = 1024
 FORMAT = 1
 
 
+def local_model(model_dir: str) -> Path:
+    """The ``spec.model.from`` directory on this machine: itself, or its fetched copy."""
+    if is_url(model_dir):
+        from .hf.fetch import fetch
+
+        return fetch(model_dir)
+    return Path(model_dir)
+
+
 def load_tokenizer(model_dir: str):
     """``(tokenizer, eos id)`` of a Hugging Face directory, local or a URI fetched once."""
     from tokenizers import Tokenizer
 
-    if is_url(model_dir):
-        from .hf.fetch import fetch
-
-        model_dir = str(fetch(model_dir))
-    path = Path(model_dir) / TOKENIZER
-    if not path.is_file():
+    local = local_model(model_dir)
+    if not (local / TOKENIZER).is_file():
         raise DataError("spec.model.from", f"{model_dir} has no {TOKENIZER}; source text tokenizes with it")
-    tokenizer = Tokenizer.from_file(str(path))
-    return tokenizer, _eos(Path(model_dir), tokenizer)
+    tokenizer = Tokenizer.from_file(str(local / TOKENIZER))
+    eos = eos_id(local, tokenizer)
+    if eos is None:
+        raise DataError("spec.model.from", f"{model_dir} names no EOS token "
+                        "(tokenizer_config.json eos_token or config.json eos_token_id)")
+    return tokenizer, eos
 
 
-def _eos(model_dir: Path, tokenizer) -> int:
+def model_eos(model_dir: str) -> int | None:
+    """The EOS id of a model directory (token shards end documents there); None if it names none."""
+    from tokenizers import Tokenizer
+
+    local = local_model(model_dir)
+    return eos_id(local, Tokenizer.from_file(str(local / TOKENIZER)) if (local / TOKENIZER).is_file() else None)
+
+
+def eos_id(model_dir: Path, tokenizer=None) -> int | None:
+    """The EOS id: ``eos_token`` of tokenizer_config.json (through ``tokenizer``), else
+    ``eos_token_id`` of config.json (the first of a list); None if neither names one."""
     config = model_dir / "tokenizer_config.json"
-    token = json.loads(config.read_text()).get("eos_token") if config.is_file() else None
+    token = json.loads(config.read_text()).get("eos_token") if tokenizer is not None and config.is_file() else None
     if isinstance(token, dict):
         token = token.get("content")
     if token is not None and (tid := tokenizer.token_to_id(token)) is not None:
@@ -59,10 +78,7 @@ def _eos(model_dir: Path, tokenizer) -> int:
     tid = json.loads(config.read_text()).get("eos_token_id") if config.is_file() else None
     if isinstance(tid, list):
         tid = tid[0] if tid else None
-    if not isinstance(tid, int):
-        raise DataError("spec.model.from", f"{model_dir} names no EOS token "
-                        "(tokenizer_config.json eos_token or config.json eos_token_id)")
-    return tid
+    return tid if isinstance(tid, int) else None
 
 
 def records(file: str, field: str) -> Iterator[str]:

@@ -231,7 +231,7 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
     if data.source is not DataSource.SYNTHETIC and not data.path:
         yield Problem("spec.data.path", f"required when source is {data.source}")
     if data.source is DataSource.SYNTHETIC and data.path:
-        yield Problem("spec.data.path", "only used with source file, text or tokens; remove it or set the source")
+        yield Problem("spec.data.path", "only used with source: file, text or tokens; remove it or set the source")
     yield from _check_data_source(spec)
     if data.micro_batch > data.global_batch:
         yield Problem("spec.data.microBatch", f"must be <= globalBatch ({data.global_batch}); got {data.micro_batch}")

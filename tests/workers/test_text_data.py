@@ -88,6 +88,12 @@ def test_jsonl_parquet_directory_and_s3_give_the_same_stream(model_dir, tmp_path
         assert reference == _rows(data_mod.dataset(_cfg(server.uri("p/d.parquet"), model_dir, field="body"), 96), 12)
         with pytest.raises(DataError, match=rf"spec.data.path: {server.uri('none')} does not exist"):
             data_mod.dataset(_cfg(server.uri("none"), model_dir), 96)
+        shards = tokenized(str(jsonl), "text", str(model_dir)).chunks[0]  # the same tokens as shards
+        np.save(tmp_path / "s.npy", np.asarray(shards))
+        fs.put(str(tmp_path / "s.npy"), f"{server.bucket}/shards/s.npy")
+        tokens = {"source": "tokens", "tokenizer": None, "seq_len": SEQ, "global_batch": 6, "micro_batch": 2}
+        assert _rows(data_mod.dataset(DataConfig(path=server.uri("shards"), **tokens), 96), 12) == \
+            _rows(data_mod.dataset(DataConfig(path=str(tmp_path / "s.npy"), **tokens), 96), 12)
 
 
 @pytest.mark.parametrize("dp", [2, 3])
@@ -197,7 +203,7 @@ def test_bad_data_fails_the_rank_with_the_same_words(model_dir, tmp_path):
     with pytest.raises(DataError, match=rf"spec.data.field: 'text' is not in the record on line 1 of {bad_field}"):
         data_mod.dataset(_cfg(bad_field, model_dir), 96)
     short = corpus.write_jsonl(tmp_path / "s.jsonl", ["the model"])
-    with pytest.raises(ValueError, match=rf"spec.data.path: 1 documents hold 3 tokens; seqLen {SEQ} needs at least {SEQ + 1}"):
+    with pytest.raises(ValueError, match=rf"spec.data.path: 1 document holds 3 tokens; seqLen {SEQ} needs at least {SEQ + 1}"):
         data_mod.dataset(_cfg(short, model_dir), 96)
     with pytest.raises(DataError, match="spec.data.source: text is tokenized with the model's tokenizer"):
         data_mod.dataset(_cfg(short, model_dir).model_copy(update={"tokenizer": None}), 96)
