@@ -110,6 +110,7 @@ def test_packed_batch_equals_documents_alone(kinds):
 
 
 SHARDED = [(("softmax", "softmax"), kernel) for kernel in ("zigzag", "ring", "ulysses", "tokenring")]
+SHARDED += [(HYBRID, "auto")]  # ring (contiguous) for the softmax layer, LASP-2 for the linear ones
 
 
 @pytest.mark.parametrize("kinds, requested", SHARDED, ids=lambda v: "hybrid" if v == HYBRID else "+".join(v) if isinstance(v, tuple) else v)
