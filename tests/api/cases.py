@@ -31,7 +31,7 @@ SPEC_FIELDS = (
     "activeDeadlineSeconds, checkpoint, data, elastic, evaluation, export, failurePolicy, model, parallelism, "
     "readmit, runtime, stragglerPolicy, suspend, training, ttlSecondsAfterFinished, workers"
 )
-WORKER_FIELDS = "device, gpuType, image, name, network, nodeSelector, ranksPerReplica, replicas, resources, template"
+WORKER_FIELDS = "command, device, gpuType, image, name, network, nodeSelector, ranksPerReplica, replicas, resources, template"
 
 CASES = [
     # wrong types
