@@ -93,8 +93,8 @@ def records(file: str, field: str) -> Iterator[str]:
             pf = pq.ParquetFile(f)
             if field not in pf.schema_arrow.names:
                 raise DataError("spec.data.field", f"{field!r} is not a column of {file} (it has {pf.schema_arrow.names})")
-            for n, batch in enumerate(pf.iter_batches(columns=[field])):
-                yield from (_text(t, file, n, field) for t in batch.column(0).to_pylist())
+            rows = (t for batch in pf.iter_batches(columns=[field]) for t in batch.column(0).to_pylist())
+            yield from (_text(t, file, n, field) for n, t in enumerate(rows, 1))
             return
         for n, line in enumerate(f, 1):
             if not line.strip():

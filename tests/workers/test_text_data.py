@@ -205,5 +205,32 @@ def test_bad_data_fails_the_rank_with_the_same_words(model_dir, tmp_path):
     short = corpus.write_jsonl(tmp_path / "s.jsonl", ["the model"])
     with pytest.raises(ValueError, match=rf"spec.data.path: 1 document holds 3 tokens; seqLen {SEQ} needs at least {SEQ + 1}"):
         data_mod.dataset(_cfg(short, model_dir), 96)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a b", None, "c"]}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=rf"spec.data.field: 'text' of record 2 of {tmp_path / 'n.parquet'} is NoneType, not text"):
+        data_mod.dataset(_cfg(tmp_path / "n.parquet", model_dir), 96)
     with pytest.raises(DataError, match="spec.data.source: text is tokenized with the model's tokenizer"):
         data_mod.dataset(_cfg(short, model_dir).model_copy(update={"tokenizer": None}), 96)
+
+
+def test_the_held_out_split_of_a_token_file_is_its_own_file(tmp_path):
+    np.save(tmp_path / "train.npy", np.arange(200, dtype=np.uint16))
+    np.save(tmp_path / "valid.npy", np.arange(500, 600, dtype=np.uint16))
+    cfg = DataConfig(source="file", path=str(tmp_path / "train.npy"), validation_path=str(tmp_path / "valid.npy"),
+                     seq_len=8, global_batch=2, micro_batch=1)
+    held = data_mod.heldout(cfg, 1000)
+    assert {int(t) for i in range(20) for t in held[i]} <= set(range(500, 600))
+    with pytest.raises(DataError, match="spec.data.validation: source file has no held-out split: set validation.path$"):
+        data_mod.heldout(cfg.model_copy(update={"validation_path": None}), 1000)
+
+
+def test_validation_settings_that_cannot_apply_are_refused(model_dir, tmp_path):
+    good = corpus.write_jsonl(tmp_path / "d.jsonl", corpus.texts())
+    assert _problems(None, {"validation": {"fraction": 0.1}}) == [
+        ("spec.data.validation", "synthetic data has its own held-out stream; remove it")]
+    assert _problems(None, {"source": "file", "path": "/data/t.bin", "validation": {"fraction": 0.1}}) == [
+        ("spec.data.validation.fraction", "source file has no documents to hold out; use validation.path")]
+    assert _problems(model_dir, {"source": "text", "path": str(good), "validation": {"path": str(good), "fraction": 0.1}}) == [
+        ("spec.data.validation", "give path or fraction, not both")]
