@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from shardwright.operator.api import validate
+from shardwright.operator.api import RankState, validate
+from shardwright.operator.backends.probe import progress_from_status
 from shardwright.workers import data as data_mod
 from shardwright.workers.config import (
     CheckpointConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, ParallelConfig, WorkerConfig, softmax_kernel,
@@ -19,6 +20,7 @@ from shardwright.workers.config import (
 from shardwright.workers.evaluation import Evaluator
 from shardwright.workers.mixers import SequenceContext
 from shardwright.workers.model import Transformer
+from tests.controller.driver import Driver, ranks, running, spec
 from tests.support.manifests import edited
 
 SAMPLES = 7  # odd: the data-parallel ranks get unequal shares
@@ -122,3 +124,26 @@ def test_evaluation_of_file_data_needs_a_heldout_split():
     doc = edited({"spec.data.source": "file", "spec.data.path": "/data/tokens.bin",
                   "spec.data.validation": {"path": "/data/heldout.bin"}, "spec.evaluation": {"intervalSteps": 10}})
     assert validate(doc)[1] == []
+
+
+def test_the_controller_renders_the_evaluation_and_keeps_the_last_one_across_a_restart():
+    """Rank 0's /status ``evaluation`` becomes status.evaluation; a restarted generation that
+    has not evaluated yet leaves it, its first evaluation replaces it; malformed is ignored."""
+    d = Driver(spec(evaluation={"intervalSteps": 10, "samples": 4}))
+    d.start()
+    (start,) = d.starts()
+    assert (start.config.evaluation.interval_steps, start.config.evaluation.samples) == (10, 4)
+
+    def report(generation: int, step: int, evaluation=None):
+        return progress_from_status({"generation": generation, "step": step, "evaluation": evaluation}, generation)
+
+    first = {"step": 10, "loss": 2.5, "perplexity": math.exp(2.5)}
+    assert d.tick(5, running(1), report(1, 12, first)).status.evaluation.model_dump() == first
+    assert d.tick(6, running(1), report(1, 13, {"step": "x"})).status.evaluation.model_dump() == first
+    d.tick(7, ranks(1, RankState.FAILED, RankState.FAILED, exit_code=1, message="boom"))
+    d.tick(30, ranks(1, RankState.FAILED, RankState.FAILED, exit_code=1, message="boom"))
+    assert d.status.generation == 2
+    assert d.tick(31, running(2), report(2, 3)).status.evaluation.model_dump() == first
+    second = {"step": 10, "loss": 2.4, "perplexity": math.exp(2.4)}
+    assert d.tick(32, running(2), report(2, 10, second)).status.evaluation.model_dump() == second
+    assert d.status.to_wire()["evaluation"] == second
