@@ -1,8 +1,9 @@
 """`shardwright run` of the example user script (examples/user-script): real Ray actors, real
 child processes, real gloo and DCP. It completes with status from the SDK's reporter; a
 killed rank restarts the generation, which resumes from the last commit and reproduces the
-uninterrupted loss curve bit for bit; a program that fails or does not exist fails the job
-with its exit code and last output."""
+uninterrupted loss curve bit for bit, and so does one stopped with Ctrl-C and run again; a
+slow rank is flagged as a straggler from the SDK's timings; a program that fails or does not
+exist fails the job with its exit code and last output."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ pytestmark = pytest.mark.slow
 STEPS, INTERVAL, KILL_AT = 30, 10, 15
 
 
-def job(tmp_path: Path, *, command: list[str] | None = None, max_restarts: int = 2) -> Path:
+def job(tmp_path: Path, *, command: list[str] | None = None, max_restarts: int = 2, steps: int = STEPS) -> Path:
     doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["spec"]["training"]["steps"] = STEPS
+    doc["spec"]["training"]["steps"] = steps
     doc["spec"]["checkpoint"] = {"intervalSteps": INTERVAL, "keep": 2}
     doc["spec"]["failurePolicy"] = {"maxRestarts": max_restarts, "backoff": {"initialSeconds": 0.5}}
     if command is not None:
@@ -74,6 +75,29 @@ def test_a_killed_rank_resumes_from_the_last_commit_bit_identical(baseline, tmp_
     twice = sorted({s for s in trained if trained.count(s) > 1})
     assert twice and set(twice) <= set(range(INTERVAL + 1, KILL_AT)), twice  # only steps after the commit
     assert curve(wd) == curve(baseline)
+
+
+def test_ctrl_c_checkpoints_at_the_next_step_and_a_second_run_resumes_bit_identical(baseline, tmp_path):
+    wd = tmp_path / "wd"
+    # Slowed (a sleep: the numbers stay the same) so that Ctrl-C lands well before the last step.
+    first = shardwright_run(job(tmp_path), wd, "--inject", "slow:rank=0:factor=20", interrupt_after=5)
+    assert first.returncode != 0 and status(wd)["phase"] != "Complete", first.stdout
+    stopped_at = committed(wd / "checkpoints")[-1]["step"]  # SIGTERM -> sdk.should_stop() -> maybe_save
+    assert 5 <= stopped_at < STEPS and stopped_at % INTERVAL != 0, stopped_at
+    second = shardwright_run(job(tmp_path), wd)
+    assert second.returncode == 0, second.stdout
+    assert status(wd)["phase"] == "Complete"
+    assert any(e["reason"] == "GenerationStarted" and e["message"].endswith(f"starts from step {stopped_at}") for e in events(wd))
+    assert curve(wd) == curve(baseline)
+
+
+def test_a_slow_rank_is_flagged_as_a_straggler(tmp_path):
+    wd = tmp_path / "wd"
+    run = shardwright_run(job(tmp_path, steps=120), wd, "--inject", "slow:rank=1:factor=3")
+    assert run.returncode == 0, run.stdout
+    flagged = status(wd)["stragglers"]
+    assert [f["rank"] for f in flagged] == [1] and flagged[0]["score"] < 0.5, flagged
+    assert any(e["reason"] == "StragglerDetected" and e["message"].startswith("Rank 1 ") for e in events(wd))
 
 
 @pytest.mark.parametrize(("command", "words"), [
