@@ -9,9 +9,12 @@ torch's own fused kernel by device in one place, :func:`_ops_for`:
 - CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its backward;
 - CUDA, fp32: ``aten._scaled_dot_product_efficient_attention`` and its backward.
 
-Nothing here re-implements attention. Grouped-query attention (more query heads than
-key/value heads) expands K/V to the query heads for the call and sums the gradient of each
-group back onto its K/V head, so communication always moves the smaller K/V.
+A ``mask`` of allowed pairs (packed documents, :mod:`.documents`) reaches the kernels as
+an additive bias (0 or ``-inf``); on CUDA the memory-efficient kernel then runs for every
+dtype, since flash takes none. Nothing here re-implements attention. Grouped-query
+attention (more query heads than key/value heads) expands K/V to the query heads for the
+call and sums the gradient of each group back onto its K/V head, so communication always
+moves the smaller K/V.
 
 Shapes follow ``scaled_dot_product_attention``: ``q [B, Hq, Lq, D]``, ``k, v [B, Hkv, Lk,
 D]`` with ``Hq % Hkv == 0``; ``lse [B, Hq, Lq]`` in fp32. ``causal=True`` is only used on
@@ -29,7 +32,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["block_forward", "block_backward", "check_inputs"]
+__all__ = ["BlockMask", "block_forward", "block_backward", "check_inputs"]
 
 aten = torch.ops.aten
 
@@ -144,10 +147,19 @@ def _reduce_heads(grad: torch.Tensor, heads: int) -> torch.Tensor:
     return grad if hq == heads else grad.view(b, heads, hq // heads, n, d).sum(2)
 
 
-def _bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Boolean allowed pairs -> the additive bias the fused kernels take (0 or -inf)."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-        ~mask, float("-inf"))
+class BlockMask(NamedTuple):
+    """A block's allowed pairs as the fused kernels take them; built once, used by every
+    head pass of a call."""
+
+    bias: torch.Tensor  # [B, 1, Lq, Lk] in q's dtype: 0 allowed, -inf not
+    empty: torch.Tensor | None  # [B, 1, Lq] rows without any allowed key; None: no such row
+
+    @classmethod
+    def of(cls, allowed: torch.Tensor, dtype: torch.dtype) -> BlockMask:
+        """From boolean ``allowed [B, 1, Lq, Lk]`` (True = may attend)."""
+        empty = ~allowed.any(-1)
+        return cls(torch.where(allowed, 0.0, float("-inf")).to(dtype),
+                   empty if bool(empty.any()) else None)
 
 
 def block_forward(
@@ -157,13 +169,15 @@ def block_forward(
     *,
     causal: bool,
     scale: float,
-    mask: torch.Tensor | None = None,
+    mask: BlockMask | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attend ``q [B, Hq, Lq, D]`` to ``k, v [B, Hkv, Lk, D]``.
 
-    ``mask`` (bool ``[B, 1, Lq, Lk]``, True = allowed) replaces ``causal``: fold causality
-    into it. Rows it leaves without any key get ``out = 0`` and ``lse = -inf``, which the
-    LSE merge treats as "no keys" (the kernels alone would give ``lse = 0`` or NaN).
+    ``mask`` restricts the pairs further, on top of ``causal`` (which the kernels still
+    use to skip tiles). Rows it leaves without any key get ``out = 0`` and ``lse = -inf``,
+    which the LSE merge treats as "no keys" (the kernels alone would give ``lse = 0`` or
+    NaN); with ``causal`` (a square block of one shard) the caller guarantees each row
+    keeps its own position.
 
     Returns ``(out [B, Hq, Lq, D]`` in q's dtype, ``lse [B, Hq, Lq]`` fp32).
 
@@ -178,12 +192,11 @@ def block_forward(
     if mask is None:
         out, lse = _ops_for(q).forward(q, k, v, causal, scale)
         return out, lse.float()
-    out, lse = _ops_for(q, masked=True).forward(q, k, v, False, scale, _bias(mask, q.dtype))
+    out, lse = _ops_for(q, masked=True).forward(q, k, v, causal, scale, mask.bias)
     lse = lse.float()
-    empty = ~mask.any(-1)  # [B, 1, Lq], broadcast over heads
-    if bool(empty.any()):
-        out = out.masked_fill(empty.unsqueeze(-1), 0.0)
-        lse = lse.masked_fill(empty, float("-inf"))
+    if mask.empty is not None:  # broadcast over heads
+        out = out.masked_fill(mask.empty.unsqueeze(-1), 0.0)
+        lse = lse.masked_fill(mask.empty, float("-inf"))
     return out, lse
 
 
@@ -197,7 +210,7 @@ def block_backward(
     *,
     causal: bool,
     scale: float,
-    mask: torch.Tensor | None = None,
+    mask: BlockMask | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of one block given the final global ``out`` and ``lse`` of its query rows.
 
@@ -209,9 +222,8 @@ def block_backward(
     """
     heads, kv_heads = q.shape[1], k.shape[1]
     k, v = _expand_heads(k, heads), _expand_heads(v, heads)
-    extra = () if mask is None else (_bias(mask, q.dtype),)
+    extra = () if mask is None else (mask.bias,)
     dq, dk, dv = _ops_for(q, masked=mask is not None).backward(
-        dout.to(q.dtype), q, k, v, out.to(q.dtype), lse.float(), causal and mask is None,
-        scale, *extra,
+        dout.to(q.dtype), q, k, v, out.to(q.dtype), lse.float(), causal, scale, *extra,
     )
     return dq, _reduce_heads(dk, kv_heads), _reduce_heads(dv, kv_heads)

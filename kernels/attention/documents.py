@@ -7,9 +7,9 @@ need the ids of the *keys* where each block is computed, which may live on anoth
 so :func:`gather_ids` all-gathers every rank's ids once per call (``8 B n`` bytes to each
 peer, kept for the backward) instead of moving them with every block and head pass.
 
-:func:`document_block` turns a block of the schedule into the boolean mask of allowed
-(query, key) pairs, or ``None`` when no pair is allowed, so the kernels skip it (no
-compute, and for TokenRing no partial sent).
+:class:`DocumentBlocks` turns the blocks of the schedule into masks of allowed (query,
+key) pairs, or ``None`` when no pair is allowed, so the kernels skip them (no compute,
+and for TokenRing no partial sent).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch.distributed as dist
 
 from .. import comm
 from . import schedule
+from .blocks import BlockMask
 from .layout import gather_sequence, shard_of
 
-__all__ = ["check_segments", "gather_ids", "document_block", "block_mask"]
+__all__ = ["check_segments", "gather_ids", "DocumentBlocks", "block_mask", "kernel_mask"]
 
 
 def check_segments(name: str, segments: torch.Tensor | None, q: torch.Tensor) -> None:
@@ -53,29 +54,87 @@ def gather_ids(
     return torch.stack([shard_of(full, layout, r, size, dim=1) for r in range(size)])
 
 
-def block_mask(q_ids: torch.Tensor, kv_ids: torch.Tensor, causal: bool) -> torch.Tensor | None:
-    """Allowed pairs ``[B, 1, Lq, Lk]`` (bool) of queries with ids ``q_ids [B, Lq]`` and
-    keys ``kv_ids [B, Lk]``: same document and, with ``causal`` (a square block of
-    positions in order), key not after query. ``None`` if no pair is allowed.
+def block_mask(q_ids: torch.Tensor, kv_ids: torch.Tensor) -> torch.Tensor | None:
+    """Pairs of one document ``[B, 1, Lq, Lk]`` (bool) of queries with ids ``q_ids [B, Lq]``
+    and keys ``kv_ids [B, Lk]``; ``None`` if there is none. Causality stays with the block
+    (the fused kernels apply it on top and then skip the tiles above the diagonal).
 
     Example:
         >>> ids = torch.tensor([[0, 0, 1]])
-        >>> block_mask(ids, ids, True)[0, 0].int().tolist()
-        [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+        >>> block_mask(ids, ids)[0, 0].int().tolist()
+        [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
     """
-    allowed = q_ids[:, :, None] == kv_ids[:, None, :]
-    if causal:
-        allowed &= torch.ones(allowed.shape[1:], dtype=torch.bool, device=allowed.device).tril()
-    return allowed.unsqueeze(1) if bool(allowed.any()) else None
+    allowed = q_ids[:, None, :, None] == kv_ids[:, None, None, :]
+    return allowed if bool(allowed.any()) else None
 
 
-def document_block(
-    layout: str, causal: bool, q_rank: int, kv_rank: int, n: int, ids: torch.Tensor | None
-) -> tuple[schedule.Block, torch.Tensor | None] | None:
-    """:func:`.schedule.block` narrowed by the documents: ``(block, mask)``, the mask
-    ``None`` without ``ids``; ``None`` when the block is empty either way."""
-    blk = schedule.block(layout, causal, q_rank, kv_rank, n)
-    if blk is None or ids is None:
-        return None if blk is None else (blk, None)
-    mask = block_mask(ids[q_rank][:, blk.q], ids[kv_rank][:, blk.kv], blk.causal)
-    return None if mask is None else (blk, mask)
+class DocumentBlocks:
+    """The blocks of one call, :func:`.schedule.block` narrowed by the documents.
+
+    ``blocks(q_rank, kv_rank)`` is ``(block, mask)``, or ``None`` when no pair is allowed;
+    the mask (a :class:`.blocks.BlockMask`) is ``None`` without ``ids`` or where every
+    pair of the block is allowed (the plain kernel then runs). Each block is decided and
+    its mask built once per call, for all head passes. With ``crop`` a block shrinks to
+    the rows and columns that hold an allowed pair in some sample (e.g. the one document
+    crossing from one shard into the next): the others would give only rows without keys
+    and zero gradients.
+
+    A causal block is a shard against itself, so every query keeps its own position there
+    (and such a block is never cropped); rows without a key of their document only occur
+    in non-causal blocks.
+    """
+
+    def __init__(self, layout: str, causal: bool, n: int, ids: torch.Tensor | None,
+                 dtype: torch.dtype, *, crop: bool = False) -> None:
+        self.layout, self.causal, self.n, self.ids, self.dtype = layout, causal, n, ids, dtype
+        self.crop = crop
+        self._memo: dict[tuple[int, int], tuple[schedule.Block, BlockMask | None] | None] = {}
+
+    def __call__(self, q_rank: int, kv_rank: int) -> tuple[schedule.Block, BlockMask | None] | None:
+        key = (q_rank, kv_rank)
+        if key not in self._memo:
+            self._memo[key] = self._decide(q_rank, kv_rank)
+        return self._memo[key]
+
+    def empty(self, q_rank: int, kv_rank: int) -> bool:
+        """Whether the block holds no allowed pair (decided without building its mask)."""
+        blk = schedule.block(self.layout, self.causal, q_rank, kv_rank, self.n)
+        return blk is None or (self.ids is not None and self._allowed(blk, q_rank, kv_rank)
+                               is None)
+
+    def _allowed(self, blk, q_rank, kv_rank):
+        return block_mask(self.ids[q_rank][:, blk.q], self.ids[kv_rank][:, blk.kv])
+
+    def _decide(self, q_rank, kv_rank):
+        blk = schedule.block(self.layout, self.causal, q_rank, kv_rank, self.n)
+        if blk is None or self.ids is None:
+            return None if blk is None else (blk, None)
+        allowed = self._allowed(blk, q_rank, kv_rank)
+        if allowed is None:
+            return None
+        if bool(allowed.all()):
+            return blk, None
+        if self.crop:
+            rows = _span(allowed.any(3).flatten(0, 1))
+            cols = _span(allowed.any(2).flatten(0, 1))
+            blk = schedule.Block(_within(blk.q, rows, self.n), _within(blk.kv, cols, self.n),
+                                 blk.causal)
+            allowed = allowed[:, :, rows, cols]
+        return blk, kernel_mask(allowed, self.dtype)
+
+
+def kernel_mask(allowed: torch.Tensor, dtype: torch.dtype) -> BlockMask | None:
+    """The kernels' form of ``allowed``; ``None`` when every pair is allowed."""
+    return None if bool(allowed.all()) else BlockMask.of(allowed, dtype)
+
+
+def _span(used: torch.Tensor) -> slice:
+    """First to last True of ``used [*, L]`` over every leading row."""
+    hits = used.any(0).nonzero().flatten()
+    return slice(int(hits[0]), int(hits[-1]) + 1)
+
+
+def _within(outer: slice, inner: slice, n: int) -> slice:
+    """``inner`` (relative to the positions ``outer`` picks of ``n``) as one slice of ``n``."""
+    picked = range(n)[outer][inner]
+    return slice(picked.start, picked.stop)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from .. import comm
 from .blocks import block_backward, block_forward, check_inputs
-from .documents import check_segments, document_block, gather_ids
+from .documents import DocumentBlocks, check_segments, gather_ids
 from .layout import check_layout
 from .merge import merge_
 from .p2p import send_recv
@@ -93,8 +93,9 @@ class _RingAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, group, causal, layout, scale, groups, ids):
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        by_head_groups(lambda *t: _forward(*t, group, causal, layout, scale, ids),
-                       [q, k, v], [out, lse], groups)
+        blocks = DocumentBlocks(layout, causal, q.shape[2], ids, q.dtype, crop=True)
+        by_head_groups(lambda *t: _forward(*t, group, scale, blocks), [q, k, v], [out, lse],
+                       groups)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (group, causal, layout, scale, ids)
         ctx.groups = groups
@@ -104,7 +105,9 @@ class _RingAttention(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
-        by_head_groups(lambda *t: _backward(*t, *ctx.args),
+        group, causal, layout, scale, ids = ctx.args
+        blocks = DocumentBlocks(layout, causal, q.shape[2], ids, q.dtype, crop=True)
+        by_head_groups(lambda *t: _backward(*t, group, scale, blocks),
                        [dout, q, k, v, out, lse], grads, ctx.groups)
         return *grads, None, None, None, None, None, None
 
@@ -114,7 +117,7 @@ def _neighbours(group) -> tuple[int, int, int, int]:
     return size, me, (me + 1) % size, (me - 1) % size
 
 
-def _forward(q, k, v, group, causal, layout, scale, ids):
+def _forward(q, k, v, group, scale, blocks):
     size, me, nxt, prv = _neighbours(group)
     out = lse = None
     kv = [k, v]
@@ -122,7 +125,7 @@ def _forward(q, k, v, group, causal, layout, scale, ids):
         if step < size - 1:
             ops, next_kv = send_recv(kv, nxt, kv, prv)
             pending = comm.exchange(ops, group)
-        found = document_block(layout, causal, me, (me - step) % size, q.shape[2], ids)
+        found = blocks(me, (me - step) % size)
         if found is not None:
             blk, mask = found
             part = block_forward(q[:, :, blk.q], kv[0][:, :, blk.kv], kv[1][:, :, blk.kv],
@@ -137,7 +140,7 @@ def _forward(q, k, v, group, causal, layout, scale, ids):
     return out, lse
 
 
-def _backward(dout, q, k, v, out, lse, group, causal, layout, scale, ids):
+def _backward(dout, q, k, v, out, lse, group, scale, blocks):
     """dq stays here; each K/V shard's (dk, dv) rides the ring one step behind it.
 
     The gradient of shard ``s`` is started by rank ``s+1`` (rank ``s`` keeps its own part)
@@ -150,7 +153,7 @@ def _backward(dout, q, k, v, out, lse, group, causal, layout, scale, ids):
         if step < size - 1:
             ops, next_kv = send_recv(kv, nxt, kv, prv)
             kv_pending = comm.exchange(ops, group)
-        found = document_block(layout, causal, me, (me - step) % size, q.shape[2], ids)
+        found = blocks(me, (me - step) % size)
         grads = None
         if found is not None:
             blk, mask = found

@@ -33,8 +33,8 @@ import torch.distributed as dist
 
 from .. import comm
 from . import schedule
-from .blocks import block_backward, block_forward, check_inputs
-from .documents import check_segments, document_block, gather_ids
+from .blocks import BlockMask, block_backward, block_forward, check_inputs
+from .documents import DocumentBlocks, check_segments, gather_ids
 from .merge import merge_
 from .p2p import send_recv
 from .passes import by_head_groups, head_groups
@@ -93,8 +93,9 @@ class _TokenRingAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, group, causal, scale, groups, ids):
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        by_head_groups(lambda *t: _forward(*t, group, causal, scale, ids), [q, k, v],
-                       [out, lse], groups)
+        blocks = DocumentBlocks("contiguous", causal, q.shape[2], ids, q.dtype)
+        by_head_groups(lambda *t: _forward(*t, group, scale, blocks), [q, k, v], [out, lse],
+                       groups)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (group, causal, scale, ids)
         ctx.groups = groups
@@ -104,12 +105,14 @@ class _TokenRingAttention(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
-        by_head_groups(lambda *t: _backward(*t, *ctx.args), [dout, q, k, v, out, lse], grads,
-                       ctx.groups)
+        group, causal, scale, ids = ctx.args
+        blocks = DocumentBlocks("contiguous", causal, q.shape[2], ids, q.dtype)
+        by_head_groups(lambda *t: _backward(*t, group, scale, blocks),
+                       [dout, q, k, v, out, lse], grads, ctx.groups)
         return *grads, None, None, None, None, None
 
 
-def _forward(q, k, v, group, causal, scale, ids) -> Tensors:
+def _forward(q, k, v, group, scale, blocks) -> Tensors:
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
 
@@ -120,11 +123,11 @@ def _forward(q, k, v, group, causal, scale, ids) -> Tensors:
     def collect(partial):
         merge_(out, lse, *partial)
 
-    _token_ring([q], visit, [q, lse], collect, group, causal, ids)  # partial out: q-shaped
+    _token_ring([q], visit, [q, lse], collect, group, blocks)  # partial out is q-shaped
     return [out, lse]
 
 
-def _backward(dout, q, k, v, out, lse, group, causal, scale, ids) -> Tensors:
+def _backward(dout, q, k, v, out, lse, group, scale, blocks) -> Tensors:
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     dkv = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (k, v)]
 
@@ -139,18 +142,17 @@ def _backward(dout, q, k, v, out, lse, group, causal, scale, ids) -> Tensors:
     def collect(partial):
         dq.add_(partial[0])
 
-    _token_ring([q, dout, out, lse], visit, [q], collect, group, causal, ids)
+    _token_ring([q, dout, out, lse], visit, [q], collect, group, blocks)
     return [dq, *dkv]
 
 
 def _token_ring(
     travelling: Tensors,
-    visit: Callable[[schedule.Block, torch.Tensor | None, Tensors], Tensors],
+    visit: Callable[[schedule.Block, BlockMask | None, Tensors], Tensors],
     partial_like: Tensors,
     collect: Callable[[Tensors], None],
     group,
-    causal: bool,
-    ids: torch.Tensor | None,
+    blocks: DocumentBlocks,
 ) -> None:
     """Send ``travelling`` (this rank's tensors) past every rank; ``visit`` computes a
     partial result from each visitor and the local K/V; each partial is returned to its
@@ -161,7 +163,6 @@ def _token_ring(
     computes the partial of step ``i``; then waits.
     """
     size, me = comm.world_size(group), comm.rank(group)
-    n = travelling[0].shape[2]
     outgoing: Tensors | None = None
     for step in range(size + 1):  # step ``size`` only returns the last partial
         ops, arriving, incoming = [], None, None
@@ -170,14 +171,14 @@ def _token_ring(
         if step >= 2:
             home, helper = (me - step + 1) % size, (me + step - 1) % size
             sends = outgoing or []
-            expected = document_block("contiguous", causal, me, helper, n, ids) is not None
+            expected = not blocks.empty(me, helper)
             more, incoming = send_recv(sends, home, partial_like if expected else [], helper)
             ops += more
         pending = comm.exchange(ops, group)
         outgoing = None
         if step < size:
             owner = (me - step) % size
-            found = document_block("contiguous", causal, owner, me, n, ids)
+            found = blocks(owner, me)
             partial = visit(*found, travelling) if found is not None else None
             if step == 0:
                 collect(partial)

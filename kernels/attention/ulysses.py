@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from .. import comm
 from .blocks import block_backward, block_forward, check_inputs
-from .documents import block_mask, check_segments, gather_ids
+from .documents import block_mask, check_segments, gather_ids, kernel_mask
 from .passes import by_head_groups, head_groups
 
 __all__ = ["ulysses_attention"]
@@ -94,10 +94,11 @@ def ulysses_attention(
     return _UlyssesAttention.apply(q, k, v, group, causal, scale, groups, ids)
 
 
-def _mask(ids, causal):
-    """Allowed pairs ``[B, 1, N, N]`` of the full sequence, built per call (forward and
-    backward) rather than kept alive between them."""
-    return None if ids is None else block_mask(ids, ids, causal)
+def _mask(ids, dtype):
+    """Pairs of one document ``[B, 1, N, N]`` in the full sequence (causality is applied on
+    top), built per call (forward and backward) rather than kept alive between them;
+    ``None`` without ids or with one document per sample."""
+    return None if ids is None else kernel_mask(block_mask(ids, ids), dtype)
 
 
 class _UlyssesAttention(torch.autograd.Function):
@@ -105,7 +106,7 @@ class _UlyssesAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, group, causal, scale, groups, ids):
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        mask = _mask(ids, causal)
+        mask = _mask(ids, q.dtype)
         by_head_groups(lambda *t: _forward(*t, group, causal, scale, mask), [q, k, v],
                        [out, lse], groups)
         ctx.save_for_backward(q, k, v, out, lse)
@@ -118,7 +119,7 @@ class _UlyssesAttention(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
-        mask = _mask(ctx.ids, ctx.args[1])
+        mask = _mask(ctx.ids, q.dtype)
         by_head_groups(lambda *t: _backward(*t, *ctx.args, mask), [dout, q, k, v, out, lse],
                        grads, ctx.groups)
         return *grads, None, None, None, None, None

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from shardwright.kernels import comm
 from shardwright.kernels.attention import ring_attention, shard_sequence, tokenring_attention
 from shardwright.kernels.attention.blocks import block_backward, block_forward
-from shardwright.kernels.attention.documents import block_mask
-from tests.kernels.test_attention_kernels import KERNELS, B, D, N, _heads, _inputs
+from shardwright.kernels.attention.documents import block_mask, kernel_mask
+from tests.kernels.test_attention_kernels import KERNELS, B, D, N, _heads, _inputs, _reference
 
 #: Document lengths per sample; the last run of each is padding (its own segment).
 DOCUMENTS = ([1, 13, 20, 10, 4], [30, 1, 1, 11, 5])
@@ -163,6 +163,20 @@ def test_one_process_without_group():
         assert max((g - e).abs().max().item() for g, e in zip(got, expected)) <= 1e-5
 
 
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_one_document_per_sample_is_plain_attention(kernel):
+    """All ids equal: every block allows every pair and runs the unmasked kernel; the
+    result is full causal attention."""
+    fn, _, kwargs = KERNELS[kernel]
+    full = _inputs(12, 4, 2, N, torch.float32)
+    q, k, v = (t.detach().clone().requires_grad_() for t in full[:3])
+    out = fn(q, k, v, causal=True, segments=torch.zeros(B, N, dtype=torch.int64), **kwargs)
+    out.backward(full[3])
+    got = [out.detach(), q.grad, k.grad, v.grad]
+    expected = _reference(*full, True)
+    assert max((g - e).abs().max().item() for g, e in zip(got, expected)) <= 1e-5
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_cuda_masked_block_matches_each_document(dtype):
@@ -172,9 +186,9 @@ def test_cuda_masked_block_matches_each_document(dtype):
     q, k, v, dout = (t.to("cuda", dtype) for t in _inputs(3, 4, 2, N, torch.float32))
     ids = _segments().cuda()
     scale = D**-0.5
-    out, lse = block_forward(q, k, v, causal=True, scale=scale, mask=block_mask(ids, ids, True))
-    grads = block_backward(dout, q, k, v, out, lse, causal=True, scale=scale,
-                           mask=block_mask(ids, ids, True))
+    mask = kernel_mask(block_mask(ids, ids), dtype)
+    out, lse = block_forward(q, k, v, causal=True, scale=scale, mask=mask)
+    grads = block_backward(dout, q, k, v, out, lse, causal=True, scale=scale, mask=mask)
     expected = _per_document_reference(*(t.float() for t in (q, k, v, dout)), True)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     for got, want in zip([out, *grads], expected):
@@ -185,10 +199,10 @@ def test_cuda_masked_block_matches_each_document(dtype):
 def _check_rows_without_keys(q, k, v, ids):
     """Queries 24..39 against keys 0..15: some rows of each sample have keys of their
     document there, the others none: those give out 0 and lse -inf (no NaN)."""
-    mask = block_mask(ids[:, 24:40], ids[:, :16], False)
+    allowed = block_mask(ids[:, 24:40], ids[:, :16])
     out, lse = block_forward(q[:, :, 24:40], k[:, :, :16], v[:, :, :16], causal=False,
-                             scale=D**-0.5, mask=mask)
-    empty = ~mask.any(-1).expand(lse.shape)
+                             scale=D**-0.5, mask=kernel_mask(allowed, q.dtype))
+    empty = ~allowed.any(-1).expand(lse.shape)
     assert empty.any() and (~empty).any()
     assert torch.isneginf(lse[empty]).all() and (out[empty] == 0).all()
     assert torch.isfinite(lse[~empty]).all() and torch.isfinite(out).all()
