@@ -11,7 +11,7 @@ from shardwright.kernels import comm
 from shardwright.kernels import linear as L
 
 from .test_lasp2 import _merge, _shard
-from .test_linear_chunk import TOL, VARIANTS, assert_close, make_inputs, run
+from .test_linear_chunk import TOL, VARIANTS, assert_close, make_inputs, rel_rms, run
 
 # Document lengths per batch row (the last run of row 0 stands for trailing padding).
 # Row 0 at C=16: shorter than a chunk, one exactly filling chunk 1, length 1, several chunks.
@@ -62,6 +62,21 @@ def test_documents_match_each_document_alone(variant, with_state):
     for chunk_size in (16, 32):
         got = run(v.chunk, variant, x, with_state=with_state, chunk_size=chunk_size, segments=segments)
         assert_close(got, want, TOL)
+
+
+def test_strong_decay_with_documents_stays_exact():
+    """Decay e^-8 per token sends the chunked core to its pairwise decay branch; the masks
+    act on that branch too (a huge-negative-gate reset would lose float32 precision here)."""
+    segments = segments_of(LENGTHS)
+    x = make_inputs("kda", segments.shape[1])
+    with torch.no_grad():
+        x["g_k"].fill_(-8.0)
+    got = run(L.chunk_kda, "kda", x, with_state=True, chunk_size=32, segments=segments)
+    want = per_document("kda", x, segments, with_state=True)
+    assert all(torch.isfinite(t).all() for t in got.values())
+    dg = got.pop("dg_k"), want.pop("dg_k")  # near-cancelling terms, as in test_linear_chunk
+    assert_close(got, want, TOL)
+    assert rel_rms(*dg) < 1e-2
 
 
 @pytest.mark.parametrize(
