@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shardwright.kernels import comm
 from shardwright.kernels import linear as L
 
 from .test_lasp2 import _merge, _shard
