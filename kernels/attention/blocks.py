@@ -119,8 +119,8 @@ def _efficient_backward(dout, q, k, v, out, lse, causal, scale, bias=None):
     dout, q, k, v, out = _contiguous(dout, q, k, v, out)
     seed = offset = torch.empty((), dtype=torch.long, device=q.device)
     dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
-        dout, q, k, v, _efficient_bias(bias, q), out, lse, seed, offset, 0.0, (True, True, True, False), causal,
-        scale=scale,
+        dout, q, k, v, _efficient_bias(bias, q), out, lse, seed, offset, 0.0,
+        (True, True, True, False), causal, scale=scale,
     )
     return dq, dk, dv
 

@@ -22,7 +22,8 @@ from . import schedule
 from .blocks import BlockMask
 from .layout import gather_sequence, shard_of
 
-__all__ = ["check_segments", "gather_ids", "DocumentBlocks", "block_mask", "kernel_mask"]
+__all__ = ["check_segments", "gather_ids", "DocumentBlocks", "relation", "block_mask",
+           "kernel_mask"]
 
 
 def check_segments(name: str, segments: torch.Tensor | None, q: torch.Tensor) -> None:
@@ -54,18 +55,33 @@ def gather_ids(
     return torch.stack([shard_of(full, layout, r, size, dim=1) for r in range(size)])
 
 
-def block_mask(q_ids: torch.Tensor, kv_ids: torch.Tensor) -> torch.Tensor | None:
+def relation(q_ids: torch.Tensor, kv_ids: torch.Tensor) -> str:
+    """``"all"`` when in every sample the queries (ids ``[B, Lq]``) and keys (``[B, Lk]``)
+    lie in one document, ``"none"`` when no sample has a document among both, else
+    ``"some"``: decided from the ids alone, without an ``Lq x Lk`` mask.
+
+    Example:
+        >>> relation(torch.tensor([[0, 0]]), torch.tensor([[0, 1]]))
+        'some'
+    """
+    first = q_ids[:, :1]
+    if bool(((q_ids == first).all(1) & (kv_ids == first).all(1)).all()):
+        return "all"
+    shared = any(bool(torch.isin(q, kv).any()) for q, kv in zip(q_ids, kv_ids))
+    return "some" if shared else "none"
+
+
+def block_mask(q_ids: torch.Tensor, kv_ids: torch.Tensor) -> torch.Tensor:
     """Pairs of one document ``[B, 1, Lq, Lk]`` (bool) of queries with ids ``q_ids [B, Lq]``
-    and keys ``kv_ids [B, Lk]``; ``None`` if there is none. Causality stays with the block
-    (the fused kernels apply it on top and then skip the tiles above the diagonal).
+    and keys ``kv_ids [B, Lk]``. Causality stays with the block (the fused kernels apply
+    it on top and then skip the tiles above the diagonal).
 
     Example:
         >>> ids = torch.tensor([[0, 0, 1]])
         >>> block_mask(ids, ids)[0, 0].int().tolist()
         [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
     """
-    allowed = q_ids[:, None, :, None] == kv_ids[:, None, None, :]
-    return allowed if bool(allowed.any()) else None
+    return q_ids[:, None, :, None] == kv_ids[:, None, None, :]
 
 
 class DocumentBlocks:
@@ -90,7 +106,9 @@ class DocumentBlocks:
         self.crop = crop
         self._memo: dict[tuple[int, int], tuple[schedule.Block, BlockMask | None] | None] = {}
 
-    def __call__(self, q_rank: int, kv_rank: int) -> tuple[schedule.Block, BlockMask | None] | None:
+    def __call__(
+        self, q_rank: int, kv_rank: int
+    ) -> tuple[schedule.Block, BlockMask | None] | None:
         key = (q_rank, kv_rank)
         if key not in self._memo:
             self._memo[key] = self._decide(q_rank, kv_rank)
@@ -99,33 +117,37 @@ class DocumentBlocks:
     def empty(self, q_rank: int, kv_rank: int) -> bool:
         """Whether the block holds no allowed pair (decided without building its mask)."""
         blk = schedule.block(self.layout, self.causal, q_rank, kv_rank, self.n)
-        return blk is None or (self.ids is not None and self._allowed(blk, q_rank, kv_rank)
-                               is None)
+        return blk is None or (self.ids is not None
+                               and relation(*self._ids(blk, q_rank, kv_rank)) == "none")
 
-    def _allowed(self, blk, q_rank, kv_rank):
-        return block_mask(self.ids[q_rank][:, blk.q], self.ids[kv_rank][:, blk.kv])
+    def _ids(self, blk, q_rank, kv_rank):
+        return self.ids[q_rank][:, blk.q], self.ids[kv_rank][:, blk.kv]
 
     def _decide(self, q_rank, kv_rank):
         blk = schedule.block(self.layout, self.causal, q_rank, kv_rank, self.n)
         if blk is None or self.ids is None:
             return None if blk is None else (blk, None)
-        allowed = self._allowed(blk, q_rank, kv_rank)
-        if allowed is None:
-            return None
-        if bool(allowed.all()):
-            return blk, None
+        ids = self._ids(blk, q_rank, kv_rank)
+        kind = relation(*ids)
+        if kind != "some":
+            return None if kind == "none" else (blk, None)
+        allowed = block_mask(*ids)
         if self.crop:
             rows = _span(allowed.any(3).flatten(0, 1))
             cols = _span(allowed.any(2).flatten(0, 1))
             blk = schedule.Block(_within(blk.q, rows, self.n), _within(blk.kv, cols, self.n),
                                  blk.causal)
             allowed = allowed[:, :, rows, cols]
-        return blk, kernel_mask(allowed, self.dtype)
+        return blk, BlockMask.of(allowed, self.dtype)
 
 
-def kernel_mask(allowed: torch.Tensor, dtype: torch.dtype) -> BlockMask | None:
-    """The kernels' form of ``allowed``; ``None`` when every pair is allowed."""
-    return None if bool(allowed.all()) else BlockMask.of(allowed, dtype)
+def kernel_mask(
+    q_ids: torch.Tensor, kv_ids: torch.Tensor, dtype: torch.dtype
+) -> BlockMask | None:
+    """The kernels' form of :func:`block_mask`; ``None`` when every pair is allowed."""
+    if relation(q_ids, kv_ids) == "all":
+        return None
+    return BlockMask.of(block_mask(q_ids, kv_ids), dtype)
 
 
 def _span(used: torch.Tensor) -> slice:

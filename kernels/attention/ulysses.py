@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from .. import comm
 from .blocks import block_backward, block_forward, check_inputs
-from .documents import block_mask, check_segments, gather_ids, kernel_mask
+from .documents import check_segments, gather_ids, kernel_mask
 from .passes import by_head_groups, head_groups
 
 __all__ = ["ulysses_attention"]
@@ -98,7 +98,7 @@ def _mask(ids, dtype):
     """Pairs of one document ``[B, 1, N, N]`` in the full sequence (causality is applied on
     top), built per call (forward and backward) rather than kept alive between them;
     ``None`` without ids or with one document per sample."""
-    return None if ids is None else kernel_mask(block_mask(ids, ids), dtype)
+    return None if ids is None else kernel_mask(ids, ids, dtype)
 
 
 class _UlyssesAttention(torch.autograd.Function):

@@ -186,7 +186,7 @@ def test_cuda_masked_block_matches_each_document(dtype):
     q, k, v, dout = (t.to("cuda", dtype) for t in _inputs(3, 4, 2, N, torch.float32))
     ids = _segments().cuda()
     scale = D**-0.5
-    mask = kernel_mask(block_mask(ids, ids), dtype)
+    mask = kernel_mask(ids, ids, dtype)
     out, lse = block_forward(q, k, v, causal=True, scale=scale, mask=mask)
     grads = block_backward(dout, q, k, v, out, lse, causal=True, scale=scale, mask=mask)
     expected = _per_document_reference(*(t.float() for t in (q, k, v, dout)), True)
@@ -199,9 +199,10 @@ def test_cuda_masked_block_matches_each_document(dtype):
 def _check_rows_without_keys(q, k, v, ids):
     """Queries 24..39 against keys 0..15: some rows of each sample have keys of their
     document there, the others none: those give out 0 and lse -inf (no NaN)."""
-    allowed = block_mask(ids[:, 24:40], ids[:, :16])
+    q_ids, kv_ids = ids[:, 24:40], ids[:, :16]
+    allowed = block_mask(q_ids, kv_ids)
     out, lse = block_forward(q[:, :, 24:40], k[:, :, :16], v[:, :, :16], causal=False,
-                             scale=D**-0.5, mask=kernel_mask(allowed, q.dtype))
+                             scale=D**-0.5, mask=kernel_mask(q_ids, kv_ids, q.dtype))
     empty = ~allowed.any(-1).expand(lse.shape)
     assert empty.any() and (~empty).any()
     assert torch.isneginf(lse[empty]).all() and (out[empty] == 0).all()
