@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 import yaml
 
-from . import devices, podtemplate
+from . import command, devices, podtemplate
 from .base import NAME_RULE
 from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
 from .resources import ResourcesSpec, problems as resource_problems
@@ -249,6 +249,7 @@ def check_spec(spec: TrainingJobSpec) -> Iterable[Problem]:
         yield from check_resources(f"spec.workers[{i}].resources", group.resources)
         for where, message in [*podtemplate.problems(f"spec.workers[{i}]", group), *devices.problems(f"spec.workers[{i}]", group)]:
             yield Problem(where, message)
+    yield from (Problem(where, message) for where, message in command.problems(spec))
     yield from _check_checkpoint(spec.checkpoint)
 
     backoff = spec.failure_policy.backoff
