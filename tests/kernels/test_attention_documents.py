@@ -17,7 +17,16 @@ from shardwright.kernels import comm
 from shardwright.kernels.attention import ring_attention, shard_sequence, tokenring_attention
 from shardwright.kernels.attention.blocks import block_backward, block_forward
 from shardwright.kernels.attention.documents import block_mask, kernel_mask
-from tests.kernels.test_attention_kernels import KERNELS, B, D, N, _heads, _inputs, _reference
+from tests.kernels.test_attention_kernels import (
+    KERNELS,
+    TOLERANCE,
+    B,
+    D,
+    N,
+    _heads,
+    _inputs,
+    _reference,
+)
 
 #: Document lengths per sample; the last run of each is padding (its own segment).
 DOCUMENTS = ([1, 13, 20, 10, 4], [30, 1, 1, 11, 5])
@@ -44,13 +53,13 @@ def _per_document_reference(q, k, v, dout, causal):
     return [outs, q.grad, k.grad, v.grad]
 
 
-def _run(kernel, causal, seed, segments=True):
-    """This rank's (out, dq, dk, dv) shards from the kernel, the reference's shards, and
-    the bytes moved (forward sent, backward sent)."""
+def _run(kernel, causal, seed, segments=True, dtype=torch.float32):
+    """This rank's (out, dq, dk, dv) shards from the kernel, the reference's shards (fp32
+    on the same, possibly rounded, inputs), and the bytes moved (forward, backward sent)."""
     fn, layout, kwargs = KERNELS[kernel]
-    full = _inputs(seed, *_heads(kernel, comm.world_size()), N, torch.float32)
+    full = _inputs(seed, *_heads(kernel, comm.world_size()), N, dtype)
     expected = [shard_sequence(t, layout=layout)
-                for t in _per_document_reference(*full, causal)]
+                for t in _per_document_reference(*(t.float() for t in full), causal)]
     q, k, v, dout = (shard_sequence(t, layout=layout).detach().requires_grad_() for t in full)
     ids = shard_sequence(_segments(), layout=layout, dim=1) if segments else None
     with comm.traffic() as fwd:
@@ -60,10 +69,15 @@ def _run(kernel, causal, seed, segments=True):
     return [out.detach(), q.grad, k.grad, v.grad], expected, (fwd.sent, bwd.sent)
 
 
-def _errors(kernel, causal, seed):
-    got, expected, _ = _run(kernel, causal, seed)
+def _errors(kernel, causal, seed, dtype_name="float32"):
+    """Max abs error of each of out, dq, dk, dv (bf16: in units of the largest magnitude
+    of the reference tensor over all ranks, as in test_attention_kernels)."""
+    got, expected, _ = _run(kernel, causal, seed, dtype=getattr(torch, dtype_name))
     finite = all(torch.isfinite(t).all() for t in got)
-    return finite, [(g - e).abs().max().item() for g, e in zip(got, expected)]
+    units = [1.0 if dtype_name == "float32" else comm.all_gather(e).abs().max().item()
+             for e in expected]
+    return finite, [(g.float() - e).abs().max().item() / u
+                    for g, e, u in zip(got, expected, units)]
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -72,6 +86,16 @@ def _errors(kernel, causal, seed):
 def test_each_document_attends_alone(dist_pool, kernel, size, causal):
     for rank, (finite, errors) in enumerate(dist_pool(size).run(_errors, kernel, causal, size)):
         assert finite and max(errors) <= 1e-5, (rank, dict(zip("o q k v".split(), errors)))
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_bf16_documents_within_attention_tolerance(dist_pool, kernel):
+    """bf16 inputs, causal, P = 2: within 2^-6 of each tensor's largest magnitude of the
+    fp32 per-document reference on the same rounded inputs (the bound of the kernels
+    without documents)."""
+    for rank, (finite, errors) in enumerate(
+            dist_pool(2).run(_errors, kernel, True, 2, "bfloat16")):
+        assert finite and max(errors) <= TOLERANCE["bfloat16"], (rank, errors)
 
 
 def _non_empty(q_rows: range, kv_rows: range, causal: bool) -> bool:
