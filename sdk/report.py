@@ -102,7 +102,8 @@ class Reporter:
         else:
             compute, wait, busy = seconds, 0.0, cpu
         self.step = step
-        compute, busy = self.inject_faults(compute, busy)
+        stretched, busy = self.inject_faults(compute, busy)
+        seconds, compute = seconds + stretched - compute, stretched  # an injected slowdown is part of the step
         world, rank = self.env.world_size, self.env.rank
         facts = torch.zeros(2 + world * _FIELDS, dtype=torch.float64)
         facts[0], facts[1] = float(self.stop.is_set()), float(loss)

@@ -26,7 +26,9 @@ STEPS, INTERVAL, KILL_AT = 30, 10, 15
 def job(tmp_path: Path, *, command: list[str] | None = None, max_restarts: int = 2, steps: int = STEPS) -> Path:
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["spec"]["training"]["steps"] = steps
-    doc["spec"]["checkpoint"] = {"intervalSteps": INTERVAL, "keep": 2}
+    # Synchronous commits: with async a commit can still be in flight when a rank is killed
+    # five steps later (then the restart rightly starts further back).
+    doc["spec"]["checkpoint"] = {"intervalSteps": INTERVAL, "keep": 2, "async": False}
     doc["spec"]["failurePolicy"] = {"maxRestarts": max_restarts, "backoff": {"initialSeconds": 0.5}}
     if command is not None:
         doc["spec"]["workers"][0]["command"] = command
@@ -91,9 +93,36 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_a_second_run_resumes_bit_identi
     assert curve(wd) == curve(baseline)
 
 
+def programs_of(workdir: Path) -> list[int]:
+    """PIDs of live processes whose environment names ``workdir`` (the job's rank programs)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(workdir).encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+def test_a_hung_rank_is_ended_with_its_program_and_the_job_resumes(tmp_path):
+    wd = tmp_path / "wd"
+    doc = yaml.safe_load(job(tmp_path).read_text())
+    doc["spec"]["failurePolicy"]["progressDeadlineSeconds"] = 8
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
+    run = shardwright_run(tmp_path / "job.yaml", wd, "--inject", "hang:rank=0:step=15")
+    assert run.returncode == 0, run.stdout
+    hung = next(e for e in events(wd) if e["reason"] == "ProgressDeadlineExceeded")
+    assert "ranks not waiting in a collective: [0]" in hung["message"]
+    assert status(wd)["phase"] == "Complete" and status(wd)["restarts"] == 1
+    assert programs_of(wd) == []  # the hung program died with its rank process
+
+
 def test_a_slow_rank_is_flagged_as_a_straggler(tmp_path):
     wd = tmp_path / "wd"
-    run = shardwright_run(job(tmp_path, steps=120), wd, "--inject", "slow:rank=1:factor=3")
+    # Steps of a few milliseconds: enough of them that the controller's polls (every 0.5 s)
+    # see the detector's window and minSeconds while the job runs.
+    run = shardwright_run(job(tmp_path, steps=600), wd, "--inject", "slow:rank=1:factor=3")
     assert run.returncode == 0, run.stdout
     flagged = status(wd)["stragglers"]
     assert [f["rank"] for f in flagged] == [1] and flagged[0]["score"] < 0.5, flagged
