@@ -10,16 +10,20 @@ across 2 gloo ranks (each softmax kernel, LASP-2).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from shardwright.kernels import comm
-from shardwright.workers.config import ModelConfig, softmax_kernel
+from shardwright.workers import data as data_mod
+from shardwright.workers.config import (
+    CheckpointConfig, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RankEnv, WorkerConfig, softmax_kernel,
+)
 from shardwright.workers.mixers import SequenceContext, attend_each_document, document_mask
 from shardwright.workers.model import Transformer
-from shardwright.workers.train import token_loss
+from shardwright.workers.train import Trainer, token_loss
 
 #: Document lengths of each sample; the last run of each is padding. 16 tokens: every
 #: layout splits them over 2 ranks, and a boundary falls inside every rank's shard.
@@ -152,3 +156,61 @@ def test_document_mask_equals_attention_per_document():
         results.append((out, *grads))
     for masked, each in zip(*results):
         assert (masked - each).abs().max().item() < 1e-5
+
+
+def _trainer_config(shards: str, data: int, sequence: int, micro_batch: int) -> WorkerConfig:
+    """A step of 4 packed samples of documents of 3-29 tokens (one per token shard)."""
+    return WorkerConfig(
+        job="docs", model=_config(("softmax", "gated-delta")),
+        data=DataConfig(source="tokens", path=shards, seq_len=16, global_batch=4, micro_batch=micro_batch),
+        optim=OptimConfig(steps=1, lr=1e-3, grad_clip=None),
+        parallel=ParallelConfig(data=data, sequence=sequence, sequence_kind="ring"),
+        checkpoint=CheckpointConfig(dir=f"{shards}/../checkpoints-{data}-{sequence}-{micro_batch}"),
+    )
+
+
+def _trainer_step(shards: str, data: int, sequence: int, micro_batch: int):
+    """The trainer's first step: ``(loss, target tokens, gradients its optimizer was given)``."""
+    cfg = _trainer_config(shards, data, sequence, micro_batch)
+    env = RankEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=0, master_addr="127.0.0.1", master_port=1)
+    trainer = Trainer(cfg, env, stop=None)
+    grads = {}
+    trainer.optimizer.register_step_pre_hook(
+        lambda *_: grads.update((n, p.grad.clone()) for n, p in trainer.model.named_parameters()))
+    try:
+        loss_sum, targets = trainer.train_step()
+        dist.all_reduce(loss_sum)
+        return loss_sum.item() / targets, targets, grads
+    finally:
+        trainer.telemetry.close()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("docs") / "shards"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(5)
+    for i, n in enumerate((3, 9, 29, 5, 12, 7, 21, 4, 16, 8, 11, 6)):
+        np.save(folder / f"{i:02d}.npy", torch.randint(32, (n,), generator=gen).numpy())
+    return str(folder)
+
+
+def test_trainer_step_is_the_global_mean_however_split(dist_pool, shards):
+    """One step's loss and gradients are the mean over the global batch's target tokens,
+    computed by hand on one rank, whether the 4 packed samples run on one rank in one
+    micro-batch, on 2 data-parallel ranks in micro-batches of 1, or split along the
+    sequence over 2 ranks (ring, LASP-2)."""
+    cfg = _trainer_config(shards, 1, 1, 4)
+    batch = data_mod.collate(data_mod.dataset(cfg.data, cfg.model.vocab_size), range(4))
+    torch.manual_seed(cfg.optim.seed)
+    model = Transformer(cfg.model)
+    count = int((batch.targets != -100).sum())
+    assert 0 < count < batch.targets.numel()  # the samples hold document ends and padding
+    loss = token_loss(model(batch.inputs, batch.positions, batch.segments), batch.targets) / count
+    loss.backward()
+    for data, sequence, micro_batch in ((1, 1, 4), (2, 1, 1), (1, 2, 2)):
+        got_loss, targets, grads = dist_pool(data * sequence).run(_trainer_step, shards, data, sequence, micro_batch)[0]
+        assert targets == count
+        assert abs(got_loss - loss.item()) < 1e-6
+        for n, p in model.named_parameters():
+            assert (grads[n] - p.grad).norm() <= 1e-5 * p.grad.norm(), (data, sequence, micro_batch, n)
