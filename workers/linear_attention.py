@@ -13,10 +13,10 @@ gdn2          per key channel         erase gate ``[.., K]``, write gate ``[.., 
 
 Decays follow flash-linear-attention's layers: ``g = -exp(A_log) * softplus(a + dt_bias)``.
 On a whole sequence the chunked kernels run; on a sequence shard, LASP-2 (one all-gather of
-the per-rank states) carries the recurrence across ranks. With ``segments`` (document ids of
-a packed sample) the kernels restart the state at each document's first token. Keys and queries are
-L2-normalised (except KLA's keys, whose norm its step divides out), and the output is
-RMS-normalised per head and gated, as in the reference layers.
+the per-rank states) carries the recurrence across ranks. With ``segments`` (document ids
+of a packed sample) the kernels restart the state at each document's first token. Keys
+and queries are L2-normalised (except KLA's keys, whose norm its step divides out), and the
+output is RMS-normalised per head and gated, as in the reference layers.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Two samples with different document boundaries, a one-token document and trailin
 padding go through the model with per-document ``positions`` and ``segments``; at every
 document's positions the logits must be those of the document run alone (positions from
 0), and the parameter gradients of a per-document sum loss those of the documents' runs
-summed. On one rank (SDPA with a document mask, the chunked linear kernels) and split
-across 2 gloo ranks (each softmax kernel, LASP-2).
+summed. On one rank (SDPA per document, the chunked linear kernels) and split across 2
+gloo ranks (each softmax kernel, LASP-2). The trainer's step on packed samples is the mean
+over the global batch's target tokens however the samples are split.
 """
 
 from __future__ import annotations
