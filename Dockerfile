@@ -22,6 +22,7 @@ COPY pyproject.toml setup.py README.md ./
 COPY operator/ operator/
 COPY workers/ workers/
 COPY kernels/ kernels/
+COPY sdk/ sdk/
 # torch first, from the variant's index, so the next line finds it satisfied.
 RUN case "$VARIANT" in \
       cpu) index=https://download.pytorch.org/whl/cpu ;; \
@@ -34,7 +35,7 @@ RUN case "$VARIANT" in \
 RUN /opt/shardwright/bin/pip install \
       "numpy==2.4.6" "kopf==1.45.2" "kubernetes==37.0.3" "ray==2.60.0" "pydantic==2.14.4" \
       "prometheus-client==0.26.0" "pyyaml==6.0.4" "tqdm==4.70.1" "s3fs==2026.9.0" \
-      "cryptography==51.0.1" \
+      "cryptography==51.0.1" "tokenizers==0.23.3" "safetensors==0.8.0" "pyarrow==26.0.1" \
       . \
  && /opt/shardwright/bin/shardwright --version
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from shardwright.operator.api import InvalidManifest, Problem, load_documents, parse, validate
@@ -10,6 +13,15 @@ from tests.support.manifests import REPO, edited, example
 from .cases import CASES, Bad
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def made_examples(tmp_path_factory):
+    """Run each example's own ``make.py`` (e.g. the fine-tuning example's model and JSONL), as its users do first."""
+    for script in sorted((REPO / "examples").glob("*/make.py")):
+        made = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path_factory.mktemp("make"))
+        assert made.returncode == 0, made.stderr[-3000:]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -28,7 +40,7 @@ def test_the_example_itself_is_valid():
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_validates(path):
+def test_every_example_validates(path, made_examples):
     for doc in load_documents(path):
         obj, problems = validate(doc)
         assert problems == [], "\n".join(map(str, problems))
