@@ -29,3 +29,7 @@ def problems(spec) -> Iterator[tuple[str, str]]:
     if spec.straggler_policy.action is not StragglerAction.REPORT:
         yield ("spec.stragglerPolicy.action",
                f"a command reads its own data, so samples cannot be moved between its ranks: allowed: report; got {spec.straggler_policy.action}")
+    for field, name, what in (("spec.evaluation", spec.evaluation, "evaluation"), ("spec.export", spec.export, "the export at completion"),
+                              ("spec.training.lora", spec.training.lora, "LoRA")):
+        if name is not None:
+            yield (field, f"{what} is done by the built-in trainer, which a command replaces: remove it (your program does its own)")

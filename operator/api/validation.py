@@ -197,7 +197,7 @@ def _check_data_source(spec: TrainingJobSpec) -> Iterable[Problem]:
         yield Problem("spec.data.validation.fraction", "source file has no documents to hold out; use validation.path")
     if held is not None and held.path and held.fraction:
         yield Problem("spec.data.validation", "give path or fraction, not both")
-    if spec.evaluation is not None and data.source is not DataSource.SYNTHETIC and held is None:
+    if spec.evaluation is not None and data.source is not DataSource.SYNTHETIC and not (held and (held.path or held.fraction)):
         yield Problem("spec.data.validation", f"spec.evaluation reads held-out data, which source {data.source} has only "
                       "with validation.path" + ("" if data.source is DataSource.FILE else " or validation.fraction"))
     if data.source in (DataSource.TEXT, DataSource.TOKENS):

@@ -61,7 +61,10 @@ def test_a_malformed_command_is_refused_naming_the_field(change, field, words):
     ({"parallelism": {"sequence": {"degree": 2}}}, "spec.parallelism.sequence.degree", "allowed 1"),
     ({"parallelism": {"auto": True}}, "spec.parallelism.auto", "remove it"),
     ({"stragglerPolicy": {"action": "rebalance"}}, "spec.stragglerPolicy.action", "allowed: report"),
-], ids=["sequence-parallel", "auto-plan", "rebalance"])
+    ({"evaluation": {"intervalSteps": 10}}, "spec.evaluation", "remove it"),
+    ({"export": {"format": "hf"}}, "spec.export", "remove it"),
+    ({"training": {"steps": 60, "lora": {"rank": 4}}}, "spec.training.lora", "remove it"),
+], ids=["sequence-parallel", "auto-plan", "rebalance", "evaluation", "export", "lora"])
 def test_trainer_only_settings_are_refused_with_a_command(spec, field, words):
     found = problems(job_doc(**spec))
     assert any(p.startswith(f"{field}: ") and words in p for p in found), found

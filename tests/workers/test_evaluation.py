@@ -121,6 +121,9 @@ def test_evaluation_of_file_data_needs_a_heldout_split():
     _, problems = validate(doc)
     assert [(p.path, p.message) for p in problems] == [
         ("spec.data.validation", "spec.evaluation reads held-out data, which source file has only with validation.path")]
+    empty = edited({"spec.data.source": "file", "spec.data.path": "/data/tokens.bin", "spec.data.validation": {},
+                    "spec.evaluation": {"intervalSteps": 10}})
+    assert [p.path for p in validate(empty)[1]] == ["spec.data.validation"]  # fraction 0 holds nothing out
     doc = edited({"spec.data.source": "file", "spec.data.path": "/data/tokens.bin",
                   "spec.data.validation": {"path": "/data/heldout.bin"}, "spec.evaluation": {"intervalSteps": 10}})
     assert validate(doc)[1] == []
