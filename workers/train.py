@@ -236,6 +236,8 @@ class Trainer:
         stopped = False
         pending: list[StepFacts] = []
         sent: SentFacts | None = None
+        if self.step < total:
+            self.settle_buckets()
         while self.step < total and not stopped:
             began = time.monotonic()
             self.telemetry.update(activity="computing")
@@ -276,6 +278,20 @@ class Trainer:
             export_to(self.model, self.cfg.export.dir, dtype=DTYPES[self.cfg.export.dtype])
         self.telemetry.update(state=state)
         return {**self.telemetry.status(), "state": state, "metrics": self.telemetry.metrics_text()}
+
+    def settle_buckets(self) -> None:
+        """A zero-weighted forward and backward before the first step, so every real step
+        all-reduces its gradients in DDP's rebuilt buckets. DDP puts every gradient in one
+        bucket for its first iteration and re-buckets them in backward order afterwards; from
+        three ranks on, gloo then sums a gradient in another order, so a generation resumed
+        mid-run differed in the last bits from one that trained that step as a later iteration.
+        Two ranks' sums commute: nothing to settle."""
+        if self.env.world_size < 3:
+            return
+        first = data_mod.rank_slice(self.step, self.cfg.data, self.dp_rank, self.cfg.parallel.data, self.shares).micro_batches[0]
+        batch = rank_batch(data_mod.collate(self.data, first), self.ctx)
+        (self.ddp(batch.inputs, batch.positions, batch.segments).float().sum() * 0).backward()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def train_step(self) -> tuple[torch.Tensor, int]:
         """Forward and backward over this rank's micro-batches, then one optimizer step;

@@ -68,6 +68,20 @@ def test_killed_rank_restarts_from_checkpoint_bit_identical(baseline, tmp_path):
     assert curve(wd) == baseline
 
 
+def test_a_restart_at_four_ranks_is_bit_identical_too(tmp_path):
+    """From three ranks on gloo's sums do not commute: the resumed generation's first step must
+    all-reduce in the same buckets as every later step (``Trainer.settle_buckets``)."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "kill").mkdir()
+    base = shardwright_run(fault_job(tmp_path / "base", replicas=4, steps=20), tmp_path / "base" / "wd")
+    assert base.returncode == 0, base.stdout
+    killed = shardwright_run(fault_job(tmp_path / "kill", replicas=4, steps=20), tmp_path / "kill" / "wd",
+                             "--inject", "kill:rank=2:step=14")
+    assert killed.returncode == 0, killed.stdout
+    assert status(tmp_path / "kill" / "wd")["restarts"] == 1
+    assert curve(tmp_path / "kill" / "wd") == curve(tmp_path / "base" / "wd")
+
+
 def test_hung_rank_is_detected_within_the_deadline(baseline, tmp_path):
     wd = tmp_path / "wd"
     run = shardwright_run(fault_job(tmp_path), wd, "--inject", "hang:rank=0:step=25")
