@@ -52,7 +52,7 @@ from shardwright.workers.mixers import attend_each_document, document_mask
 from shardwright.workers.model import Transformer
 from shardwright.workers import packing
 from shardwright.workers.packing import IGNORE
-from shardwright.workers.train import token_loss
+from shardwright.workers.batches import token_losses
 
 CONFIG = dict(vocab_size=4096, dim=128, layers=4, heads=4, kv_heads=2, ffn_dim=384, layer_kinds=("softmax",) * 4)
 
@@ -111,7 +111,7 @@ def train(batches: list[tuple], real_targets: int) -> tuple[float, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
     wall, cpu = time.perf_counter(), time.process_time()
     for inputs, targets, positions, *segments in batches:
-        loss = token_loss(model(inputs, positions, *segments), targets) / real_targets
+        loss = token_losses(model(inputs, positions, *segments), targets) / real_targets
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -21,15 +21,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from . import data as data_mod
+from .batches import rank_batch, token_losses
 from .config import WorkerConfig
 from .mixers import SequenceContext
+from .packing import IGNORE
 
 #: Targets the loss ignores (a document's last token, padding).
-IGNORE = -100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +98,10 @@ def local_sums(model: nn.Module, ctx: SequenceContext, data, indices: range, mic
     try:
         with torch.no_grad():
             for start in range(indices.start, indices.stop, micro_batch):
-                batch = data_mod.collate(data, range(start, min(start + micro_batch, indices.stop)))
-                targets = ctx.shard(batch.targets, dim=1).flatten()
-                segments = None if batch.segments is None else ctx.shard(batch.segments, dim=1)
-                logits = model(ctx.shard(batch.inputs, dim=1), ctx.shard(batch.positions, dim=1), segments)
-                losses = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=IGNORE, reduction="none")
-                real = targets != IGNORE
+                batch = rank_batch(data_mod.collate(data, range(start, min(start + micro_batch, indices.stop))), ctx)
+                logits = model(batch.inputs, batch.positions, batch.segments)
+                losses = token_losses(logits, batch.targets, reduction="none")
+                real = batch.targets.flatten() != IGNORE
                 sums[0] += losses[real].double().sum()
                 sums[1] += real.sum()
     finally:

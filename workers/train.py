@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import data as data_mod
@@ -39,6 +38,7 @@ from .faults import strike
 from .lora import apply_lora, reseed as reseed_dropout
 from .mixers import SequenceContext
 from .model import Transformer
+from .batches import rank_batch, token_losses
 from .packing import IGNORE
 from .telemetry import Telemetry
 from .timing import COMPUTE, SECTIONS, GradientWaitHook, SectionTimer, per_sample, relative_scores
@@ -88,22 +88,6 @@ def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading
             del trainer
     finally:
         dist.destroy_process_group()
-
-
-def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of ``logits [B, T, V]`` against ``targets [B, T]``; ``IGNORE``
-    targets count nothing."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-
-
-def rank_batch(batch: data_mod.Batch, ctx: SequenceContext) -> data_mod.Batch:
-    """This rank's tokens of a micro-batch: inputs, targets, positions and segments sharded
-    along the sequence alike. Without documents every row of positions is ``0..T-1``, and
-    one ``[T]`` row serves the batch (rotary computes its angles once, as before)."""
-    if batch.segments is None:
-        return data_mod.Batch(ctx.shard(batch.inputs, dim=1), ctx.shard(batch.targets, dim=1), ctx.shard(batch.positions[0], dim=0))
-    inputs, targets, positions, segments = (ctx.shard(x, dim=1) for x in (batch.inputs, batch.targets, batch.positions, batch.segments))
-    return data_mod.Batch(inputs, targets, positions, segments)
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -316,7 +300,7 @@ class Trainer:
             with contextlib.nullcontext() if last else self.ddp.no_sync():
                 with timer.section("forward"), autocast(cfg.optim.precision, self.model.embed.weight.device):
                     logits = self.ddp(batch.inputs, batch.positions, batch.segments)
-                    loss = token_loss(logits, batch.targets)
+                    loss = token_losses(logits, batch.targets)
                 if targets is None:  # the count's all-reduce ran alongside the first forward
                     with timer.section("wait"):
                         targets = counted()

@@ -25,7 +25,7 @@ from shardwright.workers.hf import export as hf_export
 from shardwright.workers.hf import weights as hf_weights
 from shardwright.workers.manifest import committed
 from shardwright.workers.model import Transformer
-from shardwright.workers.serve.weights import load_checkpoint
+from shardwright.workers.serve.weights import build_model, load_checkpoint
 from tests.observability.prom import free_port
 from tests.support.manifests import edited
 
@@ -211,6 +211,9 @@ def test_a_lora_job_trains_only_the_adapters_and_resumes_bit_identically(transfo
         torch.testing.assert_close(load_peer(transformers, tmp_path / "merged")(tokens).logits, expected, atol=1e-5, rtol=0)
         adapted = peft.PeftModel.from_pretrained(load_peer(transformers, llama), tmp_path / "adapter").eval()
         torch.testing.assert_close(adapted(tokens).logits, expected, atol=1e-5, rtol=0)
+    # a ServingPool's model.checkpoint would load only the frozen weights: refused, pointing at the export
+    with pytest.raises(ValueError, match="holds LoRA adapters.*merged export"):
+        build_model(job.spec.model.resolve(), seed=0, checkpoint=str(tmp_path / "whole"))
 
 
 def test_adapter_export_of_a_job_without_lora_is_refused(tmp_path, capsys):

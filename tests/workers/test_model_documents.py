@@ -22,9 +22,10 @@ from shardwright.workers import data as data_mod
 from shardwright.workers.config import (
     CheckpointConfig, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RankEnv, WorkerConfig, softmax_kernel,
 )
+from shardwright.workers.batches import token_losses as token_loss
 from shardwright.workers.mixers import SequenceContext, attend_each_document, document_mask
 from shardwright.workers.model import Transformer
-from shardwright.workers.train import Trainer, token_loss
+from shardwright.workers.train import Trainer
 
 #: Document lengths of each sample; the last run of each is padding. 16 tokens: every
 #: layout splits them over 2 ranks, and a boundary falls inside every rank's shard.

@@ -63,6 +63,10 @@ def load_checkpoint(model: Transformer, path: str | Path) -> dict[str, Any]:
     if problem is not None:
         raise ValueError(f"checkpoint {manifest['path']} is damaged ({problem}); not serving it")
     state = {"model": model.state_dict()}
+    stored = dcp.FileSystemReader(manifest["path"]).read_metadata().state_dict_metadata
+    if any(".lora_a." in key for key in stored) and not any(".lora_a." in key for key in state["model"]):
+        raise ValueError(f"checkpoint {manifest['path']} holds LoRA adapters (spec.training.lora) beside frozen weights; "
+                         "serve the job's merged export instead (spec.export, or shardwright export --format hf) as model.from")
     with warnings.catch_warnings():  # DCP warns on every load without a process group: intended here
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         dcp.load(state, checkpoint_id=manifest["path"], no_dist=not dist.is_initialized())
