@@ -31,7 +31,7 @@ from .presets import PRESETS, ModelPreset
 from .readmit import Readmit
 from .resources import ResourcesSpec
 from .trainingjobstatus import TrainingJobStatus
-from . import rules
+from . import localpaths, rules
 from shardwright.workers.config import LORA_TARGETS, LoraConfig, ModelConfig
 from shardwright.workers import storage
 from shardwright.workers.hf import config as hf_config
@@ -97,9 +97,9 @@ class TrainingModelSpec(ModelSpec):
         min_length=1,
         description="A Hugging Face model directory (config.json, safetensors, tokenizer files) of "
         "the Llama family (Llama 2/3, Mistral, Qwen2), e.g. a TrainingJob's export: its architecture "
-        "and weights start the job, or are served by a pool with its tokenizer.json. A path must be "
-        "readable where the object is validated and in every rank or replica; an s3://bucket/prefix "
-        "URI is fetched by each when it starts (docs/models.md). Excludes preset, dimensions, "
+        "and weights start the job, or are served by a pool with its tokenizer.json. A path is read "
+        "by every rank or replica, and on one machine also at validation (the operator in a cluster "
+        "mounts no rank volume); an s3://bucket/prefix URI is fetched by each when it starts (docs/models.md). Excludes preset, dimensions, "
         "attention and layerPattern.",
     )
 
@@ -108,7 +108,7 @@ class TrainingModelSpec(ModelSpec):
     def _readable_llama(cls, path: str | None) -> str | None:
         if path is not None and storage.is_url(path):  # read where it is used: the webhook holds no keys
             return _storage_uri(path)
-        if path is not None:
+        if path is not None and localpaths.checked_here():
             try:
                 hf_config.read_config(path)
             except (OSError, ValueError, TypeError) as e:  # unreadable, not JSON, a wrong type, or a field the model cannot express
@@ -123,7 +123,7 @@ class TrainingModelSpec(ModelSpec):
 
     def resolve(self) -> ModelConfig:
         """The architecture of ``from`` (its weights' path in ``source``), else the preset's."""
-        if self.from_ is not None and storage.is_url(self.from_):
+        if self.from_ is not None and (storage.is_url(self.from_) or not localpaths.checked_here()):
             # Each rank reads config.json when it starts (workers/hf/fetch.py); until then the
             # planner and the cross-field checks see the default preset's dimensions.
             return super().resolve().model_copy(update={"source": self.from_})

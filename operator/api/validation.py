@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 import yaml
 
-from . import command, devices, podtemplate
+from . import command, devices, localpaths, podtemplate
 from .base import NAME_RULE
 from .enums import AttentionKind, DataSource, SequenceKind, StragglerAction
 from .resources import ResourcesSpec, problems as resource_problems
@@ -186,7 +186,8 @@ def _check_data_source(spec: TrainingJobSpec) -> Iterable[Problem]:
     if data.source is DataSource.TEXT and model_dir is None:
         yield Problem("spec.data.source", "text is tokenized with the model's tokenizer: set spec.model.from "
                       "to a Hugging Face directory with tokenizer.json")
-    elif data.source is DataSource.TEXT and not storage.is_url(model_dir) and not (Path(model_dir) / "tokenizer.json").is_file():
+    elif (data.source is DataSource.TEXT and not storage.is_url(model_dir) and localpaths.checked_here()
+          and not (Path(model_dir) / "tokenizer.json").is_file()):
         yield Problem("spec.model.from", f"{model_dir} has no tokenizer.json; source text tokenizes with it")
     held = data.validation
     if data.source is DataSource.SYNTHETIC and held is not None:
@@ -200,7 +201,7 @@ def _check_data_source(spec: TrainingJobSpec) -> Iterable[Problem]:
     if spec.evaluation is not None and data.source is not DataSource.SYNTHETIC and not (held and (held.path or held.fraction)):
         yield Problem("spec.data.validation", f"spec.evaluation reads held-out data, which source {data.source} has only "
                       "with validation.path" + ("" if data.source is DataSource.FILE else " or validation.fraction"))
-    if data.source in (DataSource.TEXT, DataSource.TOKENS):
+    if data.source in (DataSource.TEXT, DataSource.TOKENS) and localpaths.checked_here():
         for field, message in datafiles.problems(str(data.source), data.path, data.field, held.path if held else None):
             yield Problem(field, message)
 

@@ -43,6 +43,22 @@ def test_a_missing_directory_is_rejected(tmp_path):
     assert problems == [("spec.model.from", f"Value error, {tmp_path} is not a Hugging Face model directory: no config.json")]
 
 
+def test_in_a_cluster_the_path_is_read_by_the_ranks_not_by_admission(llama, tmp_path, monkeypatch):
+    """The operator mounts no rank volume (operator/api/localpaths.py): its webhook checks the
+    form only, and each rank reads config.json when it starts (workers/hf/fetch.localize)."""
+    from shardwright.operator.api import localpaths
+    from shardwright.workers.hf.fetch import localize
+
+    monkeypatch.setenv(localpaths.ENV, "0")
+    job, problems = _problems({"from": "/models/llama"})  # not on this machine: in the pods' volume
+    assert problems == []
+    deferred = job.spec.model.resolve()
+    assert deferred.source == "/models/llama"
+    at_start = localize(_problems({"from": str(llama)})[0].spec.model.resolve())  # what a rank reads when it starts
+    monkeypatch.setenv(localpaths.ENV, "1")
+    assert at_start == _problems({"from": str(llama)})[0].spec.model.resolve()  # = what admission reads on one machine
+
+
 def test_an_unsupported_config_field_is_named(llama, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(json.loads((llama / "config.json").read_text()) | {"hidden_act": "gelu"}))
     _, problems = _problems({"from": str(tmp_path)})

@@ -68,11 +68,12 @@ def _download(fs, root: str, uri: str, listing: list[tuple[str, int, str]], fina
 
 
 def localize(cfg: ModelConfig, cache: str | Path = DEFAULT_CACHE) -> ModelConfig:
-    """``cfg`` as it is, or, when its ``source`` is a URI, the architecture of the fetched
-    directory's config.json with ``source`` its local copy (read at start, not at admission)."""
-    if cfg.source is None or not is_url(cfg.source):
+    """``cfg`` as it is, or, when it has a ``source``, that directory's config.json read here at
+    start: a URI's fetched copy (``source`` then names it), or a path, which admission in a
+    cluster does not read (the operator mounts no rank volume: operator/api/localpaths.py)."""
+    if cfg.source is None:
         return cfg
-    return hf_config.read_config(fetch(cfg.source, cache))
+    return hf_config.read_config(fetch(cfg.source, cache) if is_url(cfg.source) else cfg.source)
 
 
 def _listing(fs, root: str, uri: str) -> list[tuple[str, int, str]]:
