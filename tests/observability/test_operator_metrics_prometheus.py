@@ -3,7 +3,7 @@ on the local control plane, scraped by a real Prometheus.
 
 The operator runs out of cluster against kube-apiserver (as in
 tests/cluster/test_operator_out_of_cluster.py) with its ``/metrics`` on a free port and
-reconciles examples/tiny-train.yaml:
+reconciles examples/tiny-train.yaml (evaluating every 20 steps, for the held-out loss panel):
 
 - in a namespace whose ResourceQuota allows no pods: the API server refuses the job's pods
   (403), so the passes are timed
@@ -24,6 +24,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from tests.observability.prom import OPERATOR_ONLY, ROOT, Prometheus, expected_labels, free_port, get, panels, stop, table
 
@@ -64,7 +65,9 @@ def panels_from_the_operator(kube, namespace: str, tmp_path, capsys, wanted: lis
     )
     results: dict[str, list[dict]] = {}
     try:
-        kube.kubectl("-n", namespace, "apply", "-f", str(ROOT / "examples" / "tiny-train.yaml"))
+        job = yaml.safe_load((ROOT / "examples" / "tiny-train.yaml").read_text())
+        job["spec"]["evaluation"] = {"intervalSteps": 20, "samples": 4}  # the held-out loss panel
+        kube.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(job))
         prom.targets([port])
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

@@ -122,7 +122,7 @@ def test_a_slow_rank_is_flagged_as_a_straggler(tmp_path):
     wd = tmp_path / "wd"
     # Steps of a few milliseconds: enough of them that the controller's polls (every 0.5 s)
     # see the detector's window and minSeconds while the job runs.
-    run = shardwright_run(job(tmp_path, steps=600), wd, "--inject", "slow:rank=1:factor=3")
+    run = shardwright_run(job(tmp_path, steps=600), wd, "--inject", "slow:rank=1:factor=5")
     assert run.returncode == 0, run.stdout
     flagged = status(wd)["stragglers"]
     assert [f["rank"] for f in flagged] == [1] and flagged[0]["score"] < 0.5, flagged
