@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .storage import is_url
+from .storage import filesystem, is_url
 
 #: File kinds each source reads.
 SUFFIXES = {"text": (".jsonl", ".parquet"), "tokens": (".npy", ".bin")}
@@ -33,9 +33,7 @@ def listing(path: str, source: str, field: str = "spec.data.path") -> list[tuple
     kinds = SUFFIXES[source]
     allowed = f"source {source} reads {' or '.join(kinds)} files or a directory of them"
     if is_url(path):
-        from fsspec.core import url_to_fs
-
-        fs, root = url_to_fs(path, use_listings_cache=False)
+        fs, root = filesystem(path)
         try:
             info = fs.info(root)
             entries = [info] if info["type"] == "file" else fs.ls(root, detail=True)

@@ -88,16 +88,23 @@ class LocalStore:
         os.replace(src, dst)
 
 
+def filesystem(url: str):
+    """``(fs, path)`` of ``url`` through fsspec, a new instance each time and no listing cache:
+    another rank or generation may have written since the last look, and fsspec would otherwise
+    hand back an instance made earlier with the same arguments, whose S3 endpoint and keys came
+    from the environment of that time (one process may meet several servers)."""
+    from fsspec.core import url_to_fs  # not at import: the operator imports this module
+
+    return url_to_fs(url, use_listings_cache=False, skip_instance_cache=True)
+
+
 class ObjectStore:
     """A prefix in an object store, through fsspec (``s3://bucket/prefix``: s3fs)."""
 
     atomic_rename = False
 
     def __init__(self, root: str) -> None:
-        from fsspec.core import url_to_fs  # not at import: the operator imports this module
-
-        # No listing cache: another rank or generation may have written since the last look.
-        self.fs, _ = url_to_fs(root, use_listings_cache=False)
+        self.fs, _ = filesystem(root)
         self.root = root.rstrip("/")
 
     def join(self, base: str, *names: str) -> str:

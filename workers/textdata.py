@@ -24,7 +24,7 @@ import numpy as np
 
 from .datafiles import DataError, cache_root, listing
 from .packing import Documents
-from .storage import is_url
+from .storage import filesystem, is_url
 
 TOKENIZER = "tokenizer.json"
 #: Records encoded per call of the tokenizer's (multi-threaded) batch encoder.
@@ -83,9 +83,7 @@ def eos_id(model_dir: Path, tokenizer=None) -> int | None:
 
 def records(file: str, field: str) -> Iterator[str]:
     """The ``field`` text of every record of one JSONL or Parquet file."""
-    from fsspec.core import url_to_fs
-
-    fs, path = url_to_fs(file)
+    fs, path = filesystem(file)
     with fs.open(path, "rb") as f:
         if file.endswith(".parquet"):
             import pyarrow.parquet as pq

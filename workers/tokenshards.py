@@ -19,21 +19,19 @@ import numpy as np
 
 from .datafiles import DataError, cache_root, listing
 from .packing import Documents
-from .storage import is_url
+from .storage import filesystem, is_url
 
 
 def _local(file: str, size: int, version: str) -> str:
     """A local path of ``file``: itself, or its copy in the data cache."""
     if not is_url(file):
         return file.removeprefix("file://")
-    from fsspec.core import url_to_fs
-
     copy = cache_root() / "shards" / hashlib.sha256(json.dumps([file, size, version]).encode()).hexdigest()[:24]
     copy.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{copy}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not copy.is_file():
-            fs, path = url_to_fs(file)
+            fs, path = filesystem(file)
             partial = f"{copy}.{uuid.uuid4().hex[:8]}.partial"
             fs.get_file(path, partial)
             os.replace(partial, copy)

@@ -21,7 +21,7 @@ from .test_local_run import REPO, RESIZE_TOLERANCE, SHARDWRIGHT, curve, shardwri
 
 pytestmark = pytest.mark.slow
 
-STEPS = 60
+STEPS = 400
 EXAMPLE = REPO / "examples" / "finetune-hf-jsonl.yaml"
 
 

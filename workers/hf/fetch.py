@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from ..config import ModelConfig
-from ..storage import is_url, name_of
+from ..storage import filesystem, is_url, name_of
 from . import config as hf_config
 
 #: Where fetched directories live unless the caller names a folder: the machine's temporary
@@ -35,9 +35,7 @@ DEFAULT_CACHE = Path(tempfile.gettempdir()) / "shardwright-models"
 
 def fetch(uri: str, cache: str | Path = DEFAULT_CACHE) -> Path:
     """The local copy of the Hugging Face directory at ``uri``, downloaded unless cached."""
-    from fsspec.core import url_to_fs  # not at import: the operator imports this package's config
-
-    fs, root = url_to_fs(uri, use_listings_cache=False)
+    fs, root = filesystem(uri)
     listing = _listing(fs, root, uri)
     key = hashlib.sha256(json.dumps([uri.rstrip("/"), listing]).encode()).hexdigest()[:20]
     final = Path(cache) / key
