@@ -23,6 +23,9 @@ JOB = "fenced"
 LABEL = "shardwright.io/job"
 #: Seconds the operator's status is watched for a probe's answer: two resyncs and more.
 PROBE_PASSES_S = 25
+#: Long enough that the job still trains after the probe window on a quiet machine (1,500
+#: steps finished in 27 s at 2026-12-07's speed, before the window ended).
+STEPS = 6000
 
 
 def only_its_own_pods(job: str) -> dict:
@@ -39,8 +42,8 @@ def test_rank0_killed_under_a_policy_blocking_the_probes_resumes_from_storage(cl
     operators = [p["status"] for p in cluster.json("-n", SYSTEM, "get", "pods")["items"]]
     assert operators and all(s["podIP"] != s["hostIP"] for s in operators), operators
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(only_its_own_pods(JOB)))
-    doc = yaml.safe_load(example(JOB, steps=1500))
-    doc["spec"]["checkpoint"]["keep"] = 100  # every checkpoint stays, so each generation's can be read at the end
+    doc = yaml.safe_load(example(JOB, steps=STEPS))
+    doc["spec"]["checkpoint"]["keep"] = STEPS  # every checkpoint stays, so each generation's can be read at the end
     cluster.kubectl("-n", NS, "apply", "-f", "-", input=yaml.safe_dump(doc))
     storage = cluster.storage / NS / JOB
 
@@ -59,13 +62,13 @@ def test_rank0_killed_under_a_policy_blocking_the_probes_resumes_from_storage(cl
     # As a node failure would: rank 0's pod gone at once, its processes killed.
     cluster.kubectl("-n", NS, "delete", "pod", f"{JOB}-g1-worker-0", "--grace-period=0", "--force")
     final = wait(lambda: (s := status(cluster, JOB)).get("phase") in ("Complete", "Failed") and s, 900, "a terminal phase")
-    assert final["phase"] == "Complete" and final["generation"] == 2 and final["step"] == 1500, final
+    assert final["phase"] == "Complete" and final["generation"] == 2 and final["step"] == STEPS, final
 
     manifests = committed(storage)
     killed_at = max(m["step"] for m in manifests if m["generation"] == 1)  # rank 0 commits: none after its death
     second = sorted(m["step"] for m in manifests if m["generation"] == 2)
     assert killed_at >= before_kill
     # Generation 2 loaded step ``killed_at`` from storage: it never wrote an earlier step again.
-    assert second and second[0] == killed_at + 40 and second[-1] == 1500, (killed_at, second)
+    assert second and second[0] == killed_at + 40 and second[-1] == STEPS, (killed_at, second)
     cluster.kubectl("-n", NS, "delete", "tj", JOB, "--wait=false")
     cluster.kubectl("-n", NS, "delete", "networkpolicy", f"{JOB}-only")
