@@ -18,7 +18,7 @@ from shardwright.operator.api import validate
 from shardwright.operator.controller import JobRef, worker_config
 from shardwright.operator.planner import plan_uniform
 from shardwright.workers import lora as lora_mod
-from shardwright.workers import train
+from shardwright.workers import optim, train
 from shardwright.workers.config import LORA_TARGETS, LoraConfig, ModelConfig, RankEnv
 from shardwright.workers.hf import adapter as hf_adapter
 from shardwright.workers.hf import export as hf_export
@@ -262,12 +262,12 @@ def test_weight_decay_spares_norms_and_biases():
     model = Transformer(ModelConfig(vocab_size=96, dim=32, layers=1, heads=4, kv_heads=2, ffn_dim=48,
                                     layer_kinds=("softmax",), qkv_bias=True))
     names = {id(p): n for n, p in model.named_parameters()}
-    decayed, spared = train.decay_groups(model, 0.1)
+    decayed, spared = optim.decay_groups(model, 0.1)
     assert (decayed["weight_decay"], spared["weight_decay"]) == (0.1, 0.0)
     assert sorted(names[id(p)] for p in spared["params"]) == [
         "blocks.0.ffn_norm.weight", "blocks.0.mixer.kv.bias", "blocks.0.mixer.q.bias", "blocks.0.mixer_norm.weight", "norm.weight"]
     assert len(decayed["params"]) + len(spared["params"]) == len(list(model.parameters()))
-    [whole] = train.decay_groups(model, 0.0)  # one group, as checkpoints from before the split hold
+    [whole] = optim.decay_groups(model, 0.0)  # one group, as checkpoints from before the split hold
     assert len(whole["params"]) == len(list(model.parameters()))
 
 
@@ -279,7 +279,7 @@ def test_bf16_autocast_trains_a_step_on_cpu_close_to_fp32(llama):
         with torch.no_grad():
             for _, b in lora_mod.adapters(model).values():
                 b.fill_(0.01)  # nonzero B, so A gets a gradient too
-        with train.autocast(precision, torch.device("cpu")):
+        with optim.autocast(precision, torch.device("cpu")):
             logits = model(tokens[:, :-1], torch.arange(16))
         assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
@@ -289,5 +289,5 @@ def test_bf16_autocast_trains_a_step_on_cpu_close_to_fp32(llama):
         assert all(p.dtype == torch.float32 for p in model.parameters())  # weights and grads stay float32
     assert math.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["fp32"]) < 0.02 * losses["fp32"]
     assert torch.nn.functional.cosine_similarity(grads["bf16"], grads["fp32"], dim=0) > 0.99
-    with train.autocast("auto", torch.device("cpu")):  # auto on CPU: fp32
+    with optim.autocast("auto", torch.device("cpu")):  # auto on CPU: fp32
         assert not torch.is_autocast_enabled("cpu")
