@@ -71,6 +71,12 @@ def installed(cluster: Cluster, request: pytest.FixtureRequest):
     # A module before this one may still be deleting the namespace (its pods stopping).
     wait(lambda: cluster.kubectl("get", "namespace", NS, check=False).returncode != 0, 300, f"namespace {NS} gone")
     cluster.kubectl("create", "namespace", NS)
+    # A module's NAMESPACE_LABELS (Pod Security levels) on both namespaces before any pod.
+    labels = [f"{k}={v}" for k, v in getattr(request.module, "NAMESPACE_LABELS", {}).items()]
+    if labels:
+        cluster.kubectl("create", "namespace", SYSTEM, check=False)  # may be there from an earlier module
+        for ns in (NS, SYSTEM):
+            cluster.kubectl("label", "--overwrite", "namespace", ns, *labels)
     cluster.kubectl("-n", NS, "create", "serviceaccount", WORKER_SA)
     if cluster.storage is not None:  # process-backed nodes: a hostPath volume all of them see
         cluster.kubectl("apply", "-f", "-", input=json.dumps({
@@ -93,6 +99,8 @@ def installed(cluster: Cluster, request: pytest.FixtureRequest):
     # last Lease release may be refused on the way out; nothing depends on it.
     audit_until = audit.size(cluster.audit_log) if cluster.audit_log else 0
     cluster.run("helm", "uninstall", "sw", "-n", SYSTEM, "--wait", "--timeout=2m", check=False)
+    if labels:  # SYSTEM outlives the module
+        cluster.kubectl("label", "namespace", SYSTEM, *(f"{label.split('=')[0]}-" for label in labels), check=False)
     # Gone before the next module installs again: its namespace, and the volume bound to the
     # claim that went with it (a static volume stays Released, and its path is this module's).
     cluster.kubectl("delete", "namespace", NS, "--timeout=300s", check=False, timeout=330)
@@ -102,3 +110,21 @@ def installed(cluster: Cluster, request: pytest.FixtureRequest):
         refused = [c for c in audit.calls(cluster.audit_log, audit.service_account(SYSTEM, OPERATOR_SA),
                                              since=audit_from, until=audit_until) if c.code == 403]
         assert not refused, f"the chart's RBAC refused the operator: {sorted(set(refused))}"
+
+
+def node_ip(cluster: Cluster, node: str) -> str:
+    addresses = cluster.json("get", "node", node)["status"]["addresses"]
+    return next(a["address"] for a in addresses if a["type"] == "InternalIP")
+
+
+@pytest.fixture()
+def s3(cluster: Cluster, tmp_path):
+    """The S3-compatible server (tests/support/s3.py) at a process node's InternalIP: the pod
+    bridge's address on this machine, which the pods, from their own network namespaces,
+    and the test both reach; nothing listens beyond this machine's bridge."""
+    from tests.support.s3 import s3_server
+
+    if cluster.storage is None:
+        pytest.skip("needs process-backed nodes: pods of another cluster cannot reach a server on this machine")
+    with s3_server(tmp_path / "s3", host=node_ip(cluster, "proc-0")) as server:
+        yield server

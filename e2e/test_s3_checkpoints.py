@@ -3,9 +3,8 @@
 keys from a Secret; a rank pod is force-deleted and generation 2, on another node, resumes
 from the bucket. On a volume: a job's own PersistentVolumeClaim instead of the chart's.
 
-The server runs on this machine at a process node's InternalIP: the pod bridge's address
-on this machine (e2e/cluster/podnet.py), the one address both the pods, from their own
-network namespaces, and this test reach; nothing listens beyond this machine's bridge.
+The server runs on this machine at a process node's InternalIP (the ``s3`` fixture of
+e2e/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,17 +16,12 @@ import pytest
 import yaml
 
 from e2e.jobs import NS, example, status, wait
-from tests.support.s3 import KEYS, REGION, s3_server
+from tests.support.s3 import KEYS, REGION
 
 pytestmark = pytest.mark.cluster
 JOB = "s3-resume"
 STEPS = 1500
 INTERVAL = 100
-
-
-def _node_ip(cluster, node: str) -> str:
-    addresses = cluster.json("get", "node", node)["status"]["addresses"]
-    return next(a["address"] for a in addresses if a["type"] == "InternalIP")
 
 
 def _pods(cluster, generation: int) -> list[dict]:
@@ -38,14 +32,6 @@ def _manifests(s3, fs, prefix: str) -> list[dict]:
     """Every committed manifest in the bucket under ``prefix``, oldest first."""
     keys = [k for k in s3.keys(prefix) if k.endswith("/manifest.json")]
     return sorted((json.loads(fs.cat_file(f"{s3.bucket}/{k}")) for k in keys), key=lambda m: m["step"])
-
-
-@pytest.fixture()
-def s3(cluster, tmp_path):
-    if cluster.storage is None:
-        pytest.skip("needs process-backed nodes: pods of another cluster cannot reach a server on this machine")
-    with s3_server(tmp_path / "s3", host=_node_ip(cluster, "proc-0")) as server:
-        yield server
 
 
 def test_s3_resume_on_another_node(cluster, installed, s3):
