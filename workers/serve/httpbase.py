@@ -45,6 +45,8 @@ class OpenAIHandler(BaseHTTPRequestHandler):
     #: Small writes go out at once: on a kept-alive connection Nagle's algorithm would hold
     #: a response's body until the client's delayed ACK of its headers (40 ms).
     disable_nagle_algorithm = True
+    #: Seconds a request body may take to arrive (a client that stalls gets 408, not a thread for ever).
+    body_timeout = 30.0
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass  # one line per request is noise at serving rates; metrics count them
@@ -54,11 +56,52 @@ class OpenAIHandler(BaseHTTPRequestHandler):
         return self.path.split("?", 1)[0]
 
     def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
+        """The body, of exactly ``Content-Length`` bytes; a body this cannot read whole (no
+        such length, a chunked one, one cut short or too slow) is refused and the connection
+        closed, so that none of it is taken for the next request."""
+        given = self.headers.get_all("Content-Length") or ["0"]
+        if "Transfer-Encoding" in self.headers:
+            self.close_connection = True
+            raise protocol.APIError(411, "a chunked request body is not read: send the body with a Content-Length header")
+        if len(set(given)) > 1 or not (given[0].isascii() and given[0].isdigit()):
+            self.close_connection = True
+            raise protocol.APIError(400, f"Content-Length must be one non-negative integer, got {', '.join(given)[:100]!r}")
+        length = int(given[0])
         if length > MAX_BODY:
             self.close_connection = True  # the unread body must not be taken for the next request
             raise protocol.APIError(413, f"the request body has {length} bytes; at most {MAX_BODY} are read")
-        return self.rfile.read(length)
+        self.connection.settimeout(self.body_timeout)
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            raw = None
+        finally:
+            self.connection.settimeout(None)
+        if raw is None or len(raw) < length:
+            self.close_connection = True
+            got = f"did not arrive within {self.body_timeout:g} s" if raw is None else f"ended after {len(raw)} bytes"
+            raise protocol.APIError(408 if raw is None else 400, f"the request body {got}; Content-Length said {length}")
+        return raw
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's errors (a bad request line, a header too long, a method
+        with no handler: 501, answered 405 here) as OpenAI-style JSON, the connection closed."""
+        if code == 501:
+            code, message = 405, f"method {self.command} is not allowed; this server answers GET and POST"
+        short = self.responses.get(code, ("Error",))[0]
+        if self.request_version == "HTTP/0.9":  # a line that is no HTTP/1 request still gets a status line
+            self.request_version = "HTTP/1.0"
+        body = json.dumps(protocol.APIError(code, message or short).body()).encode()
+        self.close_connection = True
+        self.send_response(code, short)
+        self.send_header("Connection", "close")
+        if code == 405:
+            self.send_header("Allow", "GET, POST")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _start_events(self, headers: dict[str, str] | None = None) -> None:
         self._chunked = self.request_version == "HTTP/1.1"  # HTTP/1.0: the stream ends when the connection does

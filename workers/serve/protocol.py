@@ -57,7 +57,7 @@ class GenerationRequest:
 def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, an integer of over 4,300 digits, nesting too deep
         raise APIError(400, f"We could not parse the JSON body of your request ({e}). Send valid JSON.") from None
     if not isinstance(body, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(body).__name__}")
@@ -142,17 +142,21 @@ def _request(kind: Literal["completion", "chat"], body: dict[str, Any], ids: lis
     if not 0 < top_p <= 1:
         raise APIError(400, f"top_p must be in (0, 1], got {top_p}", param="top_p")
     stop = body.get("stop")
-    stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if not all(isinstance(s, str) and s for s in stop):
+    stop = [stop] if isinstance(stop, str) else stop
+    if not (stop is None or isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)):
         raise APIError(400, "stop must be a non-empty string or a list of them", param="stop")
+    stop = tuple(stop or ())
     stop_ids = _get(body, "stop_token_ids", list, [])
-    if not all(isinstance(t, int) for t in stop_ids):
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in stop_ids):
         raise APIError(400, "stop_token_ids must be a list of token ids", param="stop_token_ids")
+    seed = _get(body, "seed", int, None)
+    if seed is not None and not -(2**63) <= seed < 2**64:  # what a torch.Generator takes; beyond, it would fail in the engine
+        raise APIError(400, f"seed must be an integer from -2**63 to 2**64 - 1, got {seed}", param="seed")
     eos = model.tokenizer.eos_id
     options = _get(body, "stream_options", dict, {}) or {}
     params = SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=_get(body, "top_k", int, 0),
-        seed=_get(body, "seed", int, None), ignore_eos=_get(body, "ignore_eos", bool, False),
+        seed=seed, ignore_eos=_get(body, "ignore_eos", bool, False),
         stop_token_ids=tuple(stop_ids) + ((eos,) if eos is not None else ()),
     )
     return GenerationRequest(
@@ -175,8 +179,10 @@ def _get(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     ok = isinstance(value, int | float) and not isinstance(value, bool) if kind is float else isinstance(value, kind)
     if kind is int and isinstance(value, bool):
         ok = False
+    if ok and kind is float and isinstance(value, int) and abs(value) >= 2**1024:
+        raise APIError(400, f"{name} is beyond a float's range, got an integer of {len(str(value))} digits", param=name)
     if not ok:
-        raise APIError(400, f"{name} must be {_NAMES[kind]}, got {json.dumps(value)}", param=name)
+        raise APIError(400, f"{name} must be {_NAMES[kind]}, got {json.dumps(value)[:100]}", param=name)
     return float(value) if kind is float else value
 
 
