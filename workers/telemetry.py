@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +42,9 @@ disable_created_metrics()  # *_created series only add noise to a rank's scrape
 
 #: Paths that answer without the job's token (every other one asks for it).
 OPEN = ("/healthz", "/metrics")
+#: Largest ``/control`` body read (bytes; a list of shares takes a few hundred), and the
+#: seconds it may take to arrive: a client that stalls or lies gets 4xx, not a thread for ever.
+MAX_BODY, BODY_TIMEOUT = 1 << 20, 10.0
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -152,6 +156,8 @@ class Telemetry:
         telemetry = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = BODY_TIMEOUT  # one request per connection (HTTP/1.0): no idle keep-alive to cut
+
             def refused(self) -> bool:
                 """Answer 401 to a path not ``OPEN`` without the token; True when it did."""
                 if self.path in OPEN or authorized(self.headers.get("Authorization"), token):
@@ -172,7 +178,7 @@ class Telemetry:
                 elif self.path == "/healthz":
                     body, ctype = b"ok", "text/plain"
                 else:
-                    self.send_error(404)
+                    self.send_error(404, f"no such path: GET {self.path}")
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", ctype)
@@ -184,20 +190,48 @@ class Telemetry:
                 if self.refused():
                     return
                 if self.path != "/control":
-                    self.send_error(404)
+                    self.send_error(404, f"no such path: POST {self.path}")
+                    return
+                given = self.headers.get("Content-Length") or "0"
+                if not (given.isascii() and given.isdigit()) or int(given) > MAX_BODY:
+                    self.send_error(413 if given.isdigit() else 400, f"Content-Length must be an integer from 0 to {MAX_BODY}, got {given[:40]!r}")
                     return
                 try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                    shares = body["dataShares"]
-                    if not (isinstance(shares, list) and shares and all(isinstance(x, int | float) and x > 0 for x in shares)):
-                        raise ValueError("dataShares must be a list of positive numbers")
-                except (ValueError, KeyError, TypeError) as e:
-                    self.send_error(400, str(e))
+                    raw = self.rfile.read(int(given))
+                except TimeoutError:
+                    raw = None
+                if raw is None or len(raw) < int(given):
+                    self.send_error(408 if raw is None else 400, f"the body {'did not arrive' if raw is None else 'ended'} before its {given} bytes")
+                    return
+                try:
+                    body = json.loads(raw or b"{}")
+                except (ValueError, RecursionError) as e:
+                    self.send_error(400, f"the body is not JSON ({e})")
+                    return
+                shares = body.get("dataShares") if isinstance(body, dict) else None
+                if not (isinstance(shares, list) and shares and all(isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < math.inf for x in shares)):
+                    self.send_error(400, f"dataShares must be a non-empty list of finite positive numbers, got {json.dumps(shares)[:100]}")
                     return
                 telemetry.offer_shares(shares)
                 self.send_response(202)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                """Errors as JSON ``{"error": message}``, the standard library's too (a method
+                with no handler, 501 there, is 405 here)."""
+                if code == 501:
+                    code, message = 405, f"method {self.command} is not allowed; GET /metrics, /status, /healthz or POST /control"
+                if self.request_version == "HTTP/0.9":  # a line that is no HTTP/1 request still gets a status line
+                    self.request_version = "HTTP/1.0"
+                body = json.dumps({"error": message or self.responses.get(code, ("Error",))[0]}).encode()
+                self.close_connection = True
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 pass
