@@ -68,8 +68,14 @@ def from_secret(cert_dir: Path, *, secret: str, namespace: str | None, service: 
 
 def respond(review: dict[str, Any], admit: Admit) -> dict[str, Any]:
     """The answer to an AdmissionReview: allowed unless ``admit`` refuses a create or update
-    (a delete is never refused; the chart does not even send them)."""
-    request = review.get("request") or {}
+    (a delete is never refused; the chart does not even send them). A body that is no
+    AdmissionReview raises ``ValueError`` naming the field (the server answers 400)."""
+    request = review.get("request") if isinstance(review, dict) else None
+    if not isinstance(request, dict):
+        raise ValueError("request must be an object")
+    for name, kind in (("uid", str), ("operation", str), ("object", dict), ("oldObject", dict)):
+        if request.get(name) is not None and not isinstance(request[name], kind):
+            raise ValueError(f"request.{name} must be {'a string' if kind is str else 'an object'}")
     answer: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": True}
     operation = request.get("operation")
     if operation in ("CREATE", "UPDATE"):
@@ -130,11 +136,10 @@ class AdmissionServer:
         return certs.fingerprint(served) == certs.fingerprint(Path(self.certfile).read_bytes())
 
     async def _review(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        try:
-            review = json.loads(await request.text())
-        except json.JSONDecodeError as e:
-            raise aiohttp.web.HTTPBadRequest(reason=f"not an AdmissionReview: {e}")
-        return aiohttp.web.json_response(respond(review, self.admit))
+        try:  # not JSON or UTF-8, nesting too deep, an integer of over 4,300 digits, not a review's shape
+            return aiohttp.web.json_response(respond(json.loads(await request.read()), self.admit))
+        except (ValueError, RecursionError) as e:
+            return aiohttp.web.json_response({"error": f"not an AdmissionReview: {e}"}, status=400)
 
 
 async def keep_serving(server: AdmissionServer, rotator: CertRotator | None, *, retry_seconds: float = 5.0) -> None:
