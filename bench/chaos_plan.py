@@ -15,8 +15,8 @@ plan meaningful rather than merely random:
 - the restart budget equals the restarts the plan needs, or, in a ``budget`` plan, one
   less: then the job must fail with ``BackoffLimitExceeded`` at the last restart fault.
 
-The embedded default is the only target built so far; a cluster target adds its own kinds
-(node heartbeat lost, operator killed, ...) to ``KINDS`` and its own ``Target`` job.
+The cluster target's kinds (node heartbeat lost, operator killed, ...) are in ``KINDS`` too;
+its plans are drawn by bench/chaos_cluster_plan.py.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ import yaml
 from shardwright.workers.faults import Fault, parse_fault
 
 #: Fault kinds a plan draws from, by target, with their weights.
-KINDS = {"local": {"kill": 4, "kill-during-checkpoint": 2, "hang": 2, "corrupt-checkpoint": 3}}
+KINDS = {"local": {"kill": 4, "kill-during-checkpoint": 2, "hang": 2, "corrupt-checkpoint": 3},
+         # bench/chaos_cluster_plan.py: faults at moments on the real control plane.
+         "cluster": {"pod-delete": 3, "kill": 3, "hang": 2, "node-lost": 2, "operator-killed": 3, "apiserver-restart": 2,
+                     "etcd-restart": 2, "conflict": 3, "corrupt-checkpoint": 2}}
 #: Kinds that end a generation with a failure (each spends one restart).
 RESTARTING = ("kill", "kill-during-checkpoint", "hang", "shrink")
 #: Share of runs on the elastic job (shrink and grow); the rest run at a fixed size.

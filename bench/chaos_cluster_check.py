@@ -1,0 +1,78 @@
+"""The invariants of a cluster chaos run, checked on what it recorded: every job's final
+status, the faults that struck (with the restarts they must cost), the pod recorder's
+generations, and what was left after the jobs were deleted. Verdicts are chaos_check's."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from bench.chaos_check import Verdict
+from bench.chaos_cluster_faults import Strike
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """What one run left: final statuses by job, the strikes, the generations seen at once,
+    the pods and Services left after deleting the jobs, and the plan drawn twice."""
+
+    statuses: dict[str, dict[str, Any]]
+    strikes: list[Strike]
+    overlaps: list[str]
+    leftovers: list[str]
+    replans_equal: bool
+
+
+def check(run: Record, reference: dict[str, Any]) -> list[Verdict]:
+    return [_outcome(run), _loss(run, reference), _restarts(run), _one_generation(run), _orphans(run),
+            _rejected(run), Verdict("same seed, same plan", run.replans_equal)]
+
+
+def _outcome(run: Record) -> Verdict:
+    bad = {n: s.get("phase") for n, s in run.statuses.items() if s.get("phase") != "Complete"}
+    return Verdict("outcome", not bad, f"not Complete: {bad}" if bad else f"{len(run.statuses)} jobs Complete")
+
+
+def _loss(run: Record, reference: dict[str, Any]) -> Verdict:
+    """Final step and loss equal the fault-free run's bit for bit (same world size)."""
+    want = (reference.get("step"), reference.get("loss"))
+    bad = {n: (s.get("step"), s.get("loss")) for n, s in run.statuses.items() if (s.get("step"), s.get("loss")) != want}
+    return Verdict("loss", not bad, f"differ from {want!r}: {bad}" if bad else f"every job ends at {want!r}")
+
+
+def expected_restarts(strikes: list[Strike]) -> dict[str, int]:
+    """One restart per generation a fault ended (two faults in one generation cost one)."""
+    ended = {pair for s in strikes if s.struck for pair in s.restarts}
+    out: dict[str, int] = {}
+    for job, _ in ended:
+        out[job] = out.get(job, 0) + 1
+    return out
+
+
+def _restarts(run: Record) -> Verdict:
+    want = expected_restarts(run.strikes)
+    bad = {n: (s.get("restarts", 0), want.get(n, 0)) for n, s in run.statuses.items() if s.get("restarts", 0) != want.get(n, 0)}
+    return Verdict("restarts", not bad, f"(counted, needed): {bad}" if bad else f"counted as needed: {dict(sorted(want.items()))}")
+
+
+def _one_generation(run: Record) -> Verdict:
+    return Verdict("one generation at a time", not run.overlaps, "; ".join(run.overlaps[:3]) or "no pod created while another generation's was alive")
+
+
+def _orphans(run: Record) -> Verdict:
+    return Verdict("no orphans", not run.leftovers, f"left: {run.leftovers}" if run.leftovers else "")
+
+
+def _rejected(run: Record) -> Verdict:
+    """A damaged checkpoint that a restart could load was rejected, and no healthy one was."""
+    damaged = {pair for s in run.strikes if s.struck for pair in s.damaged}
+    rejected = {(n, step) for n, s in run.statuses.items() for step in s.get("rejectedCheckpoints", [])}
+    healthy = sorted(rejected - damaged)
+    return Verdict("rejected only damaged", not healthy, f"rejected {sorted(rejected)}" + (f", healthy: {healthy}" if healthy else ""))
+
+
+def struck(strike: Strike, statuses: dict[str, dict[str, Any]]) -> bool:
+    """A damaged checkpoint struck only if a restart rejected it."""
+    if strike.damaged:
+        return strike.struck and all(step in statuses.get(job, {}).get("rejectedCheckpoints", []) for job, step in strike.damaged)
+    return strike.struck
