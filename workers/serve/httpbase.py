@@ -12,6 +12,7 @@ each replica); a stream cut short (an error, a client gone) closes it.
 from __future__ import annotations
 
 import json
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,6 +39,12 @@ class Server(ThreadingHTTPServer):
     #: Connections the kernel queues before they are accepted. The standard library's 5
     #: drops the rest of a burst of clients, who then wait a second to retry (TCP's SYN timer).
     request_queue_size = 256
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that left before its answer was written (a broken pipe, a reset) is no
+        error of this server's: nothing to print. Anything else is printed as before."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class OpenAIHandler(BaseHTTPRequestHandler):
