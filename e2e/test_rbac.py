@@ -26,7 +26,6 @@ RARE = {
     ("get", "/services"): "a 409 on creating the job's Service: whose is it (ownership by uid)",
     ("get", "policy/poddisruptionbudgets"): "a 409 on creating a generation's PodDisruptionBudget: whose is it",
     ("get", "/pods"): "a 409 on creating a pod: whose is it",
-    ("get", "/secrets"): "a job's telemetry token after an operator restart, or whose Secret a 409 on create found",
     ("create", "coordination.k8s.io/leases"): "the leader Lease, made once: it outlives helm uninstall, so a later install finds it",
     ("get", "shardwright.io/trainingjobs"): "a 409 on a status write: the job is read again",
     ("get", "shardwright.io/trainingjobs/status"): "kept beside patch for kubectl auth can-i and tools; unused",
@@ -38,10 +37,9 @@ RARE = {
 
 def granted(cluster) -> set[tuple[str, str]]:
     """(verb, group/resource) the chart gives the operator: its ClusterRole, the jobs' Role
-    in NS, the Lease Role and the webhook certificate Role."""
+    in NS, the Lease Role, the webhook certificate Role and the token key Role."""
     roles = [cluster.json("get", "clusterrole", OPERATOR_SA), cluster.json("-n", NS, "get", "role", f"{OPERATOR_SA}-jobs"),
-             cluster.json("-n", SYSTEM, "get", "role", f"{OPERATOR_SA}-leader"),
-             cluster.json("-n", SYSTEM, "get", "role", f"{OPERATOR_SA}-webhook")]
+             *(cluster.json("-n", SYSTEM, "get", "role", f"{OPERATOR_SA}-{role}") for role in ("leader", "webhook", "token-key"))]
     return {(verb, f"{group}/{resource}") for role in roles for rule in role["rules"]
             for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
 

@@ -44,6 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--network-policy", metavar="PEERS_JSON",
                    help="a NetworkPolicy per job: its pods take traffic from each other, and from these NetworkPolicyPeers "
                         "(a JSON list: the operator's pods, a Prometheus) on the telemetry ports only")
+    p.add_argument("--token-key-secret", metavar="NAMESPACE/NAME",
+                   help="Secret keeping the key of the jobs' telemetry tokens, made there when missing (default: a key of this "
+                        "process; a restarted operator's probes of running jobs are then refused)")
     p.set_defaults(func=_operator)
 
     p = sub.add_parser("ray-head", help="drive one runtime: ray generation from its head pod (the operator renders this command)")
@@ -59,7 +62,9 @@ def _operator(args) -> int:
     import dataclasses
     import logging
 
-    from shardwright.operator import handlers, lease, webhook
+    from kubernetes import client
+
+    from shardwright.operator import handlers, lease, tokenkey, webhook
     from shardwright.operator.backends import dataplane
     from shardwright.operator.backends.kubernetes import KubernetesSettings
     from shardwright.operator.backends.pods import PodSettings
@@ -75,8 +80,14 @@ def _operator(args) -> int:
         return 2
     try:
         peers = dataplane.parse_peers(args.network_policy) if args.network_policy is not None else None
+        key_at = tokenkey.parse(args.token_key_secret) if args.token_key_secret else None
     except ValueError as e:
         print(f"shardwright operator: {e}", file=sys.stderr)
+        return 2
+    try:
+        token_key = tokenkey.ensure(client.CoreV1Api(handlers.api_client()), *key_at) if key_at else dataplane.PROCESS_KEY
+    except tokenkey.TokenKeyError as e:
+        print(f"shardwright operator: the telemetry token key: {e}", file=sys.stderr)
         return 2
     pods = PodSettings(gang_scheduler=args.gang_scheduler, gang_queue=args.gang_queue, checkpoint_claim=args.checkpoint_claim,
                        service_account=args.worker_service_account)
@@ -86,7 +97,7 @@ def _operator(args) -> int:
         pods = dataclasses.replace(pods, gang_scheduler_name=args.gang_scheduler_name)
     cfg = handlers.OperatorConfig(
         kubernetes=KubernetesSettings(pods=pods, startup_timeout_s=args.startup_timeout, cordon_nodes=args.cordon_nodes,
-                                      network_policy_peers=peers),
+                                      network_policy_peers=peers, token_key=token_key),
         webhook_port=args.webhook_port if tls else None,
         webhook_certfile=tls[0] if tls else None,
         webhook_pkeyfile=tls[1] if tls else None,

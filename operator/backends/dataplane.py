@@ -1,13 +1,16 @@
 """A job's data plane, guarded: its telemetry token, and a NetworkPolicy around its pods.
 
 **Token.** Rank 0's ``/status`` and ``/control`` answer only requests with the job's token
-(workers/telemetry.py). It is 32 random bytes in a Secret ``<job>-telemetry`` in the job's
-namespace, owned by the TrainingJob (the garbage collector deletes it with the job),
-immutable, made once, before the job's first pods. Every pod of the job reads it through
-``valueFrom.secretKeyRef`` (``pods.pod_manifest``): the pod spec names the Secret, never the value.
-The operator sends it with each probe; it never logs it or writes it into status. Tokens
-are remembered by job uid (:data:`TOKENS`), so the Secret is read only by an operator that
-restarted while the job ran.
+(workers/telemetry.py): HMAC-SHA256 of the job's uid under the operator's key
+(``KubernetesSettings.token_key``, kept in a Secret of the operator's own: operator/tokenkey.py).
+The operator computes it whenever it probes, so it never reads a Secret of a job back and
+its ServiceAccount needs no ``get`` on Secrets in the jobs' namespaces. The ranks read it
+from a Secret ``<job>-telemetry-<uid>`` in the job's namespace, owned by the TrainingJob (the
+garbage collector deletes it with the job), immutable, made once, before the job's first
+pods, through ``valueFrom.secretKeyRef`` (``pods.pod_manifest``): the pod spec names the
+Secret, never the value. Its name holds the job's uid, so a 409 on its create means this
+job's (an earlier pass, a restarted operator): nothing to read. The operator never logs the
+token nor writes it into status; it remembers which jobs' Secrets it made (:data:`MADE`).
 
 **NetworkPolicy** (``--network-policy``, chart value ``networkPolicy.enabled``): one per
 job, ``<job>-ranks``, owned by it. Its pods take traffic from the job's own pods on every
@@ -20,23 +23,31 @@ from __future__ import annotations
 
 import base64
 import collections
+import hashlib
+import hmac
 import json
 import secrets
 import threading
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from . import pods as render
-from . import podstatus
 
-#: Tokens remembered at most (least recently used go first; a forgotten one is read again).
+#: Jobs remembered at most (least recently used go first; a forgotten one's create answers 409).
 REMEMBERED = 10_000
+#: This process's key where none is brought (``shardwright operator`` without
+#: ``--token-key-secret``, tests): tokens hold while the process runs.
+PROCESS_KEY = secrets.token_bytes(32)
 
 
 def new_token() -> str:
     """32 random bytes, URL-safe base64 (43 characters)."""
     return secrets.token_urlsafe(32)
+
+
+def token_for(key: bytes, uid: str) -> str:
+    """The telemetry token of the job with ``uid``: HMAC-SHA256 under ``key``, URL-safe
+    base64 (43 characters, as :func:`new_token`)."""
+    return base64.urlsafe_b64encode(hmac.new(key, uid.encode(), hashlib.sha256).digest()).decode().rstrip("=")
 
 
 def policy_name(owner: render.Owner) -> str:
@@ -51,12 +62,6 @@ def render_secret(owner: render.Owner, token: str) -> dict[str, Any]:
     """The job's token Secret; immutable, so a remembered token never goes stale."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "immutable": True,
             "metadata": _meta(owner, render.token_secret_name(owner)), "data": {render.TOKEN_KEY: base64.b64encode(token.encode()).decode()}}
-
-
-def token_in(secret: dict[str, Any]) -> str | None:
-    """The token a Secret read from the server holds (None when it holds none)."""
-    value = (secret.get("data") or {}).get(render.TOKEN_KEY)
-    return base64.b64decode(value).decode() if value else None
 
 
 def render_network_policy(owner: render.Owner, telemetry_port: int, ranks_per_pod: int,
@@ -95,47 +100,29 @@ def parse_peers(text: str) -> tuple[dict[str, Any], ...]:
     return tuple(peers)
 
 
-def job_token(core: Any, owner: render.Owner) -> str | None:
-    """The job's token to send with a probe: remembered, else read from its Secret once (by
-    an operator that restarted while the job ran); None where there is none to send."""
-    if (token := TOKENS.get(owner.uid)) is None:
-        try:
-            secret = json.loads(core.read_namespaced_secret(render.token_secret_name(owner), owner.namespace, _preload_content=False).data)
-        except ApiException as e:
-            if e.status != 404:
-                return None  # asked again at the next probe
-            secret = {}  # a job started by an older operator: its ranks ask for no token
-        except Exception:
-            return None
-        mine = podstatus.controller_uid(secret.get("metadata") or {}) == owner.uid
-        token = (token_in(secret) or "") if mine else ""
-        TOKENS.put(owner.uid, token)
-    return token or None
-
-
-class Tokens:
-    """Job uid -> token, for every backend pass of this operator process. ``""`` for a job
-    whose Secret is missing (one started by an older operator): asked once, not each pass."""
+class Made:
+    """Uids of the jobs whose token Secret this operator process made or found, so each is
+    created once, not on every generation's start."""
 
     def __init__(self, size: int = REMEMBERED) -> None:
         self._size = size
-        self._tokens: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._uids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()  # reconcile passes run on many threads
 
-    def get(self, uid: str) -> str | None:
+    def __contains__(self, uid: str) -> bool:
         with self._lock:
-            if uid in self._tokens:
-                self._tokens.move_to_end(uid)
-            return self._tokens.get(uid)
+            if uid in self._uids:
+                self._uids.move_to_end(uid)
+                return True
+            return False
 
-    def put(self, uid: str, token: str) -> None:
+    def add(self, uid: str) -> None:
         with self._lock:
-            self._tokens[uid] = token
-            self._tokens.move_to_end(uid)
-            while len(self._tokens) > self._size:
-                self._tokens.popitem(last=False)
+            self._uids[uid] = None
+            self._uids.move_to_end(uid)
+            while len(self._uids) > self._size:
+                self._uids.popitem(last=False)
 
 
-#: This process's tokens. Shared by every operator in it (tests run two): a token belongs
-#: to a job uid and its Secret is immutable, so whoever learned it first is right.
-TOKENS = Tokens()
+#: This process's jobs with a token Secret, shared by every operator in it (tests run two).
+MADE = Made()

@@ -69,6 +69,10 @@ class KubernetesSettings:
     #: NetworkPolicyPeers admitted to the ranks' telemetry ports by a NetworkPolicy per job
     #: (``--network-policy``: the operator's pods, a Prometheus); None: no policy.
     network_policy_peers: tuple[dict[str, Any], ...] | None = None
+    #: Key of every job's telemetry token (dataplane.token_for): the chart's is kept in a
+    #: Secret (``--token-key-secret``, operator/tokenkey.py), so a restarted operator computes
+    #: the tokens of running jobs again; else this process's own.
+    token_key: bytes = dataplane.PROCESS_KEY
 
 
 #: Pod phases whose containers have all ended: nothing of the rank runs any more.
@@ -297,12 +301,16 @@ class KubernetesBackend:
         """The job's token Secret, made once (remembered after), and its NetworkPolicy when
         the operator is told to make one (dataplane.py); both before any pod."""
         ns, uid = self.owner.namespace, self.owner.uid
-        if not dataplane.TOKENS.get(uid):
-            token = dataplane.new_token()
-            there = self._create("Secret", lambda body: self.core.create_namespaced_secret(ns, body, _preload_content=False),
-                                 dataplane.render_secret(self.owner, token),
-                                 lambda name: self.core.read_namespaced_secret(name, ns, _preload_content=False))
-            dataplane.TOKENS.put(uid, (dataplane.token_in(there) or "") if there else token)
+        if uid not in dataplane.MADE:
+            secret = dataplane.render_secret(self.owner, self._token())
+            try:
+                self.core.create_namespaced_secret(ns, secret, _preload_content=False)
+            except ApiException as e:
+                if e.status != 409:  # 409: its name holds this job's uid, so it is this job's
+                    raise _failure(f"create Secret {secret['metadata']['name']}", e) from None
+            except Exception as e:  # connection errors
+                raise _failure(f"create Secret {secret['metadata']['name']}", e) from None
+            dataplane.MADE.add(uid)
         if self.settings.network_policy_peers is not None:
             per_pod = max(g.ranks_per_replica for g in self.spec.workers)
             policy = dataplane.render_network_policy(self.owner, self.settings.pods.telemetry_port, per_pod,
@@ -310,8 +318,8 @@ class KubernetesBackend:
             self._create("NetworkPolicy", lambda body: self.networking.create_namespaced_network_policy(ns, body, _preload_content=False), policy,
                          lambda name: self.networking.read_namespaced_network_policy(name, ns, _preload_content=False))
 
-    def _token(self) -> str | None:
-        return dataplane.job_token(self.core, self.owner)
+    def _token(self) -> str:
+        return dataplane.token_for(self.settings.token_key, self.owner.uid)
 
     def _create(self, kind: str, call: Callable[[dict], Any], body: dict[str, Any], read: Callable[[str], Any]) -> dict[str, Any] | None:
         """Create; a 409 is fine when the object there is this job's (an earlier pass or a

@@ -155,8 +155,9 @@ def child_name(owner: Owner, suffix: str) -> str:
 
 
 def token_secret_name(owner: Owner) -> str:
-    """``<job>-telemetry``: the Secret with the job's telemetry token (made by dataplane.py)."""
-    return child_name(owner, "-telemetry")
+    """``<job>-telemetry-<uid>``: the Secret with the job's telemetry token (made by
+    dataplane.py). The uid makes it this job's alone: a Secret name may be 253 characters."""
+    return f"{child_name(owner, '-telemetry')}-{owner.uid}"
 
 
 #: The key of the job's token Secret that holds the token.

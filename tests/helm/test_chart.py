@@ -133,6 +133,21 @@ def test_a_brought_certificate_is_only_read():
     assert "--webhook-secret=my-cert" in args and not any(a.startswith("--webhook-configuration") for a in args)
 
 
+@pytest.mark.parametrize("values", [{}, NON_DEFAULT], ids=["default", "non-default"])
+def test_no_role_reads_a_secret_it_does_not_name(values):
+    """The operator reads only its own Secrets, by name (the webhook certificate, the token
+    key); a job's token Secret is made, never read back (operator/tokenkey.py)."""
+    objects = render(values)
+    reads = [(role["metadata"]["name"], rule) for role in by_kind(objects, "Role") + by_kind(objects, "ClusterRole")
+             for rule in role["rules"] if {"secrets", "*"} & set(rule["resources"]) and not rule.get("resourceNames")
+             and set(rule["verbs"]) - {"create"}]
+    assert not reads, reads
+    key = next(r for r in by_kind(objects, "Role") if r["metadata"]["name"] == "sw-shardwright-token-key")
+    assert key["rules"][0] == {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["sw-shardwright-token-key"], "verbs": ["get"]}
+    args = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--token-key-secret=shardwright-system/sw-shardwright-token-key" in args
+
+
 def test_more_than_one_replica_needs_the_lease():
     with pytest.raises(helm.HelmError, match="replicaCount above 1 needs leaderElection.enabled"):
         render({"leaderElection": {"enabled": False}})
@@ -143,7 +158,7 @@ def test_non_default_values_take_effect():
     assert not by_kind(objects, "CustomResourceDefinition")
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r["rules"] for r in by_kind(objects, "Role")}
     assert set(roles) == {("team-a", "sw-shardwright-jobs"), ("team-b", "sw-shardwright-jobs"),
-                          ("shardwright-system", "sw-shardwright-webhook")}  # no Lease Role
+                          ("shardwright-system", "sw-shardwright-webhook"), ("shardwright-system", "sw-shardwright-token-key")}  # no Lease Role
     bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in by_kind(objects, "RoleBinding")}
     assert {("team-a", "sw-shardwright-jobs"), ("team-b", "sw-shardwright-jobs")} <= bindings
     assert not by_kind(objects, "Secret") and not by_kind(objects, "ConfigMap")

@@ -27,7 +27,7 @@ def grants(objects: list[dict], resource: str) -> list[str]:
 def test_off_by_default_but_every_job_still_gets_its_token():
     objects = render({})
     assert not by_kind(objects, "NetworkPolicy") and not network_policy_flag(objects)
-    assert grants(objects, "secrets") == ["create", "get"] and not grants(objects, "networkpolicies")
+    assert grants(objects, "secrets") == ["create"] and not grants(objects, "networkpolicies")  # tokens made, never read back
 
 
 def test_on_the_operator_takes_the_webhook_from_anywhere_and_metrics_from_metrics_from():

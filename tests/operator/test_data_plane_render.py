@@ -1,14 +1,16 @@
 """The data plane's objects as rendered (dataplane.py, pods.py): the token Secret, the token in
 every rank pod's env by reference only, the per-job NetworkPolicy, the ``--network-policy``
-flag's checks and the operator's memory of tokens. On the API server: test_data_plane.py."""
+flag's checks and the operator's memory of the Secrets it made. On the API server: test_data_plane.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
 import yaml
 
+from shardwright.operator import tokenkey
 from shardwright.operator.api import validate
 from shardwright.operator.backends import dataplane, raypods
 from shardwright.operator.backends import pods as render
@@ -18,14 +20,17 @@ from tests.operator.test_pods import ROOT, start_action
 OWNER = render.Owner("tiny", "team-a", "uid-1")
 
 
-def test_the_token_secret_is_owned_immutable_and_holds_32_random_bytes():
-    token = dataplane.new_token()
-    assert len(token) == 43 and token != dataplane.new_token()
+def test_the_token_secret_is_owned_immutable_named_for_the_uid_and_holds_the_keyed_token():
+    key = b"k" * 32
+    token = dataplane.token_for(key, OWNER.uid)
+    # 32 bytes as URL-safe base64, the same for a uid and key, another for another uid or key.
+    assert len(token) == 43 and token == dataplane.token_for(key, OWNER.uid)
+    assert token not in (dataplane.token_for(key, "uid-2"), dataplane.token_for(b"j" * 32, OWNER.uid))
     secret = dataplane.render_secret(OWNER, token)
-    assert secret["metadata"]["name"] == "tiny-telemetry" and secret["metadata"]["namespace"] == "team-a"
+    assert secret["metadata"]["name"] == "tiny-telemetry-uid-1" and secret["metadata"]["namespace"] == "team-a"
     assert secret["metadata"]["ownerReferences"] == [OWNER.reference()] and secret["immutable"] is True
     assert token not in json.dumps(secret)  # base64 in data, as the API server keeps it
-    assert dataplane.token_in(secret) == token and dataplane.token_in({"data": {}}) is None
+    assert base64.b64decode(secret["data"]["token"]).decode() == token
 
 
 @pytest.mark.parametrize("runtime", ["torch", "ray"])
@@ -36,7 +41,7 @@ def test_every_pod_reads_the_token_from_the_secret_never_as_a_value(runtime):
     pods = rendering(OWNER, action, groups, render.PodSettings())
     for pod in pods:
         (entry,) = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] == TOKEN_ENV]
-        assert entry == {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": "tiny-telemetry", "key": "token"}}}
+        assert entry == {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": "tiny-telemetry-uid-1", "key": "token"}}}
 
 
 def test_a_template_may_not_set_the_token():
@@ -80,10 +85,17 @@ def test_the_flag_takes_a_list_of_peers():
     assert dataplane.parse_peers(json.dumps([PROMETHEUS])) == (PROMETHEUS,) and dataplane.parse_peers("[]") == ()
 
 
-def test_tokens_are_remembered_least_recently_used_first_out():
-    tokens = dataplane.Tokens(size=2)
-    tokens.put("a", "ta")
-    tokens.put("b", "tb")
-    assert tokens.get("a") == "ta"  # a is now the most recent
-    tokens.put("c", "tc")
-    assert (tokens.get("a"), tokens.get("b"), tokens.get("c")) == ("ta", None, "tc")
+def test_made_secrets_are_remembered_least_recently_used_first_out():
+    made = dataplane.Made(size=2)
+    made.add("a")
+    made.add("b")
+    assert "a" in made  # a is now the most recent
+    made.add("c")
+    assert ("a" in made, "b" in made, "c" in made) == (True, False, True)
+
+
+def test_the_token_key_secret_flag_names_namespace_and_name():
+    assert tokenkey.parse("shardwright-system/sw-shardwright-token-key") == ("shardwright-system", "sw-shardwright-token-key")
+    for bad in ("sw-shardwright-token-key", "/name", "ns/", "a/b/c"):
+        with pytest.raises(ValueError, match="--token-key-secret: expected NAMESPACE/NAME"):
+            tokenkey.parse(bad)

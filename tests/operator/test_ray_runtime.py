@@ -69,7 +69,7 @@ async def test_a_ray_job_gets_a_head_and_a_worker_pod_per_replica(cluster):
                 f'--resources={{"{name}": 1}}',
             ]
             assert env(worker) == {"RANK": str(replica), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1",
-                                   "SHARDWRIGHT_TELEMETRY_TOKEN": {"secretKeyRef": {"name": "tiny-telemetry", "key": "token"}}}
+                                   "SHARDWRIGHT_TELEMETRY_TOKEN": {"secretKeyRef": {"name": f"tiny-telemetry-{job['metadata']['uid']}", "key": "token"}}}
             resources = worker["spec"]["containers"][0]["resources"]
             # The group's, and its rank's GPU (a gpu group: nvidia.com/gpu = ranksPerReplica).
             assert resources["requests"] == {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "1"}
