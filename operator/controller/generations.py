@@ -30,7 +30,11 @@ def ensure_started(rc: Pass) -> bool:
     if not needs_start:
         return False
     if any(r.alive for r in rc.seen.of_generation(st.generation)):
-        return True  # the previous generation is still shutting down
+        # The previous generation is still shutting down. A restart stopped the ranks it
+        # saw; one a lagging pod cache shows only now is stopped too, or it is waited for forever.
+        if st.phase is Phase.RESTARTING:
+            rc.stop_alive(lambda r: r.generation == st.generation, Reason.STOPPED)
+        return True
     if st.next_start_time is not None:
         wait = (parse_time(st.next_start_time) - rc.seen.now).total_seconds()
         if wait > 0:

@@ -191,3 +191,19 @@ def test_a_restart_on_kubernetes_says_it_resumes_from_the_newest_checkpoint_in_s
     known.tick(2, (running(1)[0], RankObservation(1, 1, RankState.FAILED, message="boom")), None, (checkpoint(40),))
     (event,) = known.tick(10, (), None, (checkpoint(40),)).of_type(Event)
     assert event.message.endswith("resumes from step 40 or a newer checkpoint of this job in storage")
+
+
+def test_a_rank_of_the_ended_generation_seen_late_is_stopped_before_the_restart():
+    """A pod cache that lags (an operator starved of CPU) shows a rank missing, the
+    generation restarts, and then the rank's pod shows up running: it is stopped like its
+    generation's other ranks, instead of the job waiting in Restarting for it forever."""
+    d = Driver()
+    d.tick()
+    lagging = (RankObservation(1, 0, RankState.PENDING),
+               RankObservation(1, 1, RankState.FAILED, message="PodVanished: the pod of rank 1 is missing", reason="PodVanished",
+                               died=True, disrupted=True))
+    restart = d.tick(31, lagging)
+    assert d.status.phase is Phase.RESTARTING and [s.generation for s in restart.of_type(StopGeneration)] == [1]
+    late = d.tick(32, (RankObservation(1, 1, RankState.RUNNING),))
+    assert [s.generation for s in late.of_type(StopGeneration)] == [1] and not late.of_type(StartGeneration)
+    assert [s.generation for s in d.tick(33).of_type(StartGeneration)] == [2]
