@@ -53,6 +53,8 @@ MANAGED = {"app.kubernetes.io/managed-by": render.MANAGED_BY}
 #: The pods the API server sends this operator: its own (the job label names the loop).
 POD_SELECTOR = ",".join([*(f"{k}={v}" for k, v in MANAGED.items()), render.LABEL_JOB])
 log = logging.getLogger(__name__)
+#: Seconds a pass may read a list of the nodes made for an earlier pass (see ``_nodes``).
+NODES_FRESH_S = 1.0
 
 
 def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, request_json=probe.request_json) -> kopf.Memo:
@@ -60,7 +62,7 @@ def make_memo(cfg: OperatorConfig, *, api: client.ApiClient | None = None, reque
     ``request_json``: how ranks' telemetry is asked (tests answer for the ranks)."""
     executor = concurrent.futures.ThreadPoolExecutor(cfg.reconcile_threads, thread_name_prefix="reconcile")
     return kopf.Memo(config=cfg, api=api, request_json=request_json, metrics=OperatorMetrics(), wakeups={}, executor=executor,
-                     jobs={}, bodies={}, fenced=threading.Event())
+                     jobs={}, bodies={}, fenced=threading.Event(), nodes={"at": -math.inf, "list": []})
 
 
 def api_client() -> client.ApiClient:
@@ -269,6 +271,16 @@ async def _wait(memo: kopf.Memo, key: tuple[str, str], wake: asyncio.Event, seco
         wake.clear()
 
 
+def _nodes(memo: kopf.Memo, node_index: kopf.Index) -> list[dict]:
+    """Every node's summary, listed afresh when a node came or went or the list is older
+    than ``NODES_FRESH_S``. Listing 1,000 nodes on the event loop for each pass (hundreds a
+    second at scale) held the watches back (bench/operator_scale_kwok.py)."""
+    cache, now = memo.nodes, time.monotonic()  # one dict for every job's (shallow-copied) memo
+    if now - cache["at"] > NODES_FRESH_S or len(cache["list"]) != len(node_index):
+        cache["list"], cache["at"] = [next(iter(store)) for store in node_index.values()], now
+    return cache["list"]
+
+
 async def _one_pass(body, key, memo, memory, pods_by_job, node_index, logger) -> float:
     """One pass; returns seconds until the next. Errors end here as Kopf error values."""
     cfg: OperatorConfig = memo.config
@@ -276,7 +288,7 @@ async def _one_pass(body, key, memo, memory, pods_by_job, node_index, logger) ->
     try:
         try:
             pods = [dict(p) for p in pods_by_job.get(key, [])]
-            nodes = [next(iter(store)) for store in node_index.values()]
+            nodes = _nodes(memo, node_index)
             snapshot = copy.deepcopy(dict(body))
             loop = asyncio.get_running_loop()
             events, requeue = await loop.run_in_executor(memo.executor, run_pass, snapshot, pods, nodes, memo, memory)

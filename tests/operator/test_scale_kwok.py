@@ -1,7 +1,8 @@
 """The scale harness of bench/operator_scale_kwok.py, small, on the local control plane:
 ``shardwright operator`` in its own process places 50 jobs on 20 KWOK GPU nodes, restarts
 the ones whose first generation lost a pod, and every job ends Complete; the report holds
-every figure the benchmark prints."""
+every figure the benchmark prints. And the operator's list of nodes, which a pass reads
+without listing 1,000 nodes again each time."""
 
 from __future__ import annotations
 
@@ -11,7 +12,24 @@ import pytest
 
 from bench.operator_scale_harness import ScaleRun, add_nodes, remove_nodes
 from bench.operator_scale_kwok import COLUMNS
-from tests.operator.kubeapi import Api
+from shardwright.operator import handlers
+from tests.operator.kubeapi import FAST, Api
+
+
+def test_passes_share_a_node_list_that_follows_nodes_coming_going_and_changing(monkeypatch):
+    memo = handlers.make_memo(FAST)
+    index = {"a": [{"name": "a", "ready": True}]}
+    first = handlers._nodes(memo, index)
+    assert first == [{"name": "a", "ready": True}]
+    index["a"] = [{"name": "a", "ready": False}]
+    assert handlers._nodes(memo, index) is first  # within NODES_FRESH_S: the same list
+    index["b"] = [{"name": "b", "ready": True}]
+    assert handlers._nodes(memo, index) == [{"name": "a", "ready": False}, {"name": "b", "ready": True}]  # a node came
+    del index["a"]
+    assert handlers._nodes(memo, index) == [{"name": "b", "ready": True}]  # a node went
+    index["b"] = [{"name": "b", "ready": False}]
+    monkeypatch.setattr(handlers, "NODES_FRESH_S", 0.0)
+    assert handlers._nodes(memo, index) == [{"name": "b", "ready": False}]  # older than NODES_FRESH_S
 
 
 @pytest.mark.cluster
