@@ -260,6 +260,11 @@ class ScaleRun:
             restarted = {job: self.gens[(job, 2)].bound_at - t for job, t in self.failed_at.items()
                          if self.gens.get((job, 2)) and self.gens[(job, 2)].bound_at is not None}
             phases = collections.Counter(self.phases.get(job, "") for job in self.created)
+            last = collections.Counter()
+            for job, g in self.gens:
+                last[job] = max(last[job], g)
+            # Generations the harness did not cause: the operator restarted a job by itself.
+            unasked = sum(max(0, last[job] - (2 if job in self.failed_at else 1)) for job in self.created)
             place_all = max(gen.bound_at for (_, g), gen in self.gens.items() if g == 1 and gen.bound_at) - min(self.created.values()) \
                 if bound and len(bound) == len(self.created) else float("nan")
         return {
@@ -268,7 +273,7 @@ class ScaleRun:
             "placed": len(bound), "complete": phases["Complete"], "failed": phases["Failed"], "all_settled_s": round(elapsed, 1),
             "place_all_s": round(place_all, 1),
             "bound_p50_s": round(percentile(list(bound.values()), 0.50), 3), "bound_p99_s": round(percentile(list(bound.values()), 0.99), 3),
-            "failures": len(self.failed_at), "restarted": len(restarted),
+            "failures": len(self.failed_at), "restarted": len(restarted), "unasked_generations": unasked,
             "restart_p50_s": round(percentile(list(restarted.values()), 0.50), 3),
             "restart_p99_s": round(percentile(list(restarted.values()), 0.99), 3),
             "operator_cpu_s": round(cpu, 1), "operator_rss_idle_mib": round(rss0, 1), "operator_rss_peak_mib": round(peak, 1),

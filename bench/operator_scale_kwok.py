@@ -34,7 +34,7 @@ from tests.operator.kubeapi import Api  # noqa: E402
 
 COLUMNS = [("jobs", "jobs"), ("rate_per_s", "target / s"), ("arrivals_per_s", "arrivals / s"), ("placed", "placed"), ("complete", "Complete"),
            ("place_all_s", "all placed (s)"), ("bound_p50_s", "create→bound p50 (s)"), ("bound_p99_s", "p99 (s)"),
-           ("restarted", "restarts"), ("restart_p50_s", "failure→next gen bound p50 (s)"), ("restart_p99_s", "p99 (s)"),
+           ("restarted", "restarts"), ("unasked_generations", "restarts not caused"), ("restart_p50_s", "failure→next gen bound p50 (s)"), ("restart_p99_s", "p99 (s)"),
            ("operator_cpu_s", "operator CPU (s)"), ("operator_rss_peak_mib", "peak RSS (MiB)"), ("rss_per_job_kib", "RSS / job (KiB)"),
            ("operator_requests_per_s", "operator API req / s"), ("apiserver_requests_per_s", "API server req / s"),
            ("apiserver_p50_ms", "API server p50 (ms)"), ("apiserver_p99_ms", "p99 (ms)"), ("load", "load avg")]
