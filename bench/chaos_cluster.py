@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 import yaml  # noqa: E402
 
 from bench import chaos_cluster_check, chaos_cluster_plan  # noqa: E402
-from bench.chaos_cluster_env import JOB_LABEL, NS, ROOT, SYSTEM, Cluster, PodRecorder, wait  # noqa: E402
+from bench.chaos_cluster_env import JOB_LABEL, NS, ROOT, Cluster, PodRecorder, wait  # noqa: E402
 from bench.chaos_cluster_faults import Faults  # noqa: E402
 
 TERMINAL = ("Complete", "Failed")
@@ -58,25 +58,6 @@ def remove(cluster: Cluster, names: list[str]) -> list[str]:
         return left()
 
 
-def healed(cluster: Cluster, names: list[str]) -> bool:
-    """Every node Ready, two operator replicas Running, every job ended or Running in full."""
-    if not all(cluster.nodes_ready().values()):
-        return False
-    if sum(p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp") for p in cluster.pods(ns=SYSTEM)) < 2:
-        return False
-    pods = cluster.pods("-l", JOB_LABEL)
-    for name, job in cluster.jobs().items():
-        st = job.get("status") or {}
-        if name not in names or st.get("phase") in TERMINAL:
-            continue
-        gen = [p for p in pods if p["metadata"]["labels"].get(JOB_LABEL) == name
-               and p["metadata"]["labels"].get("shardwright.io/generation") == str(st.get("generation"))]
-        if st.get("phase") != "Running" or len(gen) != job["spec"]["workers"][0]["replicas"] \
-                or not all(p["status"].get("phase") == "Running" for p in gen):
-            return False
-    return True
-
-
 def one_run(cluster: Cluster, plan: chaos_cluster_plan.Plan, shape, reference: dict, kinds, log) -> tuple[list, list, dict]:
     names = [f"chaos-{plan.seed}-{j}" for j in range(plan.jobs)]
     recorder = PodRecorder(cluster)
@@ -85,19 +66,27 @@ def one_run(cluster: Cluster, plan: chaos_cluster_plan.Plan, shape, reference: d
     submit(cluster, shape, names)
     strikes = []
     try:
-        wait(lambda: healed(cluster, names) and len(faults.running()) == len(names), 300, "every job Running")
-        for fault in plan.faults:
+        wait(lambda: len(faults.running()) == len(names), 300, "every job Running")
+        for n, fault in enumerate(plan.faults):
+            if not faults.any_left():
+                log(f"  every job near its end: the last {len(plan.faults) - n} faults of the plan not injected")
+                break
+            time.sleep(fault.delay_s)
             try:
-                wait(lambda: healed(cluster, names), 240, "the cluster healed")
+                wait(lambda: faults.ready(fault.kind), 180, f"something for {fault.kind} to strike")
             except TimeoutError as e:
                 log(f"  ({e}; striking anyway)")
-            time.sleep(fault.delay_s)
             began = time.monotonic()
             strike = faults.strike(fault.kind, fault.pick)
             strikes.append(strike)
-            log(f"  {fault.text():28} {'struck' if strike.struck else 'missed'} {strike.target} {strike.detail} "
+            log(f"  {fault.text():32} {'struck' if strike.struck else 'not yet'} {strike.target} {strike.detail} "
                 f"restarts {strike.restarts} ({time.monotonic() - began:.0f} s)")
-        statuses = finish(cluster, names, 1200)
+        faults.join()
+        for strike in strikes:
+            if strike.kind in ("hang", "node-lost"):
+                log(f"  {strike.kind} {strike.target}: {'struck' if strike.struck else 'missed'}, {strike.detail}, "
+                    f"restarts {strike.restarts}, disrupted {strike.disrupted}")
+        statuses = finish(cluster, names, 1500)
     finally:
         leftovers = remove(cluster, names)
         recorder.stop()
@@ -114,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=3, help="jobs training at once in each run")
     p.add_argument("--steps", type=int, default=chaos_cluster_plan.JobShape.steps)
     p.add_argument("--kinds", default="", help="comma-separated kinds struck in this order (default: drawn by weight)")
+    p.add_argument("--minutes", type=float, default=None, help="start no run this many minutes after the harness started")
     p.add_argument("--workdir", type=Path, default=None, help="where the cluster's state and summary.json go")
     args = p.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-cluster-"))
@@ -131,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     invariants: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     broken = []
+    began = time.monotonic()
     try:
         cluster.start()
         log(f"cluster up in {workdir}")
@@ -139,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         remove(cluster, ["reference"])
         log(f"reference: {reference.get('phase')} step {reference.get('step')} loss {reference.get('loss')!r}")
         for i in range(args.runs):
+            if args.minutes is not None and time.monotonic() - began > args.minutes * 60:
+                log(f"{args.minutes} minutes spent: {i} runs")
+                break
             plan = chaos_cluster_plan.draw(args.seed + i, args.faults, args.jobs, kinds)
             log(plan.describe())
             strikes, verdicts, statuses = one_run(cluster, plan, shape, reference, kinds, log)
@@ -151,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  {'ok    ' if v.ok else 'BROKEN'} {v.invariant}: {v.detail}")
                 if not v.ok:
                     broken.append({"seed": plan.seed, "invariant": v.invariant, "detail": v.detail})
+            (workdir / "summary.json").write_text(json.dumps({"runs": i + 1, "faults": table, "invariants": invariants, "broken": broken}, indent=1))
     finally:
         cluster.stop()
     print("\n| fault | injected | struck | survived |\n| --- | ---: | ---: | ---: |")
@@ -161,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| invariant | runs kept | runs broken |\n| --- | ---: | ---: |")
     for name, c in invariants.items():
         print(f"| {name} | {c['kept']} | {c['broken']} |")
-    (workdir / "summary.json").write_text(json.dumps({"faults": table, "invariants": invariants, "broken": broken}, indent=1))
     return 1 if broken else 0
 
 

@@ -50,9 +50,14 @@ def expected_restarts(strikes: list[Strike]) -> dict[str, int]:
 
 
 def _restarts(run: Record) -> Verdict:
+    """Restarts equal the failures that needed one; generations, those plus the disruptions."""
     want = expected_restarts(run.strikes)
-    bad = {n: (s.get("restarts", 0), want.get(n, 0)) for n, s in run.statuses.items() if s.get("restarts", 0) != want.get(n, 0)}
-    return Verdict("restarts", not bad, f"(counted, needed): {bad}" if bad else f"counted as needed: {dict(sorted(want.items()))}")
+    ended = {pair for s in run.strikes if s.struck for pair in s.restarts + s.disrupted}
+    got = {n: (s.get("restarts", 0), s.get("generation", 0)) for n, s in run.statuses.items()}
+    need = {n: (want.get(n, 0), 1 + sum(job == n for job, _ in ended)) for n in run.statuses}
+    bad = {n: (got[n], need[n]) for n in run.statuses if got[n] != need[n]}
+    return Verdict("restarts", not bad, f"(restarts, generation) counted, needed: {bad}" if bad
+                   else f"(restarts, generation) as needed: {dict(sorted(need.items()))}")
 
 
 def _one_generation(run: Record) -> Verdict:

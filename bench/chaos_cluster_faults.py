@@ -27,16 +27,49 @@ class Strike:
     detail: str = ""
     #: (job, generation) pairs this fault must end with one restart each.
     restarts: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    #: (job, generation) pairs ended by a disruption (evicted pods): a new generation, no restart spent.
+    disrupted: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     #: (job, checkpoint step) damaged: the restart must reject it.
     damaged: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
 
 class Faults:
+    """Strikes faults; a hang and a lost node play out in the background (a minute each)
+    while others strike, their jobs kept out of reach until they end (``busy``)."""
+
     def __init__(self, cluster: Cluster, recorder: PodRecorder, steps: int) -> None:
         self.cluster, self.recorder, self.steps = cluster, recorder, steps
+        self.busy: set[str] = set()
+        self.node_down = threading.Event()
+        self.pending: list[threading.Thread] = []
 
     def strike(self, kind: str, pick: int) -> Strike:
         return getattr(self, kind.replace("-", "_"))(Strike(kind), random.Random(pick))
+
+    def ready(self, kind: str) -> bool:
+        """Whether ``kind`` has something to strike now."""
+        if kind in ("apiserver-restart", "etcd-restart"):
+            return True
+        if kind == "operator-killed":
+            return sum(p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+                       for p in self.cluster.pods(ns=SYSTEM)) >= 2 and self.leader() is not None
+        if kind == "node-lost" and (self.node_down.is_set() or not all(self.cluster.nodes_ready().values())):
+            return False
+        return bool(self.running())
+
+    def any_left(self) -> bool:
+        """Some job has not yet passed the point after which no fault strikes it."""
+        return any((j.get("status") or {}).get("phase") not in ("Complete", "Failed")
+                   and (j.get("status") or {}).get("step", 0) <= self.steps * 0.8 for j in self.cluster.jobs().values())
+
+    def background(self, work) -> None:
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        self.pending.append(thread)
+
+    def join(self, timeout: float = 400) -> None:
+        for thread in self.pending:
+            thread.join(timeout)
 
     # ------------------------------------------------------------------ targets
 
@@ -45,7 +78,7 @@ class Faults:
         out = []
         for name, job in sorted(self.cluster.jobs().items()):
             st = job.get("status") or {}
-            if st.get("phase") != "Running" or st.get("step", 0) > self.steps * 0.8:
+            if name in self.busy or st.get("phase") != "Running" or st.get("step", 0) > self.steps * 0.8:
                 continue
             gen = st.get("generation", 0)
             pods = [p for p in self.cluster.pods("-l", f"{JOB_LABEL}={name},{GEN_LABEL}={gen}")
@@ -108,24 +141,56 @@ class Faults:
         return s
 
     def hang(self, s: Strike, rng: random.Random) -> Strike:
-        """SIGSTOP the rank: only the progress deadline can end its generation. Once the
-        operator deletes its pods it is killed (a stopped process cannot take SIGTERM)."""
+        """SIGSTOP a rank of a generation that has reported steps (the progress deadline
+        counts from the first report): the deadline must end the generation. Once its pod
+        is being deleted it is killed (a stopped process cannot take SIGTERM)."""
         if (hit := self._process(s, rng)) is None:
             return s
         name, gen, pgid = hit
+        pod = s.target
+        if not self.reporting(name, gen):
+            s.detail = "its generation reported no step"
+            return s
         before = self.deadline_events(name)
         os.killpg(pgid, signal.SIGSTOP)
-        try:
-            wait(lambda: self.deadline_events(name) > before, 180, f"{name}'s progress deadline")
-            s.struck, s.restarts = True, [(name, gen)]
-        except TimeoutError as e:
-            s.detail = str(e)
-        finally:
+        self.busy.add(name)
+        s.detail = "stopped"
+
+        def until_ended() -> None:
             try:
+                # Stopped, it would sit out its pod's grace period: killed once the pod is being deleted.
+                wait(lambda: self.deadline_events(name) > before or not self.alive(pod), 240, f"{name}'s rank pod deleted")
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                wait(lambda: (job := self.cluster.jobs().get(name)) is None or (job.get("status") or {}).get("generation", 0) > gen
+                     or (job.get("status") or {}).get("phase") in ("Complete", "Failed"), 300, f"{name}'s generation {gen} ended")
+                s.restarts = [(name, gen)]
+                s.struck = self.deadline_events(name) > before
+                s.detail = "progress deadline exceeded" if s.struck else "generation ended, no progress deadline"
+            except TimeoutError as e:
+                s.detail = str(e)
+            finally:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.busy.discard(name)
+
+        self.background(until_ended)
         return s
+
+    def alive(self, pod: str) -> bool:
+        """The pod exists and is not being deleted (or the API cannot tell now)."""
+        pods = self.cluster.pods()
+        return not pods or any(p["metadata"]["name"] == pod and not p["metadata"].get("deletionTimestamp") for p in pods)
+
+    def reporting(self, job: str, gen: int, within: float = 30) -> bool:
+        """The job's step advances in generation ``gen`` (its ranks report)."""
+        first = (self.cluster.jobs().get(job, {}).get("status") or {}).get("step")
+        try:
+            return bool(wait(lambda: (st := self.cluster.jobs().get(job, {}).get("status") or {}).get("generation") == gen
+                             and st.get("step") != first, within, f"{job} reporting", every=2.0))
+        except TimeoutError:
+            return False
 
     def deadline_events(self, job: str) -> int:
         out = self.cluster.kubectl("-n", NS, "get", "events", f"--field-selector=involvedObject.name={job},reason=ProgressDeadlineExceeded",
@@ -159,7 +224,8 @@ class Faults:
     # ------------------------------------------------------------------ node, operator, control plane
 
     def node_lost(self, s: Strike, rng: random.Random) -> Strike:
-        """Stop a node's heartbeat until it is NotReady and its rank pods are evicted; then resume."""
+        """Stop a node's heartbeat until it is NotReady and its rank pods are evicted (a
+        disruption: the jobs go on in a new generation without spending a restart); then resume."""
         jobs = self.running()
         nodes = sorted({p["spec"]["nodeName"] for _, _, pods in jobs for p in pods})
         if not nodes:
@@ -167,17 +233,27 @@ class Faults:
             return s
         s.target = node = rng.choice(nodes)
         hit = [(name, gen, p["metadata"]["name"]) for name, gen, pods in jobs for p in pods if p["spec"]["nodeName"] == node]
+        self.node_down.set()
+        self.busy.update(name for name, _, _ in hit)
         self.cluster.paused_file.write_text(node + "\n")
-        try:
-            wait(lambda: self.cluster.nodes_ready().get(node) is False, 90, f"{node} NotReady")
-            wait(lambda: all(pod in self.recorder.ended for _, _, pod in hit), 90, f"{node}'s rank pods evicted")
-            s.struck = True
-        except TimeoutError as e:
-            s.detail = str(e)
-        finally:
-            self.cluster.paused_file.write_text("")
-        s.restarts = sorted({(name, gen) for name, gen, pod in hit if pod in self.recorder.ended})
-        wait(lambda: self.cluster.nodes_ready().get(node), 90, f"{node} Ready again")
+
+        def until_evicted() -> None:
+            try:
+                wait(lambda: self.cluster.nodes_ready().get(node) is False, 90, f"{node} NotReady")
+                wait(lambda: all(pod in self.recorder.ended for _, _, pod in hit), 90, f"{node}'s rank pods evicted")
+                s.struck, s.detail = True, "NotReady, its rank pods evicted"
+            except TimeoutError as e:
+                s.detail = str(e)
+            finally:
+                self.cluster.paused_file.write_text("")
+                s.disrupted = sorted({(name, gen) for name, gen, pod in hit if pod in self.recorder.ended})
+                try:
+                    wait(lambda: self.cluster.nodes_ready().get(node), 90, f"{node} Ready again")
+                finally:
+                    self.busy.difference_update(name for name, _, _ in hit)
+                    self.node_down.clear()
+
+        self.background(until_evicted)
         return s
 
     def leader(self) -> str | None:
@@ -212,7 +288,7 @@ class Faults:
         s.struck = True
         return s
 
-    def conflict(self, s: Strike, rng: random.Random, seconds: float = 10.0) -> Strike:
+    def conflict(self, s: Strike, rng: random.Random, seconds: float = 15.0) -> Strike:
         """A second writer patches the job's annotations and labels for ``seconds``: the
         operator's conditional status writes meet 409s and must read again."""
         from kubernetes import client, config

@@ -1,8 +1,9 @@
 """A seeded fault plan for one run of the cluster chaos harness, and the job it strikes.
 Pure (no cluster, no torch), so a plan is reproduced from its seed alone.
 
-Faults strike at moments, not steps: the harness waits ``delay_s`` after the one before has
-healed (every job Running again, every node Ready), then strikes. ``pick`` chooses among
+Faults strike at moments, not steps: the harness waits ``delay_s`` after the one before,
+then until there is something to strike (a job Running in full, every node Ready, two
+operator replicas), then strikes. ``pick`` chooses among
 what is there at that moment (a job, a rank, a node), so the plan is the same for a seed
 while what it hits depends on the run. Kinds and weights are ``chaos_plan.KINDS["cluster"]``.
 """
@@ -20,8 +21,8 @@ from bench import chaos_plan
 KINDS = chaos_plan.KINDS["cluster"]
 #: Kinds that end the struck job's generation (each must cost it exactly one restart).
 RESTARTING = ("pod-delete", "kill", "hang", "node-lost", "corrupt-checkpoint")
-#: Seconds to wait after the previous fault healed before the next strikes.
-DELAYS = (2.0, 12.0)
+#: Seconds from one fault to the next (which then waits for something to strike).
+DELAYS = (1.0, 8.0)
 
 
 @dataclasses.dataclass(frozen=True)
