@@ -170,7 +170,8 @@ class KubernetesBackend:
             g, v = group["apiVersion"].split("/")
             self._create("PodGroup", lambda body: self.custom.create_namespaced_custom_object(g, v, ns, "podgroups", body, _preload_content=False), group,
                          lambda name: self.custom.get_namespaced_custom_object(g, v, ns, "podgroups", name, _preload_content=False))
-        self._delete_budget(action.generation - 1)
+        if action.generation > 1:
+            self._delete_budget(action.generation - 1)
         if (budget := render.render_disruption_budget(self.owner, action.generation, len(manifests))) is not None:
             self._create("PodDisruptionBudget", lambda body: self.policy.create_namespaced_pod_disruption_budget(ns, body, _preload_content=False), budget,
                          lambda name: self.policy.read_namespaced_pod_disruption_budget(name, ns, _preload_content=False))

@@ -220,6 +220,8 @@ async def test_an_evicted_pod_restarts_the_job_without_spending_the_budget(clust
         budget = await eventually(lambda: get(cluster, PDBS, "tiny-g2"), what="generation 2's PodDisruptionBudget")
         assert budget["spec"]["minAvailable"] == 1 and budget["spec"]["selector"]["matchLabels"]["shardwright.io/generation"] == "2"
         assert get(cluster, PDBS, "tiny-g1") is None
+        # Each start removes the budget of the generation before it; the first has none to remove.
+        assert [r.path.rsplit("/", 1)[1] for r in sent(cluster, "DELETE", lambda p: "/poddisruptionbudgets/" in p)] == ["tiny-g1"]
 
 
 async def test_a_pod_force_deleted_under_a_running_generation_restarts_the_job(cluster):
