@@ -144,13 +144,16 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 # ----------------------------------------------------------------------------- indexes and wake-ups
 
 
+# The index and event handlers are coroutines: Kopf runs a plain function in a thread of
+# its executor (a hop per event), and an asyncio.Event set from another thread is not
+# thread-safe (the loop may sleep on through it).
 @kopf.index("v1", "pods", labels=MANAGED, registry=REGISTRY)
-def pods_by_job(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict:
+async def pods_by_job(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict:
     return {(namespace, labels.get(render.LABEL_JOB)): podstatus.summarize(dict(body))}
 
 
 @kopf.index("v1", "nodes", registry=REGISTRY)
-def node_index(name: str, body: kopf.Body, **_: Any) -> dict:
+async def node_index(name: str, body: kopf.Body, **_: Any) -> dict:
     """The parts of a Node that placement reads: readiness, cordon, labels, allocatable GPUs
     (the shape of a NodeList item, so the planner's inventory reads it as it is)."""
     status = body.get("status") or {}
@@ -165,7 +168,7 @@ def node_index(name: str, body: kopf.Body, **_: Any) -> dict:
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED, registry=REGISTRY)
-def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     _wake(memo, (namespace, labels.get(render.LABEL_JOB)))
 
 
