@@ -1,0 +1,71 @@
+"""The cluster chaos harness: its plans are the seed's, its checks flag a doctored record,
+and one seeded run on the real control plane (a rank pod deleted, a rank killed, the
+leading operator killed, the API server restarted, under two training jobs) keeps every
+invariant against the fault-free job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from bench import chaos_cluster, chaos_cluster_check, chaos_cluster_plan
+from bench.chaos_cluster_faults import Strike
+
+KINDS = "pod-delete,kill,operator-killed,apiserver-restart"
+
+
+def test_the_same_seed_draws_the_same_plan_and_another_seed_another():
+    assert chaos_cluster_plan.draw(7, 12) == chaos_cluster_plan.draw(7, 12)
+    assert chaos_cluster_plan.draw(7, 12) != chaos_cluster_plan.draw(8, 12)
+    assert {f.kind for s in range(40) for f in chaos_cluster_plan.draw(s, 10).faults} == set(chaos_cluster_plan.KINDS)
+
+
+def record(**changes) -> chaos_cluster_check.Record:
+    done = {"phase": "Complete", "step": 800, "loss": 0.75, "restarts": 1, "generation": 3, "rejectedCheckpoints": [200]}
+    base = dict(statuses={"a": dict(done), "b": {**done, "restarts": 0, "generation": 1, "rejectedCheckpoints": []}},
+                strikes=[Strike("kill", "a-g1-worker-0", True, restarts=[("a", 1)]),
+                         Strike("corrupt-checkpoint", "a", True, restarts=[("a", 1)], damaged=[("a", 200)]),
+                         Strike("node-lost", "proc-1", True, disrupted=[("a", 2)]),
+                         Strike("apiserver-restart", "kube-apiserver", True)],
+                overlaps=[], leftovers=[], replans_equal=True)
+    return chaos_cluster_check.Record(**{**base, **changes})
+
+
+def test_the_checks_keep_a_clean_record_and_flag_each_doctored_one():
+    reference = {"step": 800, "loss": 0.75}
+    assert all(v.ok for v in chaos_cluster_check.check(record(), reference))
+    clean = record().statuses
+    doctored = {
+        "outcome": record(statuses={**clean, "b": {**clean["b"], "phase": "Failed"}}),
+        "loss": record(statuses={**clean, "b": {**clean["b"], "loss": 0.7500000000000001}}),
+        "restarts": record(statuses={**clean, "a": {**clean["a"], "restarts": 2}}),
+        "restarts ": record(statuses={**clean, "b": {**clean["b"], "generation": 2}}),
+        "one generation at a time": record(overlaps=["a-g2-worker-0 (generation 2) created while a-g1-worker-1 alive"]),
+        "no orphans": record(leftovers=["Service/a"]),
+        "rejected only damaged": record(statuses={**clean, "b": {**clean["b"], "rejectedCheckpoints": [100]}}),
+        "same seed, same plan": record(replans_equal=False),
+    }
+    for invariant, run in doctored.items():
+        broken = [v.invariant for v in chaos_cluster_check.check(run, reference) if not v.ok]
+        assert broken == [invariant.strip()], (invariant, broken)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_seeded_cluster_run_keeps_every_invariant(capsys):
+    workdir = Path(tempfile.mkdtemp(prefix="chaos-cluster-test-"))
+    try:
+        code = chaos_cluster.main(["--seed", "3", "--faults", "4", "--jobs", "2", "--steps", "1200", "--kinds", KINDS,
+                                   "--workdir", str(workdir)])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        summary = json.loads((workdir / "summary.json").read_text())
+        assert {k: (c["injected"], c["struck"], c["survived"]) for k, c in summary["faults"].items()} == \
+            {k: (1, 1, 1) for k in KINDS.split(",")}, out
+        assert all(c == {"kept": 1, "broken": 0} for c in summary["invariants"].values()) and len(summary["invariants"]) == 7, out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
