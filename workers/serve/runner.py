@@ -62,7 +62,7 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], generators: S
         if p.greedy:
             out.append(int(row.argmax()))
             continue
-        scaled = row / p.temperature
+        scaled = (row - row.max()) / p.temperature  # the top logit 0: a tiny temperature gives -inf, never inf - inf = nan
         if 0 < p.top_k < scaled.numel():
             kth = scaled.topk(p.top_k).values[-1]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))
