@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -209,7 +209,7 @@ class Telemetry:
                     self.send_error(400, f"the body is not JSON ({e})")
                     return
                 shares = body.get("dataShares") if isinstance(body, dict) else None
-                if not (isinstance(shares, list) and shares and all(isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < math.inf for x in shares)):
+                if not (isinstance(shares, list) and shares and all(isinstance(x, int | float) and not isinstance(x, bool) and 0 < x <= sys.float_info.max for x in shares)):
                     self.send_error(400, f"dataShares must be a non-empty list of finite positive numbers, got {json.dumps(shares)[:100]}")
                     return
                 telemetry.offer_shares(shares)
