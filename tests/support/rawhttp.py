@@ -4,13 +4,15 @@ can tell a 4xx from a 5xx, a dropped connection or a server that never answers."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import socket
 import ssl
 from typing import Any
 
-TIMEOUT = 10
+TIMEOUT = 30
 
 
 class NoAnswer(AssertionError):
@@ -69,6 +71,7 @@ def read_answer(sock: socket.socket, *, head_only: bool = False) -> Answer:
         elif "content-length" in headers:
             while len(data) < int(headers["content-length"]):
                 data += _recv(sock, data)
+            data = data[:int(headers["content-length"])]  # what follows answers a request that a header's CR LF began
         elif headers.get("transfer-encoding") == "chunked":
             while not data.endswith(b"0\r\n\r\n"):  # the last chunk; an event never ends so (it ends in \n\n\r\n)
                 data += _recv(sock, data)
@@ -87,3 +90,15 @@ def _recv(sock: socket.socket, so_far: bytes) -> bytes:
     if not chunk:
         raise NoAnswer(f"the connection closed after {so_far[-300:]!r}")
     return chunk
+
+
+def recorder(handle_error, crashes: list[str]):
+    """A server's ``handle_error`` as it is, what it would print (a handler thread's
+    traceback) kept in ``crashes``, for a test to assert there is none."""
+    def record(request, address) -> None:
+        printed = io.StringIO()
+        with contextlib.redirect_stderr(printed):
+            handle_error(request, address)
+        if printed.getvalue():
+            crashes.append(printed.getvalue())
+    return record
