@@ -46,5 +46,6 @@ def framed(draw, methods, paths, bodies, headers=st.just({})) -> dict:
     extra = draw(headers) | dict(draw(EXTRA))
     if (content_type := draw(CONTENT_TYPES)) is not None:
         extra["Content-Type"] = content_type
-    half_close = length is not None and length.isdigit() and int(length) > len(body)
+    declared = [v.strip() for k, v in extra.items() if k.lower() == "content-length"] + ([length.strip()] if length is not None else [])
+    half_close = any(v.isascii() and v.isdigit() and int(v) > len(body) for v in declared)
     return {"method": draw(methods), "path": draw(paths), "body": body, "length": length, "headers": extra, "half_close": half_close}
