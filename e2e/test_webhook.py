@@ -66,6 +66,14 @@ def refusal(cluster, doc: dict) -> str:
 MESSAGE = "spec.workers[0].resources.requests.cpu: must be <= limits.cpu (1500m)"
 
 
+def bad_pool(name: str) -> dict:
+    """A pool the CRD's schema takes and the webhook refuses: kvHeads against heads."""
+    doc = yaml.safe_load((ROOT / "examples" / "tiny-serve.yaml").read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["model"].update(dim=64, heads=4, kvHeads=3)
+    return doc
+
+
 def test_upgrades_change_neither_the_certificate_nor_the_operators(cluster, installed):
     wait(lambda: len(operators(cluster)) == 2 and all(r for _, _, r in operators(cluster).values()), 180, "two ready operator replicas")
     before, pods = certificate(cluster), operators(cluster)
@@ -77,6 +85,7 @@ def test_upgrades_change_neither_the_certificate_nor_the_operators(cluster, inst
     time.sleep(5)  # a rollout or restart the upgrades started would show by now
     assert operators(cluster) == pods
     assert MESSAGE in refusal(cluster, bad_job("after-upgrades"))
+    assert "spec.model.kvHeads: must divide heads (4); got 3" in refusal(cluster, bad_pool("after-upgrades"))
 
 
 def test_an_update_leaving_the_spec_alone_is_admitted_and_a_delete_too(cluster, installed):

@@ -96,6 +96,7 @@ def test_default_operator_is_locked_down(default_objects):
     assert not any(a.startswith("--worker-service-account") for a in container["args"])
     webhook = by_kind(default_objects, "ValidatingWebhookConfiguration")[0]["webhooks"][0]
     assert webhook["clientConfig"]["service"]["path"] == "/admit" and webhook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+    assert webhook["rules"][0]["resources"] == ["trainingjobs", "servingpools"]  # both kinds judged as `shardwright validate` judges
     dashboard = by_kind(default_objects, "ConfigMap")[0]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
 
