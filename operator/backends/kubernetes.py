@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,12 +42,14 @@ from kubernetes.client.exceptions import ApiException
 CoreV1Api, CustomObjectsApi, PolicyV1Api, NetworkingV1Api = client.CoreV1Api, client.CustomObjectsApi, client.PolicyV1Api, client.NetworkingV1Api
 
 from shardwright.operator.api import GROUP, VERSION, CheckpointRef, EventType, Reason, Runtime, TrainingJob, TrainingJobSpec
-from shardwright.operator.controller import Event, Observed, ReplaceRank, SetShares, StartGeneration, StopGeneration
+from shardwright.operator.controller import Event, Observed, RankObservation, ReplaceRank, SetShares, StartGeneration, StopGeneration
 
 from . import dataplane
 from . import pods as render
 from . import podstatus
 from . import probe, raypods
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,11 +232,27 @@ class KubernetesBackend:
                 why = str(_failure(f"patch Node {node}", e))
         return events + [Event(EventType.WARNING, Reason.CORDON_FAILED, f"Node {node} not cordoned: {why}; the job avoids it all the same")]
 
+    def _vanished_for_certain(self, now: datetime.datetime) -> list[RankObservation]:
+        """Ranks of the expected generation the API server itself has no pod for. The pod
+        cache can lag the server by a minute on a busy control plane (1,000 jobs on KWOK):
+        a rank missing only from the cache is not lost, so one authoritative list (made
+        only when the cache misses a rank) decides. A failed list decides nothing: the next
+        pass asks again."""
+        generation = self.expected[0]
+        selector = f"{render.LABEL_JOB}={self.owner.name},{render.LABEL_GENERATION}={generation}"
+        try:
+            listed = json.loads(self.core.list_namespaced_pod(self.owner.namespace, label_selector=selector, _preload_content=False).data)
+        except Exception as e:
+            log.info(f"Pods of {self.owner.namespace}/{self.owner.name} not listed, vanished ranks decided later: {_failure('list Pods', e)}")
+            return []
+        live = [p for p in map(podstatus.summarize, listed.get("items") or []) if p["owner"] == self.owner.uid and p["name"] not in self.deleted]
+        return podstatus.vanished_ranks(*self.expected, podstatus.observe_pods(live, now, self.settings.startup_timeout_s))
+
     def observe(self, now: datetime.datetime) -> Observed:
         live = [pod for pod in self.pods if pod["name"] not in self.deleted]
         ranks = podstatus.observe_pods(live, now, self.settings.startup_timeout_s)
-        if self.expected is not None:
-            ranks += podstatus.vanished_ranks(*self.expected, ranks)
+        if self.expected is not None and podstatus.vanished_ranks(*self.expected, ranks):
+            ranks += self._vanished_for_certain(now)
         if self.avoided_nodes:
             # Avoided nodes can leave too few for the generation: say so where users look.
             hint = f"; this job avoids nodes {', '.join(self.avoided_nodes)} (status.avoidedNodes)"
