@@ -316,10 +316,19 @@ class Trainer:
     def inject_rank_faults(self, compute_seconds: float, during: str | None = None) -> None:
         """Carry out the faults this config injects at this step (see workers/faults.py)."""
         factor = strike(self.cfg.faults, rank=self.env.rank, step=self.step, generation=self.cfg.generation,
-                        during=during, on_hang=lambda: self.telemetry.update(activity="hung"))
+                        during=during, on_hang=self.hang_begins)
         if factor > 1.0:  # a slow rank: every compute section takes ``factor`` times as long
             time.sleep((factor - 1.0) * compute_seconds)
             self.timer.stretch(factor)
+
+    def hang_begins(self) -> None:
+        """A hung rank's main thread stops, its checkpoint writer does not: the save in flight
+        still commits (as it would anyway), and is published and damaged if a fault says so,
+        before this thread stops. A save that fails is left to the restart, as a hang would."""
+        self.telemetry.update(activity="hung")
+        with contextlib.suppress(Exception):
+            self.checkpointer.wait()
+        self.record_commits()
 
     def record_commits(self) -> None:
         """Publish checkpoints committed since the last step; damage one if a fault says so."""

@@ -108,6 +108,18 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(baseline, tmp_path
     assert curve(wd) == baseline
 
 
+def test_checkpoint_committed_after_its_rank_hangs_is_still_damaged(tmp_path):
+    """The save of step 20 commits in the background after rank 0 hangs at step 21 (chaos
+    seed 2035): the fault damaging it must strike all the same, so the restart rejects it."""
+    wd = tmp_path / "wd"
+    run = shardwright_run(fault_job(tmp_path, steps=30), wd, "--inject", "corrupt-checkpoint:step=20",
+                          "--inject", "hang:rank=0:step=21")
+    assert run.returncode == 0, run.stdout
+    st = status(wd)
+    assert st["phase"] == "Complete" and st["rejectedCheckpoints"] == [20], st
+    assert any("resumed from step 10" in e["message"] for e in events(wd) if e["reason"] == "CheckpointRejected")
+
+
 def test_every_checkpoint_damaged_restarts_once_from_step_zero_and_remembers_them(baseline, tmp_path):
     wd = tmp_path / "wd"
     run = shardwright_run(fault_job(tmp_path), wd, "--inject", "corrupt-checkpoint:step=10", "--inject", "corrupt-checkpoint:step=20",
