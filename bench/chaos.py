@@ -54,6 +54,10 @@ def shardwright_run(manifest: Path, workdir: Path, injects: list[str], timeout_s
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
         code = 124
+    except BaseException:  # the harness itself stopped (SIGTERM, Ctrl-C): no run outlives it
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    (workdir / "cli-output.txt").write_text(f"{output}\nexit code {code}\n")  # kept for a later look at the run
     return chaos_check.History.read(workdir, output, code)
 
 
@@ -123,13 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         harness = Harness(root, args.timeout)
         results, began = [], time.monotonic()
-        for seed in range(args.seed, args.seed + args.runs):
-            plan = chaos_plan.draw(seed, args.faults)
-            print(plan.describe(), flush=True)
-            run, verdicts = harness.run(plan)
-            results.append((plan, run, verdicts))
-            for v in verdicts:
-                print(f"  {'kept' if v.ok else 'BROKEN'} {v.invariant}: {v.detail}", flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # `timeout` stops it: the finished runs still count
+        try:
+            for seed in range(args.seed, args.seed + args.runs):
+                plan = chaos_plan.draw(seed, args.faults)
+                print(plan.describe(), flush=True)
+                run, verdicts = harness.run(plan)
+                results.append((plan, run, verdicts))
+                for v in verdicts:
+                    print(f"  {'kept' if v.ok else 'BROKEN'} {v.invariant}: {v.detail}", flush=True)
+        except KeyboardInterrupt:
+            print("\nstopped: the run in progress is left out", flush=True)
         print(f"\n{len(results)} runs in {time.monotonic() - began:.0f} s (references included)\n")
         print(table(results))
         broken = [(plan, v) for plan, _, verdicts in results for v in verdicts if not v.ok]
