@@ -98,6 +98,7 @@ def _reconcile_job(doc, pods, nodes, memo, memory: StatusMemory):
         node_ready={n["metadata"]["name"]: _ready(n) for n in nodes},
         known_checkpoint=status.last_checkpoint, avoided_nodes=avoided, request_json=memo.request_json,
         foreign=foreign, expected=_expected_ranks(status, now, cfg.kubernetes.vanished_after_s),
+        rank_nodes={r.rank: r.node for r in status.ranks if r.node},
     )
     result = reconcile(ref, spec, plan, status, backend.observe(now))
     for action in result.actions:

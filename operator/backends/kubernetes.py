@@ -125,6 +125,7 @@ class KubernetesBackend:
         request_json: Callable[..., dict[str, Any] | None] = probe.request_json,
         foreign: Sequence[str] = (),
         expected: tuple[int, int, bool] | None = None,
+        rank_nodes: dict[int, str] | None = None,
     ) -> None:
         self.core = CoreV1Api(api)
         self.custom = CustomObjectsApi(api)
@@ -146,6 +147,8 @@ class KubernetesBackend:
         #: pod: a rank that none shows was deleted from outside (``kubectl delete --force``),
         #: or never made (an operator that died mid-start).
         self.expected = expected
+        #: Node of each rank of that generation, as the status last recorded it.
+        self.rank_nodes = rank_nodes or {}
         #: Pod names this pass created or deleted: what the caller's cache does not show yet.
         self.created: list[str] = []
         self.deleted: list[str] = []
@@ -246,7 +249,16 @@ class KubernetesBackend:
             log.info(f"Pods of {self.owner.namespace}/{self.owner.name} not listed, vanished ranks decided later: {_failure('list Pods', e)}")
             return []
         live = [p for p in map(podstatus.summarize, listed.get("items") or []) if p["owner"] == self.owner.uid and p["name"] not in self.deleted]
-        return podstatus.vanished_ranks(*self.expected, podstatus.observe_pods(live, now, self.settings.startup_timeout_s))
+        return [self._lost_with_its_node(r) for r in podstatus.vanished_ranks(*self.expected, podstatus.observe_pods(live, now, self.settings.startup_timeout_s))]
+
+    def _lost_with_its_node(self, rank: RankObservation) -> RankObservation:
+        """A rank whose pod is gone from a node that is NotReady or gone was evicted with
+        its node (the eviction's DisruptionTarget went unseen, e.g. while no replica led):
+        a disruption, which spends no restart, as a seen eviction does not."""
+        node = self.rank_nodes.get(rank.rank)
+        if node is None or self.node_ready is None or self.node_ready.get(node) is True:
+            return rank
+        return dataclasses.replace(rank, disrupted=True, message=f"{rank.message}; its node {node} is NotReady or gone")
 
     def observe(self, now: datetime.datetime) -> Observed:
         live = [pod for pod in self.pods if pod["name"] not in self.deleted]
