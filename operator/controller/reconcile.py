@@ -316,7 +316,9 @@ class _Reconcile:
             return
         if p.step != st.step or st.last_progress_time is None:
             st.last_progress_time = self.now
-        st.step, st.loss, st.tokens_per_second = p.step, p.loss, p.tokens_per_second
+        st.step = p.step
+        if p.loss is not None:  # a generation that resumed at the last step trains none: the last loss stays
+            st.loss, st.tokens_per_second = p.loss, p.tokens_per_second
         if p.evaluation is not None:  # a new generation keeps the last one until it evaluates
             st.evaluation = p.evaluation
         for step, why in p.rejected:

@@ -115,6 +115,20 @@ class TestRestart:
         (failed,) = d.tick(6, fail_rank0(1), Progress(generation=1, step=30)).of_type(Event)
         assert failed.message.endswith("; step 30 seen last, no checkpoint yet")
 
+    def test_a_generation_that_trains_no_step_keeps_the_last_loss(self):
+        """Evicted after its last checkpoint, a job's next generation resumes at its last step
+        and trains none (cluster chaos, seed 1000): the loss the job reached stays in status."""
+        d = Driver()
+        d.start()
+        d.tick(5, running(1), Progress(generation=1, step=40, loss=1.5, tokens_per_second=100.0))
+        d.tick(10, fail_rank0(1), Progress(generation=1, step=40, loss=1.5, tokens_per_second=100.0))
+        d.tick(20, ranks(1, F, F))
+        d.tick(21)
+        resumed = d.tick(22, running(2), Progress(generation=2, step=40, resumed_from=40)).status
+        assert (resumed.generation, resumed.step, resumed.loss, resumed.tokens_per_second) == (2, 40, 1.5, 100.0)
+        trained = d.tick(23, running(2), Progress(generation=2, step=41, loss=1.4, tokens_per_second=90.0)).status
+        assert (trained.step, trained.loss, trained.tokens_per_second) == (41, 1.4, 90.0)
+
     def test_the_new_generation_becomes_running_and_is_started_once(self):
         d = Driver()
         d.start()
