@@ -23,8 +23,9 @@ from .base import ApiModel
 from . import rules
 
 #: A non-negative Kubernetes quantity: digits, an optional fraction, an optional suffix
-#: (binary Ki..Ei, decimal n u m k M G T P E, or an exponent e3 / E-3).
-QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][-+]?[0-9]+))?$"
+#: (binary Ki..Ei, decimal n u m k M G T P E, or an exponent e3 / E-3 of at most 9 digits:
+#: Kubernetes reads it as an int32, and a longer one overflowed the comparison of quantities).
+QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][-+]?[0-9]{1,9}))?$"
 #: Resource names a container may ask for without a domain.
 STANDARD = ("cpu", "memory", "ephemeral-storage")
 HUGEPAGES = "hugepages-"
