@@ -157,14 +157,15 @@ def test_exhausted_restart_budget_fails_for_good(tmp_path):
 
 
 def test_shrink_then_grow_keeps_global_batch_and_trajectory(tmp_path):
-    # The grow lands a poll after step 30 (about 1 s); generation 2 must still be training
-    # then: with 60 steps on a quiet machine it had finished (about 30 ms a step).
-    steps = 150
+    # Capacity changes land a poll or more late (up to 30 steps seen in the CI rehearsal of
+    # 2026-12-07, so a grow at 30 came before the shrink at 15), so the grow waits until step
+    # 120, and generation 3 must still be training then (400 steps, about 30 ms a step).
+    steps = 400
     job = fault_job(tmp_path, replicas=4, elastic=True, steps=steps)
     full = shardwright_run(job, tmp_path / "full")
     assert full.returncode == 0, full.stdout
     wd = tmp_path / "wd"
-    run = shardwright_run(job, wd, "--inject", "shrink:ranks=2:step=15", "--inject", "grow:step=30")
+    run = shardwright_run(job, wd, "--inject", "shrink:ranks=2:step=15", "--inject", "grow:step=120")
     assert run.returncode == 0, run.stdout
     # Losing two hosts fails the generation; it restarts at 2 ranks, then grows back to 4.
     assert status(wd)["restarts"] == 1 and "RankFailed" in reasons(wd)
