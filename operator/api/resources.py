@@ -41,6 +41,8 @@ _BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
 _SPLIT = re.compile(r"^\+?([0-9.]+)(.*)$")
 #: Exact enough to compare any two quantities, wide enough for any exponent written.
 _WIDE = decimal.Context(prec=60, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+#: The largest count of an extended resource: pod validation reads it in thousandths, as an int64.
+WHOLE_MAX = (2**63 - 1) // 1000
 
 
 def _quantity(value: str) -> str:
@@ -112,6 +114,8 @@ def problems(resources: ResourcesSpec) -> Iterable[tuple[str, str]]:
                 yield f"{section}.{name}", why
             elif name not in STANDARD and value(quantity) != value(quantity).to_integral_value():
                 yield f"{section}.{name}", f"must be a whole number for {name} (got {quantity})"
+            elif "/" in name and value(quantity) > WHOLE_MAX:
+                yield f"{section}.{name}", f"must be at most {WHOLE_MAX} for {name} (got {quantity})"
     requests, limits = resources.requests, resources.limits
     for name, quantity in requests.items():
         if name_problem(name):
@@ -126,4 +130,4 @@ def problems(resources: ResourcesSpec) -> Iterable[tuple[str, str]]:
         yield "limits", f"{HUGEPAGES}* needs a cpu or memory request or limit as well"
 
 
-__all__ = ["QUANTITY_PATTERN", "EXTENDED_PATTERN", "ALLOWED_NAMES", "STANDARD", "HUGEPAGES", "MAX_NAMES", "Quantity", "ResourcesSpec", "value", "name_problem", "problems"]
+__all__ = ["QUANTITY_PATTERN", "EXTENDED_PATTERN", "ALLOWED_NAMES", "STANDARD", "HUGEPAGES", "MAX_NAMES", "WHOLE_MAX", "Quantity", "ResourcesSpec", "value", "name_problem", "problems"]

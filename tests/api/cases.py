@@ -52,6 +52,8 @@ CASES = [
     Bad("resource-unknown", {"spec.workers[0].resources.requests.gpu": 1}, "spec.workers[0].resources.requests.gpu", "unknown resource name; allowed: cpu, memory"),
     Bad("resource-reserved", {"spec.workers[0].resources.limits": {"kubernetes.io/gpu": 1}}, "spec.workers[0].resources.limits.kubernetes.io/gpu", "reserved"),
     Bad("gpu-fraction", {"spec.workers[0].resources.limits": {"nvidia.com/gpu": "500m"}}, "spec.workers[0].resources.limits.nvidia.com/gpu", "must be a whole number"),
+    Bad("extended-beyond-int64-thousandths", {"spec.workers[0].resources.limits": {"example.com/fpga": 9223372036854776}},
+        "spec.workers[0].resources.limits.example.com/fpga", "must be at most 9223372036854775 for example.com/fpga"),
     Bad("gpu-request-without-limit", {"spec.workers[0].resources.requests": {"cpu": 1, "nvidia.com/gpu": 1}}, "spec.workers[0].resources.requests.nvidia.com/gpu", "needs limits.nvidia.com/gpu equal"),
     Bad("request-over-limit", {"spec.workers[0].resources.limits.memory": "1Gi"}, "spec.workers[0].resources.requests.memory", "must be <= limits.memory (1Gi); got 2Gi"),
     # GPUs and the RDMA network (api/devices.py)

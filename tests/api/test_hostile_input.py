@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from shardwright.operator import cli, handlers
 from shardwright.operator.api import validate
-from shardwright.operator.api.resources import QUANTITY_PATTERN
+from shardwright.operator.api.resources import QUANTITY_PATTERN, WHOLE_MAX
 from shardwright.operator.api.validation import InvalidManifest, check_schema, load_documents
 from shardwright.operator.backends import pods
 from tests.support.manifests import DROP, REPO, edited
@@ -250,6 +250,19 @@ def test_the_crd_and_validate_agree_on_the_api_server(kube, namespace, case):
         assert any(a in told or a.replace("\r", "\n") in told or json.dumps(a)[1:-1] in told for a in ancestors), (field, told)
     else:
         event("refused by a cross-field rule (the webhook's)")
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("count", [WHOLE_MAX, WHOLE_MAX + 1])
+def test_the_largest_count_of_an_extended_resource_is_the_api_servers(kube, namespace, count):
+    """Pod validation reads an extended resource in thousandths as an int64: validate draws the same line."""
+    limits = {"nvidia.com/gpu": count}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "counted"},
+           "spec": {"containers": [{"name": "ranks", "image": "x", "resources": {"limits": {"nvidia.com/gpu": str(count)}}}]}}
+    ok, why = server(kube, namespace, pod)
+    refused = validate(edited({"spec.workers[0].resources": {"limits": limits}}))[1]
+    assert ok == (count == WHOLE_MAX), why
+    assert [p.message for p in refused if "at most" in p.message] == ([] if ok else [f"must be at most {WHOLE_MAX} for nvidia.com/gpu (got {count})"])
 
 
 def test_the_strategies_reach_every_kind_of_break():

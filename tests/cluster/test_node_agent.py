@@ -88,7 +88,7 @@ def test_deletion_sends_sigterm_and_waits_for_the_process(kube, namespace, proce
     script = """
         import signal, sys, time
         def bye(*_):
-            time.sleep(1.0)  # still Terminating: the pod object stays until this returns
+            time.sleep(5.0)  # still Terminating: the pod object stays until this returns
             open("/dev/termination-log", "w").write("got SIGTERM")
             sys.exit(0)
         signal.signal(signal.SIGTERM, bye)
