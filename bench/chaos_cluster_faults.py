@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -206,7 +207,9 @@ class Faults:
             return s
         name, gen, _ = hit
         pod = self.running_pod(name, gen, 0)
-        committed = sorted(self.cluster.storage.glob(f"**/{name}/**/step-*/manifest.json"), key=lambda p: int(p.parent.name[5:]))
+        # A rejected checkpoint is moved aside as step-N.corrupt: not a candidate.
+        committed = sorted((p for p in self.cluster.storage.glob(f"**/{name}/**/step-*/manifest.json") if re.fullmatch(r"step-\d+", p.parent.name)),
+                           key=lambda p: int(p.parent.name[5:]))
         if pod is None or not committed or (pgid := self.group(pod)) is None:
             s.detail = "no committed checkpoint or rank 0 not found"
             return s
