@@ -314,11 +314,16 @@ class _Reconcile:
         p = self.seen.progress
         if p is None or p.generation != st.generation:
             return
+        if p.loss is not None:
+            st.loss, st.tokens_per_second = p.loss, p.tokens_per_second
+        elif p.step != st.step:
+            # Resumed past the step the last loss is of (its generation's last steps went
+            # unseen, cluster chaos seed 1101): no loss rather than an older step's.
+            st.loss = st.tokens_per_second = None
+        # else: a generation that resumed at the last step seen trains none: that loss stays
         if p.step != st.step or st.last_progress_time is None:
             st.last_progress_time = self.now
         st.step = p.step
-        if p.loss is not None:  # a generation that resumed at the last step trains none: the last loss stays
-            st.loss, st.tokens_per_second = p.loss, p.tokens_per_second
         if p.evaluation is not None:  # a new generation keeps the last one until it evaluates
             st.evaluation = p.evaluation
         for step, why in p.rejected:

@@ -129,6 +129,18 @@ class TestRestart:
         trained = d.tick(23, running(2), Progress(generation=2, step=41, loss=1.4, tokens_per_second=90.0)).status
         assert (trained.step, trained.loss, trained.tokens_per_second) == (41, 1.4, 90.0)
 
+    def test_a_generation_resumed_past_the_last_step_seen_reports_no_stale_loss(self):
+        """Its predecessor's last steps went unseen (leader changes, a NotReady node: cluster
+        chaos seed 1101): the loss of the last step seen is not the resumed step's."""
+        d = Driver()
+        d.start()
+        d.tick(5, running(1), Progress(generation=1, step=34, loss=1.5, tokens_per_second=100.0))
+        d.tick(10, fail_rank0(1), Progress(generation=1, step=34, loss=1.5, tokens_per_second=100.0))
+        d.tick(20, ranks(1, F, F))
+        d.tick(21)
+        resumed = d.tick(22, running(2), Progress(generation=2, step=40, resumed_from=40)).status
+        assert (resumed.generation, resumed.step, resumed.loss, resumed.tokens_per_second) == (2, 40, None, None)
+
     def test_the_new_generation_becomes_running_and_is_started_once(self):
         d = Driver()
         d.start()
