@@ -76,6 +76,19 @@ class TestHappyPath:
         assert again.actions == () and again.status.phase is Phase.COMPLETE
 
 
+
+def resumed_after_a_failure(seen: int, at: int):
+    """Generation 1 seen last at step ``seen`` (loss 1.5) fails; generation 2 resumes at step
+    ``at`` and has trained no step yet. The driver and generation 2's first status."""
+    d = Driver()
+    d.start()
+    d.tick(5, running(1), Progress(generation=1, step=seen, loss=1.5, tokens_per_second=100.0))
+    d.tick(10, fail_rank0(1), Progress(generation=1, step=seen, loss=1.5, tokens_per_second=100.0))
+    d.tick(20, ranks(1, F, F))
+    d.tick(21)
+    return d, d.tick(22, running(2), Progress(generation=2, step=at, resumed_from=at)).status
+
+
 class TestRestart:
     """A failed rank ends the generation; the next one starts after backoff, from a checkpoint."""
 
@@ -118,13 +131,7 @@ class TestRestart:
     def test_a_generation_that_trains_no_step_keeps_the_last_loss(self):
         """Evicted after its last checkpoint, a job's next generation resumes at its last step
         and trains none (cluster chaos, seed 1000): the loss the job reached stays in status."""
-        d = Driver()
-        d.start()
-        d.tick(5, running(1), Progress(generation=1, step=40, loss=1.5, tokens_per_second=100.0))
-        d.tick(10, fail_rank0(1), Progress(generation=1, step=40, loss=1.5, tokens_per_second=100.0))
-        d.tick(20, ranks(1, F, F))
-        d.tick(21)
-        resumed = d.tick(22, running(2), Progress(generation=2, step=40, resumed_from=40)).status
+        d, resumed = resumed_after_a_failure(seen=40, at=40)
         assert (resumed.generation, resumed.step, resumed.loss, resumed.tokens_per_second) == (2, 40, 1.5, 100.0)
         trained = d.tick(23, running(2), Progress(generation=2, step=41, loss=1.4, tokens_per_second=90.0)).status
         assert (trained.step, trained.loss, trained.tokens_per_second) == (41, 1.4, 90.0)
@@ -132,13 +139,7 @@ class TestRestart:
     def test_a_generation_resumed_past_the_last_step_seen_reports_no_stale_loss(self):
         """Its predecessor's last steps went unseen (leader changes, a NotReady node: cluster
         chaos seed 1101): the loss of the last step seen is not the resumed step's."""
-        d = Driver()
-        d.start()
-        d.tick(5, running(1), Progress(generation=1, step=34, loss=1.5, tokens_per_second=100.0))
-        d.tick(10, fail_rank0(1), Progress(generation=1, step=34, loss=1.5, tokens_per_second=100.0))
-        d.tick(20, ranks(1, F, F))
-        d.tick(21)
-        resumed = d.tick(22, running(2), Progress(generation=2, step=40, resumed_from=40)).status
+        _, resumed = resumed_after_a_failure(seen=34, at=40)
         assert (resumed.generation, resumed.step, resumed.loss, resumed.tokens_per_second) == (2, 40, None, None)
 
     def test_the_new_generation_becomes_running_and_is_started_once(self):
