@@ -27,7 +27,6 @@ can help; only ``jobpass.py`` turns it into Kopf's TemporaryError/PermanentError
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import datetime
 import json
@@ -50,6 +49,7 @@ from . import dataplane
 from . import pods as render
 from . import podstatus
 from . import probe, raypods
+from .sidebyside import together
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +108,6 @@ def _server_message(exc: ApiException) -> str:
     except (TypeError, ValueError, AttributeError):
         message = None
     return (message or exc.reason or str(exc.body) or "").strip()[:1000]
-
-
-#: A pass's requests that do not depend on each other run side by side: a generation's
-#: start costs two round trips (what guards the pods, then the pods) instead of one per
-#: object, which at 1,000 jobs was most of the create-to-bound tail (docs/benchmarks-operator.md).
-_SIDE_BY_SIDE = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="api-call")
-
-
-def together(calls: Sequence[Callable[[], Any]]) -> list[BaseException | None]:
-    """Run the calls side by side and wait for all; each one's exception, or None."""
-    if len(calls) == 1:  # no thread hop for one
-        try:
-            calls[0]()
-            return [None]
-        except Exception as e:
-            return [e]
-    return [f.exception() for f in [_SIDE_BY_SIDE.submit(c) for c in calls]]
 
 
 class KubernetesBackend:

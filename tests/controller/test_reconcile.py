@@ -76,7 +76,6 @@ class TestHappyPath:
         assert again.actions == () and again.status.phase is Phase.COMPLETE
 
 
-
 def resumed_after_a_failure(seen: int, at: int):
     """Generation 1 seen last at step ``seen`` (loss 1.5) fails; generation 2 resumes at step
     ``at`` and has trained no step yet. The driver and generation 2's first status."""
