@@ -66,8 +66,10 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, step: int, model: nn.Module, optimizer, *, data_position: int) -> None:
-        """Checkpoint the state after ``step`` steps (in the background when configured)."""
+    def save(self, step: int, model: nn.Module, optimizer, *, data_position: int, loss: float | None = None) -> None:
+        """Checkpoint the state after ``step`` steps (in the background when configured).
+        ``loss``: that step's global loss, kept in the manifest so a generation resumed
+        there reports it before it trains a step (or when it has none left to train)."""
         self.wait()
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
@@ -79,6 +81,7 @@ class Checkpointer:
         manifest = {
             "step": step, "worldSize": self.world_size, "layout": self.layout,
             "generation": self.generation, "dataPosition": data_position,
+            **({"loss": loss} if loss is not None else {}),
             **({"owner": self.cfg.owner} if self.cfg.owner else {}),
         }
         if self._group is None:

@@ -169,7 +169,8 @@ class Trainer:
         self.step = resumed or 0
         if manifest is not None:
             self.telemetry.record_checkpoint(manifest)
-        self.telemetry.update(state="running", step=self.step, resumedFrom=resumed, rejectedCheckpoints=rejected)
+        # The loss of the step resumed at, until this generation trains one (none before step 1).
+        self.telemetry.update(state="running", step=self.step, loss=(manifest or {}).get("loss"), resumedFrom=resumed, rejectedCheckpoints=rejected)
         self.telemetry.update(dataShares=list(self.shares) if self.shares else None)
 
     def _sequence_group(self) -> dist.ProcessGroup | None:
@@ -215,7 +216,8 @@ class Trainer:
                 sent = posted
             if stopped or due:
                 saving = time.monotonic()
-                self.checkpointer.save(self.step, self.model, self.optimizer, data_position=self.step * self.cfg.data.global_batch)
+                self.checkpointer.save(self.step, self.model, self.optimizer, data_position=self.step * self.cfg.data.global_batch,
+                                       loss=self.last_loss(sent))
                 step.stall = time.monotonic() - saving
                 self.inject_rank_faults(0.0, during="checkpoint")
             self.record_commits()
@@ -367,6 +369,12 @@ class Trainer:
         seconds[:, rank] = torch.tensor([s.seconds for s in steps], dtype=torch.float64)
         sections[:, rank] = torch.tensor([s.sections for s in steps], dtype=torch.float64)
         return SentFacts(steps, facts, dist.all_reduce(facts, group=self.facts_group, async_op=True))
+
+    def last_loss(self, sent: SentFacts) -> float:
+        """The global loss of the last step of a batch whose facts are in flight (waits for
+        them; the batch is completed later as usual)."""
+        sent.work.wait()
+        return self.facts_rows(sent.facts, len(sent.steps))[0][-1].item() / sent.steps[-1].targets
 
     def facts_rows(self, facts: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views of a facts tensor's per-step part: loss ``[K]``, step seconds ``[K, W]``,

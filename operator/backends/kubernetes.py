@@ -271,6 +271,7 @@ class KubernetesBackend:
             hint = f"; this job avoids nodes {', '.join(self.avoided_nodes)} (status.avoidedNodes)"
             ranks = [dataclasses.replace(r, message=r.message + hint) if "Unschedulable" in r.message else r for r in ranks]
         if self.node_ready is not None:
+            ranks = [dataclasses.replace(r, node_lost=True) if r.node and self.node_ready.get(r.node) is not True else r for r in ranks]
             for name in podstatus.stuck_terminating(self.pods, self.node_ready, now, self.settings.force_delete_after_s):
                 self._delete_pod(name, grace=0, quiet=True)
         progress, checkpoint = None, self.known_checkpoint

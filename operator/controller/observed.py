@@ -29,6 +29,9 @@ class RankObservation:
     #: The platform took the rank away on purpose (eviction, preemption, a node drain or
     #: shutdown): the job restarts without spending its restart budget.
     disrupted: bool = False
+    #: Its node is NotReady or gone: whatever the rank does not do (report steps, end) is
+    #: its node's doing, so a progress deadline that passes meanwhile is a disruption too.
+    node_lost: bool = False
 
     @property
     def alive(self) -> bool:

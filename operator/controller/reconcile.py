@@ -249,7 +249,11 @@ class _Reconcile:
         elif (stalled := self.stalled_seconds()) is not None:
             computing = [r.rank for r in ranks if r.activity == "hung" or r.activity == "computing"]
             who = f"; ranks not waiting in a collective: {computing}" if computing else ""
-            generations.restart_or_fail(self, Reason.NO_PROGRESS, f"No step completed for {stalled:.0f}s (step {st.step}){who}")
+            # Ranks on a lost node may have gone on unseen (their reports and their end
+            # unreachable, cluster chaos seed 1101): the node's disruption, not a hang.
+            if lost := [r for r in ranks if r.node_lost]:
+                who += "; " + ", ".join(f"rank {r.rank}'s node {r.node}" for r in lost) + " NotReady or gone"
+            generations.restart_or_fail(self, Reason.NO_PROGRESS, f"No step completed for {stalled:.0f}s (step {st.step}){who}", spend=not lost)
         elif len(ranks) == st.world_size and all(r.state is RankState.RUNNING for r in ranks):
             if st.phase is not Phase.RUNNING:
                 st.phase = Phase.RUNNING
@@ -314,13 +318,14 @@ class _Reconcile:
         p = self.seen.progress
         if p is None or p.generation != st.generation:
             return
-        if p.loss is not None:
-            st.loss, st.tokens_per_second = p.loss, p.tokens_per_second
-        elif p.step != st.step:
-            # Resumed past the step the last loss is of (its generation's last steps went
-            # unseen, cluster chaos seed 1101): no loss rather than an older step's.
-            st.loss = st.tokens_per_second = None
-        # else: a generation that resumed at the last step seen trains none: that loss stays
+        # A generation reports the loss of the checkpoint it resumed from until it trains a
+        # step, and no throughput: one resumed at the last step seen keeps that step's rate,
+        # one resumed past it (its last steps went unseen, cluster chaos seed 1101) has no
+        # older step's figures (nor a loss, from a checkpoint that does not record it).
+        if p.loss is not None or p.step != st.step:
+            st.loss = p.loss
+        if p.tokens_per_second is not None or p.step != st.step:
+            st.tokens_per_second = p.tokens_per_second
         if p.step != st.step or st.last_progress_time is None:
             st.last_progress_time = self.now
         st.step = p.step

@@ -76,16 +76,17 @@ class TestHappyPath:
         assert again.actions == () and again.status.phase is Phase.COMPLETE
 
 
-def resumed_after_a_failure(seen: int, at: int):
+def resumed_after_a_failure(seen: int, at: int, loss: float | None = None):
     """Generation 1 seen last at step ``seen`` (loss 1.5) fails; generation 2 resumes at step
-    ``at`` and has trained no step yet. The driver and generation 2's first status."""
+    ``at`` and has trained no step yet, reporting ``loss`` (its checkpoint's, where the
+    manifest has one). The driver and generation 2's first status."""
     d = Driver()
     d.start()
     d.tick(5, running(1), Progress(generation=1, step=seen, loss=1.5, tokens_per_second=100.0))
     d.tick(10, fail_rank0(1), Progress(generation=1, step=seen, loss=1.5, tokens_per_second=100.0))
     d.tick(20, ranks(1, F, F))
     d.tick(21)
-    return d, d.tick(22, running(2), Progress(generation=2, step=at, resumed_from=at)).status
+    return d, d.tick(22, running(2), Progress(generation=2, step=at, loss=loss, resumed_from=at)).status
 
 
 class TestRestart:
@@ -140,6 +141,13 @@ class TestRestart:
         chaos seed 1101): the loss of the last step seen is not the resumed step's."""
         _, resumed = resumed_after_a_failure(seen=34, at=40)
         assert (resumed.generation, resumed.step, resumed.loss, resumed.tokens_per_second) == (2, 40, None, None)
+
+    def test_a_generation_resumed_past_the_last_step_seen_reports_its_checkpoints_loss(self):
+        """The manifest keeps its step's loss: the status shows it, and no older rate."""
+        _, resumed = resumed_after_a_failure(seen=34, at=40, loss=1.25)
+        assert (resumed.generation, resumed.step, resumed.loss, resumed.tokens_per_second) == (2, 40, 1.25, None)
+        _, same = resumed_after_a_failure(seen=40, at=40, loss=1.5)
+        assert (same.step, same.loss, same.tokens_per_second) == (40, 1.5, 100.0)
 
     def test_the_new_generation_becomes_running_and_is_started_once(self):
         d = Driver()

@@ -34,6 +34,19 @@ def test_no_progress_within_the_deadline_restarts_the_generation():
     assert hung.status.steps_lost == 1  # step 5, checkpoint at 4
 
 
+def test_a_deadline_passed_while_a_ranks_node_is_lost_spends_no_restart():
+    """Its ranks may have trained on unseen (cluster chaos seed 1101: a generation finished
+    on a NotReady node): the node's disruption, as its eviction would be."""
+    d = hang_driver()
+    on_lost_node = (RankObservation(1, 0, RankState.RUNNING, node="n0"), RankObservation(1, 1, RankState.RUNNING, node="n1", node_lost=True))
+    lost = d.tick(2 + DEADLINE + 1, on_lost_node, Progress(generation=1, step=5), (checkpoint(4),))
+    assert "ProgressDeadlineExceeded" in reasons(lost)
+    assert lost.of_type(StopGeneration)[0].generation == 1
+    assert lost.status.phase is Phase.RESTARTING and lost.status.restarts == 0
+    (event,) = [e for e in lost.of_type(Event) if e.reason == "ProgressDeadlineExceeded"]
+    assert "rank 1's node n1 NotReady or gone" in event.message
+
+
 def test_progress_resets_the_deadline_and_start_up_is_not_counted():
     d = Driver(spec(**{"failurePolicy.progressDeadlineSeconds": DEADLINE}))
     d.start()

@@ -160,6 +160,27 @@ def test_unschedulable_ranks_name_the_nodes_the_job_avoids():
     assert "avoids" not in messages[2]  # not a scheduling problem
 
 
+def test_ranks_on_a_node_not_ready_or_gone_are_on_a_lost_node():
+    """What they do not do (report steps, end) is their node's doing: a progress deadline
+    passed meanwhile spends no restart (cluster chaos seed 1101)."""
+    from kubernetes import client
+
+    from shardwright.operator.backends.kubernetes import KubernetesBackend, KubernetesSettings
+
+    job, _ = start_action()
+    running = [pod(name="p0", rank=0, phase="Running", node="n0"), pod(name="p1", rank=2, phase="Running", node="n1")]
+
+    def lost(node_ready: dict[str, bool] | None) -> list[bool]:
+        backend = KubernetesBackend(client.ApiClient(), KubernetesSettings(probe_progress=False), render.Owner("tiny", "default", "u1"),
+                                    job.spec, running, node_ready=node_ready)
+        return [r.node_lost for r in backend.observe(NOW).ranks]
+
+    assert lost({"n0": True, "n1": True}) == [False] * 4
+    assert lost({"n0": True, "n1": False}) == [False, False, True, True]
+    assert lost({"n0": True}) == [False, False, True, True]  # n1 is gone
+    assert lost(None) == [False] * 4  # no node list: nothing known
+
+
 def test_a_probe_of_a_port_that_answers_garbage_counts_as_no_answer():
     """A dead rank's telemetry port can be taken by another process (gloo, for one), which
     answers bytes that are not HTTP: that is no answer, not an error in the control loop."""

@@ -100,7 +100,8 @@ def test_example_completes_and_loss_falls(uninterrupted):
     losses = curve(uninterrupted)
     assert sorted(losses) == list(range(1, 121))
     assert losses[120] < LOSS_DROP * losses[1], (losses[1], losses[120])
-    assert [m["step"] for m in committed(uninterrupted / "checkpoints")] == [80, 120]  # keep: 2
+    # keep: 2; each manifest has its step's loss, which a generation resumed there reports
+    assert [(m["step"], m["loss"]) for m in committed(uninterrupted / "checkpoints")] == [(80, losses[80]), (120, losses[120])]
     metrics = (uninterrupted / "metrics.prom").read_text()
     for rank in (0, 1):
         assert f'shardwright_rank_step_seconds_count{{name="tiny-train",namespace="default",rank="{rank}"}}' in metrics
@@ -111,7 +112,8 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(interrupted):
     assert st["phase"] == "Suspended"
     stopped_at = max(curve(interrupted))
     assert stopped_at >= 30
-    assert committed(interrupted / "checkpoints")[-1]["step"] == stopped_at
+    last = committed(interrupted / "checkpoints")[-1]
+    assert (last["step"], last["loss"]) == (stopped_at, curve(interrupted)[stopped_at])  # the stop's own save
     assert st["conditions"][-1]["type"] == "Suspended"
 
 
