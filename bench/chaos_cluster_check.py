@@ -52,7 +52,8 @@ def expected_restarts(strikes: list[Strike]) -> dict[str, int]:
 def _restarts(run: Record) -> Verdict:
     """Restarts equal the failures that needed one; generations, those plus the disruptions."""
     want = expected_restarts(run.strikes)
-    ended = {pair for s in run.strikes if s.struck for pair in s.restarts + s.disrupted}
+    # A disruption ends its generations whether or not the strike took as planned.
+    ended = {pair for s in run.strikes for pair in (s.restarts if s.struck else []) + s.disrupted}
     got = {n: (s.get("restarts", 0), s.get("generation", 0)) for n, s in run.statuses.items()}
     need = {n: (want.get(n, 0), 1 + sum(job == n for job, _ in ended)) for n in run.statuses}
     bad = {n: (got[n], need[n]) for n in run.statuses if got[n] != need[n]}

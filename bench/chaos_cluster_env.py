@@ -87,6 +87,12 @@ class Cluster:
         out = self.kubectl("-n", ns, "get", "pods", *selector, "-o", "json", check=False, timeout=20)
         return json.loads(out.stdout)["items"] if out.returncode == 0 else []
 
+    def tainted(self, node: str) -> bool:
+        """Whether the node still carries a taint the node lifecycle controller set (NotReady
+        or unreachable): pods placed there meanwhile may still be evicted."""
+        taints = self.json("get", "node", node)["spec"].get("taints") or []
+        return any(t["key"] in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready") for t in taints)
+
     def nodes_ready(self) -> dict[str, bool]:
         out = self.kubectl("get", "nodes", "-o", "json", check=False, timeout=20)
         if out.returncode != 0:
@@ -123,6 +129,10 @@ class PodRecorder:
         self.alive: dict[str, tuple[str, int]] = {}  # pod name -> (job, generation)
         self.overlaps: list[str] = []
         self.ended: set[str] = set()
+        self.placed: dict[str, tuple[str, int, str]] = {}  # pod name -> (job, generation, node)
+        #: When each pod was first seen ending: deleted, being deleted, Succeeded or Failed.
+        self.ending: dict[str, float] = {}
+        self.succeeded: set[str] = set()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="pod-recorder")
@@ -147,6 +157,7 @@ class PodRecorder:
                         for gone in [p for p in self.alive if p not in names]:
                             self.alive.pop(gone)
                             self.ended.add(gone)
+                            self.ending.setdefault(gone, time.monotonic())
                     for pod in listed["items"]:
                         self._event("ADDED", pod)
                 stream = self.core.list_namespaced_pod(NS, label_selector=GEN_LABEL, watch=True, resource_version=version,
@@ -169,12 +180,26 @@ class PodRecorder:
                 version = None
                 self.stopping.wait(1.0)
 
+    def ended_on(self, node: str, since: float, until: float) -> list[tuple[str, int]]:
+        """(job, generation) of the pods on ``node`` that began to end in that window other
+        than by finishing: the generations a node loss ended."""
+        with self.lock:
+            return sorted({(job, gen) for pod, (job, gen, at) in self.placed.items()
+                           if at == node and since <= self.ending.get(pod, -1.0) <= until and pod not in self.succeeded})
+
     def _event(self, kind: str, pod: dict) -> None:
         meta = pod["metadata"]
         name, labels = meta["name"], meta.get("labels") or {}
         job, gen = labels.get(JOB_LABEL, ""), int(labels[GEN_LABEL])
+        phase = (pod.get("status") or {}).get("phase")
         with self.lock:
-            if kind == "DELETED" or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            if node := (pod.get("spec") or {}).get("nodeName"):
+                self.placed[name] = (job, gen, node)
+            if kind == "DELETED" or phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
+                self.ending.setdefault(name, time.monotonic())
+            if phase == "Succeeded":
+                self.succeeded.add(name)
+            if kind == "DELETED" or phase in ("Succeeded", "Failed"):
                 self.alive.pop(name, None)
                 self.ended.add(name)
                 return

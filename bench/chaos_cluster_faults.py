@@ -239,6 +239,7 @@ class Faults:
         self.node_down.set()
         self.busy.update(name for name, _, _ in hit)
         self.cluster.paused_file.write_text(node + "\n")
+        began = time.monotonic()
 
         def until_evicted() -> None:
             try:
@@ -249,10 +250,14 @@ class Faults:
                 s.detail = str(e)
             finally:
                 self.cluster.paused_file.write_text("")
-                s.disrupted = sorted({(name, gen) for name, gen, pod in hit if pod in self.recorder.ended})
                 try:
                     wait(lambda: self.cluster.nodes_ready().get(node), 90, f"{node} Ready again")
+                    # Until its taints are gone a pod placed there (a next generation) is
+                    # evicted too: every generation whose pod there ended counts (seed 1101).
+                    wait(lambda: not self.cluster.tainted(node), 90, f"{node} untainted")
+                    time.sleep(3)  # the watch's last deletions
                 finally:
+                    s.disrupted = self.recorder.ended_on(node, began, time.monotonic())
                     self.busy.difference_update(name for name, _, _ in hit)
                     self.node_down.clear()
 
