@@ -76,7 +76,8 @@ def struck(plan: chaos_plan.Plan, fault, run: History) -> bool:
     """Whether the history shows ``fault`` struck: a kill's line in its rank's log, a hang's
     deadline event, a damaged checkpoint rejected, a capacity change announced."""
     if fault.kind == "kill":
-        return f"rank {fault.rank}: injected fault kill after step {fault.step}:" in run.logs.get(fault.rank, "")
+        step = r"\d+" if fault.into is not None else str(fault.step)  # ``into``: whatever step its generation resumed at
+        return re.search(f"rank {fault.rank}: injected fault kill after step {step} \\(generation {fault.gen}\\):", run.logs.get(fault.rank, "")) is not None
     if fault.kind == "hang":
         hangs = [f for f in plan.faults if f.kind == "hang"]
         return hangs.index(fault) < len(run.reasons("ProgressDeadlineExceeded"))

@@ -9,9 +9,11 @@ plan meaningful rather than merely random:
   per generation, in step order, so each generation reaches the step of its fault;
 - damaged checkpoints are the newest ones the generation about to fail surely committed,
   so the restart has to skip every one of them;
-- an elastic job shrinks and grows after its other faults, ``CAPACITY_GAP`` steps apart:
-  shrink and grow act on the controller's last poll of the step, which lags the ranks, so
-  a fault after them could not know its generation;
+- an elastic job shrinks and grows after its other faults, ``CAPACITY_GAP`` steps apart;
+  one or two of its kills and hangs come after the grow, in the regrown generation and the
+  next, a few steps ``into`` each: shrink and grow act on the controller's last poll of the
+  step, which lags the ranks, so the step a resized generation resumes at is not known
+  (half of them strike a rank the shrunk size does not have);
 - the restart budget equals the restarts the plan needs, or, in a ``budget`` plan, one
   less: then the job must fail with ``BackoffLimitExceeded`` at the last restart fault.
 
@@ -35,7 +37,7 @@ KINDS = {"local": {"kill": 4, "kill-during-checkpoint": 2, "hang": 2, "corrupt-c
          "cluster": {"pod-delete": 3, "kill": 3, "hang": 2, "node-lost": 2, "operator-killed": 3, "apiserver-restart": 2,
                      "etcd-restart": 2, "conflict": 3, "corrupt-checkpoint": 2}}
 #: Kinds that end a generation with a failure (each spends one restart).
-RESTARTING = ("kill", "kill-during-checkpoint", "hang", "shrink")
+RESTARTING = ("kill", "kill-during-checkpoint", "hang", "shrink", "kill-after-resize", "hang-after-resize")
 #: Share of runs on the elastic job (shrink and grow); the rest run at a fixed size.
 ELASTIC_SHARE = 0.3
 #: Share of fixed-size runs whose restart budget is one short of what the plan needs.
@@ -44,6 +46,11 @@ BUDGET_SHARE = 0.15
 GAP = 4
 #: Steps from a shrink to the grow, and kept free for both at the end of an elastic job.
 CAPACITY_GAP = 15
+#: Steps an elastic job keeps after its grow for the faults after it: the grow lands up to
+#: 30 steps late (seen in CI), then each fault a few steps into its generation.
+ROOM_AFTER_GROW = 45
+#: How many steps into its generation a fault after the grow strikes.
+INTO = range(2, GAP + 3)
 #: A damaged checkpoint is at least this many steps before the fault that makes a restart
 #: load it, so rank 0 has seen the (asynchronous) commit and damaged it in time; a fault
 #: closer to a checkpoint damages none (which one the restart loads is not certain).
@@ -79,7 +86,7 @@ class Target:
 
 
 FIXED = Target("fixed", replicas=2, steps=60)
-ELASTIC = Target("elastic", replicas=4, steps=60, min_replicas=2)
+ELASTIC = Target("elastic", replicas=4, steps=60 + ROOM_AFTER_GROW, min_replicas=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +114,11 @@ class Plan:
 
 
 def kind_of(fault: Fault) -> str:
-    """The table's name for a fault: a kill during a checkpoint write is its own kind."""
-    return "kill-during-checkpoint" if fault.kind == "kill" and fault.during else fault.kind
+    """The table's name for a fault: a kill during a checkpoint write is its own kind, and so
+    is a kill or hang after a shrink and grow (counted ``into`` its generation)."""
+    if fault.kind == "kill" and fault.during:
+        return "kill-during-checkpoint"
+    return f"{fault.kind}-after-resize" if fault.into is not None else fault.kind
 
 
 def fault_text(fault: Fault) -> str:
@@ -128,13 +138,23 @@ def draw(seed: int, faults: int, target: str = "local") -> Plan:
     kinds = rng.choices(list(KINDS[target]), weights=list(KINDS[target].values()), k=faults - resizes)
     if kinds and all(k == "corrupt-checkpoint" for k in kinds):
         kinds[0] = "kill"  # a damaged checkpoint matters only to a restart
-    # An elastic job resizes after its other faults: a fault after a capacity change would
-    # have to guess the generation, as shrink and grow take effect a poll or two late.
-    end = job.steps - 2 - (2 * CAPACITY_GAP if resizes else 0)
+    # An elastic job resizes after most of its other faults; one or two kills or hangs follow
+    # the grow, counted in steps into their generations (shrink and grow take effect a poll
+    # or two late, so the step a resized generation resumes at is not known).
+    later = [i for i, k in enumerate(kinds) if k in ("kill", "hang")][-rng.randint(1, 2):] if resizes else []
+    after = [kinds[i] for i in later]
+    kinds = [k for i, k in enumerate(kinds) if i not in later]
+    end = job.steps - 2 - (2 * CAPACITY_GAP + ROOM_AFTER_GROW if resizes else 0)
     plan = _restarts(rng, job, [k for k in kinds if k != "corrupt-checkpoint"], kinds.count("corrupt-checkpoint"), end)
     if resizes:
-        shrink = max((f.step for f in plan), default=0) + GAP + rng.randrange(GAP)
-        plan += [Fault(kind="shrink", ranks=rng.choice((1, 2)), step=shrink), Fault(kind="grow", step=shrink + CAPACITY_GAP + rng.randrange(GAP))]
+        shrink = Fault(kind="shrink", ranks=rng.choice((1, 2)), step=max((f.step for f in plan), default=0) + GAP + rng.randrange(GAP))
+        plan += [shrink, Fault(kind="grow", step=shrink.step + CAPACITY_GAP + rng.randrange(GAP))]
+        # The shrink fails a generation, the grow starts the regrown one.
+        gen = 3 + sum(kind_of(f) in RESTARTING for f in plan[:-2])
+        for i, kind in enumerate(after):
+            smaller = range(job.replicas - shrink.ranks, job.replicas)  # ranks the shrunk size lacks
+            rank = rng.choice(smaller) if rng.random() < 0.5 else rng.randrange(job.replicas)
+            plan.append(Fault(kind=kind, rank=rank, into=rng.choice(INTO), gen=gen + i))
     needed = sum(kind_of(f) in RESTARTING for f in plan)
     budget = max(needed - 1, 0) if not resizes and rng.random() < BUDGET_SHARE else needed
     return Plan(seed, job, tuple(plan), budget)

@@ -36,7 +36,7 @@ class Checkpoint:
         self.start_step = resumed or 0
         if manifest is not None:
             self.run.reporter.telemetry.record_checkpoint(manifest)
-        self.run.reporter.begin(self.start_step, resumed, rejected)
+        self.run.reporter.begin(self.start_step, resumed, rejected, loss=(manifest or {}).get("loss"))
         return self
 
     def due(self, step: int) -> bool:
@@ -49,8 +49,9 @@ class Checkpoint:
             return False
         reporter = self.run.reporter
         began = time.monotonic()
-        self.checkpointer.save(step, self.model, self.optimizer,
-                               data_position=step * self.run.config.data.global_batch)
+        reported = reporter.reported
+        self.checkpointer.save(step, self.model, self.optimizer, data_position=step * self.run.config.data.global_batch,
+                               loss=reported[1] if reported is not None and reported[0] == step else None)
         reporter.stall = time.monotonic() - began
         reporter.inject_faults(0.0, 0.0, during="checkpoint")
         self.record_commits()

@@ -64,7 +64,9 @@ class Reporter:
         self.marked_busy = 0.0
         self.carried_wait = 0.0  # the last report's all-reduce wait, counted in the next step
         self.stall: float | None = None
-        self.step = 0
+        self.step = self.start = 0
+        #: (step, mean loss over ranks) of the last step reported: a checkpoint of it keeps the loss.
+        self.reported: tuple[int, float] | None = None
         self.stopping = False
         self.finished = False
         self.restart_clock()
@@ -75,10 +77,11 @@ class Reporter:
         if not self.ends:
             self.ends.append(self.began)
 
-    def begin(self, step: int, resumed: int | None, rejected: list[dict[str, Any]]) -> None:
-        """Training starts after ``step`` steps (a checkpoint loaded, or 0)."""
-        self.step = step
-        self.telemetry.update(state="running", step=step, resumedFrom=resumed, rejectedCheckpoints=rejected, activity="computing")
+    def begin(self, step: int, resumed: int | None, rejected: list[dict[str, Any]], *, loss: float | None = None) -> None:
+        """Training starts after ``step`` steps (a checkpoint loaded, or 0); ``loss``: that
+        checkpoint's, reported until a step is."""
+        self.step = self.start = step
+        self.telemetry.update(state="running", step=step, loss=loss, resumedFrom=resumed, rejectedCheckpoints=rejected, activity="computing")
         self.restart_clock()
 
     @contextlib.contextmanager
@@ -128,6 +131,7 @@ class Reporter:
         self.ends.append(ended)
         rate = sum(tokens) * (len(self.ends) - 1) / max(self.ends[-1] - self.ends[0], 1e-9)
         rank = self.env.rank
+        self.reported = (step, loss)
         self.telemetry.record_step(step=step, loss=loss, seconds=seconds[rank], tokens=int(tokens[rank]),
                                    tokens_per_second=rate, step_seconds=seconds, checkpoint_stall=self.stall)
         self.telemetry.record_sections({"compute": compute[rank], "wait": wait[rank]})
@@ -155,7 +159,7 @@ class Reporter:
         (``workers/faults.strike``): ``slow`` stretches the step, ``kill`` exits abruptly,
         ``hang`` stops progress. Returns the compute and busy seconds as stretched."""
         factor = strike(self.cfg.faults, rank=self.env.rank, step=self.step, generation=self.cfg.generation,
-                        during=during, on_hang=lambda: self.telemetry.update(activity="hung"))
+                        start=self.start, during=during, on_hang=lambda: self.telemetry.update(activity="hung"))
         if factor > 1.0:
             time.sleep((factor - 1.0) * compute)
         return compute * factor, busy * factor

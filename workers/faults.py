@@ -5,6 +5,9 @@ Rank-side faults, carried to the ranks in ``WorkerConfig.faults``:
 - ``kill:rank=1:step=30``             the rank's process exits abruptly (code 137) after step 30;
   ``kill:rank=1:step=30:during=checkpoint`` kills it while the checkpoint of step 30 is written;
 - ``hang:rank=0:step=50``             the rank stops making progress after step 50;
+- ``kill:rank=3:into=5:gen=4``        ``into`` instead of ``step``: 5 steps into generation 4,
+                                      whatever step it resumed at (a generation after a
+                                      resize starts at a step the plan cannot know);
 - ``slow:rank=2:factor=1.5``          every step of the rank takes 1.5x its compute time
                                       (optionally ``:step=N`` to start later);
 - ``corrupt-checkpoint:step=40``      the committed checkpoint of step 40 gets a damaged shard.
@@ -44,10 +47,14 @@ class Fault(BaseModel):
     gen: int = Field(default=1, ge=1)
     #: ``checkpoint``: a kill strikes while the checkpoint of ``step`` is being written.
     during: Literal["checkpoint"] | None = None
+    #: Steps into the generation (after the step it resumed at), in place of ``step``.
+    into: int | None = Field(default=None, ge=1)
 
-    def fires(self, *, rank: int, step: int, generation: int) -> bool:
-        """True at exactly the step (and generation, and rank) this fault names."""
-        return generation == self.gen and step == self.step and self.rank in (None, rank)
+    def fires(self, *, rank: int, step: int, generation: int, start: int = 0) -> bool:
+        """True at exactly the step (and generation, and rank) this fault names; ``start``:
+        the step the generation resumed at, which ``into`` counts from."""
+        at = self.step if self.into is None else start + self.into
+        return generation == self.gen and step == at and self.rank in (None, rank)
 
     def active(self, *, rank: int, step: int, generation: int) -> bool:
         """True from the named step on, for lasting faults such as ``slow``."""
@@ -55,22 +62,22 @@ class Fault(BaseModel):
 
 
 _KEYS = {
-    "kill": {"rank", "step", "gen", "during"},
-    "hang": {"rank", "step", "gen"},
+    "kill": {"rank", "step", "into", "gen", "during"},
+    "hang": {"rank", "step", "into", "gen"},
     "slow": {"rank", "factor", "step", "gen"},
     "corrupt-checkpoint": {"step", "gen"},
     "shrink": {"ranks", "step"},
     "grow": {"step"},
 }
-_REQUIRED = {"kill": {"rank", "step"}, "hang": {"rank", "step"}, "slow": {"rank", "factor"}, "corrupt-checkpoint": {"step"}, "shrink": {"step"}, "grow": set()}
+_REQUIRED = {"kill": {"rank"}, "hang": {"rank"}, "slow": {"rank", "factor"}, "corrupt-checkpoint": {"step"}, "shrink": {"step"}, "grow": set()}
 
 
-def strike(faults: Iterable[Fault], *, rank: int, step: int, generation: int, during: str | None = None,
+def strike(faults: Iterable[Fault], *, rank: int, step: int, generation: int, start: int = 0, during: str | None = None,
            on_hang: Callable[[], None] | None = None) -> float:
     """Carry out the rank faults that fire after ``step`` (or ``during`` its checkpoint), for
     the trainer and the SDK alike: ``kill`` exits the process abruptly, ``hang`` never returns
-    (after ``on_hang``). Returns the ``slow`` factor in force (1.0: none) for the caller to
-    stretch its compute by."""
+    (after ``on_hang``). ``start``: the step the generation resumed at. Returns the ``slow``
+    factor in force (1.0: none) for the caller to stretch its compute by."""
     factor = 1.0
     where = {"rank": rank, "step": step, "generation": generation}
     for fault in faults:
@@ -78,10 +85,10 @@ def strike(faults: Iterable[Fault], *, rank: int, step: int, generation: int, du
             continue
         if fault.kind == "slow" and fault.active(**where):
             factor *= fault.factor
-        elif fault.kind == "kill" and fault.fires(**where):
-            print(f"rank {rank}: injected fault kill after step {step}: exiting with code {KILL_EXIT_CODE}", flush=True)
+        elif fault.kind == "kill" and fault.fires(**where, start=start):
+            print(f"rank {rank}: injected fault kill after step {step} (generation {generation}): exiting with code {KILL_EXIT_CODE}", flush=True)
             os._exit(KILL_EXIT_CODE)
-        elif fault.kind == "hang" and fault.fires(**where):
+        elif fault.kind == "hang" and fault.fires(**where, start=start):
             if on_hang is not None:
                 on_hang()
             while True:
@@ -104,6 +111,10 @@ def parse_fault(text: str) -> Fault:
     missing = _REQUIRED[kind] - values.keys()
     if missing:
         raise ValueError(f"{text}: {kind} needs {', '.join(sorted(missing))}")
+    if kind in ("kill", "hang") and len(values.keys() & {"step", "into"}) != 1:
+        raise ValueError(f"{text}: {kind} needs step=N or into=N (steps into its generation), not both")
+    if "during" in values and "into" in values:
+        raise ValueError(f"{text}: during=checkpoint needs step=N (the checkpoint's step), not into")
     try:
         return Fault(kind=kind, **values)
     except ValueError as e:

@@ -166,7 +166,7 @@ class Trainer:
         self.grad_wait = GradientWaitHook(on_last=lambda: self.telemetry.update(activity="syncing"))
         self.ddp.register_comm_hook(self.grad_wait, GradientWaitHook.hook)
         manifest, resumed, rejected = self.checkpointer.resume(self.model, self.optimizer)
-        self.step = resumed or 0
+        self.step = self.start_step = resumed or 0
         if manifest is not None:
             self.telemetry.record_checkpoint(manifest)
         # The loss of the step resumed at, until this generation trains one (none before step 1).
@@ -318,7 +318,7 @@ class Trainer:
     def inject_rank_faults(self, compute_seconds: float, during: str | None = None) -> None:
         """Carry out the faults this config injects at this step (see workers/faults.py)."""
         factor = strike(self.cfg.faults, rank=self.env.rank, step=self.step, generation=self.cfg.generation,
-                        during=during, on_hang=self.hang_begins)
+                        start=self.start_step, during=during, on_hang=self.hang_begins)
         if factor > 1.0:  # a slow rank: every compute section takes ``factor`` times as long
             time.sleep((factor - 1.0) * compute_seconds)
             self.timer.stretch(factor)

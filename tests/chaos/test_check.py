@@ -42,7 +42,7 @@ def killed_run() -> chaos_check.History:
         event(11.0, "RestartedFromCheckpoint", "Generation 2 (dp=2,sp=1 over 2 ranks) resumes from step 20"),
     ]
     steps = step_lines(1, range(1, 26), 1.0) + step_lines(2, range(21, STEPS + 1), 12.0)
-    logs = {1: "rank 1: injected fault kill after step 25: exiting with code 137\n"}
+    logs = {1: "rank 1: injected fault kill after step 25 (generation 1): exiting with code 137\n"}
     return chaos_check.History(status, events, steps, logs, "", 0)
 
 

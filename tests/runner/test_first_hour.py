@@ -71,7 +71,7 @@ def test_each_rank_keeps_its_output_beside_the_job(killed):
     home, workdir, _ = killed
     rank1 = (workdir / "logs" / "rank-1.log").read_text()
     assert "rank 1/2: generation 1 starts" in rank1 and "rank 1/2: generation 2 starts" in rank1
-    assert "rank 1: injected fault kill after step 25: exiting with code 137" in rank1
+    assert "rank 1: injected fault kill after step 25 (generation 1): exiting with code 137" in rank1
     assert rank1.rstrip().endswith(f"rank 1/2: complete at step {STEPS}")
     assert cli(home, "logs", "tiny-train", "--rank", "1") == rank1
     rank0 = cli(home, "logs", "tiny-train").splitlines()

@@ -58,7 +58,8 @@ def test_the_user_script_completes_with_the_sdk_reporting(baseline):
     # Every rank's timings reach the straggler detector: one entry per rank per step.
     assert all(len(line["rankCompute"]) == len(line["rankBusy"]) == 2 for line in log)
     assert all(line["samples"] == [256, 256] and line["tokensPerSecond"] > 0 for line in log)
-    assert [m["step"] for m in committed(baseline / "checkpoints")] == [20, 30]
+    # Each manifest keeps its step's loss (the mean over ranks), as the trainer's do.
+    assert [(m["step"], m["loss"]) for m in committed(baseline / "checkpoints")] == [(20, log[19]["loss"]), (30, log[29]["loss"])]
     metrics = (baseline / "metrics.prom").read_text()
     for rank in (0, 1):
         assert f'shardwright_rank_step{{name="user-script",namespace="default",rank="{rank}"}} {STEPS}.0' in metrics
