@@ -117,3 +117,12 @@ def test_after_a_resize_the_loss_may_differ_within_the_tolerance():
     assert broken(run) == []
     far = [dict(line, loss=line["loss"] + (0.01 if line["step"] == 40 else 0)) for line in run.steps]
     assert broken(dataclasses.replace(run, steps=far)) == ["loss"]
+
+
+def test_a_kill_counted_into_its_generation_struck_where_its_generation_logged_it():
+    """``into``: its step is whatever its generation resumed at plus ``into``; the generation
+    in the rank's line decides."""
+    into = dataclasses.replace(PLAN, faults=(parse_fault("kill:rank=1:into=5:gen=1"),))
+    assert broken(killed_run(), into) == []
+    elsewhere = {1: "rank 1: injected fault kill after step 25 (generation 2): exiting with code 137\n"}
+    assert broken(dataclasses.replace(killed_run(), logs=elsewhere), into) == ["faults struck"]
