@@ -25,7 +25,7 @@ import yaml  # noqa: E402
 
 from bench import chaos_cluster_check, chaos_cluster_plan  # noqa: E402
 from bench.chaos_cluster_env import JOB_LABEL, NS, ROOT, Cluster, PodRecorder, wait  # noqa: E402
-from bench.chaos_cluster_faults import Faults  # noqa: E402
+from bench.chaos_cluster_faults import Faults, Strike  # noqa: E402
 
 TERMINAL = ("Complete", "Failed")
 
@@ -77,7 +77,10 @@ def one_run(cluster: Cluster, plan: chaos_cluster_plan.Plan, shape, reference: d
             except TimeoutError as e:
                 log(f"  ({e}; striking anyway)")
             began = time.monotonic()
-            strike = faults.strike(fault.kind, fault.pick)
+            try:
+                strike = faults.strike(fault.kind, fault.pick)
+            except Exception as e:  # noqa: BLE001 - the harness's own step failed (a kubectl timed out): not struck, the run goes on
+                strike = Strike(fault.kind, detail=f"the harness failed: {type(e).__name__}: {e}")
             strikes.append(strike)
             log(f"  {fault.text():32} {'struck' if strike.struck else 'not yet'} {strike.target} {strike.detail} "
                 f"restarts {strike.restarts} ({time.monotonic() - began:.0f} s)")
