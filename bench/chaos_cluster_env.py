@@ -114,26 +114,73 @@ def wait(check, timeout: float, what: str, every: float = 1.0):
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-class PodRecorder:
-    """Every rank pod's life from one watch (listed again after a break): events in the API
-    server's order, so two generations of a job alive at once is seen exactly as the API
-    held them. A pod is alive from its creation until it is deleted or its phase is
-    Succeeded/Failed (its processes are gone)."""
+class PodLives:
+    """Every rank pod's life from its watch events, in the API server's order, so two
+    generations of a job alive at once is seen exactly as the API held them. A pod is alive
+    from its creation until it is deleted or its phase is Succeeded/Failed (its processes
+    are gone)."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        from kubernetes import client, config
-
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=str(cluster.cp.kubeconfig), client_configuration=configuration)
-        self.core = client.CoreV1Api(client.ApiClient(configuration))
+    def __init__(self) -> None:
         self.alive: dict[str, tuple[str, int]] = {}  # pod name -> (job, generation)
         self.overlaps: list[str] = []
         self.ended: set[str] = set()
         self.placed: dict[str, tuple[str, int, str]] = {}  # pod name -> (job, generation, node)
         #: When each pod was first seen ending: deleted, being deleted, Succeeded or Failed.
         self.ending: dict[str, float] = {}
-        self.succeeded: set[str] = set()
+        #: Pods that Succeeded before anything deleted them: they finished their training. A
+        #: rank asked to stop also exits 0 (Succeeded), but after its pod's deletion began.
+        self.finished: set[str] = set()
         self.lock = threading.Lock()
+
+    def ended_on(self, node: str, since: float, until: float) -> list[tuple[str, int]]:
+        """(job, generation) of the pods on ``node`` that began to end in that window other
+        than by finishing: the generations a node loss ended."""
+        with self.lock:
+            return sorted({(job, gen) for pod, (job, gen, at) in self.placed.items()
+                           if at == node and since <= self.ending.get(pod, -1.0) <= until and pod not in self.finished})
+
+    def gone(self, names: set[str], now: float) -> None:
+        """A list after a break lacks these: they were deleted meanwhile."""
+        with self.lock:
+            for name in [p for p in self.alive if p not in names]:
+                self.alive.pop(name)
+                self.ended.add(name)
+                self.ending.setdefault(name, now)
+
+    def event(self, kind: str, pod: dict, now: float) -> None:
+        meta = pod["metadata"]
+        name, labels = meta["name"], meta.get("labels") or {}
+        job, gen = labels.get(JOB_LABEL, ""), int(labels[GEN_LABEL])
+        phase = (pod.get("status") or {}).get("phase")
+        with self.lock:
+            if node := (pod.get("spec") or {}).get("nodeName"):
+                self.placed[name] = (job, gen, node)
+            if name not in self.ending and (kind == "DELETED" or phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp")):
+                self.ending[name] = now
+                if phase == "Succeeded" and kind != "DELETED" and not meta.get("deletionTimestamp"):
+                    self.finished.add(name)
+            if kind == "DELETED" or phase in ("Succeeded", "Failed"):
+                self.alive.pop(name, None)
+                self.ended.add(name)
+                return
+            if name in self.alive or name in self.ended:
+                return
+            others = sorted(p for p, (j, g) in self.alive.items() if j == job and g != gen)
+            if others:
+                self.overlaps.append(f"{name} (generation {gen}) created while {', '.join(others)} alive")
+            self.alive[name] = (job, gen)
+
+
+class PodRecorder(PodLives):
+    """The rank pods' lives from one watch of the cluster, listed again after a break."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        from kubernetes import client, config
+
+        super().__init__()
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(cluster.cp.kubeconfig), client_configuration=configuration)
+        self.core = client.CoreV1Api(client.ApiClient(configuration))
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="pod-recorder")
 
@@ -152,14 +199,9 @@ class PodRecorder:
                     listed = json.loads(self.core.list_namespaced_pod(NS, label_selector=GEN_LABEL, _preload_content=False,
                                                                       _request_timeout=30).data)
                     version = listed["metadata"]["resourceVersion"]
-                    with self.lock:  # what the list lacks was deleted during the break
-                        names = {p["metadata"]["name"] for p in listed["items"]}
-                        for gone in [p for p in self.alive if p not in names]:
-                            self.alive.pop(gone)
-                            self.ended.add(gone)
-                            self.ending.setdefault(gone, time.monotonic())
+                    self.gone({p["metadata"]["name"] for p in listed["items"]}, time.monotonic())
                     for pod in listed["items"]:
-                        self._event("ADDED", pod)
+                        self.event("ADDED", pod, time.monotonic())
                 stream = self.core.list_namespaced_pod(NS, label_selector=GEN_LABEL, watch=True, resource_version=version,
                                                        allow_watch_bookmarks=True, timeout_seconds=30, _preload_content=False,
                                                        _request_timeout=60)
@@ -174,38 +216,8 @@ class PodRecorder:
                         break
                     version = event["object"]["metadata"]["resourceVersion"]
                     if event["type"] != "BOOKMARK":
-                        self._event(event["type"], event["object"])
+                        self.event(event["type"], event["object"], time.monotonic())
                 stream.release_conn()
             except Exception:  # the API server restarting: list again
                 version = None
                 self.stopping.wait(1.0)
-
-    def ended_on(self, node: str, since: float, until: float) -> list[tuple[str, int]]:
-        """(job, generation) of the pods on ``node`` that began to end in that window other
-        than by finishing: the generations a node loss ended."""
-        with self.lock:
-            return sorted({(job, gen) for pod, (job, gen, at) in self.placed.items()
-                           if at == node and since <= self.ending.get(pod, -1.0) <= until and pod not in self.succeeded})
-
-    def _event(self, kind: str, pod: dict) -> None:
-        meta = pod["metadata"]
-        name, labels = meta["name"], meta.get("labels") or {}
-        job, gen = labels.get(JOB_LABEL, ""), int(labels[GEN_LABEL])
-        phase = (pod.get("status") or {}).get("phase")
-        with self.lock:
-            if node := (pod.get("spec") or {}).get("nodeName"):
-                self.placed[name] = (job, gen, node)
-            if kind == "DELETED" or phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
-                self.ending.setdefault(name, time.monotonic())
-            if phase == "Succeeded":
-                self.succeeded.add(name)
-            if kind == "DELETED" or phase in ("Succeeded", "Failed"):
-                self.alive.pop(name, None)
-                self.ended.add(name)
-                return
-            if name in self.alive or name in self.ended:
-                return
-            others = sorted(p for p, (j, g) in self.alive.items() if j == job and g != gen)
-            if others:
-                self.overlaps.append(f"{name} (generation {gen}) created while {', '.join(others)} alive")
-            self.alive[name] = (job, gen)

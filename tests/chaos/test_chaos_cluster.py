@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import chaos_cluster, chaos_cluster_check, chaos_cluster_plan
+from bench.chaos_cluster_env import GEN_LABEL, JOB_LABEL, PodLives
 from bench.chaos_cluster_faults import Strike
 
 KINDS = "pod-delete,kill,operator-killed,apiserver-restart"
@@ -52,6 +53,25 @@ def test_the_checks_keep_a_clean_record_and_flag_each_doctored_one():
     for invariant, run in doctored.items():
         broken = [v.invariant for v in chaos_cluster_check.check(run, reference) if not v.ok]
         assert broken == [invariant.strip()], (invariant, broken)
+
+
+def test_a_node_loss_ends_the_generations_whose_pods_there_began_to_end_in_its_window():
+    """Deleted, or asked to stop (a rank then exits 0, Succeeded): ended by the node loss.
+    Succeeded on its own (the job finished), or ended outside the window: not."""
+    def pod(name: str, gen: int, node: str, **meta) -> dict:
+        return {"metadata": {"name": name, "labels": {JOB_LABEL: name[0], GEN_LABEL: str(gen)}, **meta}, "spec": {"nodeName": node}, "status": {"phase": "Running"}}
+
+    lives = PodLives()
+    for p in (pod("a-g2-0", 2, "proc-0"), pod("b-g1-0", 1, "proc-0"), pod("c-g3-0", 3, "proc-0"), pod("d-g1-0", 1, "proc-1"), pod("e-g1-0", 1, "proc-0")):
+        lives.event("ADDED", p, 0.0)
+    lives.event("MODIFIED", pod("e-g1-0", 1, "proc-0", deletionTimestamp="t"), 5.0)  # before the node was lost
+    lives.event("MODIFIED", pod("a-g2-0", 2, "proc-0", deletionTimestamp="t"), 12.0)  # evicted
+    lives.event("MODIFIED", {**pod("a-g2-0", 2, "proc-0", deletionTimestamp="t"), "status": {"phase": "Succeeded"}}, 13.0)
+    lives.event("MODIFIED", {**pod("b-g1-0", 1, "proc-0"), "status": {"phase": "Succeeded"}}, 14.0)  # finished its training
+    lives.event("DELETED", pod("c-g3-0", 3, "proc-0"), 15.0)  # force-deleted
+    lives.event("DELETED", pod("d-g1-0", 1, "proc-1"), 16.0)  # another node
+    assert lives.ended_on("proc-0", 10.0, 20.0) == [("a", 2), ("c", 3)]
+    assert lives.ended_on("proc-0", 14.5, 20.0) == [("c", 3)]
 
 
 @pytest.mark.cluster
