@@ -55,6 +55,16 @@ def test_the_checks_keep_a_clean_record_and_flag_each_doctored_one():
         assert broken == [invariant.strip()], (invariant, broken)
 
 
+def test_a_generation_a_kill_and_a_node_loss_both_ended_may_spend_a_restart_or_not():
+    """Rank killed while its node was lost (seed 1300): the operator may see either first."""
+    both = [Strike("kill", "a-g1-worker-0", True, restarts=[("a", 1)]), Strike("node-lost", "proc-1", True, disrupted=[("a", 1)])]
+    for restarts in (0, 1):
+        run = record(statuses={"a": {"phase": "Complete", "restarts": restarts, "generation": 2}}, strikes=both)
+        assert chaos_cluster_check._restarts(run).ok, restarts
+    run = record(statuses={"a": {"phase": "Complete", "restarts": 2, "generation": 2}}, strikes=both)
+    assert not chaos_cluster_check._restarts(run).ok
+
+
 def test_a_node_loss_ends_the_generations_whose_pods_there_began_to_end_in_its_window():
     """Deleted, or asked to stop (a rank then exits 0, Succeeded): ended by the node loss.
     Succeeded on its own (the job finished), or ended outside the window: not."""
