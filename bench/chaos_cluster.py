@@ -91,6 +91,10 @@ def one_run(cluster: Cluster, plan: chaos_cluster_plan.Plan, shape, reference: d
                     f"restarts {strike.restarts}, disrupted {strike.disrupted}")
         statuses = finish(cluster, names, 1500)
     finally:
+        # The jobs' events go with them: kept for whoever explains a broken invariant.
+        for what in ("events", "trainingjobs"):
+            out = cluster.kubectl("-n", NS, "get", what, "-o", "json", check=False, timeout=60)
+            (cluster.state / f"{what}-{plan.seed}.json").write_text(out.stdout)
         leftovers = remove(cluster, names)
         recorder.stop()
     record = chaos_cluster_check.Record(statuses, strikes, recorder.overlaps, leftovers,
