@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,8 +95,9 @@ def one_run(cluster: Cluster, plan: chaos_cluster_plan.Plan, shape, reference: d
     finally:
         # The jobs' events go with them: kept for whoever explains a broken invariant.
         for what in ("events", "trainingjobs"):
-            out = cluster.kubectl("-n", NS, "get", what, "-o", "json", check=False, timeout=60)
-            (cluster.state / f"{what}-{plan.seed}.json").write_text(out.stdout)
+            with contextlib.suppress(subprocess.SubprocessError):
+                out = cluster.kubectl("-n", NS, "get", what, "-o", "json", check=False, timeout=60)
+                (cluster.state / f"{what}-{plan.seed}.json").write_text(out.stdout)
         leftovers = remove(cluster, names)
         recorder.stop()
     record = chaos_cluster_check.Record(statuses, strikes, recorder.overlaps, leftovers,
