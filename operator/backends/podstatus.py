@@ -181,7 +181,8 @@ def observe_pod(pod: dict[str, Any], now: datetime.datetime, startup_timeout_s: 
     return [
         RankObservation(
             pod["generation"], pod["rank"] + i, state, exit_code=code, message=why, node=pod.get("node"),
-            reason=reason, died=died, disrupted=reason == DISRUPTED,
+            # Being evicted while it still runs (DisruptionTarget): disrupted already.
+            reason=reason, died=died, disrupted=reason == DISRUPTED or (state in (RankState.PENDING, RankState.RUNNING) and bool(pod.get("disruption"))),
         )
         for i in range(pod["ranks"])
     ]

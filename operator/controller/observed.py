@@ -27,7 +27,8 @@ class RankObservation:
     #: whose collectives broke within milliseconds, its victims.
     died: bool = False
     #: The platform took the rank away on purpose (eviction, preemption, a node drain or
-    #: shutdown): the job restarts without spending its restart budget.
+    #: shutdown), or is taking it (the pod still runs): the job restarts without spending
+    #: its restart budget.
     disrupted: bool = False
     #: Its node is NotReady or gone: whatever the rank does not do (report steps, end) is
     #: its node's doing, so a progress deadline that passes meanwhile is a disruption too.

@@ -237,7 +237,12 @@ class _Reconcile:
             message = f"Rank {first.rank} failed{code}: {first.message}".rstrip(": ")
             # A disruption, or a generation that only ever waited for room, is not the
             # job's failure: restart without spending the budget (failure rules still apply).
-            spend = not (first.disrupted or all(r.reason == "PodsReadyTimeout" and "Unschedulable" in r.message for r in failed))
+            # Nor is a failure beside a rank being evicted or on a lost node: its peers' own
+            # collectives and rendezvous time out first (cluster chaos seed 1300).
+            disrupted = [r for r in ranks if r.disrupted or (r.alive and r.node_lost)]
+            spend = not (first.disrupted or disrupted or all(r.reason == "PodsReadyTimeout" and "Unschedulable" in r.message for r in failed))
+            if disrupted and not first.disrupted:
+                message += f"; rank {disrupted[0].rank} was " + ("on a NotReady node" if disrupted[0].node_lost else "being evicted")
             generations.restart_or_fail(self, first.reason or Reason.RANK_FAILED, message, decide(self.spec, failed), spend=spend)
         elif not ranks:
             # A generation just started may not be visible yet (a lagging cache): only

@@ -47,6 +47,21 @@ def test_a_deadline_passed_while_a_ranks_node_is_lost_spends_no_restart():
     assert "rank 1's node n1 NotReady or gone" in event.message
 
 
+def test_a_rank_failing_beside_a_rank_on_a_lost_node_or_being_evicted_spends_no_restart():
+    """Its rendezvous or collective times out first (cluster chaos seed 1300: rank 1 gave up
+    after 60 s waiting for rank 0, whose node was NotReady): the disruption's doing."""
+    for beside in (dict(node="n0", node_lost=True), dict(disrupted=True)):
+        d = hang_driver()
+        failed = (RankObservation(1, 0, RankState.RUNNING, **beside), RankObservation(1, 1, RankState.FAILED, exit_code=1, message="DistNetworkError"))
+        result = d.tick(3, failed, Progress(generation=1, step=5), (checkpoint(4),))
+        assert result.status.phase is Phase.RESTARTING and result.status.restarts == 0, beside
+        (event,) = [e for e in result.of_type(Event) if e.reason == "RankFailed"]
+        assert "rank 0 was" in event.message
+    d = hang_driver()  # beside a rank that is fine, the failure is the job's
+    alone = d.tick(3, (RankObservation(1, 0, RankState.RUNNING, node="n0"), RankObservation(1, 1, RankState.FAILED, exit_code=1)), Progress(generation=1, step=5))
+    assert alone.status.restarts == 1
+
+
 def test_progress_resets_the_deadline_and_start_up_is_not_counted():
     d = Driver(spec(**{"failurePolicy.progressDeadlineSeconds": DEADLINE}))
     d.start()

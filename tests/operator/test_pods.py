@@ -65,6 +65,9 @@ def test_classification_names_the_reason():
     assert state is RankState.FAILED and "PodsReadyTimeout" in message and "ErrImagePull" in message
     ranks = podstatus.observe_pod(pod(phase="Running"), NOW)
     assert [r.rank for r in ranks] == [2, 3]
+    # Being evicted while it still runs: disrupted already (a peer's failure is not the job's).
+    assert [r.disrupted for r in podstatus.observe_pod(pod(phase="Running", disruption="TerminationByKubelet"), NOW)] == [True, True]
+    assert [r.disrupted for r in ranks] == [False, False]
 
 
 def test_a_pod_ended_from_outside_marks_its_ranks_as_the_cause():
