@@ -32,13 +32,9 @@ import torch.distributed as dist
 from shardwright.workers.config import TERMINATION_MESSAGE_ENV, RankEnv, WorkerConfig
 from shardwright.workers.faults import strike
 from shardwright.workers.telemetry import Telemetry
-from shardwright.workers.timing import per_sample, relative_scores
+from shardwright.workers.timing import SCORE_WINDOW, THROUGHPUT_WINDOW, per_sample, relative_scores
 from shardwright.workers.usercommand import METRICS_ENV
 
-#: Steps the reported throughput is averaged over (as the trainer's).
-THROUGHPUT_WINDOW = 10
-#: Steps this rank's live straggler-score gauge is taken over.
-SCORE_WINDOW = 20
 #: Section names a program may mark; ``communication`` is reported as the trainer's ``wait``.
 SECTION_NAMES = ("compute", "communication")
 #: Per-rank values in one report's all-reduce: seconds, compute, wait, busy, tokens.

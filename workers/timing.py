@@ -9,7 +9,7 @@ and ``wait``: time this rank spent blocked on its peers. Wait has two parts:
   ``backward()`` after that moment is waiting for the other ranks' buckets
   (``GradientWaitHook``). On a balanced job it is the transfer itself (small on one host).
 - The step-facts all-reduce (loss, stop flag, these times; one per batch of short steps,
-  see ``train.facts_batch``) runs in the background during the next steps, and its result
+  see ``stepfacts.facts_batch``) runs in the background during the next steps, and its result
   is awaited at the end of the next batch; the wait is timed and reported with the step
   that waited, since a step's times travel in that very all-reduce.
   A rank that is slow *after* its gradients (its optimizer step, or an injected slowdown)
@@ -37,6 +37,10 @@ from collections.abc import Callable, Iterator, Sequence
 SECTIONS = ("data", "forward", "backward", "optimizer", "wait")
 #: Sections that are this rank's own work (everything but ``wait``).
 COMPUTE = SECTIONS[:4]
+#: Steps the reported throughput is averaged over.
+THROUGHPUT_WINDOW = 10
+#: Steps a rank's own live straggler-score gauge (``relative_scores``) is taken over.
+SCORE_WINDOW = 20
 
 
 class SectionTimer:

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import datetime
 import json
-import math
 import os
 import secrets
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -31,9 +28,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import data as data_mod
+from . import stepfacts
 from .checkpoint import Checkpointer, damage
 from .config import TERMINATION_MESSAGE_ENV, RankEnv, WorkerConfig, softmax_kernel
-from .evaluation import Evaluation, Evaluator
+from .evaluation import Evaluator
 from .faults import strike
 from .lora import apply_lora, reseed as reseed_dropout
 from .mixers import SequenceContext
@@ -42,19 +40,10 @@ from .batches import rank_batch, token_losses
 from .optim import autocast, decay_groups, lr_at
 from .packing import IGNORE
 from .telemetry import Telemetry
-from .timing import COMPUTE, SECTIONS, GradientWaitHook, SectionTimer, per_sample, relative_scores
-
-#: Steps the reported throughput is averaged over.
-THROUGHPUT_WINDOW = 10
-#: Steps the rank's own live straggler-score gauge is taken over.
-SCORE_WINDOW = 20
-#: Step facts travel in one all-reduce per about this many seconds of training: steps of a
-#: few milliseconds share one (on 2 CPU cores one per step cost 8% of throughput), a step
-#: of this length or more has its own.
-FACTS_INTERVAL_S = 0.05
-#: Most steps one facts all-reduce carries (a stop request waits at most twice this).
-MAX_FACTS_BATCH = 8
-
+from .stepfacts import SentFacts, StepFacts, facts_batch
+from .timing import (
+    COMPUTE, SCORE_WINDOW, SECTIONS, THROUGHPUT_WINDOW, GradientWaitHook, SectionTimer, per_sample, relative_scores,
+)
 
 def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     """Train one generation on this rank; returns the rank's summary."""
@@ -89,34 +78,6 @@ def main(config: WorkerConfig | str, env: RankEnv | None = None, stop: threading
             del trainer
     finally:
         dist.destroy_process_group()
-
-
-@dataclasses.dataclass
-class StepFacts:
-    """A finished step as this rank saw it, until every rank's facts of it are back."""
-
-    number: int
-    seconds: float
-    samples: list[int]
-    loss_sum: float
-    #: This rank's section seconds (``SECTIONS``) and busy seconds.
-    sections: list[float]
-    #: Target tokens of the global batch that are not ``IGNORE``: the loss's divisor and
-    #: the tokens counted in tokens/s.
-    targets: int = 0
-    stall: float | None = None  # the checkpoint save after it blocked this long
-    ended: float = 0.0  # monotonic, for the throughput window
-    ended_wall: float = 0.0  # wall clock, for the step log
-    evaluation: Evaluation | None = None  # the held-out evaluation after it, if one was due
-
-
-@dataclasses.dataclass
-class SentFacts:
-    """Steps whose facts all-reduce is in flight."""
-
-    steps: list[StepFacts]
-    facts: torch.Tensor
-    work: dist.Work
 
 
 class Trainer:
@@ -217,7 +178,7 @@ class Trainer:
             if stopped or due:
                 saving = time.monotonic()
                 self.checkpointer.save(self.step, self.model, self.optimizer, data_position=self.step * self.cfg.data.global_batch,
-                                       loss=self.last_loss(sent))
+                                       loss=sent.last_loss())
                 step.stall = time.monotonic() - saving
                 self.inject_rank_faults(0.0, during="checkpoint")
             self.record_commits()
@@ -349,54 +310,24 @@ class Trainer:
         return [sections[name] for name in SECTIONS] + [busy]
 
     def send_step_facts(self, steps: list[StepFacts]) -> SentFacts:
-        """Start the one small all-reduce of a batch of steps (on its own group, so it
-        overlaps the next gradient all-reduce): any rank asked to stop, new work shares
-        rank 0 received from the controller, and per step the global loss and every rank's
-        step time, section times and busy time.
-
-        Layout (float64): ``[stop, switch, shares[D], (loss, seconds[W], (sections[S], busy)[W])[K]]``;
-        each rank fills only its own slots (shares: rank 0 only), so the sum is a gather.
-        """
-        world, dp, rank = self.env.world_size, self.cfg.parallel.data, self.env.rank
-        facts = torch.zeros(2 + dp + len(steps) * (1 + world * (2 + len(SECTIONS))), dtype=torch.float64)
-        facts[0] = float(self.stop.is_set())
-        shares = self.telemetry.take_shares() if rank == 0 else None
-        if shares is not None and len(shares) == dp and min(shares) > 0:
-            facts[1] = 1.0
-            facts[2 : 2 + dp] = torch.tensor(shares, dtype=torch.float64)
-        loss, seconds, sections = self.facts_rows(facts, len(steps))
-        loss[:] = torch.tensor([s.loss_sum for s in steps], dtype=torch.float64)
-        seconds[:, rank] = torch.tensor([s.seconds for s in steps], dtype=torch.float64)
-        sections[:, rank] = torch.tensor([s.sections for s in steps], dtype=torch.float64)
-        return SentFacts(steps, facts, dist.all_reduce(facts, group=self.facts_group, async_op=True))
-
-    def last_loss(self, sent: SentFacts) -> float:
-        """The global loss of the last step of a batch whose facts are in flight (waits for
-        them; the batch is completed later as usual)."""
-        sent.work.wait()
-        return self.facts_rows(sent.facts, len(sent.steps))[0][-1].item() / sent.steps[-1].targets
-
-    def facts_rows(self, facts: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Views of a facts tensor's per-step part: loss ``[K]``, step seconds ``[K, W]``,
-        sections and busy ``[K, W, S + 1]``."""
-        world = self.env.world_size
-        rows = facts[2 + self.cfg.parallel.data :].view(steps, -1)
-        return rows[:, 0], rows[:, 1 : 1 + world], rows[:, 1 + world :].view(steps, world, len(SECTIONS) + 1)
+        """Start the facts all-reduce of a batch of steps (``stepfacts.send``)."""
+        return stepfacts.send(steps, rank=self.env.rank, world=self.env.world_size, data=self.cfg.parallel.data,
+                              stop=self.stop.is_set(), shares=self.telemetry.take_shares() if self.env.rank == 0 else None,
+                              group=self.facts_group)
 
     def complete_step(self, sent: SentFacts, ends: collections.deque[float]) -> bool:
         """Wait for a batch's facts, then record, report and log its steps; True if a rank
         asked to stop. New shares apply from the step after the current one, on every rank
         alike."""
-        world, dp = self.env.world_size, self.cfg.parallel.data
+        world = self.env.world_size
         self.telemetry.update(activity="syncing")
         began = time.monotonic()
-        sent.work.wait()
+        sent.wait()
         self.facts_wait = time.monotonic() - began
-        facts = sent.facts
-        if facts[1] > 0:
-            self.shares = tuple(facts[2 : 2 + dp].tolist())
+        if (shares := sent.shares()) is not None:
+            self.shares = shares
             self.telemetry.update(dataShares=list(self.shares), sharesSinceStep=self.step + 1)
-        losses, seconds, sections = (t.tolist() for t in self.facts_rows(facts, len(sent.steps)))
+        losses, seconds, sections = (t.tolist() for t in sent.rows())
         lines = []
         for step, loss_sum, step_seconds, step_sections in zip(sent.steps, losses, seconds, sections):
             loss = loss_sum / step.targets
@@ -412,7 +343,7 @@ class Trainer:
         self.report_timings(sections[-1])
         self.log_steps(lines)
         self.batch = facts_batch([max(row) for row in seconds])
-        return bool(facts[0] > 0)
+        return sent.stop_requested()
 
     def samples_per_rank(self) -> list[int]:
         """Samples every rank trains on per step under the shares in effect (by global rank)."""
@@ -462,10 +393,3 @@ class Trainer:
         with Path(self.cfg.step_log).open("a") as f:
             f.write("".join(json.dumps(line) + "\n" for line in lines))
 
-
-def facts_batch(step_seconds: list[float]) -> int:
-    """Steps the next facts all-reduce carries: about ``FACTS_INTERVAL_S`` of steps at the
-    median step time of the batch just back (every rank holds the same sums, so every rank
-    picks the same number)."""
-    median = statistics.median(step_seconds)
-    return max(1, min(MAX_FACTS_BATCH, math.ceil(FACTS_INTERVAL_S / max(median, 1e-9))))

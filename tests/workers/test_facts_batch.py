@@ -1,7 +1,7 @@
 """How many steps one step-facts all-reduce carries: every rank must pick the same number
 from the same sums, short steps share one all-reduce, long steps have their own."""
 
-from shardwright.workers.train import FACTS_INTERVAL_S, MAX_FACTS_BATCH, facts_batch
+from shardwright.workers.stepfacts import FACTS_INTERVAL_S, MAX_FACTS_BATCH, facts_batch
 
 
 def test_long_steps_send_their_facts_alone():
