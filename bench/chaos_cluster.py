@@ -101,8 +101,22 @@ def one_run(cluster: Cluster, plan: chaos_cluster_plan.Plan, shape, reference: d
         leftovers = remove(cluster, names)
         recorder.stop()
     record = chaos_cluster_check.Record(statuses, strikes, recorder.overlaps, leftovers,
-                                        chaos_cluster_plan.draw(plan.seed, len(plan.faults), plan.jobs, kinds) == plan)
+                                        chaos_cluster_plan.draw(plan.seed, len(plan.faults), plan.jobs, kinds) == plan,
+                                        frozenset(recorder.generations))
+    # Checked again later with `--check` (a rule of the check changed, a run explained).
+    (cluster.state / f"record-{plan.seed}.json").write_text(json.dumps({"reference": reference, **record.to_json()}, indent=1))
     return strikes, chaos_cluster_check.check(record, reference), statuses
+
+
+def recheck(paths: list[Path]) -> int:
+    """The invariants of saved runs, checked again; 1 if any is broken."""
+    broken = 0
+    for path in paths:
+        doc = json.loads(path.read_text())
+        for v in chaos_cluster_check.check(chaos_cluster_check.Record.from_json(doc), doc["reference"]):
+            broken += not v.ok
+            print(f"{path.name}: {'ok    ' if v.ok else 'BROKEN'} {v.invariant}: {v.detail}")
+    return 1 if broken else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", default="", help="comma-separated kinds struck in this order (default: drawn by weight)")
     p.add_argument("--minutes", type=float, default=None, help="start no run this many minutes after the harness started")
     p.add_argument("--workdir", type=Path, default=None, help="where the cluster's state and summary.json go")
+    p.add_argument("--check", type=Path, nargs="+", default=None, metavar="RECORD",
+                   help="check saved runs (record-SEED.json in a workdir) again instead of running")
     args = p.parse_args(argv)
+    if args.check:
+        return recheck(args.check)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-cluster-"))
     workdir.mkdir(parents=True, exist_ok=True)
     shape = chaos_cluster_plan.JobShape(steps=args.steps)

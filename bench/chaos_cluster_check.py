@@ -21,6 +21,20 @@ class Record:
     overlaps: list[str]
     leftovers: list[str]
     replans_equal: bool
+    #: (job, generation) of every rank pod the recorder saw; None: not recorded.
+    generations: frozenset[tuple[str, int]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "generations": sorted(self.generations) if self.generations is not None else None}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Record:
+        """A saved record (``record-SEED.json``), to be checked again."""
+        pairs = lambda items: [tuple(i) for i in items]  # noqa: E731 - JSON keeps tuples as lists
+        strikes = [Strike(**{**st, **{k: pairs(st[k]) for k in ("restarts", "disrupted", "damaged")}}) for st in doc["strikes"]]
+        seen = doc.get("generations")
+        return cls(doc["statuses"], strikes, doc["overlaps"], doc["leftovers"], doc["replans_equal"],
+                   frozenset(pairs(seen)) if seen is not None else None)
 
 
 def check(run: Record, reference: dict[str, Any]) -> list[Verdict]:
@@ -52,18 +66,22 @@ def expected_restarts(strikes: list[Strike]) -> dict[str, int]:
 def _restarts(run: Record) -> Verdict:
     """Restarts equal the failures that needed one; generations, those plus the disruptions.
     A generation a failure and a disruption both ended (a rank killed or hung while its node
-    was lost) may count either way: the operator sees whichever comes first."""
+    was lost) may count either way: the operator sees whichever comes first. A generation
+    that never made a pod (the operator killed, or cut off from the API, between naming it
+    in the status and creating its pods) is started again without a restart spent."""
     want = expected_restarts(run.strikes)
     # A disruption ends its generations whether or not the strike took as planned.
     disrupted = {pair for s in run.strikes for pair in s.disrupted}
     failed = {pair for s in run.strikes if s.struck for pair in s.restarts}
     ended = failed | disrupted
     got = {n: (s.get("restarts", 0), s.get("generation", 0)) for n, s in run.statuses.items()}
+    never = set() if run.generations is None else {
+        (n, g) for n, (_, last) in got.items() for g in range(1, last) if (n, g) not in run.generations and (n, g) not in ended}
     bad = {}
     for n in run.statuses:
         either = sum(job == n for job, _ in failed & disrupted)
         restarts = range(want.get(n, 0) - either, want.get(n, 0) + 1)
-        generation = 1 + sum(job == n for job, _ in ended)
+        generation = 1 + sum(job == n for job, _ in ended | never)
         if got[n][0] not in restarts or got[n][1] != generation:
             bad[n] = (got[n], (f"{restarts.start}..{restarts.stop - 1}" if either else restarts.start, generation))
     return Verdict("restarts", not bad, f"(restarts, generation) counted, needed: {bad}" if bad

@@ -125,6 +125,8 @@ class PodLives:
         self.overlaps: list[str] = []
         self.ended: set[str] = set()
         self.placed: dict[str, tuple[str, int, str]] = {}  # pod name -> (job, generation, node)
+        #: (job, generation) of every rank pod seen: a generation missing here never made its pods.
+        self.generations: set[tuple[str, int]] = set()
         #: When each pod was first seen ending: deleted, being deleted, Succeeded or Failed.
         self.ending: dict[str, float] = {}
         #: Pods that Succeeded before anything deleted them: they finished their training. A
@@ -153,6 +155,7 @@ class PodLives:
         job, gen = labels.get(JOB_LABEL, ""), int(labels[GEN_LABEL])
         phase = (pod.get("status") or {}).get("phase")
         with self.lock:
+            self.generations.add((job, gen))
             if node := (pod.get("spec") or {}).get("nodeName"):
                 self.placed[name] = (job, gen, node)
             if name not in self.ending and (kind == "DELETED" or phase in ("Succeeded", "Failed") or meta.get("deletionTimestamp")):

@@ -165,8 +165,11 @@ class Faults:
                 wait(lambda: (job := self.cluster.jobs().get(name)) is None or (job.get("status") or {}).get("generation", 0) > gen
                      or (job.get("status") or {}).get("phase") in ("Complete", "Failed"), 300, f"{name}'s generation {gen} ended")
                 s.restarts = [(name, gen)]
-                s.struck = self.deadline_events(name) > before
-                s.detail = "progress deadline exceeded" if s.struck else "generation ended, no progress deadline"
+                # Ended by the deadline, or first by its peer's collective timing out: a
+                # failure either way, which the job's budget pays for.
+                s.struck = ((self.cluster.jobs().get(name) or {}).get("status") or {}).get("generation", 0) > gen
+                deadline = self.deadline_events(name) > before
+                s.detail = ("progress deadline exceeded" if deadline else "a peer failed first (its collective timed out)") if s.struck else "generation not ended"
             except TimeoutError as e:
                 s.detail = str(e)
             finally:

@@ -32,7 +32,7 @@ def record(**changes) -> chaos_cluster_check.Record:
                          Strike("corrupt-checkpoint", "a", True, restarts=[("a", 1)], damaged=[("a", 200)]),
                          Strike("node-lost", "proc-1", True, disrupted=[("a", 2)]),
                          Strike("apiserver-restart", "kube-apiserver", True)],
-                overlaps=[], leftovers=[], replans_equal=True)
+                overlaps=[], leftovers=[], replans_equal=True, generations=frozenset({("a", 1), ("a", 2), ("a", 3), ("b", 1)}))
     return chaos_cluster_check.Record(**{**base, **changes})
 
 
@@ -65,6 +65,29 @@ def test_a_generation_a_kill_and_a_node_loss_both_ended_may_spend_a_restart_or_n
     assert not chaos_cluster_check._restarts(run).ok
 
 
+def test_a_generation_that_never_made_a_pod_is_started_again_without_a_restart():
+    """The operator killed between the status naming generation 2 and its pods (seed 1400):
+    generation 3 follows, the budget unspent; spending one for it is flagged."""
+    made = frozenset({("a", 1), ("a", 3), ("b", 1)})
+    run = record(statuses={**record().statuses, "a": {**record().statuses["a"], "generation": 4}},
+                 strikes=[Strike("kill", "a-g1-worker-0", True, restarts=[("a", 1)]), Strike("node-lost", "proc-1", True, disrupted=[("a", 3)])],
+                 generations=made)
+    assert chaos_cluster_check._restarts(run).ok
+    spent = record(statuses={**run.statuses, "a": {**run.statuses["a"], "restarts": 2}}, strikes=run.strikes, generations=made)
+    assert not chaos_cluster_check._restarts(spent).ok
+    assert not chaos_cluster_check._restarts(record(statuses=run.statuses, strikes=run.strikes, generations=None)).ok  # not recorded: no allowance
+
+
+def test_a_saved_record_checks_again_as_it_did(tmp_path):
+    run = record()
+    path = tmp_path / "record-1.json"
+    path.write_text(json.dumps({"reference": {"step": 800, "loss": 0.75}, **run.to_json()}))
+    again = chaos_cluster_check.Record.from_json(json.loads(path.read_text()))
+    assert again == run and chaos_cluster.main(["--check", str(path)]) == 0
+    path.write_text(json.dumps({"reference": {"step": 800, "loss": 0.5}, **run.to_json()}))
+    assert chaos_cluster.main(["--check", str(path)]) == 1
+
+
 def test_a_node_loss_ends_the_generations_whose_pods_there_began_to_end_in_its_window():
     """Deleted, or asked to stop (a rank then exits 0, Succeeded): ended by the node loss.
     Succeeded on its own (the job finished), or ended outside the window: not."""
@@ -82,6 +105,7 @@ def test_a_node_loss_ends_the_generations_whose_pods_there_began_to_end_in_its_w
     lives.event("DELETED", pod("d-g1-0", 1, "proc-1"), 16.0)  # another node
     assert lives.ended_on("proc-0", 10.0, 20.0) == [("a", 2), ("c", 3)]
     assert lives.ended_on("proc-0", 14.5, 20.0) == [("c", 3)]
+    assert lives.generations == {("a", 2), ("b", 1), ("c", 3), ("d", 1), ("e", 1)}
 
 
 @pytest.mark.cluster
