@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 if the files differ instead of writing")
     p.set_defaults(func=_crds)
 
-    p = sub.add_parser("plan", help="plan degrees and rank placement of a TrainingJob on a cluster's nodes")
+    p = sub.add_parser("plan", help="plan a TrainingJob's degrees and rank placement, or a ServingPool's GPU mix, on a cluster's nodes")
     p.add_argument("file", type=Path)
     p.add_argument("--nodes", type=Path, required=True, help="NodeList YAML, as `kubectl get nodes -o yaml` prints")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
@@ -376,14 +376,20 @@ def _crds(args) -> int:
 
 
 def _plan(args) -> int:
-    if (job := _one_job(args.file)) is None:
+    objs, problems = _load([args.file])
+    if not problems and len(objs) != 1:
+        problems = [f"{args.file}: expected exactly one TrainingJob or ServingPool, found {len(objs)}"]
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
         return EXIT_INVALID
+    job = objs[0][1]
     import json
 
     import yaml
 
     from shardwright.operator import planner
-    from shardwright.operator.planner import report
+    from shardwright.operator.planner import poolmix, report
 
     try:
         nodes = yaml.safe_load(args.nodes.read_text())
@@ -395,14 +401,15 @@ def _plan(args) -> int:
         return EXIT_INVALID
     try:
         inventory = planner.inventory_from_nodelist(nodes)
-        result = planner.search(job.spec, inventory)
-    except (OSError, yaml.YAMLError, ValueError, LookupError) as e:  # Infeasible is a ValueError
+        result = planner.search(job.spec, inventory) if job.kind == "TrainingJob" else poolmix.plan_pool(job.spec, inventory)
+    except (OSError, yaml.YAMLError, ValueError, LookupError) as e:  # Infeasible and NoTraffic are ValueErrors
         print(f"{args.file}: {e}", file=sys.stderr)
         return EXIT_INVALID
+    shown = report if job.kind == "TrainingJob" else poolmix
     if args.output == "table":
-        print(report.table(result, explain=args.explain))
+        print(report.table(result, explain=args.explain) if shown is report else poolmix.table(result))
     else:
-        doc = report.to_dict(result)
+        doc = shown.to_dict(result)
         print(json.dumps(doc, indent=1) if args.output == "json" else yaml.safe_dump(doc, sort_keys=False), end="\n" if args.output == "json" else "")
     return 0
 

@@ -181,6 +181,21 @@ class SLOSpec(ApiModel):
     tpot_p99_seconds: float | None = Field(default=None, gt=0, description="Time per output token after the first, 99th percentile.")
 
 
+class LengthBucket(ApiModel):
+    """Requests of one size: prompt and output tokens, and their share of the traffic."""
+
+    input_tokens: int = Field(ge=1, description="Prompt tokens.")
+    output_tokens: int = Field(ge=1, description="Generated tokens.")
+    share: float = Field(gt=0, description="Share of the requests (the shares are normalised to sum to 1).")
+
+
+class TrafficSpec(ApiModel):
+    """The traffic the pool is expected to serve: what `shardwright plan` sizes its GPU mix for."""
+
+    requests_per_second: float = Field(gt=0, description="Requests arriving per second, all sizes together.")
+    lengths: list[LengthBucket] = Field(min_length=1, max_length=32, description="The request sizes and their shares.")
+
+
 class RolloutSpec(ApiModel):
     """How replicas are replaced when the spec changes: surge, route away, drain, replace."""
 
@@ -197,6 +212,7 @@ class ServingPoolSpec(ApiModel):
     router: RouterSpec = Field(default_factory=RouterSpec)
     autoscaling: AutoscalingSpec | None = Field(default=None, description="Unset: the replica counts stay as written.")
     slo: SLOSpec = Field(default_factory=SLOSpec)
+    traffic: TrafficSpec | None = Field(default=None, description="Expected traffic, for planning the GPU mix (`shardwright plan`).")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
 
@@ -315,6 +331,10 @@ def check_pool_spec(spec: ServingPoolSpec) -> Iterable[Problem]:
             yield Problem(f"{path}.minReplicas", "0 needs autoscaling.idleToZero: true (someone must start a replica when a request comes)")
     if spec.replicas == 0 and not (spec.autoscaling and spec.autoscaling.idle_to_zero):
         yield Problem("spec.replicas", "0 serves nothing; use 1 or more, or autoscaling.idleToZero: true")
+    if spec.traffic is not None:
+        for i, bucket in enumerate(spec.traffic.lengths):
+            if bucket.input_tokens + bucket.output_tokens > e.max_model_len:
+                yield Problem(f"spec.traffic.lengths[{i}]", f"inputTokens + outputTokens ({bucket.input_tokens + bucket.output_tokens}) must be <= engine.maxModelLen ({e.max_model_len})")
     r = spec.rollout
     if r.max_surge == 0 and r.max_unavailable == 0:
         yield Problem("spec.rollout.maxSurge", "maxSurge and maxUnavailable cannot both be 0 (a rollout could never replace a replica); set maxSurge: 1")
@@ -322,6 +342,6 @@ def check_pool_spec(spec: ServingPoolSpec) -> Iterable[Problem]:
 
 __all__ = [
     "POOL_LABEL", "ReplicaState", "PoolConditionType", "PoolReason", "EngineKind", "RoleName", "RoutingPolicy", "ScalingSignal", "PoolPhase",
-    "ServedModelSpec", "EngineSpec", "RoleSpec", "RouterSpec", "AutoscalingSpec", "SLOSpec", "RolloutSpec",
+    "ServedModelSpec", "EngineSpec", "RoleSpec", "RouterSpec", "AutoscalingSpec", "SLOSpec", "LengthBucket", "TrafficSpec", "RolloutSpec",
     "ServingPoolSpec", "ServingPoolStatus", "RoleStatus", "LatencyStatus", "ServingPool", "validate_pool", "check_pool_spec",
 ]

@@ -69,3 +69,40 @@ def test_auto_parallelism_runs_on_the_embedded_default(tmp_path):
     assert run.returncode == 0, run.stdout
     st = status(tmp_path / "work")
     assert st["phase"] == "Complete" and st["plan"].startswith("dp=2,sp=1")
+
+
+POOL = REPO / "examples" / "serve-llama-8b.yaml"
+INFERENCE = REPO / "examples" / "nodes" / "inference.yaml"
+
+
+def test_a_pools_gpu_mix_is_planned_on_the_clusters_gpus(capsys):
+    assert main(["plan", str(POOL), "--nodes", str(INFERENCE)]) == 0
+    text = capsys.readouterr().out
+    assert "GPU mix:" in text and "the cheapest single type" in text and "Capacity per replica at the SLO" in text
+    assert main(["plan", str(POOL), "--nodes", str(INFERENCE), "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {b["requestsPerSecond"] for b in doc["buckets"]} == {3.0, 1.8, 0.9, 0.3}
+    assert doc["costRatio"] < 1 and doc["mix"]["costPerHour"] < doc["singleType"][doc["cheapestSingleType"]]["costPerHour"]
+    assert set(doc["singleType"]) == {"L4", "A10G", "L40S", "A100-80GB", "H100"}
+    # Only H100 nodes: the mix is of H100s alone, and says so.
+    assert main(["plan", str(POOL), "--nodes", str(NODES), "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {s["gpu"] for s in doc["mix"]["shapes"]} <= {"H100", "A100-80GB", "L40S"} and doc["costRatio"] <= 1
+
+
+def test_a_pool_without_traffic_or_a_latency_target_is_refused_naming_the_field(tmp_path, capsys):
+    doc = yaml.safe_load(POOL.read_text())
+    del doc["spec"]["traffic"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["plan", str(tmp_path / "p.yaml"), "--nodes", str(INFERENCE)]) == 2
+    assert "spec.traffic: the GPU mix is sized for the expected traffic" in capsys.readouterr().err
+    doc = yaml.safe_load(POOL.read_text())
+    doc["spec"]["slo"] = {}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["plan", str(tmp_path / "p.yaml"), "--nodes", str(INFERENCE)]) == 2
+    assert "spec.slo: the GPU mix is sized to meet a latency target" in capsys.readouterr().err
+    doc = yaml.safe_load(POOL.read_text())
+    doc["spec"]["traffic"]["lengths"][3]["inputTokens"] = 9000
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["plan", str(tmp_path / "p.yaml"), "--nodes", str(INFERENCE)]) == 2
+    assert "spec.traffic.lengths[3]: inputTokens + outputTokens (9500) must be <= engine.maxModelLen (8192)" in capsys.readouterr().err
