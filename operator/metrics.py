@@ -1,4 +1,5 @@
-"""The operator's own Prometheus metrics: one series set per TrainingJob, plus reconcile costs.
+"""The operator's own Prometheus metrics: one series set per TrainingJob and per ServingPool,
+plus reconcile costs.
 
 Per-job values are read from the status the handlers just computed (the status is the
 source of truth, so a restarted operator reports the same restart count, never zero) and
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shardwright.operator.api import Phase, TrainingJobStatus
+from shardwright.operator.api.servingpool import PoolPhase, ServingPoolStatus
 
 #: Every series name this module exports (counters with their ``_total`` suffix).
 METRIC_NAMES = (
@@ -33,30 +36,43 @@ METRIC_NAMES = (
     "shardwright_trainingjob_eval_loss_nats",
     "shardwright_trainingjob_eval_perplexity",
     "shardwright_trainingjob_checkpoint_step",
+    "shardwright_servingpool_phase",
+    "shardwright_servingpool_replicas",
     "shardwright_operator_reconcile_seconds",
     "shardwright_operator_reconcile_errors_total",
 )
 _LABELS = ["name", "namespace"]
 
 
-class JobMetrics:
-    """Latest status per job, rendered as metric families on each scrape."""
+class Latest:
+    """The latest status per (namespace, name), read on each scrape: a deleted object's
+    series disappear at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[tuple[str, str], tuple[TrainingJobStatus, str]] = {}
+        self._latest: dict[tuple[str, str], Any] = {}
 
-    def update(self, namespace: str, name: str, status: TrainingJobStatus, runtime: str) -> None:
+    def _set(self, namespace: str, name: str, value: Any) -> None:
         with self._lock:
-            self._jobs[(namespace, name)] = (status, runtime)
+            self._latest[(namespace, name)] = value
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
-            self._jobs.pop((namespace, name), None)
+            self._latest.pop((namespace, name), None)
+
+    def snapshot(self) -> dict[tuple[str, str], Any]:
+        with self._lock:
+            return dict(self._latest)
+
+
+class JobMetrics(Latest):
+    """Latest status per job, rendered as metric families on each scrape."""
+
+    def update(self, namespace: str, name: str, status: TrainingJobStatus, runtime: str) -> None:
+        self._set(namespace, name, (status, runtime))
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            jobs = dict(self._jobs)
+        jobs = self.snapshot()
         info = GaugeMetricFamily("shardwright_trainingjob_info", "One series per TrainingJob: plan and runtime.", labels=[*_LABELS, "runtime", "plan"])
         phase = GaugeMetricFamily("shardwright_trainingjob_phase", "1 for the job's current phase, 0 for the others.", labels=[*_LABELS, "phase"])
         restarts = CounterMetricFamily("shardwright_trainingjob_restarts", "Generations restarted after a failure (from status).", labels=_LABELS)
@@ -90,6 +106,30 @@ class JobMetrics:
         yield from (info, phase, restarts, *gauges.values(), checkpoint, *evaluation.values())
 
 
+class PoolMetrics(Latest):
+    """Latest status per ServingPool: its phase, and its replicas by role and state, which
+    is how a rollout shows (``updated`` replicas run the current spec, the rest the old)."""
+
+    #: The status counts a role's replicas are exported as, by ``state`` label.
+    STATES = {"existing": "replicas", "ready": "ready_replicas", "routable": "routable_replicas", "updated": "updated_replicas"}
+
+    def update(self, namespace: str, name: str, status: ServingPoolStatus) -> None:
+        self._set(namespace, name, status)
+
+    def collect(self) -> Iterator[Metric]:
+        pools = self.snapshot()
+        phase = GaugeMetricFamily("shardwright_servingpool_phase", "1 for the pool's current phase, 0 for the others.", labels=[*_LABELS, "phase"])
+        replicas = GaugeMetricFamily("shardwright_servingpool_replicas", "Replicas of a role: existing, ready, routable, and updated (on the current spec).",
+                                     labels=[*_LABELS, "role", "state"])
+        for (namespace, name), st in sorted(pools.items()):
+            for p in PoolPhase:
+                phase.add_metric([name, namespace, str(p)], 1 if st.phase is p else 0)
+            for role in st.roles:
+                for state, field in self.STATES.items():
+                    replicas.add_metric([name, namespace, str(role.name), state], getattr(role, field))
+        yield from (phase, replicas)
+
+
 class OperatorMetrics:
     """The registry the operator serves: per-job families and reconcile costs."""
 
@@ -97,6 +137,8 @@ class OperatorMetrics:
         self.registry = CollectorRegistry()
         self.jobs = JobMetrics()
         self.registry.register(self.jobs)
+        self.pools = PoolMetrics()
+        self.registry.register(self.pools)
         self.reconcile_seconds = Histogram(
             "shardwright_operator_reconcile_seconds", "Wall time of one reconcile pass of one job.",
             registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

@@ -203,15 +203,27 @@ def test_examples_are_valid_against_the_crd_schema():
 def test_dashboard_queries_only_exported_metrics():
     from shardwright.operator import metrics
 
-    text = (CHART / "dashboards" / "shardwright-training.json").read_text()
-    queried = set()
-    for panel in json.loads(text)["panels"]:
-        for target in panel["targets"]:
-            queried |= set(re.findall(r"\bshardwright_[a-z0-9_]+", target["expr"]))
-    exported = set(metrics.METRIC_NAMES) | rank_metric_names()
+    exported = set(metrics.METRIC_NAMES) | rank_metric_names() | replica_metric_names()
     # A histogram exports <name>_bucket/_sum/_count series.
     known = exported | {f"{n}_{s}" for n in exported for s in ("bucket", "sum", "count")}
-    assert queried and queried <= known, queried - known
+    for board in ("shardwright-training.json", "shardwright-serving.json"):
+        queried = set()
+        for panel in json.loads((CHART / "dashboards" / board).read_text())["panels"]:
+            for target in panel["targets"]:
+                queried |= set(re.findall(r"\b(?:shardwright_|vllm:)[a-z0-9_]+", target["expr"]))
+        assert queried and queried <= known, (board, queried - known)
+
+
+def replica_metric_names() -> set[str]:
+    """Names a serving replica serves (workers/serve/metrics.py), after a request and an iteration."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from shardwright.workers.serve.metrics import ServingMetrics
+
+    m = ServingMetrics(model_name="m", pool="p", namespace="n", replica=0)
+    m.finished("stop", seconds=0.1, prompt_tokens=3, output_tokens=2)
+    m.rejected(400)
+    return {s.name for f in text_string_to_metric_families(m.exposition().decode()) for s in f.samples}
 
 
 def rank_metric_names() -> set[str]:
@@ -228,11 +240,12 @@ def test_operator_metric_names_match_what_the_registry_serves():
     from prometheus_client import generate_latest
 
     from shardwright.operator import metrics
-    from shardwright.operator.api import TrainingJobStatus
+    from shardwright.operator.api import ServingPoolStatus, TrainingJobStatus
 
     m = metrics.OperatorMetrics()
     evaluation = {"step": 3, "loss": 2.1, "perplexity": 8.17}
     m.jobs.update("ns", "job", TrainingJobStatus(step=3, tokens_per_second=1.0, loss=2.0, evaluation=evaluation), "torch")
+    m.pools.update("ns", "pool", ServingPoolStatus(roles=[{"name": "unified", "replicas": 2}]))
     m.reconcile_seconds.observe(0.01)
     m.reconcile_errors.labels(reason="temporary").inc()
     text = "\n".join(line for line in generate_latest(m.registry).decode().splitlines() if "_created" not in line)

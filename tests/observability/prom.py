@@ -28,10 +28,12 @@ DASHBOARDS = sorted((ROOT / "helm" / "shardwright" / "dashboards").glob("*.json"
 OPERATOR_ONLY = "shardwright_operator_"
 
 
-def panels() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, query) for every target of every panel."""
+def panels(dashboard: str | None = None) -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, query) for every target of every panel (of one dashboard)."""
     out = []
     for path in DASHBOARDS:
+        if dashboard is not None and path.name != dashboard:
+            continue
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel.get("targets", []):
                 out.append((path.name, panel["title"], target["expr"]))
@@ -46,10 +48,10 @@ def expected_labels(expr: str) -> set[str]:
     return {"name", "namespace"} | ({"rank"} if "shardwright_rank_" in expr else set())
 
 
-def table(results: dict[str, list[dict]]) -> list[str]:
+def table(results: dict[str, list[dict]], dashboard: str) -> list[str]:
     """Markdown rows: each panel, its series count, their labels and the first value."""
     rows = [("dashboard", "panel", "series", "labels", "first value"), ("---",) * 5]
-    for dashboard, title, expr in panels():
+    for dashboard, title, expr in panels(dashboard):
         series = results.get(expr, [])
         labels = sorted({k for s in series for k in s["metric"]} - {"__name__", "instance", "job"})
         note = " (operator only)" if OPERATOR_ONLY in expr else ""

@@ -1,4 +1,4 @@
-"""Every panel of the chart's dashboards, evaluated by a real Prometheus (Debian's package)
+"""Every panel of the chart's training dashboard, evaluated by a real Prometheus (Debian's package)
 that scrapes a real ``shardwright run`` of examples/tiny-train.yaml.
 
 Prometheus scrapes, every second, the ranks' telemetry endpoints (``/metrics`` on the free
@@ -30,6 +30,7 @@ from tests.observability.prom import DASHBOARDS, OPERATOR_ONLY, ROOT, Prometheus
 
 SHARDWRIGHT = ROOT / ".venv" / "bin" / "shardwright"
 JOB = "prom-tiny"
+BOARD = "shardwright-training.json"
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,7 @@ def listening_ports(pids: set[int]) -> set[int]:
 
 def test_every_dashboard_panel_returns_series_from_a_real_run(tmp_path, capsys):
     prom = Prometheus(tmp_path).start()
-    assert DASHBOARDS and panels(), "the chart ships dashboards"
+    assert DASHBOARDS and panels(BOARD), "the chart ships dashboards"
 
     job = yaml.safe_load((ROOT / "examples" / "tiny-train.yaml").read_text())
     job["metadata"]["name"] = JOB
@@ -120,8 +121,8 @@ def test_every_dashboard_panel_returns_series_from_a_real_run(tmp_path, capsys):
                         rank_ports.add(port)
                 prom.targets(rank_ports | {exporter_port})
             if prom.ready():
-                results = {expr: prom.query(expr) for _, _, expr in panels()}
-                if all(problem(expr, results[expr]) is None for _, _, expr in panels() if OPERATOR_ONLY not in expr):
+                results = {expr: prom.query(expr) for _, _, expr in panels(BOARD)}
+                if all(problem(expr, results[expr]) is None for _, _, expr in panels(BOARD) if OPERATOR_ONLY not in expr):
                     break
             time.sleep(1)
         assert len(rank_ports) == 2, f"found the telemetry of {len(rank_ports)} of 2 ranks"
@@ -131,8 +132,8 @@ def test_every_dashboard_panel_returns_series_from_a_real_run(tmp_path, capsys):
         exporter.shutdown()
 
     with capsys.disabled():  # the table docs/testing.md records, as Markdown
-        print("\n" + "\n".join(table(results)))
+        print("\n" + "\n".join(table(results, BOARD)))
 
-    for _, title, expr in panels():
+    for _, title, expr in panels(BOARD):
         if OPERATOR_ONLY not in expr:
             assert problem(expr, results[expr]) is None, f"panel {title!r}: {problem(expr, results[expr])}"

@@ -84,7 +84,7 @@ def panels_from_the_operator(kube, namespace: str, tmp_path, capsys, wanted: lis
         prom.stop()
 
     with capsys.disabled():
-        print("\n" + "\n".join(table(results)))
+        print("\n" + "\n".join(table(results, "shardwright-training.json")))
     for title, expr in wanted:
         series = results.get(expr, [])
         assert any(not math.isnan(float(s["value"][1])) for s in series), f"panel {title!r}: {expr} gave {series}"
