@@ -31,7 +31,7 @@ class Record:
     def from_json(cls, doc: dict[str, Any]) -> Record:
         """A saved record (``record-SEED.json``), to be checked again."""
         pairs = lambda items: [tuple(i) for i in items]  # noqa: E731 - JSON keeps tuples as lists
-        strikes = [Strike(**{**st, **{k: pairs(st[k]) for k in ("restarts", "disrupted", "damaged")}}) for st in doc["strikes"]]
+        strikes = [Strike(**{**st, **{k: pairs(st.get(k, [])) for k in ("restarts", "disrupted", "damaged", "either")}}) for st in doc["strikes"]]
         seen = doc.get("generations")
         return cls(doc["statuses"], strikes, doc["overlaps"], doc["leftovers"], doc["replans_equal"],
                    frozenset(pairs(seen)) if seen is not None else None)
@@ -66,7 +66,8 @@ def expected_restarts(strikes: list[Strike]) -> dict[str, int]:
 def _restarts(run: Record) -> Verdict:
     """Restarts equal the failures that needed one; generations, those plus the disruptions.
     A generation a failure and a disruption both ended (a rank killed or hung while its node
-    was lost) may count either way: the operator sees whichever comes first. A generation
+    was lost), or a failure struck while one of its nodes was lost or just back, may count
+    either way: the operator sees whichever comes first. A generation
     that never made a pod (the operator killed, or cut off from the API, between naming it
     in the status and creating its pods) is started again without a restart spent."""
     want = expected_restarts(run.strikes)
@@ -78,8 +79,9 @@ def _restarts(run: Record) -> Verdict:
     never = set() if run.generations is None else {
         (n, g) for n, (_, last) in got.items() for g in range(1, last) if (n, g) not in run.generations and (n, g) not in ended}
     bad = {}
+    both = (failed & disrupted) | {pair for s in run.strikes if s.struck for pair in s.either if pair in failed}
     for n in run.statuses:
-        either = sum(job == n for job, _ in failed & disrupted)
+        either = sum(job == n for job, _ in both)
         restarts = range(want.get(n, 0) - either, want.get(n, 0) + 1)
         generation = 1 + sum(job == n for job, _ in ended | never)
         if got[n][0] not in restarts or got[n][1] != generation:

@@ -65,6 +65,15 @@ def test_a_generation_a_kill_and_a_node_loss_both_ended_may_spend_a_restart_or_n
     assert not chaos_cluster_check._restarts(run).ok
 
 
+def test_a_failure_struck_beside_a_node_just_lost_may_spend_a_restart_or_not():
+    """A pod force-deleted on a node the operator still sees NotReady (seed 1401)."""
+    near = [Strike("pod-delete", "a-g1-worker-0", True, restarts=[("a", 1)], either=[("a", 1)])]
+    for restarts in (0, 1):
+        assert chaos_cluster_check._restarts(record(statuses={"a": {"phase": "Complete", "restarts": restarts, "generation": 2}}, strikes=near)).ok
+    far = [Strike("pod-delete", "a-g1-worker-0", True, restarts=[("a", 1)])]
+    assert not chaos_cluster_check._restarts(record(statuses={"a": {"phase": "Complete", "restarts": 0, "generation": 2}}, strikes=far)).ok
+
+
 def test_a_generation_that_never_made_a_pod_is_started_again_without_a_restart():
     """The operator killed between the status naming generation 2 and its pods (seed 1400):
     generation 3 follows, the budget unspent; spending one for it is flagged."""
