@@ -15,8 +15,9 @@ from shardwright.operator.backends.pods import LABEL_REPLICA
 from shardwright.operator.backends.ports import free_port
 
 from .kubeapi import (
-    SERVICES, TJ, WEBHOOKS, ApiError, create_job, eventually, get, path, passes, pods_of, posted_events, refused, running_operator, tiny_job,
+    TJ, ApiError, create_job, eventually, get, path, passes, pods_of, posted_events, refused, running_operator, tiny_job,
 )
+from .kubehttp import SERVICES, WEBHOOKS
 
 pytestmark = pytest.mark.cluster
 

@@ -11,7 +11,8 @@ import pytest
 from shardwright.operator import handlers
 from shardwright.operator.lease import LeaderLease, LeaseLost, LeaseSettings
 
-from .kubeapi import FAST, LEASES, PODS, eventually, never, passes
+from .kubeapi import FAST, PODS, eventually, never, passes
+from .kubehttp import LEASES
 from .mockapi import NS, create_job, job_status, live, posted_events, requests, running_operator, tiny_job
 
 POD_CREATES = f"post /api/v1/namespaces/{NS}/pods"

@@ -15,7 +15,8 @@ import pytest
 from shardwright.operator import certs, handlers
 from shardwright.operator.certrotation import CertRotator, RotationSettings
 
-from .kubeapi import WEBHOOKS, path
+from .kubeapi import path
+from .kubehttp import WEBHOOKS
 
 pytestmark = pytest.mark.cluster
 SECRETS = "v1/secrets"

@@ -17,7 +17,8 @@ from kubernetes import client
 from shardwright.operator import handlers
 from shardwright.operator.lease import FencedApiClient, LeaderLease, LeaseLost, LeaseSettings
 
-from .kubeapi import FAST, LEASES, PODS, create_job, eventually, get, live, never, pods_of, tiny_job
+from .kubeapi import FAST, PODS, create_job, eventually, get, live, never, pods_of, tiny_job
+from .kubehttp import LEASES
 from .test_resilience import PartitionedClient
 
 pytestmark = pytest.mark.cluster

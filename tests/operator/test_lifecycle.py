@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from .kubeapi import (
-    PODS, SERVICES, TJ, Telemetry, create_job, delete, eventually, get, job_status, live, never, passes, patch_job,
-    pod_creates, pods_of, posted_events, run_all, running_operator, sent, set_pod_phase, tiny_job,
+    PODS, TJ, Telemetry, create_job, delete, eventually, get, job_status, live, never, passes, patch_job, pod_creates, pods_of, posted_events, run_all, running_operator, sent, set_pod_phase, tiny_job,
 )
+from .kubehttp import SERVICES
 
 pytestmark = pytest.mark.cluster
 PDBS = "policy/v1/poddisruptionbudgets"

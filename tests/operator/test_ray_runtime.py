@@ -10,9 +10,9 @@ import json
 import pytest
 
 from .kubeapi import (
-    PODS, SERVICES, Telemetry, create_job, eventually, get, job_status, live, pods_of, posted_events, running_operator,
-    set_pod_phase, tiny_job,
+    PODS, Telemetry, create_job, eventually, get, job_status, live, pods_of, posted_events, running_operator, set_pod_phase, tiny_job,
 )
+from .kubehttp import SERVICES
 
 pytestmark = pytest.mark.cluster
 
