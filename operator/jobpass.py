@@ -98,7 +98,7 @@ def _reconcile_job(doc, pods, nodes, memo, memory: StatusMemory):
         node_ready={n["metadata"]["name"]: _ready(n) for n in nodes},
         known_checkpoint=status.last_checkpoint, avoided_nodes=avoided, request_json=memo.request_json,
         foreign=foreign, expected=_expected_ranks(status, now, cfg.kubernetes.vanished_after_s),
-        rank_nodes={r.rank: r.node for r in status.ranks if r.node},
+        rank_nodes={r.rank: r.node for r in status.ranks if r.node}, nodes_back=_back_since(nodes, status.generation_start_time),
     )
     result = reconcile(ref, spec, plan, status, backend.observe(now))
     for action in result.actions:
@@ -186,3 +186,13 @@ def _rejected(memo, owner: render.Owner, generation: int, status: TrainingJobSta
 
 def _ready(node: dict[str, Any]) -> bool:
     return any(c.get("status") == "True" for c in node["status"]["conditions"])
+
+
+def _back_since(nodes: list[dict[str, Any]], started: str | None) -> frozenset[str]:
+    """Nodes Ready now whose Ready condition changed after ``started`` (the generation's
+    start): NotReady at some moment of the generation, and back."""
+    if not started:
+        return frozenset()
+    since = parse_time(started)
+    return frozenset(n["metadata"]["name"] for n in nodes if _ready(n) and any(
+        (at := c.get("lastTransitionTime")) and parse_time(at) > since for c in n["status"]["conditions"]))

@@ -128,6 +128,7 @@ class KubernetesBackend:
         foreign: Sequence[str] = (),
         expected: tuple[int, int, bool] | None = None,
         rank_nodes: dict[int, str] | None = None,
+        nodes_back: frozenset[str] = frozenset(),
     ) -> None:
         self.core = CoreV1Api(api)
         self.custom = CustomObjectsApi(api)
@@ -151,6 +152,8 @@ class KubernetesBackend:
         self.expected = expected
         #: Node of each rank of that generation, as the status last recorded it.
         self.rank_nodes = rank_nodes or {}
+        #: Nodes Ready again after being NotReady since the current generation started.
+        self.nodes_back = nodes_back
         #: Pod names this pass created or deleted: what the caller's cache does not show yet.
         self.created: list[str] = []
         self.deleted: list[str] = []
@@ -253,13 +256,7 @@ class KubernetesBackend:
         return [self._lost_with_its_node(r) for r in podstatus.vanished_ranks(*self.expected, podstatus.observe_pods(live, now, self.settings.startup_timeout_s))]
 
     def _lost_with_its_node(self, rank: RankObservation) -> RankObservation:
-        """A rank whose pod is gone from a node that is NotReady or gone was evicted with
-        its node (the eviction's DisruptionTarget went unseen, e.g. while no replica led):
-        a disruption, which spends no restart, as a seen eviction does not."""
-        node = self.rank_nodes.get(rank.rank)
-        if node is None or self.node_ready is None or self.node_ready.get(node) is True:
-            return rank
-        return dataclasses.replace(rank, disrupted=True, message=f"{rank.message}; its node {node} is NotReady or gone")
+        return podstatus.gone_with_its_node(rank, self.rank_nodes.get(rank.rank), self.node_ready, self.nodes_back)
 
     def observe(self, now: datetime.datetime) -> Observed:
         live = [pod for pod in self.pods if pod["name"] not in self.deleted]

@@ -184,6 +184,31 @@ def test_ranks_on_a_node_not_ready_or_gone_are_on_a_lost_node():
     assert lost(None) == [False] * 4  # no node list: nothing known
 
 
+def test_a_vanished_rank_went_with_a_node_that_is_lost_or_was_lost_during_its_generation():
+    """Seed 1402: a node lost, its pods evicted, the node Ready again before the operator
+    saw the pod gone. NotReady since the generation started is enough: a disruption."""
+    from shardwright.operator.controller import RankObservation
+    from shardwright.operator.api import RankState
+    from shardwright.operator.jobpass import _back_since
+
+    gone = podstatus.vanished_ranks(3, 2, True, [RankObservation(3, 1, RankState.RUNNING)])[0]
+    assert not gone.disrupted
+    ready = {"n0": True, "n1": False}
+    assert podstatus.gone_with_its_node(gone, "n1", ready).disrupted
+    assert podstatus.gone_with_its_node(gone, "n9", ready).message.endswith("its node n9 is NotReady or gone")
+    assert podstatus.gone_with_its_node(gone, "n0", ready) is gone  # deleted from a healthy node: a failure
+    back = podstatus.gone_with_its_node(gone, "n0", ready, frozenset({"n0"}))
+    assert back.disrupted and back.message.endswith("its node n0 was NotReady during this generation")
+    assert podstatus.gone_with_its_node(gone, None, ready) is gone and podstatus.gone_with_its_node(gone, "n1", None) is gone
+
+    def node(name: str, ready: str, since: str) -> dict:
+        return {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": since}]}}
+
+    nodes = [node("n0", "True", "2026-12-07T20:52:40Z"), node("n1", "True", "2026-12-07T19:00:00Z"), node("n2", "False", "2026-12-07T20:53:00Z")]
+    assert _back_since(nodes, "2026-12-07T20:52:23Z") == {"n0"}
+    assert _back_since(nodes, None) == frozenset()
+
+
 def test_a_probe_of_a_port_that_answers_garbage_counts_as_no_answer():
     """A dead rank's telemetry port can be taken by another process (gloo, for one), which
     answers bytes that are not HTTP: that is no answer, not an error in the control loop."""
