@@ -52,6 +52,8 @@ class Faults:
         self.busy: set[str] = set()
         self.node_down = threading.Event()
         self.pending: list[threading.Thread] = []
+        #: Checkpoint folders this harness damaged.
+        self.damaged: set[Path] = set()
         #: Nodes being lost now, and when each last came back.
         self.lost: set[str] = set()
         self.back: dict[str, float] = {}
@@ -231,8 +233,13 @@ class Faults:
         if pod is None or not committed or (pgid := self.group(pod)) is None:
             s.detail = "no committed checkpoint or rank 0 not found"
             return s
+        if committed[-1].parent in self.damaged:
+            # Damaging it again would flip the same bytes back (seed 1401 did, twice).
+            s.detail = "its newest checkpoint is damaged already, not yet loaded"
+            return s
         step = int(committed[-1].parent.name[5:])
         damage({"path": str(committed[-1].parent)})
+        self.damaged.add(committed[-1].parent)
         os.killpg(pgid, signal.SIGKILL)
         s.target, s.struck = f"{name} step {step}", True
         s.restarts, s.damaged = [(name, gen)], [(name, step)]
