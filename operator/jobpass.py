@@ -93,12 +93,13 @@ def _reconcile_job(doc, pods, nodes, memo, memory: StatusMemory):
         object_generation=job.metadata.generation, telemetry_port=cfg.kubernetes.pods.telemetry_port,
         resume_newest=True, uid=owner.uid,
     )
+    rank_nodes = {r.rank: r.node for r in status.ranks if r.node}
     backend = KubernetesBackend(
         memo.api, cfg.kubernetes, owner, spec, mine,
         node_ready={n["metadata"]["name"]: _ready(n) for n in nodes},
         known_checkpoint=status.last_checkpoint, avoided_nodes=avoided, request_json=memo.request_json,
         foreign=foreign, expected=_expected_ranks(status, now, cfg.kubernetes.vanished_after_s),
-        rank_nodes={r.rank: r.node for r in status.ranks if r.node}, nodes_back=_back_since(nodes, status.generation_start_time),
+        rank_nodes=rank_nodes, nodes_back=_back_since(nodes, set(rank_nodes.values()), status.generation_start_time),
     )
     result = reconcile(ref, spec, plan, status, backend.observe(now))
     for action in result.actions:
@@ -188,11 +189,12 @@ def _ready(node: dict[str, Any]) -> bool:
     return any(c.get("status") == "True" for c in node["status"]["conditions"])
 
 
-def _back_since(nodes: list[dict[str, Any]], started: str | None) -> frozenset[str]:
-    """Nodes Ready now whose Ready condition changed after ``started`` (the generation's
-    start): NotReady at some moment of the generation, and back."""
-    if not started:
+def _back_since(nodes: list[dict[str, Any]], wanted: set[str], started: str | None) -> frozenset[str]:
+    """Of the ``wanted`` nodes (the job's ranks'), those Ready now whose Ready condition
+    changed after ``started`` (the generation's start): NotReady at some moment of the
+    generation, and back. Only the job's few nodes are parsed on each pass, not the cluster's."""
+    if not started or not wanted:
         return frozenset()
     since = parse_time(started)
-    return frozenset(n["metadata"]["name"] for n in nodes if _ready(n) and any(
+    return frozenset(n["metadata"]["name"] for n in nodes if n["metadata"]["name"] in wanted and _ready(n) and any(
         (at := c.get("lastTransitionTime")) and parse_time(at) > since for c in n["status"]["conditions"]))

@@ -205,8 +205,9 @@ def test_a_vanished_rank_went_with_a_node_that_is_lost_or_was_lost_during_its_ge
         return {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": since}]}}
 
     nodes = [node("n0", "True", "2026-12-07T20:52:40Z"), node("n1", "True", "2026-12-07T19:00:00Z"), node("n2", "False", "2026-12-07T20:53:00Z")]
-    assert _back_since(nodes, "2026-12-07T20:52:23Z") == {"n0"}
-    assert _back_since(nodes, None) == frozenset()
+    assert _back_since(nodes, {"n0", "n1", "n2"}, "2026-12-07T20:52:23Z") == {"n0"}
+    assert _back_since(nodes, {"n1", "n2"}, "2026-12-07T20:52:23Z") == frozenset()  # not this job's node
+    assert _back_since(nodes, {"n0"}, None) == frozenset()
 
 
 def test_a_probe_of_a_port_that_answers_garbage_counts_as_no_answer():
