@@ -136,9 +136,10 @@ def _validate(args) -> int:
 
 
 def _one_job(path: Path, kind: str = "TrainingJob"):
-    """The file's single valid object of ``kind``; None after printing why there is not one."""
+    """The file's single valid object of ``kind`` (``A or B``: either); None after printing
+    why there is not one."""
     jobs, problems = _load([path])
-    jobs = [(p, obj) for p, obj in jobs if obj.kind == kind]
+    jobs = [(p, obj) for p, obj in jobs if obj.kind in kind.split(" or ")]
     if not problems and len(jobs) != 1:
         problems = [f"{path}: expected exactly one {kind}, found {len(jobs)}"]
     for line in problems:
@@ -376,14 +377,8 @@ def _crds(args) -> int:
 
 
 def _plan(args) -> int:
-    objs, problems = _load([args.file])
-    if not problems and len(objs) != 1:
-        problems = [f"{args.file}: expected exactly one TrainingJob or ServingPool, found {len(objs)}"]
-    for line in problems:
-        print(line, file=sys.stderr)
-    if problems:
+    if (job := _one_job(args.file, "TrainingJob or ServingPool")) is None:
         return EXIT_INVALID
-    job = objs[0][1]
     import json
 
     import yaml

@@ -26,10 +26,7 @@ def plan_pool(spec: ServingPoolSpec, inventory: Inventory, s: PerfSettings = Per
         raise NoTraffic("spec.traffic: the GPU mix is sized for the expected traffic; set requestsPerSecond and lengths")
     if spec.slo.tpot_p99_seconds is None and spec.slo.ttft_p99_seconds is None:
         raise NoTraffic("spec.slo: the GPU mix is sized to meet a latency target; set tpotP99Seconds and/or ttftP99Seconds")
-    m = spec.model.resolve()
-    w = Workload(layers=m.layers, dim=m.dim, heads=m.heads, kv_heads=m.kv_heads, ffn_dim=m.ffn_dim, vocab=m.vocab_size,
-                 seq_len=1, global_batch=1, softmax_layers=m.layers)
-    model = ServedModel.of(w, BYTES[spec.engine.dtype])
+    model = ServedModel.of(Workload.of_model(spec.model.resolve()), BYTES[spec.engine.dtype])
     total = sum(b.share for b in spec.traffic.lengths)
     buckets = [Bucket(b.input_tokens, b.output_tokens, spec.traffic.requests_per_second * b.share / total) for b in spec.traffic.lengths]
     wanted = next((r.gpu_type for r in spec.roles if r.name is RoleName.UNIFIED and r.gpu_type), None)

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 
 from shardwright.operator.api import TrainingJobSpec
+from shardwright.workers.config import ModelConfig
 
 BF16 = 2
 
@@ -33,10 +34,14 @@ class Workload:
 
     @classmethod
     def from_spec(cls, spec: TrainingJobSpec) -> Workload:
-        m = spec.model.resolve()
+        return cls.of_model(spec.model.resolve(), seq_len=spec.data.seq_len, global_batch=spec.data.global_batch)
+
+    @classmethod
+    def of_model(cls, m: ModelConfig, *, seq_len: int = 1, global_batch: int = 1) -> Workload:
+        """A resolved model's dimensions (a served model's, with no batch of its own)."""
         return cls(
             layers=m.layers, dim=m.dim, heads=m.heads, kv_heads=m.kv_heads, ffn_dim=m.ffn_dim,
-            vocab=m.vocab_size, seq_len=spec.data.seq_len, global_batch=spec.data.global_batch,
+            vocab=m.vocab_size, seq_len=seq_len, global_batch=global_batch,
             softmax_layers=sum(k == "softmax" for k in m.layer_kinds),
         )
 

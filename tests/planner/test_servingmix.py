@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from shardwright.operator.api import PRESETS
+from shardwright.operator.api.trainingjob import ModelSpec
 from shardwright.operator.planner.catalog import DEFAULT_CATALOG
 from shardwright.operator.planner.servingmix import Available, Bucket, Option, cheapest, options, plan
 from shardwright.operator.planner.servingperf import (
@@ -20,10 +20,7 @@ GPU = DEFAULT_CATALOG.types
 
 
 def served(preset: str, bytes_per_value: int = 2) -> ServedModel:
-    d = PRESETS[preset]
-    w = Workload(layers=d["layers"], dim=d["dim"], heads=d["heads"], kv_heads=d["kv_heads"], ffn_dim=d["ffn_dim"],
-                 vocab=d["vocab_size"], seq_len=1, global_batch=1, softmax_layers=d["layers"])
-    return ServedModel.of(w, bytes_per_value)
+    return ServedModel.of(Workload.of_model(ModelSpec(preset=preset).resolve()), bytes_per_value)
 
 
 LLAMA_8B = served("llama-8b")
